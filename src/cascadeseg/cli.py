@@ -1,0 +1,112 @@
+"""The ``cascadeseg`` command: a thin layer over the Python API.
+
+Each subcommand lives in ``cascadeseg/commands/<name>.py`` and defines ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int`` that calls the API. The table below names them
+explicitly; modules are imported only when their command runs (or for ``--help``), so the
+command line starts fast.
+
+Errors the user can fix (:class:`cascadeseg.errors.CascadesegError`) print one line and exit 2;
+failures of some cases in a batch exit 1 with a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from cascadeseg import __version__
+from cascadeseg.errors import CascadesegError
+
+#: subcommand -> module under ``cascadeseg.commands`` (explicit, no discovery).
+COMMANDS: dict[str, str] = {
+    "synth": "synth",
+    "inspect": "inspect",
+    "preprocess": "preprocess",
+    "info": "info",
+    "train": "train",
+    "predict": "predict",
+    "tune-postprocess": "tune_postprocess",
+    "export": "export",
+    "evaluate": "evaluate",
+    "compare": "compare",
+    "demo": "demo",
+    "benchmark": "benchmark",
+}
+
+
+def _load(name: str):  # noqa: ANN202 - returns a module
+    try:
+        return importlib.import_module(f"cascadeseg.commands.{COMMANDS[name]}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"cascadeseg.commands.{COMMANDS[name]}":
+            return None
+        raise
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only the chosen subcommand's module is imported."""
+    parser = argparse.ArgumentParser(
+        prog="cascadeseg",
+        description="Brain tumour segmentation with cascaded U-Nets (BraTS-style multi-modal MRI).",
+    )
+    parser.add_argument("--version", action="version", version=f"cascadeseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name in COMMANDS:
+        if chosen == name:
+            module = _load(name)
+            if module is None:
+                sub.add_parser(name, help="(not available in this version)")
+                continue
+            p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
+        else:
+            # Import lazily: the overview lists the commands without loading torch.
+            sub.add_parser(name, help=_SHORT_HELP.get(name, ""), add_help=False)
+    return parser
+
+
+_SHORT_HELP = {
+    "synth": "write synthetic BraTS-like cases built on the MNI152 template",
+    "inspect": "list and validate the cases of a dataset folder",
+    "preprocess": "preprocess a dataset into the cache used by training",
+    "info": "parameter count and layer table of a model",
+    "train": "train a model from a recipe",
+    "predict": "segment cases with one or more trained models",
+    "tune-postprocess": "choose the ET post-processing threshold on validation cases",
+    "export": "export a trained model to ONNX",
+    "evaluate": "BraTS metrics of predictions against references",
+    "compare": "compare several evaluated methods side by side",
+    "demo": "the whole pipeline on synthetic data, no download needed",
+    "benchmark": "measure speed and memory of every pipeline stage",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cascadeseg`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    run = getattr(args, "_run", None)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if run is None:
+        print(f"cascadeseg: command {args.command!r} is not available", file=sys.stderr)
+        return 2
+    try:
+        return int(run(args) or 0)
+    except CascadesegError as exc:
+        print(f"cascadeseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

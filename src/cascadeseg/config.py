@@ -1,0 +1,358 @@
+"""Run configuration: frozen dataclasses, loaded from YAML, overridable with ``key=value``.
+
+A recipe in ``configs/`` is a YAML file with the sections of :class:`Config`. Any field can be
+overridden from the command line with a dotted key, e.g. ``optim.lr=3e-4`` or
+``data.patch_size=[64,64,64]``; values are parsed as YAML scalars/lists. Unknown keys are errors
+(a typo never goes unnoticed). The resolved configuration is written into every run directory and
+checkpoint (:func:`to_dict` / :func:`from_dict`), so a run can be rebuilt from its checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from cascadeseg.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how it is prepared.
+
+    Attributes:
+        layout: dataset layout name, or ``None`` to detect it.
+        label_convention: override of the layout's label convention (``None``: the layout's).
+        target_spacing: resample to this voxel size in mm (``None``: keep the source spacing).
+        n4: N4 bias-field correction (SimpleITK) before normalisation (CU-Net paper, sec. 3.1).
+        crop_margin: voxels kept around the brain bounding box.
+        patch_size: training crop (3D: 3 ints; 2D models use the first two as slice size).
+        foreground_prob: probability that a 3D crop is centred on a tumour voxel (0 = uniform,
+            as the two-stage paper's random crops).
+        slice_context: neighbouring slices on each side added as extra channels (2D; 0 = off).
+        drop_empty_slices: fraction of tumour-free slices dropped each epoch (CU-Net: about 0.3).
+        cache_dir: where preprocessed cases are cached (``None``: ``<data>/.cascadeseg_cache``).
+        num_workers: data-loader worker processes.
+        folds: number of cross-validation folds (two-stage paper: 5).
+        fold: which fold is the validation fold.
+        split: ``"kfold"`` or ``"cunet"`` (3:1:1 train/val/test as the CU-Net paper).
+    """
+
+    layout: str | None = None
+    label_convention: str | None = None
+    target_spacing: tuple[float, float, float] | None = None
+    n4: bool = False
+    crop_margin: int = 4
+    patch_size: tuple[int, ...] = (128, 128, 128)
+    foreground_prob: float = 0.0
+    slice_context: int = 0
+    drop_empty_slices: float = 0.3
+    cache_dir: str | None = None
+    num_workers: int = 2
+    folds: int = 5
+    fold: int = 0
+    split: str = "kfold"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which registered model and its constructor overrides (``cascadeseg info`` lists them)."""
+
+    name: str = "two_stage"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss settings.
+
+    Attributes:
+        interp_decoder_weight: weight of the two-stage interpolation decoder's Dice loss.
+        dice_eps: epsilon in the denominator of the soft Dice (Eq. 2 of the two-stage paper).
+        lws: loss weighted sampling for CU-Net (Eqs. 1-3); off = plain cross-entropy over brain.
+        lws_alpha: contour weight alpha (CU-Net: 2).
+        lws_beta: positive/negative balance beta (CU-Net: 1.5).
+        contour_width: width of the tumour contour region S4 in pixels (CU-Net: about 10).
+        aux_weight: initial omega of the auxiliary losses (CU-Net Eq. 4: 0.1).
+        aux_decay: factor applied to omega every ``aux_decay_every`` epochs (0.1).
+        aux_decay_every: epochs between decays (10).
+        aux_min: floor of omega (1e-3).
+    """
+
+    interp_decoder_weight: float = 1.0
+    dice_eps: float = 1e-5
+    lws: bool = True
+    lws_alpha: float = 2.0
+    lws_beta: float = 1.5
+    contour_width: int = 10
+    aux_weight: float = 0.1
+    aux_decay: float = 0.1
+    aux_decay_every: int = 10
+    aux_min: float = 1e-3
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and learning-rate schedule.
+
+    Attributes:
+        name: ``adam``, ``adamw`` or ``sgd``.
+        lr: initial learning rate.
+        weight_decay: L2 weight decay.
+        momentum: SGD momentum.
+        schedule: ``poly`` (two-stage Eq. 3 with linear warm-up), ``step`` (CU-Net: x``step_gamma``
+            every ``step_every`` epochs down to ``min_lr``) or ``constant``.
+        warmup_epochs: linear warm-up epochs (two-stage: 5).
+        poly_power: exponent of the poly schedule (0.9).
+        step_every: epochs between step decays.
+        step_gamma: step decay factor.
+        min_lr: lower bound of the learning rate.
+    """
+
+    name: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    momentum: float = 0.9
+    schedule: str = "poly"
+    warmup_epochs: int = 5
+    poly_power: float = 0.9
+    step_every: int = 10
+    step_gamma: float = 0.1
+    min_lr: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Trainer settings.
+
+    Attributes:
+        epochs: number of epochs.
+        iters_per_epoch: iterations per epoch (``None``: one pass over the training cases/slices).
+        batch_size: per-process batch size.
+        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + grad scaler).
+        checkpointing: gradient checkpointing per residual block.
+        snapshots: keep the weights of the last N epochs as snapshots (two-stage: 8).
+        val_every: validate every N epochs (0: never).
+        early_stop_patience: stop when the validation loss has risen for N validations
+            (CU-Net: "until there is an obvious uptrend"); 0 = off.
+        skip_nonfinite: skip steps with a non-finite loss instead of stopping.
+        max_minutes: wall-clock budget; training stops cleanly when it is spent (``None``: off).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        channels_last: use channels-last memory format.
+        compile: ``torch.compile`` the model.
+        tensorboard: also log to TensorBoard when it is installed.
+    """
+
+    epochs: int = 405
+    iters_per_epoch: int | None = None
+    batch_size: int = 1
+    precision: str = "bf16"
+    checkpointing: bool = False
+    snapshots: int = 8
+    val_every: int = 1
+    early_stop_patience: int = 0
+    skip_nonfinite: bool = False
+    max_minutes: float | None = None
+    device: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Defaults used by ``predict`` for models trained with this recipe.
+
+    Attributes:
+        tta: 8-flip test-time augmentation.
+        threshold: probability threshold of each region.
+        et_min_voxels: ET smaller than this becomes necrosis (two-stage sec. 3.4); 0 = off.
+        sliding_window: ``auto`` (fallback when memory is short), ``always`` or ``never``.
+        overlap: sliding-window overlap.
+        precision: ``fp32`` or ``bf16``.
+    """
+
+    tta: bool = True
+    threshold: float = 0.5
+    et_min_voxels: int = 0
+    sliding_window: str = "auto"
+    overlap: float = 0.5
+    precision: str = "bf16"
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole recipe."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain nested dict/list/scalars of a config dataclass (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _from_dict(tp, value, where)  # type: ignore[arg-type]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {list(value)}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is list:
+        return list(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)} "
+            f"(valid: {', '.join(sorted(names))})"
+        )
+    kwargs = {
+        k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()
+    }
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any], cls: type[T] = Config) -> T:  # type: ignore[assignment]
+    """Build a config dataclass from a nested dict, checking keys and types."""
+    return _from_dict(cls, data or {})
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def apply_overrides(cfg: T, overrides: list[str] | tuple[str, ...]) -> T:
+    """Apply ``key=value`` overrides (values parsed as YAML) to a config dataclass."""
+    tree = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: cannot parse value ({exc})") from None
+        _set_dotted(tree, key, value)
+    return from_dict(tree, type(cfg))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a recipe YAML (``None``: the defaults) and apply overrides.
+
+    ``path`` may be a file or the name of a shipped recipe (``two_stage_cpu``); shipped recipes
+    live in the package's ``configs`` folder (``configs/`` at the repository root links there).
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = resolve_recipe(path)
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{file}: cannot read config ({exc})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: a config file must hold a mapping")
+        data = loaded or {}
+    return apply_overrides(from_dict(data, Config), overrides)
+
+
+def recipe_dirs() -> list[Path]:
+    """Folders searched for recipes by name (the repository's ``configs/`` links to it)."""
+    return [Path(__file__).resolve().parent / "configs"]
+
+
+def resolve_recipe(path: str | Path) -> Path:
+    """A recipe file from a path or a shipped recipe's name (with or without ``.yaml``)."""
+    file = Path(path)
+    if file.is_file():
+        return file
+    name = file.name if file.suffix in (".yaml", ".yml") else f"{file.name}.yaml"
+    for folder in recipe_dirs():
+        if (folder / name).is_file():
+            return folder / name
+    raise ConfigError(f"{path}: no such config file or shipped recipe")
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write a config dataclass as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

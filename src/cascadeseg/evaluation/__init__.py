@@ -1,0 +1,1 @@
+"""Evaluation: BraTS metrics, reports, plots."""

@@ -1,0 +1,1 @@
+"""Inference: predictor, flip TTA, sliding window, ensembles, post-processing, export."""

@@ -1,0 +1,1 @@
+"""Losses: region soft Dice, loss-weighted-sampling cross-entropy, deep supervision."""

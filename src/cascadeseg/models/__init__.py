@@ -1,0 +1,1 @@
+"""Networks: shared blocks, the two-stage cascade (3D), CU-Net (2D), U-Net baselines, registry."""

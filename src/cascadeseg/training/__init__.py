@@ -1,0 +1,1 @@
+"""Training: trainer, schedules, distributed (torchrun), checkpoints."""

@@ -1,0 +1,109 @@
+"""Checkpoints that rebuild their model alone and load without executing code.
+
+A checkpoint is a ``dict`` saved with :func:`torch.save` and read back with
+``torch.load(weights_only=True)``, so a file from an untrusted source cannot run code. It holds only
+tensors, numbers, strings, lists and dicts:
+
+=================  ============================================================================
+key                content
+=================  ============================================================================
+``format``         ``"cascadeseg-checkpoint-1"``
+``version``        package version that wrote it
+``model_name``     registry name (``two_stage``, ``cunet``, ``unet3d``, ``unet2d``)
+``model_args``     constructor keyword arguments (``build_model(model_name, **model_args)``)
+``model``          ``state_dict`` of the model
+``config``         the resolved :class:`cascadeseg.config.Config` as a plain dict
+``epoch``          epochs completed
+``optimizer`` ...  optional training state: ``optimizer``, ``scheduler``, ``scaler``, ``rng``,
+                   ``history``; absent from inference-only exports
+``extra``          free-form dict (e.g. ``{"et_min_voxels": 120}``)
+=================  ============================================================================
+
+Run directory layout written by the trainer (``RUN_DIR``)::
+
+    config.yaml              resolved config
+    split.json               case ids of train/val(/test)
+    checkpoints/last.pt      latest full checkpoint (used by --resume)
+    checkpoints/best.pt      best validation mean Dice
+    checkpoints/snapshot_E.pt  weights of the last N epochs (E = epoch, zero-padded to 4)
+    metrics.csv, curves.png  per-epoch log and plot
+    postprocess.json         {"et_min_voxels": N} written by ``tune-postprocess``
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cascadeseg import __version__
+from cascadeseg.errors import ModelError
+
+FORMAT = "cascadeseg-checkpoint-1"
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """Save ``obj`` to ``path`` through a temporary file and a rename (never a partial file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_checkpoint(
+    *,
+    model_name: str,
+    model_args: dict[str, Any],
+    model_state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    epoch: int,
+    extra: dict[str, Any] | None = None,
+    **training_state: Any,
+) -> dict[str, Any]:
+    """Assemble a checkpoint dict (see the module docstring for the keys)."""
+    ckpt: dict[str, Any] = {
+        "format": FORMAT,
+        "version": __version__,
+        "model_name": model_name,
+        "model_args": dict(model_args),
+        "model": model_state,
+        "config": config,
+        "epoch": int(epoch),
+        "extra": dict(extra or {}),
+    }
+    ckpt.update(training_state)
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``: no code runs while loading).
+
+    Raises:
+        ModelError: the file is missing, unreadable, not a cascadeseg checkpoint, or would need
+            code execution to load.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle errors, truncated zip, unsafe globals...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: not a loadable cascadeseg checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ModelError(f"{path}: not a cascadeseg checkpoint (missing format {FORMAT!r})")
+    for key in ("model_name", "model_args", "model"):
+        if key not in ckpt:
+            raise ModelError(f"{path}: checkpoint lacks {key!r}")
+    return ckpt
