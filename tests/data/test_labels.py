@@ -1,0 +1,69 @@
+"""Label conventions and region derivation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cascadeseg.data import labels
+from cascadeseg.errors import InputError
+
+
+@pytest.mark.parametrize(
+    ("convention", "source", "internal"),
+    [
+        ("brats2021", [0, 1, 2, 4], [0, 1, 2, 3]),
+        ("brats2023", [0, 1, 2, 3], [0, 1, 2, 3]),
+        ("brats2024", [0, 1, 2, 3, 4], [0, 1, 2, 3, 0]),
+        ("msd", [0, 1, 2, 3], [0, 2, 1, 3]),
+        ("nnunet_brats", [0, 1, 2, 3], [0, 2, 1, 3]),
+    ],
+)
+def test_to_internal(convention: str, source: list[int], internal: list[int]) -> None:
+    out = labels.to_internal(np.array(source, dtype=np.int16), convention)
+    assert out.dtype == np.uint8
+    assert out.tolist() == internal
+
+
+@pytest.mark.parametrize("convention", ["brats2021", "brats2023", "msd", "internal"])
+def test_round_trip(convention: str) -> None:
+    internal = np.array([[0, 1], [2, 3]], dtype=np.uint8)
+    back = labels.to_internal(labels.from_internal(internal, convention), convention)
+    np.testing.assert_array_equal(back, internal)
+
+
+def test_brats2021_writes_four_for_et() -> None:
+    assert labels.from_internal(np.array([3, 1]), "brats2021").tolist() == [4, 1]
+
+
+def test_bad_values_name_the_source() -> None:
+    with pytest.raises(InputError, match=r"seg\.nii\.gz: label values \[3\]"):
+        labels.to_internal(np.array([0, 3]), "brats2021", source="seg.nii.gz")
+    with pytest.raises(InputError, match=r"label values \[-1, 7\]"):
+        labels.to_internal(np.array([-1, 7, 1]), "brats2023")
+    with pytest.raises(InputError, match="non-integer"):
+        labels.to_internal(np.array([0.5]), "brats2023")
+    with pytest.raises(InputError, match="unknown label convention"):
+        labels.get_convention("nope")
+
+
+def test_regions_hierarchy() -> None:
+    # background, NCR, ED, ET
+    label = np.array([0, 1, 2, 3])
+    regions = labels.label_to_regions(label)
+    assert regions.shape == (3, 4)
+    assert regions[0].tolist() == [False, True, True, True]  # WT
+    assert regions[1].tolist() == [False, True, False, True]  # TC
+    assert regions[2].tolist() == [False, False, False, True]  # ET
+    np.testing.assert_array_equal(labels.regions_to_label(regions), label)
+
+
+def test_regions_to_label_enforces_nesting() -> None:
+    # ET without TC/WT and TC without WT are dropped; WT alone is edema.
+    regions = np.array([[0, 0, 1, 1], [1, 0, 0, 1], [1, 1, 0, 0]], dtype=bool)
+    assert labels.regions_to_label(regions).tolist() == [0, 0, 2, 1]
+
+
+def test_probabilities_to_label_threshold() -> None:
+    probs = np.array([[0.9, 0.9, 0.4], [0.8, 0.2, 0.9], [0.6, 0.1, 0.9]])
+    assert labels.probabilities_to_label(probs).tolist() == [3, 2, 0]
