@@ -114,6 +114,8 @@ class OptimConfig:
         step_every: epochs between step decays.
         step_gamma: step decay factor.
         min_lr: lower bound of the learning rate.
+        grad_clip: clip the global gradient norm to this value (``None``: off). The papers do not
+            clip; nnU-Net clips at 12, which keeps small CPU recipes from diverging at a brisk lr.
     """
 
     name: str = "adam"
@@ -126,6 +128,7 @@ class OptimConfig:
     step_every: int = 10
     step_gamma: float = 0.1
     min_lr: float = 0.0
+    grad_clip: float | None = None
 
 
 @dataclass(frozen=True)
@@ -140,10 +143,19 @@ class TrainConfig:
         checkpointing: gradient checkpointing per residual block.
         snapshots: keep the weights of the last N epochs as snapshots (two-stage: 8).
         val_every: validate every N epochs (0: never).
-        early_stop_patience: stop when the validation loss has risen for N validations
-            (CU-Net: "until there is an obvious uptrend"); 0 = off.
+        val_cases: validate on at most this many validation cases (``None``: all of them).
+        early_stop_patience: stop when the validation loss has not reached a new minimum for N
+            validations in a row (CU-Net sec. 3.2: "until there is an obvious uptrend in the
+            validation loss"; patience as in Keras/Lightning ``EarlyStopping``); 0 = off.
         skip_nonfinite: skip steps with a non-finite loss instead of stopping.
-        max_minutes: wall-clock budget; training stops cleanly when it is spent (``None``: off).
+        max_minutes: wall-clock budget of training (summed over resumed sessions); training stops
+            cleanly after the current iteration when it is spent and still writes checkpoints
+            (``None``: off).
+        time_schedule: with ``max_minutes``, drive the learning-rate schedule by the spent fraction
+            of the budget whenever that is ahead of the epoch count, so the poly decay ends when
+            the budget does (CPU recipes). Such runs are not bit-reproducible.
+        checkpoint_every: also write ``checkpoints/last.pt`` every N iterations (0: only at the
+            end of each epoch).
         device: ``auto``, ``cpu`` or ``cuda``.
         channels_last: use channels-last memory format.
         compile: ``torch.compile`` the model.
@@ -157,9 +169,12 @@ class TrainConfig:
     checkpointing: bool = False
     snapshots: int = 8
     val_every: int = 1
+    val_cases: int | None = None
     early_stop_patience: int = 0
     skip_nonfinite: bool = False
     max_minutes: float | None = None
+    time_schedule: bool = False
+    checkpoint_every: int = 0
     device: str = "auto"
     channels_last: bool = False
     compile: bool = False
@@ -261,6 +276,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads "1e-4" (no dot) as a string; accept any float literal.
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -281,9 +302,7 @@ def _from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             f"unknown config key(s) {', '.join(prefix + k for k in unknown)} "
             f"(valid: {', '.join(sorted(names))})"
         )
-    kwargs = {
-        k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()
-    }
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
 
@@ -317,7 +336,9 @@ def apply_overrides(cfg: T, overrides: list[str] | tuple[str, ...]) -> T:
     return from_dict(tree, type(cfg))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Load a recipe YAML (``None``: the defaults) and apply overrides.
 
     ``path`` may be a file or the name of a shipped recipe (``two_stage_cpu``); shipped recipes

@@ -105,7 +105,10 @@ def to_internal(label: np.ndarray, convention: str, *, source: str = "label map"
     if values.dtype.kind == "f":
         if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
             raise InputError(f"{source}: label map holds non-integer values")
-    values = values.astype(np.int64, copy=False)
+        values = values.astype(np.int32)
+    elif values.dtype.kind not in "iu":
+        raise InputError(f"{source}: label map has non-numeric type {values.dtype}")
+    # Index the lookup table with the stored integer type: no int64 copy of a whole volume.
     top = max(conv.to_internal) + 1
     lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 0)
     if lo < 0 or hi >= top:

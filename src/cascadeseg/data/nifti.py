@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import re
 import tempfile
 import zlib
 from pathlib import Path
@@ -91,8 +92,9 @@ def _reason(exc: BaseException, path: Path) -> str:
         return f"corrupt gzip data ({_one_line(exc)})"
     if isinstance(exc, ImageFileError):
         return "not a NIfTI image (nibabel cannot work out the file type)"
-    if isinstance(exc, OSError) and "Expected" in str(exc) and "bytes" in str(exc):
-        return f"file is truncated ({_one_line(exc)})"
+    short = re.search(r"Expected (\d+) bytes, got (\d+) bytes", str(exc))
+    if short:
+        return f"file is truncated ({short[2]} of {short[1]} data bytes present)"
     return f"cannot read NIfTI file ({type(exc).__name__}: {_one_line(exc)})"
 
 
@@ -215,7 +217,9 @@ def save_nifti(
             img.header.set_sform(affine, code=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent
+    )
     os.close(fd)
     try:
         nib.save(img, tmp_name)

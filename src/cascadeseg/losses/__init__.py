@@ -1,1 +1,48 @@
-"""Losses: region soft Dice, loss-weighted-sampling cross-entropy, deep supervision."""
+"""Losses: region soft Dice, loss-weighted-sampling cross-entropy, deep supervision.
+
+- :mod:`.dice`: region soft Dice of the two-stage paper (Eq. 2), ``[WT, TC, ET]`` on sigmoids.
+- :mod:`.lws`: CU-Net loss weighted sampling (Eqs. 1-3): regions, probabilities, sample matrix,
+  weighted cross-entropy.
+- :mod:`.composite`: whole-model losses called by the trainer, and :func:`build_loss`.
+"""
+
+from __future__ import annotations
+
+from cascadeseg.losses.composite import (
+    CUNetLoss,
+    LabelCELoss,
+    Loss,
+    RegionDiceLoss,
+    TwoStageLoss,
+    build_loss,
+    regions_from_label,
+)
+from cascadeseg.losses.dice import region_dice_loss, soft_dice_per_region
+from cascadeseg.losses.lws import (
+    benchmark_lws,
+    contour_band,
+    lws_probabilities,
+    lws_regions,
+    lws_weights,
+    sample_weights,
+    weighted_cross_entropy,
+)
+
+__all__ = [
+    "CUNetLoss",
+    "LabelCELoss",
+    "Loss",
+    "RegionDiceLoss",
+    "TwoStageLoss",
+    "benchmark_lws",
+    "build_loss",
+    "contour_band",
+    "lws_probabilities",
+    "lws_regions",
+    "lws_weights",
+    "region_dice_loss",
+    "regions_from_label",
+    "sample_weights",
+    "soft_dice_per_region",
+    "weighted_cross_entropy",
+]

@@ -1,0 +1,226 @@
+"""Training augmentations: deterministic functions plus parameter draws (TorchIO's pattern).
+
+Every random augmentation is split in two: ``draw_*(rng, ...)`` draws the parameters from an
+explicit :class:`numpy.random.Generator`, and a pure function applies them. The functions are
+tested on hand-computed tiny arrays; the draws make a run reproducible from a seed.
+
+Arrays are channel-first images ``(C, *spatial)`` and label maps / masks ``(*spatial)``;
+``spatial`` is ``(X, Y, Z)`` in 3D and ``(H, W)`` in 2D.
+
+Recipes:
+
+* two-stage cascaded U-Net (sec. 3.1): intensity shift in [-0.1, 0.1] standard deviations and
+  scale in [0.9, 1.1] per channel, random 128^3 crops, a flip with p = 0.5 on each axis;
+* CU-Net (sec. 4): random rotation and random flip of 2D slices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+# --------------------------------------------------------------------------------------------
+# Intensity
+
+
+def draw_intensity(
+    rng: np.random.Generator,
+    channels: int,
+    *,
+    shift: float = 0.1,
+    scale: tuple[float, float] = (0.9, 1.1),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel shift (in standard deviations) and scale factors.
+
+    Args:
+        rng: the generator.
+        channels: number of image channels.
+        shift: shifts are uniform in ``[-shift, shift]`` (two-stage paper: 0.1).
+        scale: scales are uniform in this range (two-stage paper: 0.9 to 1.1).
+
+    Returns:
+        ``(shifts, scales)``, each ``(channels,)`` float32.
+    """
+    shifts = rng.uniform(-shift, shift, size=channels).astype(np.float32)
+    scales = rng.uniform(scale[0], scale[1], size=channels).astype(np.float32)
+    return shifts, scales
+
+
+def shift_scale_intensity(
+    image: np.ndarray,
+    shifts: np.ndarray,
+    scales: np.ndarray,
+    *,
+    brain_mask: np.ndarray | None = None,
+    std: np.ndarray | float = 1.0,
+) -> np.ndarray:
+    """``(image + shift * std) * scale`` per channel.
+
+    The images are z-scored over the brain (preprocessing), so one standard deviation is 1 by
+    default. With ``brain_mask``, voxels outside the brain stay exactly 0, as at inference time
+    (the paper does not say; keeping the background fixed means the network never sees a
+    shifted background it will not meet at test time).
+
+    Args:
+        image: ``(C, *spatial)`` float32.
+        shifts: ``(C,)`` shift in standard deviations.
+        scales: ``(C,)`` multiplicative factors.
+        brain_mask: ``(*spatial)`` bool, or ``None`` to change every voxel.
+        std: ``(C,)`` or scalar standard deviation of each channel.
+
+    Returns:
+        ``(C, *spatial)`` float32 (a new array).
+    """
+    channels = image.shape[0]
+    expand = (slice(None),) + (None,) * (image.ndim - 1)
+    shift_values = (np.asarray(shifts, np.float32) * np.asarray(std, np.float32)).reshape(channels)
+    out = (image + shift_values[expand]) * np.asarray(scales, np.float32).reshape(channels)[expand]
+    out = out.astype(np.float32, copy=False)
+    if brain_mask is not None:
+        out *= brain_mask[None]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Flips
+
+
+def draw_flips(rng: np.random.Generator, spatial_dims: int, p: float = 0.5) -> tuple[int, ...]:
+    """Spatial axes to flip, each independently with probability ``p`` (two-stage: 0.5).
+
+    Returns:
+        spatial axis indices (0-based over the spatial axes), ascending.
+    """
+    return tuple(int(a) for a in np.flatnonzero(rng.random(spatial_dims) < p))
+
+
+def flip(array: np.ndarray, axes: Sequence[int], *, spatial_dims: int) -> np.ndarray:
+    """Flip the given spatial axes (indices over the last ``spatial_dims`` axes); a view.
+
+    Works for images ``(C, *spatial)`` and for label maps ``(*spatial)`` alike.
+    """
+    if not axes:
+        return array
+    offset = array.ndim - spatial_dims
+    return np.flip(array, axis=tuple(offset + a for a in axes))
+
+
+# --------------------------------------------------------------------------------------------
+# 2D rotation
+
+
+def draw_rotation(rng: np.random.Generator, max_degrees: float = 15.0) -> float:
+    """An angle uniform in ``[-max_degrees, max_degrees]`` (the CU-Net paper gives no range;
+    15 degrees is a common choice for brain slices)."""
+    return float(rng.uniform(-max_degrees, max_degrees))
+
+
+def rotate2d(array: np.ndarray, degrees: float, *, order: int) -> np.ndarray:
+    """Rotate ``(H, W)`` or ``(C, H, W)`` arrays in the ``(H, W)`` plane about the centre.
+
+    The shape is kept (``reshape=False``); voxels coming from outside are 0. Use ``order=1``
+    for images and ``order=0`` for label maps and masks (no new label values).
+    """
+    if degrees == 0.0:
+        return array
+    return ndimage.rotate(
+        array, degrees, axes=(-2, -1), reshape=False, order=order, mode="constant", cval=0.0
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Crops
+
+
+def draw_crop_start(
+    rng: np.random.Generator,
+    shape: Sequence[int],
+    size: Sequence[int],
+    *,
+    foreground: np.ndarray | None = None,
+    foreground_prob: float = 0.0,
+) -> tuple[int, ...]:
+    """Start corner of a crop of ``size`` from a volume of ``shape``.
+
+    With probability ``foreground_prob`` (nnU-Net uses 1/3; the two-stage paper crops uniformly)
+    the crop is centred on a random foreground voxel, shifted where needed so that it stays
+    inside the volume; otherwise the start is uniform. Where the volume is smaller than the
+    crop the start is negative (the crop is padded), and the volume lands at a random place in it.
+
+    Args:
+        rng: the generator.
+        shape: spatial shape of the volume.
+        size: spatial shape of the crop.
+        foreground: ``(N, ndim)`` integer coordinates of foreground voxels (may be empty).
+        foreground_prob: probability of a foreground-centred crop.
+
+    Returns:
+        start index per spatial axis (may be negative).
+    """
+    shape_a = np.asarray(shape, dtype=np.int64)
+    size_a = np.asarray(size, dtype=np.int64)
+    # Valid starts: the crop lies inside the volume, or contains all of it where it is smaller.
+    low = np.minimum(0, shape_a - size_a)
+    high = np.maximum(0, shape_a - size_a)
+    centred = (
+        foreground is not None
+        and len(foreground) > 0
+        and foreground_prob > 0
+        and rng.random() < foreground_prob
+    )
+    if centred:
+        assert foreground is not None
+        voxel = np.asarray(foreground[rng.integers(len(foreground))], dtype=np.int64)
+        start = np.clip(voxel - size_a // 2, low, high)
+    else:
+        start = np.array([rng.integers(lo, hi + 1) for lo, hi in zip(low, high)])
+    return tuple(int(s) for s in start)
+
+
+def crop(
+    array: np.ndarray, start: Sequence[int], size: Sequence[int], *, pad_value: float = 0
+) -> np.ndarray:
+    """The window ``[start, start + size)`` of the last ``len(size)`` axes, padded where it
+    leaves the array.
+
+    Works on images ``(C, *spatial)`` and label maps ``(*spatial)``. The result is a new
+    C-contiguous array (never a view of a memory-mapped cache file).
+    """
+    spatial_dims = len(size)
+    lead = array.shape[: array.ndim - spatial_dims]
+    shape = array.shape[array.ndim - spatial_dims :]
+    out = np.full((*lead, *size), pad_value, dtype=array.dtype)
+    src, dst = [], []
+    for s, n, extent in zip(start, size, shape):
+        lo, hi = max(s, 0), min(s + n, extent)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    keep = (slice(None),) * len(lead)
+    out[keep + tuple(dst)] = array[keep + tuple(src)]
+    return out
+
+
+def centre_crop_start(shape: Sequence[int], size: Sequence[int]) -> tuple[int, ...]:
+    """Start corner of the centred crop (negative where the volume is smaller: padding)."""
+    return tuple((int(n) - int(s)) // 2 for n, s in zip(shape, size))
+
+
+def foreground_coordinates(
+    label: np.ndarray, *, max_points: int | None = 10000, seed: int = 0
+) -> np.ndarray:
+    """Coordinates of the tumour voxels (label > 0), subsampled to ``max_points``.
+
+    nnU-Net stores a 10000-voxel sample per class for the same purpose: drawing a centre from
+    a subsample is as good as from all voxels and keeps the memory small.
+
+    Returns:
+        ``(N, ndim)`` int32 coordinates.
+    """
+    flat = np.flatnonzero(np.asarray(label).reshape(-1))
+    if max_points is not None and flat.size > max_points:
+        flat = np.sort(np.random.default_rng(seed).choice(flat, max_points, replace=False))
+    return np.stack(np.unravel_index(flat, label.shape), axis=1).astype(np.int32)

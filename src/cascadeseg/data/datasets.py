@@ -1,0 +1,400 @@
+"""Torch datasets over preprocessed cases: random 3D crops and 2D axial slices.
+
+Reproducibility: every item draws its randomness from ``np.random.default_rng([seed, epoch,
+index])``, never from a global or per-worker generator. The same (seed, epoch, index) gives the
+same sample whatever the number of loader workers, and a resumed run draws the same crops.
+
+The epoch reaches the items in two ways: :meth:`set_epoch` on the dataset (used when items are
+fetched with an integer index), and the samplers of :func:`make_loader`, which hand the workers
+``(epoch, index)`` pairs, so persistent workers (which hold a copy of the dataset made at start)
+follow the epoch too. Call :func:`set_loader_epoch` at the start of every epoch.
+
+Items are dicts of tensors:
+
+* ``"image"``: ``(C, X, Y, Z)`` (3D) or ``(C, H, W)`` (2D) float32, z-scored modalities;
+* ``"label"``: ``(X, Y, Z)`` / ``(H, W)`` int64 internal labels (0 background, 1 NCR, 2 ED, 3 ET);
+* ``"regions"``: ``(3, ...)`` float32 region masks ``[WT, TC, ET]``;
+* ``"brain_mask"``: ``(...)`` bool;
+* ``"case_index"``: int64 scalar, the position of the source case in ``cases``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from cascadeseg.data import augment
+from cascadeseg.data.labels import label_to_regions
+from cascadeseg.data.preprocess import Preprocessed
+from cascadeseg.errors import InputError
+
+Index = int | tuple[int, int]
+
+
+def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one item: a function of (seed, epoch, index) only."""
+    return np.random.default_rng([int(seed), int(epoch), int(index)])
+
+
+def _split_index(key: Index, epoch: int) -> tuple[int, int]:
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1])
+    return epoch, int(key)
+
+
+def _require_labels(cases: Sequence[Preprocessed]) -> None:
+    for case in cases:
+        if case.label is None:
+            raise InputError(f"{case.case_id}: a training case needs a label map")
+
+
+def _to_item(
+    image: np.ndarray, label: np.ndarray, brain_mask: np.ndarray, case_index: int
+) -> dict[str, torch.Tensor]:
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+        "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64)),
+        "regions": torch.from_numpy(label_to_regions(label).astype(np.float32)),
+        "brain_mask": torch.from_numpy(np.ascontiguousarray(brain_mask, dtype=bool)),
+        "case_index": torch.tensor(case_index, dtype=torch.int64),
+    }
+
+
+class CropDataset3D(Dataset):
+    """Random 3D crops of preprocessed cases (two-stage paper, sec. 3.1).
+
+    Item ``i`` of an epoch is a crop of case ``i % len(cases)``; with augmentation the crop is
+    flipped on each axis with p = 0.5 and each channel shifted by U(-0.1, 0.1) standard
+    deviations and scaled by U(0.9, 1.1).
+
+    Args:
+        cases: preprocessed cases with labels (memory-mapped cache entries are fine: only the
+            crop is read).
+        patch_size: crop size ``(X, Y, Z)`` in voxels; volumes smaller than it are zero-padded.
+        foreground_prob: probability that a crop is centred on a tumour voxel (0: uniform
+            crops as in the paper; nnU-Net uses 1/3).
+        augment: apply flips and intensity augmentation.
+        seed: base seed.
+        samples_per_epoch: items per epoch (``None``: one per case).
+        flip_prob: probability of a flip on each axis.
+        intensity_shift: half-range of the shift, in standard deviations.
+        intensity_scale: range of the scale factor.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Preprocessed],
+        *,
+        patch_size: Sequence[int],
+        foreground_prob: float = 0.0,
+        augment: bool = True,
+        seed: int = 0,
+        samples_per_epoch: int | None = None,
+        flip_prob: float = 0.5,
+        intensity_shift: float = 0.1,
+        intensity_scale: tuple[float, float] = (0.9, 1.1),
+    ) -> None:
+        if not cases:
+            raise InputError("no training cases")
+        _require_labels(cases)
+        if len(patch_size) != 3:
+            raise ValueError(f"patch_size must have 3 values, got {tuple(patch_size)}")
+        self.cases = list(cases)
+        self.patch_size = tuple(int(s) for s in patch_size)
+        self.foreground_prob = float(foreground_prob)
+        self.augment = augment
+        self.seed = int(seed)
+        self.samples_per_epoch = samples_per_epoch
+        self.flip_prob = flip_prob
+        self.intensity_shift = intensity_shift
+        self.intensity_scale = intensity_scale
+        self.epoch = 0
+        self._foreground: dict[int, np.ndarray] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch if self.samples_per_epoch is not None else len(self.cases)
+
+    def _foreground_of(self, case_index: int) -> np.ndarray:
+        if case_index not in self._foreground:
+            label = self.cases[case_index].label
+            assert label is not None
+            self._foreground[case_index] = augment.foreground_coordinates(label)
+        return self._foreground[case_index]
+
+    def __getitem__(self, key: Index) -> dict[str, torch.Tensor]:
+        epoch, index = _split_index(key, self.epoch)
+        rng = item_rng(self.seed, epoch, index)
+        case_index = index % len(self.cases)
+        case = self.cases[case_index]
+        assert case.label is not None
+        foreground = self._foreground_of(case_index) if self.foreground_prob > 0 else None
+        start = augment.draw_crop_start(
+            rng,
+            case.shape,
+            self.patch_size,
+            foreground=foreground,
+            foreground_prob=self.foreground_prob,
+        )
+        image = augment.crop(case.image, start, self.patch_size)
+        label = augment.crop(case.label, start, self.patch_size)
+        brain_mask = augment.crop(case.brain_mask, start, self.patch_size)
+        if self.augment:
+            axes = augment.draw_flips(rng, 3, self.flip_prob)
+            image = augment.flip(image, axes, spatial_dims=3)
+            label = augment.flip(label, axes, spatial_dims=3)
+            brain_mask = augment.flip(brain_mask, axes, spatial_dims=3)
+            shifts, scales = augment.draw_intensity(
+                rng, image.shape[0], shift=self.intensity_shift, scale=self.intensity_scale
+            )
+            image = augment.shift_scale_intensity(image, shifts, scales, brain_mask=brain_mask)
+        return _to_item(image, label, brain_mask, case_index)
+
+
+class SliceDataset2D(Dataset):
+    """Axial slices (index along the last axis, z) of preprocessed cases (CU-Net paper, sec. 4).
+
+    Every slice with tumour is used each epoch; of the tumour-free slices a fraction
+    ``drop_empty`` is left out, redrawn each epoch (CU-Net: "about 30% scans that don't contain
+    any tumor structure are discarded"). The number of items is the same every epoch, so
+    samplers (also ``DistributedSampler``) keep a fixed length. With augmentation, each slice
+    is rotated by U(-max_rotation, max_rotation) degrees and flipped on each in-plane axis with
+    p = 0.5 (CU-Net: "random rotation and random flip").
+
+    Slices are cropped or zero-padded to ``slice_size``: centred without augmentation, at a
+    random position with it.
+
+    Args:
+        cases: preprocessed cases with labels.
+        slice_size: ``(H, W)`` = ``(X, Y)`` size of each item.
+        slice_context: neighbouring slices on each side stacked as extra channels (2.5D);
+            the channels are ordered by offset ``-k..k``, each with all modalities, so
+            channel ``(offset + k) * C + c``; slices beyond the volume are zeros.
+        drop_empty: fraction of tumour-free slices left out each epoch.
+        augment: apply rotation and flips.
+        seed: base seed.
+        max_rotation: rotation half-range in degrees.
+        flip_prob: probability of a flip on each in-plane axis.
+        skip_background_slices: leave out slices without any brain voxel (they carry no signal).
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Preprocessed],
+        *,
+        slice_size: tuple[int, int],
+        slice_context: int = 0,
+        drop_empty: float = 0.3,
+        augment: bool = True,
+        seed: int = 0,
+        max_rotation: float = 15.0,
+        flip_prob: float = 0.5,
+        skip_background_slices: bool = True,
+    ) -> None:
+        if not cases:
+            raise InputError("no training cases")
+        _require_labels(cases)
+        if not 0.0 <= drop_empty < 1.0:
+            raise ValueError(f"drop_empty must be in [0, 1), got {drop_empty}")
+        self.cases = list(cases)
+        self.slice_size = (int(slice_size[0]), int(slice_size[1]))
+        self.slice_context = int(slice_context)
+        self.drop_empty = float(drop_empty)
+        self.augment = augment
+        self.seed = int(seed)
+        self.max_rotation = max_rotation
+        self.flip_prob = flip_prob
+        self.epoch = 0
+        tumour, empty = [], []
+        for case_index, case in enumerate(self.cases):
+            assert case.label is not None
+            has_tumour: np.ndarray = np.any(case.label, axis=(0, 1))
+            has_brain: np.ndarray = np.any(case.brain_mask, axis=(0, 1))
+            for z in range(case.shape[2]):
+                if has_tumour[z]:
+                    tumour.append((case_index, z))
+                elif has_brain[z] or not skip_background_slices:
+                    empty.append((case_index, z))
+        #: ``(case index, z)`` of the slices with tumour and without.
+        self.tumour_slices = np.asarray(tumour, dtype=np.int64).reshape(-1, 2)
+        self.empty_slices = np.asarray(empty, dtype=np.int64).reshape(-1, 2)
+        self.empty_kept = len(self.empty_slices) - round(self.drop_empty * len(self.empty_slices))
+        self._epoch_slices: tuple[int, np.ndarray] | None = None
+
+    @property
+    def in_channels(self) -> int:
+        return self.cases[0].image.shape[0] * (2 * self.slice_context + 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.tumour_slices) + self.empty_kept
+
+    def slices_for_epoch(self, epoch: int) -> np.ndarray:
+        """``(len(self), 2)`` array of ``(case index, z)`` used in ``epoch``."""
+        if self._epoch_slices is None or self._epoch_slices[0] != epoch:
+            rng = np.random.default_rng([self.seed, int(epoch), 2**31 - 1])
+            keep = rng.choice(len(self.empty_slices), self.empty_kept, replace=False)
+            kept = self.empty_slices[np.sort(keep)]
+            self._epoch_slices = (epoch, np.concatenate([self.tumour_slices, kept]))
+        return self._epoch_slices[1]
+
+    def _slice_image(self, case: Preprocessed, z: int) -> np.ndarray:
+        k = self.slice_context
+        if k == 0:
+            return np.asarray(case.image[..., z])
+        channels, depth = case.image.shape[0], case.shape[2]
+        out = np.zeros((channels * (2 * k + 1), *case.shape[:2]), dtype=np.float32)
+        for i, offset in enumerate(range(-k, k + 1)):
+            if 0 <= z + offset < depth:
+                out[i * channels : (i + 1) * channels] = case.image[..., z + offset]
+        return out
+
+    def __getitem__(self, key: Index) -> dict[str, torch.Tensor]:
+        epoch, index = _split_index(key, self.epoch)
+        rng = item_rng(self.seed, epoch, index)
+        case_index, z = (int(v) for v in self.slices_for_epoch(epoch)[index])
+        case = self.cases[case_index]
+        assert case.label is not None
+        image = self._slice_image(case, z)
+        label = np.asarray(case.label[..., z])
+        brain_mask = np.asarray(case.brain_mask[..., z])
+        if self.augment:
+            start = augment.draw_crop_start(rng, label.shape, self.slice_size)
+        else:
+            start = augment.centre_crop_start(label.shape, self.slice_size)
+        image = augment.crop(image, start, self.slice_size)
+        label = augment.crop(label, start, self.slice_size)
+        brain_mask = augment.crop(brain_mask, start, self.slice_size)
+        if self.augment:
+            degrees = augment.draw_rotation(rng, self.max_rotation)
+            image = augment.rotate2d(image, degrees, order=1)
+            label = augment.rotate2d(label, degrees, order=0)
+            brain_mask = augment.rotate2d(brain_mask, degrees, order=0)
+            axes = augment.draw_flips(rng, 2, self.flip_prob)
+            image = augment.flip(image, axes, spatial_dims=2)
+            label = augment.flip(label, axes, spatial_dims=2)
+            brain_mask = augment.flip(brain_mask, axes, spatial_dims=2)
+        return _to_item(image, label, brain_mask, case_index)
+
+
+# --------------------------------------------------------------------------------------------
+# Samplers and loaders
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` pairs from a base sampler, so workers know the epoch.
+
+    Without shuffling the order is ``0..n-1``; with it, a permutation drawn from
+    ``default_rng([seed, epoch])`` (a function of the epoch only, so a resumed run repeats it).
+    A base sampler with ``set_epoch`` (``DistributedSampler``) is told the epoch too.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        epoch: int = 0,
+        base: Sampler | None = None,
+    ) -> None:
+        self.dataset = dataset
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.base = base
+        self.epoch = 0
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if self.base is not None and hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(self.epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+
+    def _indices(self) -> Iterator[int]:
+        if self.base is not None:
+            return iter(self.base)
+        n = len(self.dataset)  # type: ignore[arg-type]
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
+            return iter(int(i) for i in order)
+        return iter(range(n))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        for index in self._indices():
+            yield (epoch, int(index))
+
+    def __len__(self) -> int:
+        if self.base is not None:
+            return len(self.base)  # type: ignore[arg-type]
+        return len(self.dataset)  # type: ignore[arg-type]
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int = 2,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int = 0,
+    distributed: bool = False,
+    *,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A ``DataLoader`` whose items depend only on (seed, epoch, index).
+
+    With ``distributed`` and ``torch.distributed`` initialised, each process reads its own
+    share through ``DistributedSampler`` (shuffled with ``seed + epoch`` by torch). Workers are
+    persistent (started once, not every epoch); memory is pinned when CUDA is available. Call
+    :func:`set_loader_epoch` at the start of each epoch.
+
+    Args:
+        dataset: a :class:`CropDataset3D` / :class:`SliceDataset2D` (or any map-style dataset
+            accepting ``(epoch, index)`` keys).
+        batch_size: items per batch (per process).
+        num_workers: loader worker processes (0: in the main process).
+        shuffle: shuffle the order each epoch.
+        seed: seed of the order.
+        epoch: the first epoch (a resumed run passes the epoch it resumes at).
+        distributed: split the data over the processes of an initialised process group.
+        drop_last: drop the last incomplete batch.
+    """
+    base: Sampler | None = None
+    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+        base = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed, epoch=epoch, base=base)
+    # The loader's own generator seeds the workers' torch RNG; a private one keeps the global
+    # torch RNG (model init, dropout) untouched by the number of epochs or workers.
+    generator = torch.Generator().manual_seed(int(seed))
+    options: dict[str, Any] = {}
+    if num_workers > 0:
+        options = {"persistent_workers": True, "prefetch_factor": 2}
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        generator=generator,
+        **options,
+    )
+
+
+def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
+    """Tell a loader made by :func:`make_loader` (its sampler and dataset) the epoch."""
+    sampler = loader.sampler
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    elif hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)

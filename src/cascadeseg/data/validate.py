@@ -1,0 +1,196 @@
+"""Checks that turn bad input into one clear line instead of a traceback or a silent guess.
+
+Every check raises :class:`~cascadeseg.errors.InputError` with a one-line message that starts with
+the file (or folder) at fault and says what is wrong with it. The readers in
+:mod:`cascadeseg.data.layouts` call the file-level checks while loading (before arrays of different
+shapes are stacked) and :func:`validate_case` once on the assembled :class:`Case`.
+
+Checked: missing or duplicated modality files (found during discovery, reported by
+:func:`check_ref`), modalities of different shapes or affines, a 4D file with the wrong number of
+channels, a label map whose shape or affine differs from the images, label values outside the
+convention (:func:`cascadeseg.data.labels.to_internal`), non-finite voxels, an all-zero modality,
+and an empty folder (:func:`require_cases`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cascadeseg.data.case import MODALITIES, Case
+from cascadeseg.data.labels import NUM_CLASSES
+from cascadeseg.errors import InputError
+
+if TYPE_CHECKING:
+    from cascadeseg.data.layouts import CaseRef
+
+#: Largest difference (mm) tolerated between the affines of co-registered files. Real BraTS files
+#: differ by float rounding (~1e-6 mm) between modalities; 1e-3 mm is nnU-Net's order of tolerance
+#: for "same geometry" and far below a voxel.
+AFFINE_ATOL_MM = 1e-3
+
+PathLike = str | os.PathLike[str]
+
+
+def check_ref(ref: CaseRef) -> None:
+    """Raise the first problem found while discovering ``ref``'s files (missing, duplicated).
+
+    Discovery records problems in ``ref.extra["problems"]`` instead of failing at once, so that
+    ``cascadeseg inspect`` can list every bad case of a dataset.
+    """
+    problems = ref.extra.get("problems", ())
+    if problems:
+        raise InputError(problems[0])
+
+
+def check_same_geometry(
+    reference: PathLike,
+    reference_shape: Sequence[int],
+    reference_affine: np.ndarray,
+    path: PathLike,
+    shape: Sequence[int],
+    affine: np.ndarray,
+    *,
+    what: str = "image",
+    atol_mm: float = AFFINE_ATOL_MM,
+) -> None:
+    """Require ``path`` to share the voxel grid of ``reference``.
+
+    Args:
+        reference: the file whose grid is the reference (named in the message).
+        reference_shape, reference_affine: its spatial shape (voxels) and ``(4, 4)`` affine (mm).
+        path, shape, affine: the file to check.
+        what: ``"image"`` or ``"label map"``, for the message.
+        atol_mm: largest tolerated absolute difference of any affine entry (mm).
+
+    Raises:
+        InputError: ``"<path>: <what> shape (...) differs from (...) of <reference>"`` or the same
+            for the affine, with the largest difference in mm.
+    """
+    if tuple(shape) != tuple(reference_shape):
+        raise InputError(
+            f"{path}: {what} shape {tuple(int(s) for s in shape)} differs from "
+            f"{tuple(int(s) for s in reference_shape)} of {os.path.basename(reference)}"
+        )
+    diff = float(np.max(np.abs(np.asarray(affine) - np.asarray(reference_affine))))
+    if not diff <= atol_mm:  # also catches NaN
+        raise InputError(
+            f"{path}: {what} affine differs from that of {os.path.basename(reference)} by "
+            f"{diff:.4g} mm (tolerance {atol_mm:g} mm): the files are not on the same voxel grid"
+        )
+
+
+def as_volume(array: np.ndarray, path: PathLike, *, what: str = "image") -> np.ndarray:
+    """Return a 3D ``(X, Y, Z)`` view of ``array``.
+
+    A trailing axis of length 1 (``(X, Y, Z, 1)``, which some tools write) is dropped.
+
+    Raises:
+        InputError: the file is 4D with more than one channel, or not 3D at all.
+    """
+    if array.ndim == 4 and array.shape[3] == 1:
+        return array[..., 0]
+    if array.ndim == 4:
+        raise InputError(
+            f"{path}: 4D file with {array.shape[3]} channels where one 3D {what} was expected"
+        )
+    if array.ndim != 3:
+        raise InputError(f"{path}: {array.ndim}D {what} of shape {array.shape}, expected 3D")
+    return array
+
+
+def check_channel_count(
+    path: PathLike, shape: Sequence[int], expected: int = len(MODALITIES)
+) -> None:
+    """Require a 4D ``(X, Y, Z, C)`` image with ``C == expected`` channels (MSD layout).
+
+    Raises:
+        InputError: ``"<path>: 4D image has 3 channels, expected 4 (...)"`` or ``"... is 3D"``.
+    """
+    if len(shape) != 4:
+        raise InputError(
+            f"{path}: {len(shape)}D image of shape {tuple(shape)}, expected a 4D image with "
+            f"{expected} channels (FLAIR, T1, T1ce, T2)"
+        )
+    if shape[3] != expected:
+        raise InputError(
+            f"{path}: 4D image has {shape[3]} channels, expected {expected} (FLAIR, T1, T1ce, T2)"
+        )
+
+
+def _channel_source(case: Case, channel: int, source: PathLike | None) -> str:
+    files = case.meta.files
+    modality = MODALITIES[channel]
+    if modality in files:
+        return str(files[modality])
+    if "image" in files:
+        return f"{files['image']} (channel {modality})"
+    return f"{source or case.case_id} ({modality})"
+
+
+def check_finite(array: np.ndarray, name: str) -> None:
+    """Raise if ``array`` holds NaN or infinite values (message gives their count)."""
+    if array.dtype.kind != "f":
+        return
+    if not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise InputError(f"{name}: {bad} non-finite voxels (NaN or infinity)")
+
+
+def check_not_empty(array: np.ndarray, name: str) -> None:
+    """Raise if every voxel of ``array`` is zero (an empty or blanked modality)."""
+    if not array.any():
+        raise InputError(f"{name}: modality is empty (every voxel is zero)")
+
+
+def validate_case(case: Case, *, source: PathLike | None = None) -> None:
+    """Check an assembled case; raise :class:`InputError` on the first problem.
+
+    Args:
+        case: image ``(4, X, Y, Z)`` float, label ``(X, Y, Z)`` internal values or ``None``.
+        source: what to name when ``case.meta.files`` does not say (e.g. a folder).
+
+    Raises:
+        InputError: wrong image rank or channel count, shape not matching ``meta.shape``,
+            non-finite voxels, an all-zero modality, label shape differing from the image,
+            internal label values outside 0-3. The message names the file at fault.
+    """
+    where = str(
+        source or case.meta.files.get("flair") or case.meta.files.get("image") or case.case_id
+    )
+    image = case.image
+    if image.ndim != 4 or image.shape[0] != len(MODALITIES):
+        raise InputError(
+            f"{where}: image of shape {image.shape}, expected (4, X, Y, Z) with channels "
+            f"FLAIR, T1, T1ce, T2"
+        )
+    if tuple(image.shape[1:]) != tuple(case.meta.shape):
+        raise InputError(
+            f"{where}: image shape {image.shape[1:]} differs from meta.shape {case.meta.shape}"
+        )
+    for channel in range(image.shape[0]):
+        name = _channel_source(case, channel, source)
+        check_finite(image[channel], name)
+        check_not_empty(image[channel], name)
+    if case.label is not None:
+        seg = str(case.meta.files.get("seg", where))
+        label = case.label
+        if tuple(label.shape) != tuple(image.shape[1:]):
+            raise InputError(
+                f"{seg}: label shape {tuple(label.shape)} differs from image shape "
+                f"{tuple(image.shape[1:])}"
+            )
+        if label.dtype.kind not in "iub":
+            raise InputError(f"{seg}: label map must be integer, got {label.dtype}")
+        if label.size and (int(label.max()) >= NUM_CLASSES or int(label.min()) < 0):
+            bad = np.unique(label[(label < 0) | (label >= NUM_CLASSES)])[:10]
+            raise InputError(f"{seg}: internal label values {bad.tolist()} outside 0-3")
+
+
+def require_cases(refs: Sequence[CaseRef], root: PathLike, layout: str) -> None:
+    """Raise when discovery found no case under ``root``."""
+    if not refs:
+        raise InputError(f"{root}: no cases found ({layout} layout)")

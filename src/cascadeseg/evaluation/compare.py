@@ -1,0 +1,169 @@
+"""Compare several methods: a table like the CU-Net paper's Table 1, box plots, overlays, report.
+
+Each run is either an evaluation folder (one written by :func:`~cascadeseg.evaluation.evaluate`,
+with ``metrics.csv``) or a folder of predicted label maps, which is evaluated first against the
+reference given (into ``<out>/evaluations/<name>``).
+
+Outputs in ``out_dir``: ``table.md`` and ``table.csv`` (mean Dice / Sens / Spec and HD95 per
+region per method), ``boxplots.png`` and ``hd95_boxplots.png`` (CU-Net Fig. 4, methods side by
+side), ``overlays/overlay_<case>.png`` (CU-Net Fig. 3) and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cascadeseg.errors import InputError
+from cascadeseg.evaluation.evaluate import (
+    EvaluationResult,
+    evaluate,
+    format_value,
+    load_evaluation,
+)
+from cascadeseg.evaluation.report import (
+    method_table,
+    method_table_markdown,
+    normalize_results,
+    write_report,
+)
+
+
+@dataclass
+class ComparisonResult:
+    """What :func:`compare` wrote.
+
+    Attributes:
+        out_dir: the output folder.
+        results: method name -> evaluation.
+        table: the rows of ``table.csv`` (see :func:`~cascadeseg.evaluation.report.method_table`).
+        report: path of ``report.html``.
+    """
+
+    out_dir: Path
+    results: dict[str, EvaluationResult]
+    table: list[dict[str, object]]
+    report: Path
+
+    @property
+    def table_md(self) -> Path:
+        return self.out_dir / "table.md"
+
+    @property
+    def table_csv(self) -> Path:
+        return self.out_dir / "table.csv"
+
+
+def _is_evaluation(folder: Path) -> bool:
+    return (folder / "metrics.csv").is_file()
+
+
+def load_run(
+    run: str | os.PathLike[str],
+    name: str,
+    out_dir: Path,
+    *,
+    ref: str | os.PathLike[str] | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> EvaluationResult:
+    """An evaluation folder as is, or a prediction folder evaluated against ``ref``.
+
+    Raises:
+        InputError: the folder is missing, or is a prediction folder and ``ref`` is ``None``.
+    """
+    run = Path(run)
+    if not run.is_dir():
+        raise InputError(f"{run}: run folder not found")
+    if _is_evaluation(run):
+        return load_evaluation(run)
+    if ref is None:
+        raise InputError(
+            f"{run}: no metrics.csv here; to compare a prediction folder give the references "
+            "(--ref DATASET_OR_DIR)"
+        )
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return evaluate(
+        run,
+        ref,
+        out_dir / "evaluations" / safe,
+        workers=workers,
+        progress=progress,
+        print_table=False,
+    )
+
+
+def write_table_csv(rows: Sequence[dict[str, object]], path: Path) -> Path:
+    """The method table as CSV (``method``, then ``dice_wt ... hd95_et``, ``n``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(rows[0]) if rows else ["method"]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([format_value(row[c]) for c in columns])
+    return path
+
+
+def compare(
+    runs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    names: Sequence[str] | None = None,
+    ref: str | os.PathLike[str] | None = None,
+    images: str | os.PathLike[str] | None = None,
+    cases: Sequence[str] | None = None,
+    n_overlays: int = 3,
+    workers: int = 2,
+    progress: bool = True,
+) -> ComparisonResult:
+    """Compare methods side by side.
+
+    Args:
+        runs: evaluation folders (with ``metrics.csv``) or prediction folders (need ``ref``).
+        out_dir: output folder (created).
+        names: method names, one per run (default: the folder names).
+        ref: references for prediction folders (dataset folder or flat folder of label maps).
+        images: dataset folder with FLAIR/T1ce for the overlays (default: the first run's
+            reference folder, when it is a dataset).
+        cases: case ids for overlays (default: the ``n_overlays`` worst cases of the first run).
+        n_overlays: overlays drawn when ``cases`` is ``None``.
+        workers: processes for evaluating prediction folders.
+        progress: progress bars.
+
+    Returns:
+        A :class:`ComparisonResult`.
+    """
+    if not runs:
+        raise InputError("compare needs at least one run")
+    if names is not None and len(names) != len(runs):
+        raise InputError(f"--names: {len(names)} names for {len(runs)} runs")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_names = list(names) if names is not None else [Path(r).resolve().name for r in runs]
+    loaded = [
+        load_run(r, n, out_dir, ref=ref, workers=workers, progress=progress)
+        for r, n in zip(runs, run_names)
+    ]
+    results = normalize_results(loaded, run_names)
+    table = method_table(results)
+    (out_dir / "table.md").write_text(method_table_markdown(table))
+    write_table_csv(table, out_dir / "table.csv")
+    if cases is not None:
+        known = {row["case"] for res in results.values() for row in res.rows}
+        unknown = [c for c in cases if c not in known]
+        if unknown:
+            raise InputError(f"--cases: unknown case ids {unknown[:10]}")
+    report = write_report(
+        out_dir,
+        results,
+        images_for_overlays=images,
+        overlay_cases=cases,
+        n_overlays=n_overlays,
+        title="cascadeseg comparison",
+        figures_dir=out_dir,
+    )
+    return ComparisonResult(out_dir, results, table, report)

@@ -1,0 +1,572 @@
+"""Evaluate a folder of predicted label maps against references: ``metrics.csv`` + ``summary.json``.
+
+Inputs:
+
+* predictions: a flat folder of ``<case_id>.nii.gz`` (or ``.nii``) integer label maps, in any
+  label convention (see :func:`detect_convention`);
+* references: either a dataset folder in any layout the readers know
+  (``cascadeseg.data.layouts.discover_cases``: BraTS 2017-2021, 2023+, MSD, nnU-Net raw) or a flat
+  folder of ``<case_id>.nii.gz`` label maps (``ref_layout="flat"``, chosen automatically when the
+  folder holds NIfTI files directly).
+
+Predictions are matched to references by case id. A reference without prediction counts as an
+empty prediction (Dice 0, HD95 373.13 where the reference is non-empty) and is listed as
+``missing``; a prediction whose shape or affine differs from its reference is an ``error`` row with
+the reason (NaN metrics, left out of the summary), never a crash. Predictions without reference are
+listed as ``unmatched``.
+
+Outputs in ``out_dir``: ``metrics.csv`` (columns :data:`CSV_COLUMNS`), ``summary.json`` (mean, std,
+median, 25th and 75th percentiles per metric and region; counts of cases and of NaN values left
+out) and a table printed to stdout.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from cascadeseg.data.labels import CONVENTIONS, to_internal
+from cascadeseg.data.nifti import is_nifti, load_nifti, strip_nifti_suffix
+from cascadeseg.errors import InputError
+from cascadeseg.evaluation.metrics import METRIC_NAMES, VOLUME_NAMES, case_metrics
+
+#: Columns of ``metrics.csv``: ``case`` and the 12 metrics first (the order the issue fixes),
+#: then volumes in mL, the case status and where the values came from.
+CSV_COLUMNS: tuple[str, ...] = (
+    "case",
+    *METRIC_NAMES,
+    *VOLUME_NAMES,
+    "status",
+    "pred_convention",
+    "ref_convention",
+    "pred_file",
+    "ref_file",
+    "message",
+)
+#: Status of a row: evaluated, prediction missing (scored as empty), or not evaluated.
+STATUS_OK, STATUS_MISSING, STATUS_ERROR = "ok", "missing", "error"
+#: Statistics in ``summary.json`` and the printed table.
+STATISTICS: tuple[str, ...] = ("mean", "std", "median", "q25", "q75")
+
+# Files kept for overlays: FLAIR and T1ce (3D), or the 4D image of MSD.
+_IMAGE_KEYS = ("flair", "t1ce", "image")
+# Affines are stored as float32 in NIfTI sform/qform: allow float32 round-off, nothing visible.
+_AFFINE_ATOL_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class ReferenceItem:
+    """One reference label map.
+
+    Attributes:
+        case_id: the case id predictions are matched by.
+        seg: path of the reference label map.
+        convention: its label convention, ``None`` to detect it from the values.
+        images: image files for overlays (``flair``, ``t1ce``, or ``image`` for a 4D file).
+        layout: the layout the reference came from (``flat`` or a reader's layout name).
+        channels: for a 4D ``image``, modality -> channel index (from the reader).
+    """
+
+    case_id: str
+    seg: Path
+    convention: str | None
+    images: dict[str, Path] = field(default_factory=dict)
+    layout: str = "flat"
+    channels: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate` computed and wrote.
+
+    Attributes:
+        out_dir: the output folder (``metrics.csv``, ``summary.json``).
+        rows: one dict per case with the keys of :data:`CSV_COLUMNS` (metrics as floats).
+        summary: the content of ``summary.json``.
+        pred_dir: the prediction folder (``None`` when loaded from a CSV without it).
+        ref: the reference folder.
+    """
+
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    pred_dir: Path | None = None
+    ref: Path | None = None
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.out_dir / "metrics.csv"
+
+    @property
+    def summary_json(self) -> Path:
+        return self.out_dir / "summary.json"
+
+    @property
+    def missing(self) -> list[str]:
+        """Cases whose prediction was missing (scored as empty)."""
+        return [r["case"] for r in self.rows if r["status"] == STATUS_MISSING]
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """Cases that could not be evaluated, with the reason."""
+        return {r["case"]: r["message"] for r in self.rows if r["status"] == STATUS_ERROR}
+
+    def scored_rows(self) -> list[dict[str, Any]]:
+        """Rows that enter the statistics (evaluated and missing; not errors)."""
+        return [r for r in self.rows if r["status"] != STATUS_ERROR]
+
+    def values(self, metric: str) -> np.ndarray:
+        """``(N,)`` float64 values of ``metric`` over the scored rows (NaN kept)."""
+        return np.array([float(r[metric]) for r in self.scored_rows()], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# Label conventions
+
+
+def _present_values(label: np.ndarray) -> set[int]:
+    """The distinct values of an integer label map (cheap for the usual 0-4 range)."""
+    label = np.asarray(label)
+    if label.dtype.kind == "f" or label.size == 0:
+        return {int(v) for v in np.unique(label)}
+    lo, hi = int(label.min()), int(label.max())
+    if lo < 0 or hi > 16:
+        return {int(v) for v in np.unique(label)}
+    # One comparison pass per candidate value beats np.unique's sort of 9M voxels (~10x).
+    return {v for v in range(lo, hi + 1) if v in (lo, hi) or bool(np.any(label == v))}
+
+
+def detect_convention(values: Iterable[int], reference_convention: str | None = None) -> str:
+    """Guess the label convention of a label map from the values it holds.
+
+    Rule (label values cannot tell every convention apart, so the rule is fixed and documented):
+
+    1. If every value is allowed in ``reference_convention`` (the convention of the reference this
+       map is compared with), that convention is used: a prediction is assumed to follow its
+       reference unless its values prove otherwise.
+    2. Otherwise: a 4 without a 3 -> ``brats2021`` (ET = 4); a 3 without a 4 -> ``brats2023``;
+       both 3 and 4 -> ``brats2024`` (4 = resection cavity); only values in {0, 1, 2} ->
+       ``brats2021`` (1 = NCR and 2 = ED in both BraTS conventions, so this is not a guess).
+
+    Ambiguities that values cannot resolve, where the caller must name the convention:
+    MSD / nnU-Net BraTS maps (1 = edema, 2 = necrosis) look like ``brats2023``; a BraTS 2021 map
+    compared with a BraTS 2024 reference has its 4 read as resection cavity.
+
+    Args:
+        values: the distinct values of the map.
+        reference_convention: convention of the reference, or ``None``.
+
+    Returns:
+        A key of :data:`cascadeseg.data.labels.CONVENTIONS`.
+
+    Raises:
+        InputError: a value outside 0-4.
+    """
+    present = set(int(v) for v in values)
+    if reference_convention is not None:
+        allowed = set(CONVENTIONS[reference_convention].to_internal)
+        if present <= allowed:
+            return reference_convention
+    bad = sorted(v for v in present if v < 0 or v > 4)
+    if bad:
+        raise InputError(f"label values {bad[:10]} fit no known convention (allowed 0-4)")
+    if 3 in present and 4 in present:
+        return "brats2024"
+    if 3 in present:
+        return "brats2023"
+    return "brats2021"
+
+
+# --------------------------------------------------------------------------------------------
+# Finding files
+
+
+def _nifti_files(folder: Path) -> dict[str, Path]:
+    """``{case_id: path}`` of the NIfTI files directly in ``folder`` (not recursive)."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and is_nifti(path) and not path.name.startswith("."):
+            case_id = strip_nifti_suffix(path.name)
+            if case_id in found:
+                raise InputError(f"{folder}: two files for case {case_id!r}")
+            found[case_id] = path
+    return found
+
+
+def find_predictions(pred_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """``{case_id: path}`` of the label maps ``<case_id>.nii.gz`` / ``.nii`` in ``pred_dir``.
+
+    Raises:
+        InputError: the folder does not exist.
+    """
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise InputError(f"{pred_dir}: prediction folder not found")
+    return _nifti_files(pred_dir)
+
+
+def find_references(
+    ref: str | os.PathLike[str],
+    *,
+    ref_layout: str | None = None,
+    ref_convention: str | None = None,
+) -> list[ReferenceItem]:
+    """The reference label maps of a dataset folder (any layout) or of a flat folder.
+
+    Args:
+        ref: a dataset folder the readers know, or a folder of ``<case_id>.nii.gz`` label maps.
+        ref_layout: ``"flat"``, a reader's layout name, or ``None``: flat when the folder holds
+            NIfTI files directly, else the readers detect the layout.
+        ref_convention: label convention of the references; ``None`` takes the layout's (flat
+            folders: detected per file by :func:`detect_convention`).
+
+    Raises:
+        InputError: the folder is missing, empty, or no case has a segmentation.
+    """
+    ref = Path(ref)
+    if not ref.is_dir():
+        raise InputError(f"{ref}: reference folder not found")
+    if ref_layout is None:
+        ref_layout = "flat" if _nifti_files(ref) else None
+    if ref_layout == "flat":
+        items = [
+            ReferenceItem(case_id, path, ref_convention, {}, "flat")
+            for case_id, path in _nifti_files(ref).items()
+        ]
+    else:
+        try:
+            from cascadeseg.data.layouts import discover_cases
+        except ImportError as exc:  # the readers are a separate module; say so plainly
+            raise InputError(f"{ref}: dataset readers are not available ({exc})") from exc
+        items = []
+        for case_ref in discover_cases(ref, layout=ref_layout, label_convention=ref_convention):
+            seg = case_ref.files.get("seg")
+            if seg is None:  # a case without segmentation cannot be a reference
+                continue
+            images = {k: Path(v) for k, v in case_ref.files.items() if k in _IMAGE_KEYS}
+            items.append(
+                ReferenceItem(
+                    case_id=case_ref.case_id,
+                    seg=Path(seg),
+                    convention=case_ref.label_convention,
+                    images=images,
+                    layout=case_ref.layout,
+                    channels=dict(case_ref.extra.get("channels") or {}),
+                )
+            )
+    if not items:
+        raise InputError(f"{ref}: no reference label maps found")
+    return items
+
+
+# --------------------------------------------------------------------------------------------
+# One case
+
+
+def _read_label(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    array, affine, header = load_nifti(path)
+    if array.ndim == 4 and array.shape[3] == 1:  # some tools write (X, Y, Z, 1)
+        array = array[..., 0]
+    if array.ndim != 3:
+        raise InputError(f"{path}: expected a 3D label map, got shape {array.shape}")
+    zooms = header.get_zooms()[:3]
+    spacing = (float(zooms[0]), float(zooms[1]), float(zooms[2]))
+    return array, affine, spacing
+
+
+def _nan_metrics() -> dict[str, float]:
+    return {name: math.nan for name in (*METRIC_NAMES, *VOLUME_NAMES)}
+
+
+def evaluate_case(
+    pred_path: Path | None,
+    reference: ReferenceItem,
+    pred_convention: str | None = None,
+) -> dict[str, Any]:
+    """One row of ``metrics.csv``: read, convert, check geometry, compute :func:`case_metrics`.
+
+    Never raises for a problem with the case's files: the row's ``status`` is ``error`` and
+    ``message`` says why (metrics NaN).
+
+    Args:
+        pred_path: the prediction file, or ``None`` when it is missing (scored as empty).
+        reference: the reference.
+        pred_convention: the prediction's convention, or ``None`` to detect it.
+    """
+    row: dict[str, Any] = {
+        "case": reference.case_id,
+        **_nan_metrics(),
+        "status": STATUS_OK,
+        "pred_convention": "",
+        "ref_convention": "",
+        "pred_file": "" if pred_path is None else str(pred_path),
+        "ref_file": str(reference.seg),
+        "message": "",
+    }
+    try:
+        ref_raw, ref_affine, spacing = _read_label(reference.seg)
+        ref_conv = reference.convention or detect_convention(_present_values(ref_raw))
+        ref_label = to_internal(ref_raw, ref_conv, source=str(reference.seg))
+        row["ref_convention"] = ref_conv
+        if pred_path is None:
+            pred_label = np.zeros_like(ref_label)
+            row["status"] = STATUS_MISSING
+            row["message"] = "no prediction: scored as an empty label map"
+        else:
+            pred_raw, pred_affine, _ = _read_label(pred_path)
+            if pred_raw.shape != ref_raw.shape:
+                raise InputError(
+                    f"{pred_path}: shape {pred_raw.shape} differs from the reference's "
+                    f"{ref_raw.shape} ({reference.seg})"
+                )
+            if not np.allclose(pred_affine, ref_affine, rtol=0.0, atol=_AFFINE_ATOL_MM):
+                raise InputError(
+                    f"{pred_path}: affine differs from the reference's ({reference.seg}); "
+                    "predictions must be on the reference grid"
+                )
+            pred_conv = pred_convention or detect_convention(_present_values(pred_raw), ref_conv)
+            pred_label = to_internal(pred_raw, pred_conv, source=str(pred_path))
+            row["pred_convention"] = pred_conv
+        row.update(case_metrics(pred_label, ref_label, spacing))
+    except Exception as exc:  # one bad case must not stop a folder; the row says what happened
+        row.update(_nan_metrics())
+        row["status"] = STATUS_ERROR
+        row["message"] = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+    return row
+
+
+def _evaluate_task(task: tuple[Path | None, ReferenceItem, str | None]) -> dict[str, Any]:
+    return evaluate_case(*task)
+
+
+# --------------------------------------------------------------------------------------------
+# Summary, CSV, JSON
+
+
+def _stats(values: np.ndarray) -> dict[str, float | int]:
+    finite = values[~np.isnan(values)]
+    out: dict[str, float | int] = {"n": int(finite.size), "n_nan": int(values.size - finite.size)}
+    if finite.size == 0:
+        out.update({name: math.nan for name in STATISTICS})
+        return out
+    q25, median, q75 = np.percentile(finite, [25, 50, 75])
+    out["mean"] = float(finite.mean())
+    # Sample standard deviation (ddof=1), as pandas and the BraTS ranking spreadsheets report.
+    out["std"] = float(finite.std(ddof=1)) if finite.size > 1 else 0.0
+    out["median"], out["q25"], out["q75"] = float(median), float(q25), float(q75)
+    return out
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Statistics of every metric over the scored rows (``ok`` and ``missing``).
+
+    Returns:
+        ``{"metrics": {name: {n, n_nan, mean, std, median, q25, q75}}, "volumes": {...},
+        "cases": {n, ok, missing, error}, "missing": [...], "errors": {case: message}}``.
+        ``n_nan`` counts the values left out as NaN (sensitivity with an empty reference,
+        specificity without reference negatives).
+    """
+    scored = [r for r in rows if r["status"] != STATUS_ERROR]
+
+    def column(name: str) -> np.ndarray:
+        return np.array([float(r[name]) for r in scored], dtype=np.float64)
+
+    return {
+        "metrics": {name: _stats(column(name)) for name in METRIC_NAMES},
+        "volumes": {name: _stats(column(name)) for name in VOLUME_NAMES},
+        "cases": {
+            "n": len(rows),
+            "ok": sum(r["status"] == STATUS_OK for r in rows),
+            "missing": sum(r["status"] == STATUS_MISSING for r in rows),
+            "error": sum(r["status"] == STATUS_ERROR for r in rows),
+        },
+        "missing": [r["case"] for r in rows if r["status"] == STATUS_MISSING],
+        "errors": {r["case"]: r["message"] for r in rows if r["status"] == STATUS_ERROR},
+    }
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf -> ``None`` (JSON has no NaN), recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def format_value(value: Any) -> str:
+    """A CSV cell: floats with 10 significant digits, NaN as ``NaN``."""
+    if isinstance(value, float):
+        return "NaN" if math.isnan(value) else f"{value:.10g}"
+    return str(value)
+
+
+def write_metrics_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write rows with :data:`CSV_COLUMNS` (NaN written as ``NaN``), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for row in rows:
+            writer.writerow([format_value(row.get(col, "")) for col in CSV_COLUMNS])
+    os.replace(tmp, path)
+    return path
+
+
+def read_metrics_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Rows of a ``metrics.csv`` (metrics and volumes as floats, the rest as strings).
+
+    Raises:
+        InputError: the file is missing or lacks the 12 metric columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: metrics.csv not found")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        lacking = [c for c in ("case", *METRIC_NAMES) if c not in header]
+        if lacking:
+            raise InputError(f"{path}: not a metrics.csv (missing columns {lacking})")
+        rows = []
+        for raw in reader:
+            row: dict[str, Any] = dict(raw)
+            for name in (*METRIC_NAMES, *VOLUME_NAMES):
+                if name in row:
+                    text = row[name]
+                    row[name] = math.nan if text in ("", "NaN", "nan") else float(text)
+            row.setdefault("status", STATUS_OK)
+            row["status"] = row["status"] or STATUS_OK
+            rows.append(row)
+    return rows
+
+
+def load_evaluation(folder: str | os.PathLike[str]) -> EvaluationResult:
+    """An :class:`EvaluationResult` from a folder written by :func:`evaluate`."""
+    folder = Path(folder)
+    rows = read_metrics_csv(folder / "metrics.csv")
+    summary = summarize(rows)
+    pred_dir = ref = None
+    summary_path = folder / "summary.json"
+    if summary_path.is_file():
+        source = json.loads(summary_path.read_text()).get("source", {})
+        pred_dir = Path(source["pred_dir"]) if source.get("pred_dir") else None
+        ref = Path(source["ref"]) if source.get("ref") else None
+        summary["source"] = source
+    return EvaluationResult(folder, rows, summary, pred_dir, ref)
+
+
+def format_summary_table(summary: dict[str, Any]) -> str:
+    """A plain-text table: one line per metric with mean, std, median, q25, q75, n (NaN)."""
+    lines = [
+        f"{'metric':<10}{'mean':>10}{'std':>10}{'median':>10}{'q25':>10}{'q75':>10}{'n':>6}"
+        f"{'NaN':>6}"
+    ]
+    for name, stats in summary["metrics"].items():
+        cells = "".join(f"{_format_stat(stats[s]):>10}" for s in STATISTICS)
+        lines.append(f"{name:<10}{cells}{stats['n']:>6}{stats['n_nan']:>6}")
+    cases = summary["cases"]
+    lines.append(
+        f"cases: {cases['n']} ({cases['ok']} evaluated, {cases['missing']} missing predictions "
+        f"scored as empty, {cases['error']} errors)"
+    )
+    return "\n".join(lines)
+
+
+def _format_stat(value: float) -> str:
+    return "NaN" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+# --------------------------------------------------------------------------------------------
+# The folder
+
+
+def evaluate(
+    pred_dir: str | os.PathLike[str],
+    ref: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    ref_layout: str | None = None,
+    ref_convention: str | None = None,
+    pred_convention: str | None = None,
+    workers: int = 2,
+    progress: bool = True,
+    print_table: bool = True,
+) -> EvaluationResult:
+    """BraTS metrics of every reference case; writes ``metrics.csv`` and ``summary.json``.
+
+    Args:
+        pred_dir: folder of ``<case_id>.nii.gz`` label maps (any label convention).
+        ref: dataset folder (any layout the readers know) or flat folder of label maps.
+        out_dir: output folder (created).
+        ref_layout: see :func:`find_references`.
+        ref_convention: the references' label convention (``None``: from the layout or detected).
+        pred_convention: the predictions' label convention (``None``: detected per case by
+            :func:`detect_convention`, preferring the reference's).
+        workers: processes (the cases are independent; 2 uses both cores of a small machine;
+            1 runs in this process).
+        progress: show a progress bar.
+        print_table: print the summary table.
+
+    Returns:
+        The :class:`EvaluationResult` (rows in reference order).
+
+    Raises:
+        InputError: a folder is missing or holds no label maps, or a convention is unknown.
+    """
+    for name in (ref_convention, pred_convention):
+        if name is not None and name not in CONVENTIONS:
+            raise InputError(f"unknown label convention {name!r} (known: {sorted(CONVENTIONS)})")
+    pred_dir, ref, out_dir = Path(pred_dir), Path(ref), Path(out_dir)
+    references = find_references(ref, ref_layout=ref_layout, ref_convention=ref_convention)
+    predictions = find_predictions(pred_dir)
+    ref_ids = {item.case_id for item in references}
+    unmatched = sorted(set(predictions) - ref_ids)
+    tasks = [(predictions.get(item.case_id), item, pred_convention) for item in references]
+
+    bar = tqdm(total=len(tasks), desc="evaluate", unit="case", disable=not progress)
+    rows: list[dict[str, Any]]
+    if workers <= 1 or len(tasks) <= 1:
+        rows = []
+        for task in tasks:
+            rows.append(_evaluate_task(task))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+            rows = []
+            for row in pool.map(_evaluate_task, tasks, chunksize=1):
+                rows.append(row)
+                bar.update()
+    bar.close()
+
+    summary = summarize(rows)
+    summary["unmatched_predictions"] = unmatched
+    summary["source"] = {
+        "pred_dir": str(pred_dir.resolve()),
+        "ref": str(ref.resolve()),
+        "ref_layout": references[0].layout,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics_csv(rows, out_dir / "metrics.csv")
+    tmp = out_dir / ".summary.json.tmp"
+    tmp.write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+    os.replace(tmp, out_dir / "summary.json")
+    if print_table:
+        print(format_summary_table(summary))
+        if unmatched:
+            print(f"{len(unmatched)} predictions have no reference: {', '.join(unmatched[:10])}")
+    return EvaluationResult(out_dir, rows, summary, pred_dir, ref)

@@ -1,0 +1,301 @@
+"""ONNX export of the inference network, and an ONNX Runtime backend for the predictor.
+
+The exported graph is the eval-mode network followed by its output activation
+(:func:`cascadeseg.models.outputs.region_probabilities`), so it maps a ``(B, C, *spatial)`` image to
+``(B, 3, *spatial)`` probabilities ``[WT, TC, ET]`` and needs no cascadeseg code to be used. Batch
+and spatial axes are dynamic (any size that is a multiple of the network's down-sampling factor).
+Several checkpoints (a run directory's snapshots) export as one graph that averages them.
+
+Everything the predictor needs to use the file alone (spatial dims, channels, slice context,
+preprocessing recipe, stored ET threshold, padding multiple) is written as JSON into the model's
+``metadata_props`` under the key ``cascadeseg``; :func:`load_onnx_model` reads it back, so
+``cascadeseg predict --model model.onnx`` works without the checkpoint.
+
+The TorchScript-based exporter (``dynamo=False``) is used: the ``torch.export``-based one needs the
+``onnxscript`` package, which is not a dependency.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cascadeseg.data.preprocess import PreprocessConfig
+from cascadeseg.errors import ModelError
+from cascadeseg.inference.ensemble import LoadedModel, check_member, load_models
+
+METADATA_KEY = "cascadeseg"
+#: Lowest opset accepted (GroupNormalization-free graphs work from 13, but 17 is what we test).
+MIN_OPSET = 17
+
+
+class ProbabilityHead(nn.Module):
+    """Eval-mode network(s) + output activation: ``(B, C, *s) -> (B, 3, *s)`` probabilities.
+
+    With several members of one architecture the output is their mean (a snapshot ensemble in
+    one graph).
+    """
+
+    def __init__(self, networks: Sequence[nn.Module], output_kind: str) -> None:
+        super().__init__()
+        self.networks = nn.ModuleList(networks)
+        self.output_kind = output_kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from cascadeseg.models.outputs import region_probabilities
+
+        total: torch.Tensor | None = None
+        for net in self.networks:
+            out = net(x)
+            probs = out if self.output_kind == "probabilities" else region_probabilities(
+                out, self.output_kind
+            )
+            total = probs if total is None else total + probs
+        assert total is not None
+        return total / len(self.networks)
+
+
+def _metadata(members: Sequence[LoadedModel]) -> dict[str, Any]:
+    first = members[0]
+    from cascadeseg.inference.ensemble import ensemble_et_min_voxels
+
+    return {
+        "format": "cascadeseg-onnx-1",
+        "model_name": first.name,
+        "members": len(members),
+        "sources": [str(m.source) for m in members],
+        "spatial_dims": first.spatial_dims,
+        "in_channels": first.in_channels,
+        "slice_context": first.slice_context,
+        "output_kind": first.output_kind,
+        "preprocess": first.preprocess.to_dict(),
+        "patch_size": list(first.patch_size),
+        "size_divisor": first.size_divisor,
+        "et_min_voxels": ensemble_et_min_voxels(members),
+    }
+
+
+def _as_members(model_or_ckpt: Any) -> list[LoadedModel]:
+    if isinstance(model_or_ckpt, LoadedModel):
+        return [model_or_ckpt]
+    if isinstance(model_or_ckpt, (str, Path)):
+        return load_models([model_or_ckpt], "cpu")
+    if isinstance(model_or_ckpt, (list, tuple)) and all(
+        isinstance(m, LoadedModel) for m in model_or_ckpt
+    ):
+        return list(model_or_ckpt)
+    if isinstance(model_or_ckpt, nn.Module):
+        from cascadeseg.inference.ensemble import size_divisor_of
+
+        spatial_dims = int(getattr(model_or_ckpt, "spatial_dims", 3))
+        in_channels = int(getattr(model_or_ckpt, "in_channels", 4))
+        member = LoadedModel(
+            network=model_or_ckpt.eval(),
+            name=type(model_or_ckpt).__name__,
+            spatial_dims=spatial_dims,
+            output_kind=str(getattr(model_or_ckpt, "output_kind", "regions")),
+            in_channels=in_channels,
+            slice_context=max(0, (in_channels // 4 - 1) // 2) if spatial_dims == 2 else 0,
+            preprocess=PreprocessConfig(),
+            patch_size=(128,) * spatial_dims,
+            size_divisor=size_divisor_of(model_or_ckpt),
+            et_min_voxels=None,
+            source=Path(f"<{type(model_or_ckpt).__name__}>"),
+        )
+        return [member]
+    raise TypeError(f"cannot export {type(model_or_ckpt).__name__}")
+
+
+def export_onnx_bytes(
+    model_or_ckpt: Any,
+    *,
+    example_size: Sequence[int] | None = None,
+    opset: int = MIN_OPSET,
+) -> bytes:
+    """The ONNX model (bytes) of a model, checkpoint, run directory or list of members.
+
+    Args:
+        model_or_ckpt: a :class:`LoadedModel`, a list of them (one architecture), an ``nn.Module``
+            with ``spatial_dims``/``in_channels``/``output_kind``, or a ``.pt``/run-dir path.
+        example_size: spatial size of the tracing input (default: twice the padding multiple per
+            axis); any multiple of the padding multiple works afterwards.
+        opset: ONNX opset (>= 17).
+
+    Returns:
+        The serialized model with cascadeseg metadata.
+    """
+    import onnx
+
+    if opset < MIN_OPSET:
+        raise ModelError(f"opset must be >= {MIN_OPSET}, got {opset}")
+    members = _as_members(model_or_ckpt)
+    first = members[0]
+    for m in members[1:]:
+        if (m.name, m.model_args, m.output_kind, m.in_channels) != (
+            first.name,
+            first.model_args,
+            first.output_kind,
+            first.in_channels,
+        ):
+            raise ModelError(f"{m.source}: export of an ensemble needs one architecture")
+    networks = []
+    for m in members:
+        if not isinstance(m.network, nn.Module):
+            raise ModelError(f"{m.source}: only PyTorch networks can be exported")
+        networks.append(m.network)
+    head = ProbabilityHead(networks, first.output_kind).eval().cpu()
+    size = tuple(example_size or (2 * first.size_divisor,) * first.spatial_dims)
+    if len(size) != first.spatial_dims:
+        raise ModelError(f"example_size needs {first.spatial_dims} values, got {list(size)}")
+    example = torch.zeros((1, first.in_channels, *size))
+    axes = {0: "batch", **{2 + i: f"dim{i}" for i in range(first.spatial_dims)}}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            head,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["probabilities"],
+            dynamic_axes={"image": axes, "probabilities": axes},
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    entry = proto.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = json.dumps(_metadata(members))
+    return bytes(proto.SerializeToString())
+
+
+def export_onnx(
+    model_or_ckpt: Any,
+    out_path: str | Path,
+    *,
+    example_size: Sequence[int] | None = None,
+    opset: int = MIN_OPSET,
+) -> Path:
+    """Export the eval-mode network (with its output activation) to an ONNX file, atomically.
+
+    See :func:`export_onnx_bytes` for the arguments. Returns the written path.
+    """
+    data = export_onnx_bytes(model_or_ckpt, example_size=example_size, opset=opset)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+class OnnxNetwork:
+    """An ONNX Runtime session called like a network: torch tensor in, probabilities out.
+
+    Args:
+        model: path to an ``.onnx`` file or its bytes.
+        device: ``cuda`` uses the CUDA execution provider when ONNX Runtime has it, else CPU.
+        threads: intra-op threads (default: ``torch.get_num_threads()``).
+    """
+
+    def __init__(
+        self, model: str | Path | bytes, device: torch.device | str = "cpu", threads: int | None = None
+    ) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads or torch.get_num_threads())
+        options.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in (
+            ort.get_available_providers()
+        ):
+            providers.insert(0, "CUDAExecutionProvider")
+        source = model if isinstance(model, bytes) else str(model)
+        try:
+            self.session = ort.InferenceSession(source, options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            where = "<bytes>" if isinstance(model, bytes) else str(model)
+            raise ModelError(f"{where}: ONNX Runtime cannot load the model ({exc})") from None
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        (out,) = self.session.run(None, {self.input_name: array})
+        return torch.from_numpy(np.asarray(out)).to(x.device)
+
+    def metadata(self) -> dict[str, Any]:
+        """The cascadeseg metadata stored at export (``{}`` if absent)."""
+        props = self.session.get_modelmeta().custom_metadata_map
+        raw = props.get(METADATA_KEY)
+        return json.loads(raw) if raw else {}
+
+
+def load_onnx_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """A :class:`LoadedModel` from an ``.onnx`` file written by :func:`export_onnx`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: ONNX model not found")
+    network = OnnxNetwork(path, device)
+    meta = network.metadata()
+    if meta.get("format") != "cascadeseg-onnx-1":
+        raise ModelError(f"{path}: not exported by cascadeseg (no {METADATA_KEY!r} metadata)")
+    pre = meta.get("preprocess") or {}
+    spacing = pre.get("target_spacing")
+    return LoadedModel(
+        network=network,
+        name=str(meta.get("model_name", "onnx")),
+        spatial_dims=int(meta["spatial_dims"]),
+        output_kind="probabilities",
+        in_channels=int(meta["in_channels"]),
+        slice_context=int(meta.get("slice_context", 0)),
+        preprocess=PreprocessConfig(
+            target_spacing=None if spacing is None else tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+            n4=bool(pre.get("n4", False)),
+            crop_margin=int(pre.get("crop_margin", 4)),
+        ),
+        patch_size=tuple(int(s) for s in meta.get("patch_size", ())),
+        size_divisor=int(meta.get("size_divisor", 16)),
+        et_min_voxels=meta.get("et_min_voxels"),
+        source=path,
+        device=torch.device(device),
+    )
+
+
+def to_onnx_member(member: LoadedModel) -> LoadedModel:
+    """The same member run by ONNX Runtime (exported in memory; nothing is written to disk)."""
+    if member.output_kind == "probabilities":
+        return member
+    data = export_onnx_bytes(member)
+    from dataclasses import replace
+
+    onnx_member = replace(
+        member, network=OnnxNetwork(data, member.device), output_kind="probabilities"
+    )
+    check_member(onnx_member)
+    return onnx_member
+
+
+def onnx_max_abs_diff(
+    member: LoadedModel, onnx_network: OnnxNetwork, x: torch.Tensor
+) -> float:
+    """Max absolute difference between PyTorch and ONNX Runtime probabilities on ``x``."""
+    with torch.inference_mode():
+        ref = member.probabilities(x.to(member.device)).float().cpu()
+    out = onnx_network(x.cpu()).float()
+    return float((ref - out).abs().max())

@@ -1,0 +1,85 @@
+"""Flip test-time augmentation (two-stage paper, sec. 3.3).
+
+The input is flipped along every combination of its spatial axes, each flipped input goes through
+the network, each output is flipped back, and the probabilities are averaged: 2^3 = 8 passes for a
+3D volume, 2^2 = 4 for a 2D slice (the two in-plane axes; flipping the slice stack itself is not a
+2D operation). The functions here take any callable ``fn`` that maps a tensor to *probabilities* of
+the same spatial shape, so they are independent of the model, the backend and the precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from itertools import combinations
+
+import torch
+
+ProbabilityFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def flip_combinations(spatial_dims: int) -> list[tuple[int, ...]]:
+    """Tensor dimensions to flip, one tuple per TTA pass, the identity ``()`` first.
+
+    Args:
+        spatial_dims: 2 (``(B, C, H, W)`` tensors) or 3 (``(B, C, X, Y, Z)`` tensors).
+
+    Returns:
+        ``2 ** spatial_dims`` tuples of dimension indices (spatial axes start at 2), e.g. for 2D
+        ``[(), (2,), (3,), (2, 3)]``.
+    """
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    axes = tuple(range(2, 2 + spatial_dims))
+    return [combo for r in range(spatial_dims + 1) for combo in combinations(axes, r)]
+
+
+def flip_tta_moments(
+    fn: ProbabilityFn, x: torch.Tensor, *, spatial_dims: int, tta: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """First and second moments of ``fn`` over the flips of ``x``.
+
+    Running sums are kept instead of the 8 outputs, so memory stays at two output-sized tensors
+    whatever the number of passes (a whole-brain output is ~100 MB per pass).
+
+    Args:
+        fn: maps ``(B, C, *spatial)`` to ``(B, K, *spatial)`` probabilities.
+        x: ``(B, C, *spatial)`` input.
+        spatial_dims: 2 or 3 (number of trailing spatial axes of ``x``).
+        tta: ``False`` runs the identity pass only.
+
+    Returns:
+        ``(mean, mean_of_squares, passes)``: float32 ``(B, K, *spatial)`` tensors and the number
+        of passes averaged. The voxel-wise variance over passes is ``mean_of_squares - mean**2``.
+    """
+    flips = flip_combinations(spatial_dims) if tta else [()]
+    total: torch.Tensor | None = None
+    total_sq: torch.Tensor | None = None
+    for dims in flips:
+        xin = torch.flip(x, dims) if dims else x
+        out = fn(xin).float()
+        if dims:
+            out = torch.flip(out, dims)
+        if total is None or total_sq is None:
+            total, total_sq = out.clone(), out * out
+        else:
+            total += out
+            total_sq += out * out
+        del out, xin
+    assert total is not None and total_sq is not None
+    n = len(flips)
+    return total / n, total_sq / n, n
+
+
+def flip_tta(fn: ProbabilityFn, x: torch.Tensor, *, spatial_dims: int) -> torch.Tensor:
+    """Mean of ``fn`` over all ``2 ** spatial_dims`` flips of ``x``, each output flipped back.
+
+    Args:
+        fn: maps ``(B, C, *spatial)`` inputs to ``(B, K, *spatial)`` probabilities.
+        x: ``(B, C, X, Y, Z)`` (3D) or ``(B, C, H, W)`` (2D) input.
+        spatial_dims: 3 (8 passes) or 2 (4 passes, in-plane flips).
+
+    Returns:
+        ``(B, K, *spatial)`` float32 mean probabilities.
+    """
+    mean, _, _ = flip_tta_moments(fn, x, spatial_dims=spatial_dims)
+    return mean

@@ -1,0 +1,318 @@
+"""Whole-model losses: what the trainer calls, one per model output kind.
+
+Every loss is called as ``loss(output, batch, epoch=e) -> (total, parts)``:
+
+- ``output``: the model's train-mode output (a tensor, a ``TwoStageOutput`` or a ``CUNetOutput``;
+  recognised by their attributes, so this module does not import the models).
+- ``batch``: dict with ``"label"`` ``(B, ...)`` int64 internal labels, ``"regions"`` ``(B, 3, ...)``
+  float ``[WT, TC, ET]`` masks (3D datasets; derived from ``"label"`` when absent) and
+  ``"brain_mask"`` ``(B, ...)`` bool (2D; the whole image counts as brain when absent).
+- ``epoch``: the (possibly fractional) epoch, for the CU-Net auxiliary weight omega.
+- ``total``: scalar tensor to back-propagate; ``parts``: named float values for logging.
+
+:func:`build_loss` picks the loss from ``model.output_kind`` and a :class:`LossConfig`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cascadeseg.config import LossConfig
+from cascadeseg.data.labels import NUM_CLASSES, REGION_LABELS
+from cascadeseg.errors import ModelError
+from cascadeseg.losses.dice import region_dice_loss
+from cascadeseg.losses.lws import lws_regions, sample_weights, weighted_cross_entropy
+
+Batch = dict[str, Tensor]
+
+
+def regions_from_label(label: Tensor) -> Tensor:
+    """``(B, 3, ...)`` float ``[WT, TC, ET]`` masks from ``(B, ...)`` internal labels.
+
+    Uses :data:`cascadeseg.data.labels.REGION_LABELS`, the one definition of the regions.
+    """
+    channels = [
+        torch.isin(label, torch.tensor(members, device=label.device, dtype=label.dtype))
+        for members in REGION_LABELS
+    ]
+    return torch.stack(channels, dim=1).float()
+
+
+def _region_target(batch: Batch) -> Tensor:
+    if "regions" in batch:
+        return batch["regions"].float()
+    return regions_from_label(batch["label"])
+
+
+def _brain_mask(batch: Batch) -> Tensor:
+    label = batch["label"]
+    if "brain_mask" in batch:
+        return batch["brain_mask"].bool()
+    return torch.ones(label.shape, dtype=torch.bool, device=label.device)
+
+
+class RegionDiceLoss:
+    """Region soft Dice (two-stage Eq. 2) for models with one ``(B, 3, ...)`` region output."""
+
+    def __init__(self, *, eps: float = 1e-5) -> None:
+        self.eps = eps
+
+    def __call__(
+        self, output: Tensor, batch: Batch, *, epoch: float = 0
+    ) -> tuple[Tensor, dict[str, float]]:
+        loss = region_dice_loss(output, _region_target(batch), eps=self.eps)
+        return loss, {"dice": float(loss.detach())}
+
+
+class TwoStageLoss:
+    """Two-stage cascaded U-Net loss (Jiang et al. 2019, sec. 2.4).
+
+    ``total = Dice(stage1) + Dice(stage2) + interp_decoder_weight * Dice(stage2_interp)``, each a
+    sum over ``[WT, TC, ET]`` of ``1 - soft Dice`` against the same target ("we also add the loss of
+    each stage together"). A plain ``(B, 3, ...)`` tensor output (eval mode, ``unet3d``) gets the
+    region Dice alone.
+
+    Args:
+        interp_decoder_weight: weight of the training-only interpolation decoder's loss (paper: 1).
+        eps: Dice denominator epsilon.
+    """
+
+    def __init__(self, interp_decoder_weight: float = 1.0, eps: float = 1e-5) -> None:
+        self.interp_decoder_weight = interp_decoder_weight
+        self.eps = eps
+
+    def __call__(
+        self, output: Any, batch: Batch, *, epoch: float = 0
+    ) -> tuple[Tensor, dict[str, float]]:
+        target = _region_target(batch)
+        if not hasattr(output, "stage2"):
+            loss = region_dice_loss(output, target, eps=self.eps)
+            return loss, {"dice": float(loss.detach())}
+        stage1 = region_dice_loss(output.stage1, target, eps=self.eps)
+        stage2 = region_dice_loss(output.stage2, target, eps=self.eps)
+        total = stage1 + stage2
+        parts = {"dice_stage1": float(stage1.detach()), "dice_stage2": float(stage2.detach())}
+        interp_out = getattr(output, "stage2_interp", None)
+        if interp_out is not None and self.interp_decoder_weight != 0:
+            interp = region_dice_loss(interp_out, target, eps=self.eps)
+            total = total + self.interp_decoder_weight * interp
+            parts["dice_stage2_interp"] = float(interp.detach())
+        parts["total"] = float(total.detach())
+        return total, parts
+
+
+class CUNetLoss:
+    """CU-Net deep-supervision loss with loss weighted sampling (Liu et al. 2017, Eq. 4).
+
+    ``total = L1 + L2 + omega(epoch) * sum_{i=1..8} La_i`` (the regulariser ``lambda * psi`` of
+    Eq. 4 is the optimiser's weight decay). ``L1`` and aux 1-4 are U-Net 1's weighted
+    cross-entropies (Eq. 1) against whole tumour vs rest (2 classes), sampled with U-Net 1's
+    probabilities (Eq. 3, contour weight ``alpha``); ``L2`` and aux 5-8 are U-Net 2's against the
+    internal labels 0-3, sampled from tumour and contour only (``p1 = p2 = 0``, ``alpha_2 = 1``).
+    One sample matrix per U-Net is drawn per call and shared by its branch and auxiliary losses.
+
+    With ``lws=False`` ("CUN" without LWS in the paper's Table 1) every brain pixel has weight 1
+    for both U-Nets (only ``p1 = 0`` is kept: the non-brain mask is merged at test time anyway).
+
+    Auxiliary outputs are assigned to a U-Net by their channel count (2: U-Net 1, 4: U-Net 2).
+
+    Args:
+        alpha: U-Net 1's contour weight (paper: 2).
+        beta: Eq. 3 balance of brain vs tumour samples (paper: 1.5).
+        contour_width: width of the contour band S4 in pixels (paper: about 10).
+        lws: loss weighted sampling on/off.
+        omega: initial auxiliary weight (paper: 0.1).
+        omega_decay: factor applied every ``omega_every`` epochs (paper: 0.1).
+        omega_every: epochs between decays (paper: 10).
+        omega_min: floor of omega (paper: 1e-3).
+        unet2_alpha: U-Net 2's contour weight (paper: alpha_2 = 1).
+        per_sample: count LWS regions per slice instead of per batch (see ``losses.lws``).
+        generator: random source of the sampling (``None``: torch's global generator).
+    """
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 2.0,
+        beta: float = 1.5,
+        contour_width: int = 10,
+        lws: bool = True,
+        omega: float = 0.1,
+        omega_decay: float = 0.1,
+        omega_every: int = 10,
+        omega_min: float = 1e-3,
+        unet2_alpha: float = 1.0,
+        per_sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.alpha = alpha
+        self.beta = beta
+        self.contour_width = contour_width
+        self.lws = lws
+        self.omega = omega
+        self.omega_decay = omega_decay
+        self.omega_every = omega_every
+        self.omega_min = omega_min
+        self.unet2_alpha = unet2_alpha
+        self.per_sample = per_sample
+        self.generator = generator
+
+    def omega_at(self, epoch: float) -> float:
+        """Auxiliary weight omega at ``epoch`` (CU-Net sec. 3.2)."""
+        # Imported here: cascadeseg.training's package imports the trainer, which imports losses.
+        from cascadeseg.training.schedules import aux_weight
+
+        return aux_weight(
+            epoch,
+            initial=self.omega,
+            decay=self.omega_decay,
+            every=self.omega_every,
+            floor=self.omega_min,
+        )
+
+    def weights(self, label: Tensor, brain_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``(W1, W2)``: ``(B, H, W)`` float sample matrices of U-Net 1 and U-Net 2."""
+        if not self.lws:
+            brain = (brain_mask | (label > 0)).float()
+            return brain, brain
+        # The regions (and their morphology) are computed once for both U-Nets.
+        regions = lws_regions(label, brain_mask, self.contour_width)
+        w1 = sample_weights(
+            regions,
+            net=1,
+            alpha=self.alpha,
+            beta=self.beta,
+            generator=self.generator,
+            per_sample=self.per_sample,
+        )
+        w2 = sample_weights(
+            regions,
+            net=2,
+            alpha=self.unet2_alpha,
+            beta=self.beta,
+            generator=self.generator,
+            per_sample=self.per_sample,
+        )
+        return w1, w2
+
+    def __call__(
+        self, output: Any, batch: Batch, *, epoch: float = 0
+    ) -> tuple[Tensor, dict[str, float]]:
+        label = batch["label"].long()
+        w1, w2 = self.weights(label, _brain_mask(batch))
+        whole_tumour = (label > 0).long()
+        l1 = weighted_cross_entropy(output.branch1, whole_tumour, w1)
+        l2 = weighted_cross_entropy(output.branch2, label, w2)
+        total = l1 + l2
+        parts = {"ce_branch1": float(l1.detach()), "ce_branch2": float(l2.detach())}
+        aux_outputs = tuple(getattr(output, "aux", ()) or ())
+        if aux_outputs:
+            aux_losses = []
+            for index, aux in enumerate(aux_outputs, start=1):
+                if aux.shape[1] == 2:
+                    aux_losses.append(weighted_cross_entropy(aux, whole_tumour, w1))
+                elif aux.shape[1] == NUM_CLASSES:
+                    aux_losses.append(weighted_cross_entropy(aux, label, w2))
+                else:
+                    raise ModelError(
+                        f"CU-Net auxiliary output {index} has {aux.shape[1]} channels "
+                        f"(expected 2 for U-Net 1 or {NUM_CLASSES} for U-Net 2)"
+                    )
+            aux_sum = torch.stack(aux_losses).sum()
+            omega = self.omega_at(epoch)
+            total = total + omega * aux_sum
+            parts["aux"] = float(aux_sum.detach())
+            parts["omega"] = omega
+        parts["total"] = float(total.detach())
+        return total, parts
+
+
+class LabelCELoss:
+    """Cross-entropy over internal labels for ``unet2d`` (``(B, 4, H, W)`` logits).
+
+    With ``lws=False``: every brain pixel weighs 1 (non-brain is excluded as in CU-Net, ``p1 = 0``).
+    With ``lws=True``: U-Net 1's sampling (Eqs. 2-3: brain sampled to ``beta`` times the tumour,
+    contour weighted ``alpha``), applied to the 4-class target.
+    """
+
+    def __init__(
+        self,
+        *,
+        lws: bool = False,
+        alpha: float = 2.0,
+        beta: float = 1.5,
+        contour_width: int = 10,
+        per_sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.lws = lws
+        self.alpha = alpha
+        self.beta = beta
+        self.contour_width = contour_width
+        self.per_sample = per_sample
+        self.generator = generator
+
+    def __call__(
+        self, output: Tensor, batch: Batch, *, epoch: float = 0
+    ) -> tuple[Tensor, dict[str, float]]:
+        label = batch["label"].long()
+        brain_mask = _brain_mask(batch)
+        if self.lws:
+            regions = lws_regions(label, brain_mask, self.contour_width)
+            weights = sample_weights(
+                regions,
+                net=1,
+                alpha=self.alpha,
+                beta=self.beta,
+                generator=self.generator,
+                per_sample=self.per_sample,
+            )
+        else:
+            weights = (brain_mask | (label > 0)).float()
+        loss = weighted_cross_entropy(output, label, weights)
+        return loss, {"ce": float(loss.detach())}
+
+
+Loss = RegionDiceLoss | TwoStageLoss | CUNetLoss | LabelCELoss
+
+
+def build_loss(model: Any, loss_cfg: LossConfig) -> Loss:
+    """The loss for ``model`` (dispatch on ``model.output_kind``) configured by ``loss_cfg``.
+
+    ``"regions"`` -> :class:`TwoStageLoss` (reduces to the region Dice for a plain tensor output,
+    so it serves ``two_stage`` and ``unet3d``); ``"cunet"`` -> :class:`CUNetLoss`; ``"labels"`` ->
+    :class:`LabelCELoss` (LWS as ``loss_cfg.lws``).
+
+    Raises:
+        ModelError: the model has no known ``output_kind``.
+    """
+    kind = getattr(model, "output_kind", None)
+    if kind == "regions":
+        return TwoStageLoss(
+            interp_decoder_weight=loss_cfg.interp_decoder_weight, eps=loss_cfg.dice_eps
+        )
+    if kind == "cunet":
+        return CUNetLoss(
+            alpha=loss_cfg.lws_alpha,
+            beta=loss_cfg.lws_beta,
+            contour_width=loss_cfg.contour_width,
+            lws=loss_cfg.lws,
+            omega=loss_cfg.aux_weight,
+            omega_decay=loss_cfg.aux_decay,
+            omega_every=loss_cfg.aux_decay_every,
+            omega_min=loss_cfg.aux_min,
+        )
+    if kind == "labels":
+        return LabelCELoss(
+            lws=loss_cfg.lws,
+            alpha=loss_cfg.lws_alpha,
+            beta=loss_cfg.lws_beta,
+            contour_width=loss_cfg.contour_width,
+        )
+    raise ModelError(
+        f"model {type(model).__name__} has output_kind {kind!r}; "
+        "expected 'regions', 'cunet' or 'labels'"
+    )

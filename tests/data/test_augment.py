@@ -1,0 +1,137 @@
+"""Augmentations checked by hand on tiny arrays; draws checked for their ranges and rates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cascadeseg.data import augment
+
+
+def test_shift_scale_by_hand() -> None:
+    image = np.ones((2, 2, 2), dtype=np.float32)
+    image[1] = 2.0
+    mask = np.array([[True, False], [True, True]])
+    out = augment.shift_scale_intensity(
+        image, np.array([0.1, -0.1]), np.array([2.0, 0.5]), brain_mask=mask
+    )
+    np.testing.assert_allclose(out[0][mask], (1.0 + 0.1) * 2.0)
+    np.testing.assert_allclose(out[1][mask], (2.0 - 0.1) * 0.5)
+    assert out[0, 0, 1] == 0.0 and out[1, 0, 1] == 0.0  # background stays 0
+    assert out.dtype == np.float32
+    # without a mask every voxel changes; std scales the shift
+    everywhere = augment.shift_scale_intensity(image, np.array([0.1, 0.1]), np.ones(2), std=2.0)
+    np.testing.assert_allclose(everywhere[0], 1.2)
+    np.testing.assert_allclose(image[0], 1.0)  # input untouched
+
+
+def test_draw_intensity_ranges() -> None:
+    rng = np.random.default_rng(0)
+    shifts, scales = augment.draw_intensity(rng, 1000)
+    assert shifts.shape == scales.shape == (1000,)
+    assert -0.1 <= shifts.min() < -0.09 and 0.09 < shifts.max() <= 0.1
+    assert 0.9 <= scales.min() < 0.91 and 1.09 < scales.max() <= 1.1
+
+
+def test_flip_by_hand() -> None:
+    label = np.arange(6).reshape(2, 3)
+    image = np.stack([label, 10 * label])
+    np.testing.assert_array_equal(augment.flip(label, (1,), spatial_dims=2), [[2, 1, 0], [5, 4, 3]])
+    flipped = augment.flip(image, (0, 1), spatial_dims=2)
+    np.testing.assert_array_equal(flipped[1], [[50, 40, 30], [20, 10, 0]])
+    assert augment.flip(label, (), spatial_dims=2) is label
+
+
+def test_draw_flips_rate() -> None:
+    rng = np.random.default_rng(1)
+    counts = np.zeros(3)
+    for _ in range(2000):
+        for axis in augment.draw_flips(rng, 3):
+            counts[axis] += 1
+    np.testing.assert_allclose(counts / 2000, 0.5, atol=0.05)
+    assert augment.draw_flips(rng, 3, p=0.0) == ()
+    assert augment.draw_flips(rng, 3, p=1.0) == (0, 1, 2)
+
+
+def test_rotate2d_by_hand() -> None:
+    label = np.zeros((5, 5), dtype=np.uint8)
+    label[2, 3] = 1  # one step along +W from the centre
+    turned = augment.rotate2d(label, 90.0, order=0)
+    # scipy rotates counter-clockwise in the (H, W) plane as displayed: +W goes to -H
+    assert turned[1, 2] == 1 and turned.sum() == 1
+    image = np.stack([label, 2 * label]).astype(np.float32)
+    np.testing.assert_allclose(augment.rotate2d(image, 90.0, order=1)[1], 2.0 * turned)
+    assert augment.rotate2d(label, 0.0, order=0) is label
+    # order 0 never invents label values; the shape is kept
+    labels = np.random.default_rng(0).integers(0, 4, size=(9, 7)).astype(np.uint8)
+    out = augment.rotate2d(labels, 13.0, order=0)
+    assert out.shape == labels.shape and set(np.unique(out)) <= {0, 1, 2, 3}
+
+
+def test_draw_rotation_range() -> None:
+    rng = np.random.default_rng(2)
+    angles = [augment.draw_rotation(rng, 15.0) for _ in range(500)]
+    assert -15.0 <= min(angles) < -14.0 and 14.0 < max(angles) <= 15.0
+
+
+def test_crop_with_padding_by_hand() -> None:
+    array = np.arange(9).reshape(3, 3)
+    out = augment.crop(array, (-1, 1), (3, 3))
+    np.testing.assert_array_equal(out, [[0, 0, 0], [1, 2, 0], [4, 5, 0]])
+    image = np.stack([array, -array])
+    np.testing.assert_array_equal(augment.crop(image, (1, 0), (2, 2))[1], [[-3, -4], [-6, -7]])
+    assert not augment.crop(array, (5, 5), (2, 2)).any()  # entirely outside: all padding
+    assert augment.crop(array, (0, 0), (3, 3)).flags.c_contiguous
+
+
+def test_centre_crop_start() -> None:
+    assert augment.centre_crop_start((10, 4), (6, 8)) == (2, -2)
+
+
+def test_uniform_crop_starts_stay_valid() -> None:
+    rng = np.random.default_rng(3)
+    starts = np.array([augment.draw_crop_start(rng, (10, 6, 4), (4, 6, 8)) for _ in range(500)])
+    assert starts[:, 0].min() == 0 and starts[:, 0].max() == 6  # inside, both ends reached
+    assert (starts[:, 1] == 0).all()  # exact fit
+    # volume smaller than the crop: the volume lands anywhere inside the padded crop
+    assert starts[:, 2].min() == -4 and starts[:, 2].max() == 0
+
+
+def test_foreground_crops_at_the_requested_rate() -> None:
+    shape, size = (40, 40, 40), (10, 10, 10)
+    label = np.zeros(shape, dtype=np.uint8)
+    label[0:2, 0:2, 0:2] = 1  # a corner a uniform crop almost never reaches ((2/31)^3)
+    foreground = augment.foreground_coordinates(label)
+    assert foreground.shape == (8, 3)
+    rng = np.random.default_rng(4)
+    hits = []
+    for _ in range(1000):
+        start = augment.draw_crop_start(
+            rng, shape, size, foreground=foreground, foreground_prob=0.5
+        )
+        hits.append(augment.crop(label, start, size).any())
+    assert 0.45 < np.mean(hits) < 0.56  # 0.5 + 0.5 * 0.0003, 1000 draws: sd 0.016
+    always = [
+        augment.crop(
+            label,
+            augment.draw_crop_start(rng, shape, size, foreground=foreground, foreground_prob=1.0),
+            size,
+        ).any()
+        for _ in range(100)
+    ]
+    assert all(always)
+
+
+def test_foreground_coordinates_subsample() -> None:
+    label = np.ones((30, 30, 30), dtype=np.uint8)
+    coords = augment.foreground_coordinates(label, max_points=100, seed=0)
+    assert coords.shape == (100, 3) and coords.dtype == np.int32
+    assert len({tuple(c) for c in coords}) == 100
+    np.testing.assert_array_equal(coords, augment.foreground_coordinates(label, max_points=100))
+
+
+@pytest.mark.parametrize("size", [(4, 4), (8, 8)])
+def test_draw_is_deterministic_for_a_seed(size: tuple[int, int]) -> None:
+    a = augment.draw_crop_start(np.random.default_rng(7), (6, 6), size)
+    b = augment.draw_crop_start(np.random.default_rng(7), (6, 6), size)
+    assert a == b

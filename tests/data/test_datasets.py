@@ -1,0 +1,158 @@
+"""Training datasets: item contents, reproducibility across epochs and workers, slice dropping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cascadeseg.data.datasets import (
+    CropDataset3D,
+    SliceDataset2D,
+    make_loader,
+    set_loader_epoch,
+)
+from cascadeseg.data.labels import label_to_regions
+from cascadeseg.data.preprocess import Preprocessed, preprocess_case
+from cascadeseg.data.toy import make_tiny_case
+from cascadeseg.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[Preprocessed]:
+    return [
+        preprocess_case(make_tiny_case((24, 24, 20), seed=i, case_id=f"c{i}", with_et=i != 2))
+        for i in range(3)
+    ]
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_crop_item_contents(cases: list[Preprocessed]) -> None:
+    ds = CropDataset3D(cases, patch_size=(16, 16, 12), foreground_prob=0.5, augment=True, seed=0)
+    assert len(ds) == 3
+    item = ds[1]
+    assert item["image"].shape == (4, 16, 16, 12) and item["image"].dtype == torch.float32
+    assert item["label"].shape == (16, 16, 12) and item["label"].dtype == torch.int64
+    assert item["brain_mask"].dtype == torch.bool
+    assert item["regions"].shape == (3, 16, 16, 12) and item["regions"].dtype == torch.float32
+    np.testing.assert_array_equal(
+        item["regions"].numpy(), label_to_regions(item["label"].numpy()).astype(np.float32)
+    )
+    assert not item["image"][:, ~item["brain_mask"]].any()  # background stays 0
+    assert int(item["case_index"]) == 1
+
+
+def test_crop_without_augmentation_matches_the_volume(cases: list[Preprocessed]) -> None:
+    ds = CropDataset3D(cases, patch_size=(24, 24, 20), augment=False, seed=0)
+    item = ds[0]  # the crop is the whole volume
+    np.testing.assert_array_equal(item["image"].numpy(), cases[0].image)
+    np.testing.assert_array_equal(item["label"].numpy(), cases[0].label)
+
+
+def test_crop_pads_small_volumes(cases: list[Preprocessed]) -> None:
+    ds = CropDataset3D(cases, patch_size=(32, 32, 32), augment=True, seed=0)
+    item = ds[0]
+    assert item["image"].shape == (4, 32, 32, 32)
+    assert int(item["brain_mask"].sum()) == int(cases[0].brain_mask.sum())
+    assert int((item["label"] > 0).sum()) == int((cases[0].label > 0).sum())
+
+
+def test_foreground_probability_one_always_hits_tumour(cases: list[Preprocessed]) -> None:
+    ds = CropDataset3D(
+        cases, patch_size=(4, 4, 4), foreground_prob=1.0, augment=False, seed=5,
+        samples_per_epoch=60,
+    )  # fmt: skip
+    assert len(ds) == 60
+    assert all(bool((ds[i]["label"] > 0).any()) for i in range(60))
+
+
+def test_items_depend_on_seed_epoch_and_index_only(cases: list[Preprocessed]) -> None:
+    ds = CropDataset3D(cases, patch_size=(12, 12, 12), foreground_prob=0.3, augment=True, seed=1)
+    a = ds[(2, 1)]
+    assert same(a, ds[(2, 1)])
+    ds.set_epoch(2)
+    assert same(a, ds[1])
+    assert not same(a, ds[(3, 1)])  # another epoch draws another crop
+    other = CropDataset3D(cases, patch_size=(12, 12, 12), foreground_prob=0.3, augment=True, seed=1)
+    assert same(a, other[(2, 1)])  # a fresh dataset (a resumed run) draws the same
+    # reading out of order changes nothing
+    for i in reversed(range(3)):
+        other[(0, i)]
+    assert same(a, other[(2, 1)])
+
+
+def test_loader_same_batches_for_any_worker_count(cases: list[Preprocessed]) -> None:
+    def batches(workers: int) -> list[dict[str, torch.Tensor]]:
+        ds = CropDataset3D(cases, patch_size=(8, 8, 8), augment=True, seed=3, samples_per_epoch=6)
+        loader = make_loader(ds, batch_size=2, num_workers=workers, shuffle=True, seed=3)
+        out = []
+        for epoch in (0, 1):
+            set_loader_epoch(loader, epoch)
+            out.extend(loader)
+        return out
+
+    serial, parallel = batches(0), batches(2)
+    assert len(serial) == len(parallel) == 6
+    assert all(same(a, b) for a, b in zip(serial, parallel))
+    assert not same(serial[0], serial[3])  # epochs differ (persistent workers follow the epoch)
+
+
+def test_loader_order_depends_on_epoch(cases: list[Preprocessed]) -> None:
+    ds = CropDataset3D(cases, patch_size=(8, 8, 8), augment=False, seed=0, samples_per_epoch=12)
+    loader = make_loader(ds, batch_size=12, num_workers=0, shuffle=True, seed=0, epoch=4)
+    first = next(iter(loader))["case_index"]
+    assert sorted(first.tolist()) == sorted([0, 1, 2] * 4)
+    again = make_loader(ds, batch_size=12, num_workers=0, shuffle=True, seed=0, epoch=4)
+    assert torch.equal(next(iter(again))["case_index"], first)
+    set_loader_epoch(again, 5)
+    assert ds.epoch == 5
+
+
+def test_slice_dataset_drops_a_fraction_of_empty_slices(cases: list[Preprocessed]) -> None:
+    ds = SliceDataset2D(cases, slice_size=(24, 24), drop_empty=0.3, augment=False, seed=0)
+    n_tumour, n_empty = len(ds.tumour_slices), len(ds.empty_slices)
+    total_z = sum(c.shape[2] for c in cases)
+    assert n_tumour > 0 and n_empty > 0 and n_tumour + n_empty <= total_z
+    assert len(ds) == n_tumour + n_empty - round(0.3 * n_empty)
+    kept = [{tuple(s) for s in ds.slices_for_epoch(e)} for e in range(4)]
+    tumour = {tuple(s) for s in ds.tumour_slices}
+    for epoch_slices in kept:
+        assert tumour <= epoch_slices  # every tumour slice, every epoch
+        assert len(epoch_slices) == len(ds)
+    assert kept[0] != kept[1]  # the dropped empty slices are redrawn
+    for i in range(len(ds)):  # items of epoch 0 are exactly its slice list
+        case_index, z = ds.slices_for_epoch(0)[i]
+        item = ds[(0, i)]
+        np.testing.assert_array_equal(item["label"].numpy(), cases[case_index].label[..., z])
+        np.testing.assert_array_equal(item["image"].numpy(), cases[case_index].image[..., z])
+
+
+def test_slice_items_with_augmentation_and_context(cases: list[Preprocessed]) -> None:
+    ds = SliceDataset2D(
+        cases, slice_size=(20, 28), slice_context=1, drop_empty=0.0, augment=True, seed=2
+    )
+    assert ds.in_channels == 12
+    item = ds[(0, 0)]
+    assert item["image"].shape == (12, 20, 28) and item["label"].shape == (20, 28)
+    assert item["regions"].shape == (3, 20, 28)
+    assert set(item["label"].unique().tolist()) <= {0, 1, 2, 3}
+    assert same(item, ds[(0, 0)]) and not same(item, ds[(1, 0)])
+    # context channels: the middle block is the slice itself
+    plain = SliceDataset2D(
+        cases, slice_size=(24, 24), slice_context=1, drop_empty=0.0, augment=False, seed=2
+    )
+    case_index, z = plain.slices_for_epoch(0)[3]
+    image = plain[(0, 3)]["image"].numpy()
+    np.testing.assert_array_equal(image[4:8], cases[case_index].image[..., z])
+    np.testing.assert_array_equal(image[0:4], cases[case_index].image[..., z - 1])
+
+
+def test_unlabelled_cases_are_rejected() -> None:
+    pre = preprocess_case(make_tiny_case().with_label(None))
+    with pytest.raises(InputError, match="label"):
+        CropDataset3D([pre], patch_size=(8, 8, 8))
+    with pytest.raises(InputError, match="label"):
+        SliceDataset2D([pre], slice_size=(8, 8))

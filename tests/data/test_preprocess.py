@@ -1,0 +1,203 @@
+"""Preprocessing: brain mask, crop, z-score, reorientation, resampling, N4, exact restoration."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from cascadeseg.data.case import Case
+from cascadeseg.data.preprocess import (
+    Geometry,
+    PreprocessConfig,
+    bounding_box,
+    brain_mask_of,
+    n4_correct,
+    preprocess_case,
+    restore_to_source,
+    to_preprocessed_grid,
+    zscore_brain,
+)
+from cascadeseg.data.toy import make_tiny_case
+from cascadeseg.errors import ConfigError, InputError
+
+
+def padded_case(pad: tuple[int, int, int] = (6, 3, 5), **kwargs: object) -> Case:
+    """A toy case embedded in a larger zero volume, so the brain crop really crops."""
+    case = make_tiny_case(**kwargs)  # type: ignore[arg-type]
+    shape = tuple(s + 2 * p for s, p in zip(case.image.shape[1:], pad))
+    inner = tuple(slice(p, p + s) for p, s in zip(pad, case.image.shape[1:]))
+    image = np.zeros((4, *shape), dtype=np.float32)
+    image[(slice(None), *inner)] = case.image
+    label = np.zeros(shape, dtype=np.uint8)
+    label[inner] = case.label
+    return Case(image=image, label=label, meta=replace(case.meta, shape=shape))
+
+
+def reoriented_copy(case: Case) -> Case:
+    """The same head stored as (z, x, y) with the first stored axis flipped."""
+    depth = case.image.shape[3]
+    image = np.ascontiguousarray(np.transpose(case.image, (0, 3, 1, 2))[:, ::-1])
+    label = np.ascontiguousarray(np.transpose(case.label, (2, 0, 1))[::-1])
+    # new voxel (i, j, k) is old voxel (x=j, y=k, z=depth-1-i)
+    new_to_old = np.zeros((4, 4))
+    new_to_old[0, 1] = new_to_old[1, 2] = new_to_old[3, 3] = 1
+    new_to_old[2, 0], new_to_old[2, 3] = -1, depth - 1
+    old = case.meta.spacing
+    meta = replace(
+        case.meta,
+        affine=case.meta.affine @ new_to_old,
+        spacing=(old[2], old[0], old[1]),
+        shape=label.shape,
+    )
+    return Case(image=image, label=label, meta=meta)
+
+
+def test_brain_mask_and_bounding_box_by_hand() -> None:
+    image = np.zeros((2, 6, 5, 4), dtype=np.float32)
+    image[0, 2, 1, 1] = 3.0
+    image[1, 3, 3, 2] = -1.0  # non-zero in one modality only is still brain
+    mask = brain_mask_of(image)
+    assert mask.sum() == 2 and mask[2, 1, 1] and mask[3, 3, 2]
+    assert bounding_box(mask) == ((2, 4), (1, 4), (1, 3))
+    # the margin grows the box and is clipped to the array
+    assert bounding_box(mask, margin=2) == ((0, 6), (0, 5), (0, 4))
+    assert bounding_box(np.zeros((3, 3, 3), bool)) == ((0, 3), (0, 3), (0, 3))
+
+
+def test_zscore_by_hand() -> None:
+    image = np.zeros((1, 2, 2, 1), dtype=np.float32)
+    image[0, :, :, 0] = [[1.0, 2.0], [3.0, 7.0]]
+    mask = np.array([[True, True], [True, False]])[..., None]
+    out = zscore_brain(image, mask)
+    expected = np.array([-1.0, 0.0, 1.0]) * np.sqrt(1.5)  # mean 2, std sqrt(2/3)
+    np.testing.assert_allclose(out[0][mask], expected, rtol=1e-6)
+    assert out[0, 1, 1, 0] == 0.0  # background (7 outside the mask) becomes 0
+    assert out.dtype == np.float32
+    # a constant channel gives zeros, not NaN
+    assert not zscore_brain(np.ones((1, 2, 2, 1), np.float32), mask).any()
+
+
+def test_zscore_statistics_over_brain() -> None:
+    pre = preprocess_case(padded_case())
+    brain = pre.brain_mask
+    values = pre.image[:, brain]
+    np.testing.assert_allclose(values.mean(axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(values.std(axis=1), 1.0, atol=1e-5)
+    assert not pre.image[:, ~brain].any()
+    assert pre.image.dtype == np.float32 and pre.label is not None and pre.label.dtype == np.uint8
+
+
+def test_crop_box_and_exact_round_trip() -> None:
+    case = padded_case(pad=(6, 3, 5))
+    cfg = PreprocessConfig(crop_margin=2)
+    pre = preprocess_case(case, cfg)
+    source_box = bounding_box(brain_mask_of(case.image))
+    # BraTS affine flips x and y to reach RAS: the box mirrors on those axes.
+    shape = case.image.shape[1:]
+    expected = []
+    for axis, (lo, hi) in enumerate(source_box):
+        if axis < 2:
+            lo, hi = shape[axis] - hi, shape[axis] - lo
+        expected.append((max(lo - 2, 0), min(hi + 2, shape[axis])))
+    assert pre.geometry.crop_box == tuple(expected)
+    assert pre.image.shape == (4, *pre.geometry.shape)
+    assert pre.image.shape[1] < shape[0]  # really cropped
+    restored = restore_to_source(pre.label, pre, order=0)
+    assert restored.dtype == np.uint8
+    np.testing.assert_array_equal(restored, case.label)
+    np.testing.assert_array_equal(to_preprocessed_grid(case.label, pre, order=0), pre.label)
+    # probabilities (C, x, y, z) come back on the source grid too, zeros outside the crop
+    probs = np.stack([pre.brain_mask.astype(np.float32)] * 3)
+    back = restore_to_source(probs, pre.geometry, order=1)
+    assert back.shape == (3, *shape)
+    np.testing.assert_array_equal(back[0] > 0.5, brain_mask_of(case.image))
+
+
+def test_reorientation_gives_the_same_arrays_and_restores_exactly() -> None:
+    case = padded_case()
+    odd = reoriented_copy(case)
+    assert odd.image.shape[1:] != case.image.shape[1:]
+    pre, pre_odd = preprocess_case(case), preprocess_case(odd)
+    np.testing.assert_array_equal(pre_odd.image, pre.image)
+    np.testing.assert_array_equal(pre_odd.label, pre.label)
+    np.testing.assert_array_equal(restore_to_source(pre_odd.label, pre_odd, order=0), odd.label)
+    # probabilities go back in the odd case's own axis order
+    restored = restore_to_source(pre.image[:2].copy(), pre, order=1)
+    restored_odd = restore_to_source(pre_odd.image[:2].copy(), pre_odd, order=1)
+    np.testing.assert_array_equal(restored_odd, np.transpose(restored, (0, 3, 1, 2))[:, ::-1])
+
+
+def test_anisotropic_input_resampled_to_1mm_and_back() -> None:
+    case = padded_case(pad=(4, 4, 2), shape=(32, 32, 12), spacing=(1.0, 1.0, 2.0))
+    pre = preprocess_case(case, PreprocessConfig(target_spacing=(1.0, 1.0, 1.0)))
+    assert pre.geometry.reoriented_shape == (40, 40, 16)
+    assert pre.geometry.resampled_shape == (40, 40, 32)
+    assert pre.spacing == (1.0, 1.0, 1.0)
+    assert pre.geometry.zoom == (1.0, 1.0, 2.0)
+    np.testing.assert_array_equal(restore_to_source(pre.label, pre, order=0), case.label)
+    # nearest-neighbour upsampling repeats every slice twice
+    full = np.zeros(pre.geometry.resampled_shape, np.uint8)
+    full[pre.geometry.crop_slices] = pre.label
+    np.testing.assert_array_equal(full[..., 0::2], full[..., 1::2])
+
+
+def test_geometry_json_round_trip() -> None:
+    pre = preprocess_case(
+        reoriented_copy(padded_case()), PreprocessConfig(target_spacing=(1, 1, 1.5))
+    )
+    geometry = Geometry.from_dict(pre.geometry.to_dict())
+    assert geometry == pre.geometry
+    np.testing.assert_array_equal(
+        restore_to_source(pre.label, geometry, order=0), restore_to_source(pre.label, pre, order=0)
+    )
+
+
+def test_n4_reduces_a_synthetic_bias_field() -> None:
+    shape = (32, 32, 32)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    mask = (grid**2).sum(0) <= 0.8
+    rng = np.random.default_rng(0)
+    tissue = np.where(grid[1] > 0, 100.0, 140.0) + rng.normal(0, 2, shape)
+    bias = np.exp(0.35 * grid[0] + 0.2 * grid[2])  # smooth multiplicative field
+    image = np.where(mask, tissue * bias, 0).astype(np.float32)
+
+    def spread(volume: np.ndarray) -> float:
+        # coefficient of variation within one tissue class, where the bias is the only trend
+        values = volume[mask & (grid[1] > 0.1)]
+        return float(values.std() / values.mean())
+
+    corrected = n4_correct(image, mask, (1.0, 1.0, 1.0), shrink_factor=2, iterations=(20, 20))
+    assert corrected.dtype == np.float32
+    assert not corrected[~mask].any()
+    # before: 0.16, noise floor 0.02
+    assert spread(corrected) < 0.25 * spread(image)
+
+
+def test_n4_in_the_pipeline_runs() -> None:
+    pre = preprocess_case(
+        make_tiny_case(), PreprocessConfig(n4=True, n4_shrink_factor=2, n4_iterations=(5,))
+    )
+    assert np.isfinite(pre.image).all()
+    np.testing.assert_allclose(pre.image[:, pre.brain_mask].std(axis=1), 1.0, atol=1e-4)
+    assert "n4_seconds" in pre.extra
+
+
+def test_bad_config_and_empty_image() -> None:
+    with pytest.raises(ConfigError):
+        PreprocessConfig(target_spacing=(1.0, 0.0, 1.0))
+    with pytest.raises(ConfigError):
+        PreprocessConfig(orientation="XYZ")
+    with pytest.raises(ConfigError):
+        PreprocessConfig(crop_margin=-1)
+    case = make_tiny_case()
+    empty = replace(case, image=np.zeros_like(case.image))
+    with pytest.raises(InputError, match="toy_000"):
+        preprocess_case(empty)
+
+
+def test_restore_rejects_wrong_shape() -> None:
+    pre = preprocess_case(make_tiny_case())
+    with pytest.raises(ValueError, match="spatial shape"):
+        restore_to_source(np.zeros((3, 3, 3), np.uint8), pre, order=0)
