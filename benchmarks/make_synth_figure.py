@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
+from scipy import ndimage
 
 from cascadeseg.data.case import MODALITIES
 from cascadeseg.data.labels import ED, ET, NCR
@@ -45,6 +46,20 @@ def pick_seeds(config: SynthConfig) -> list[tuple[str, int]]:
     return found
 
 
+def pick_slice(label: np.ndarray) -> int:
+    """The axial slice with the most separate tumour cores, then the most core and tumour."""
+    core = np.isin(label, (NCR, ET))
+    best, best_key = 0, (-1, -1)
+    for z in range(label.shape[2]):
+        if not core[:, :, z].any():
+            continue
+        n_cores = ndimage.label(core[:, :, z])[1]
+        key = (min(n_cores, 3), int(core[:, :, z].sum() * 4 + (label[:, :, z] > 0).sum()))
+        if key > best_key:
+            best, best_key = z, key
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/images/synth_examples.png"))
@@ -54,26 +69,27 @@ def main() -> None:
     cases = pick_seeds(config)
     label_cmap = ListedColormap([(0, 0, 0, 0)] + [LABEL_COLOURS[k] for k in (NCR, ED, ET)])
 
-    fig, axes = plt.subplots(len(cases), 5, figsize=(12.5, 2.9 * len(cases)), facecolor="black")
+    fig, axes = plt.subplots(len(cases), 5, figsize=(12.5, 3.1 * len(cases)), facecolor="black")
     for row, (name, seed) in enumerate(cases):
         case = synthesize_case(seed, case_id=f"seed {seed}", config=config)
         assert case.label is not None
-        tumour_per_slice = (case.label > 0).sum(axis=(0, 1))
-        core_per_slice = np.isin(case.label, (NCR, ET)).sum(axis=(0, 1))
-        z = int(np.argmax(core_per_slice * 4 + tumour_per_slice))
+        z = pick_slice(case.label)
         brain = case.image[0, :, :, z] > 0
+        # Crop every panel to the brain's in-plane box (plus a margin) so the anatomy is large.
+        xs, ys = np.nonzero(case.image[0].max(axis=2) > 0)
+        crop = (slice(max(xs.min() - 4, 0), xs.max() + 5), slice(max(ys.min() - 4, 0), ys.max() + 5))
         for col in range(5):
             ax = axes[row, col]
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_facecolor("black")
             channel = MODALITIES.index("t1ce") if col == 4 else col
-            image = case.image[channel, :, :, z]
-            top = np.percentile(image[brain], 99.5) if brain.any() else 1.0
+            image = case.image[channel, :, :, z][crop]
+            top = np.percentile(image[brain[crop]], 99.5) if brain.any() else 1.0
             # Transpose: rows = anterior -> posterior, columns = patient right -> left.
             ax.imshow(image.T, cmap="gray", vmin=0, vmax=top, interpolation="nearest")
             if col == 4:
-                ax.imshow(case.label[:, :, z].T, cmap=label_cmap, vmin=-0.5, vmax=3.5,
+                ax.imshow(case.label[:, :, z][crop].T, cmap=label_cmap, vmin=-0.5, vmax=3.5,
                           interpolation="nearest")
             if row == 0:
                 title = "label on T1ce" if col == 4 else TITLES[MODALITIES[col]]

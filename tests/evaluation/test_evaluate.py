@@ -41,7 +41,7 @@ FIRST_COLUMNS = [
 ]
 
 
-def _cases(n=3, shape=(20, 20, 16)):
+def _cases(n=3, shape=(28, 28, 20)):
     return [
         make_tiny_case(shape, seed=i, case_id=f"BraTS2021_{i:05d}", with_et=i != 2)
         for i in range(n)
@@ -97,12 +97,20 @@ def test_brats2023_predictions_against_brats2021_dataset(tmp_path):
     for case in cases:
         write_case(case, tmp_path / "data", "brats2021")
     _write_preds(cases, tmp_path / "pred", "brats2023")
-    result = evaluate(tmp_path / "pred", tmp_path / "data", tmp_path / "out", workers=1,
-                      progress=False, print_table=False)
+    result = evaluate(
+        tmp_path / "pred",
+        tmp_path / "data",
+        tmp_path / "out",
+        workers=1,
+        progress=False,
+        print_table=False,
+    )
     assert [r["case"] for r in result.rows] == [c.case_id for c in cases]
     for i, (case, row) in enumerate(zip(cases, result.rows)):
         assert row["status"] == "ok"
-        assert (row["pred_convention"], row["ref_convention"]) == ("brats2023", "brats2021")
+        # without ET the values {1, 2} mean the same in both conventions: the reference's is kept
+        expected_conv = "brats2023" if (case.label == 3).any() else "brats2021"
+        assert (row["pred_convention"], row["ref_convention"]) == (expected_conv, "brats2021")
         expected = _expected(case, i)
         for name in METRIC_NAMES:
             np.testing.assert_allclose(row[name], expected[name], equal_nan=True)
@@ -115,11 +123,21 @@ def test_brats2023_predictions_against_brats2021_dataset(tmp_path):
 def test_brats2021_predictions_against_flat_brats2023_references(tmp_path):
     cases = _cases(2)
     for case in cases:
-        save_nifti(from_internal(case.label, "brats2023"), case.meta.affine, None,
-                   tmp_path / "ref" / f"{case.case_id}.nii.gz")
+        save_nifti(
+            from_internal(case.label, "brats2023"),
+            case.meta.affine,
+            None,
+            tmp_path / "ref" / f"{case.case_id}.nii.gz",
+        )
     _write_preds(cases, tmp_path / "pred", "brats2021")
-    result = evaluate(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", workers=1,
-                      progress=False, print_table=False)
+    result = evaluate(
+        tmp_path / "pred",
+        tmp_path / "ref",
+        tmp_path / "out",
+        workers=1,
+        progress=False,
+        print_table=False,
+    )
     for i, (case, row) in enumerate(zip(cases, result.rows)):
         assert row["ref_convention"] == "brats2023"
         assert row["pred_convention"] == "brats2021"
@@ -131,8 +149,15 @@ def test_msd_dataset_with_named_prediction_convention(tmp_path):
     for case in cases:
         write_case(case, tmp_path / "msd", "msd")
     _write_preds(cases, tmp_path / "pred", "msd")
-    result = evaluate(tmp_path / "pred", tmp_path / "msd", tmp_path / "out", workers=1,
-                      pred_convention="msd", progress=False, print_table=False)
+    result = evaluate(
+        tmp_path / "pred",
+        tmp_path / "msd",
+        tmp_path / "out",
+        workers=1,
+        pred_convention="msd",
+        progress=False,
+        print_table=False,
+    )
     for i, (case, row) in enumerate(zip(cases, result.rows)):
         assert row["status"] == "ok", row["message"]
         assert row["ref_convention"] == "msd"
@@ -146,8 +171,14 @@ def test_missing_prediction_scored_as_empty_and_listed(tmp_path):
     for case in cases:
         write_case(case, tmp_path / "data", "brats2021")
     _write_preds(cases, tmp_path / "pred", "brats2021", skip={cases[1].case_id})
-    result = evaluate(tmp_path / "pred", tmp_path / "data", tmp_path / "out", workers=1,
-                      progress=False, print_table=False)
+    result = evaluate(
+        tmp_path / "pred",
+        tmp_path / "data",
+        tmp_path / "out",
+        workers=1,
+        progress=False,
+        print_table=False,
+    )
     row = result.rows[1]
     assert row["status"] == "missing"
     assert result.missing == [cases[1].case_id]
@@ -167,18 +198,30 @@ def test_shape_and_affine_mismatch_are_reported_per_case(tmp_path):
     for case in cases:
         write_case(case, tmp_path / "data", "brats2021")
     _write_preds(cases, tmp_path / "pred", "brats2021")
-    bad_shape = np.zeros((20, 20, 15), np.uint8)
-    save_nifti(bad_shape, cases[0].meta.affine, None, tmp_path / "pred" / f"{cases[0].case_id}.nii.gz")
+    bad_shape = np.zeros((28, 28, 19), np.uint8)
+    save_nifti(
+        bad_shape, cases[0].meta.affine, None, tmp_path / "pred" / f"{cases[0].case_id}.nii.gz"
+    )
     shifted = cases[1].meta.affine.copy()
     shifted[0, 3] += 5.0
-    save_nifti(from_internal(cases[1].label, "brats2021"), shifted, None,
-               tmp_path / "pred" / f"{cases[1].case_id}.nii.gz")
+    save_nifti(
+        from_internal(cases[1].label, "brats2021"),
+        shifted,
+        None,
+        tmp_path / "pred" / f"{cases[1].case_id}.nii.gz",
+    )
     save_nifti(bad_shape, None, None, tmp_path / "pred" / "not_a_case.nii.gz")
-    result = evaluate(tmp_path / "pred", tmp_path / "data", tmp_path / "out", workers=1,
-                      progress=False, print_table=False)
+    result = evaluate(
+        tmp_path / "pred",
+        tmp_path / "data",
+        tmp_path / "out",
+        workers=1,
+        progress=False,
+        print_table=False,
+    )
     statuses = [r["status"] for r in result.rows]
     assert statuses == ["error", "error", "ok"]
-    assert "shape (20, 20, 15)" in result.rows[0]["message"]
+    assert "shape (28, 28, 19)" in result.rows[0]["message"]
     assert "affine" in result.rows[1]["message"]
     assert math.isnan(result.rows[0]["dice_wt"])
     assert set(result.errors) == {cases[0].case_id, cases[1].case_id}
@@ -191,8 +234,14 @@ def test_csv_and_summary_files(tmp_path):
     for case in cases:
         write_case(case, tmp_path / "data", "brats2021")
     _write_preds(cases, tmp_path / "pred", "brats2021")
-    result = evaluate(tmp_path / "pred", tmp_path / "data", tmp_path / "out", workers=1,
-                      progress=False, print_table=False)
+    result = evaluate(
+        tmp_path / "pred",
+        tmp_path / "data",
+        tmp_path / "out",
+        workers=1,
+        progress=False,
+        print_table=False,
+    )
     with (tmp_path / "out" / "metrics.csv").open() as f:
         header = next(csv.reader(f))
     assert header[:13] == FIRST_COLUMNS
@@ -222,10 +271,22 @@ def test_two_workers_give_the_same_rows(tmp_path):
     for case in cases:
         write_case(case, tmp_path / "data", "brats2021")
     _write_preds(cases, tmp_path / "pred", "brats2021")
-    one = evaluate(tmp_path / "pred", tmp_path / "data", tmp_path / "o1", workers=1,
-                   progress=False, print_table=False)
-    two = evaluate(tmp_path / "pred", tmp_path / "data", tmp_path / "o2", workers=2,
-                   progress=False, print_table=False)
+    one = evaluate(
+        tmp_path / "pred",
+        tmp_path / "data",
+        tmp_path / "o1",
+        workers=1,
+        progress=False,
+        print_table=False,
+    )
+    two = evaluate(
+        tmp_path / "pred",
+        tmp_path / "data",
+        tmp_path / "o2",
+        workers=2,
+        progress=False,
+        print_table=False,
+    )
     for a, b in zip(one.rows, two.rows):
         for name in METRIC_NAMES:
             np.testing.assert_allclose(a[name], b[name], equal_nan=True)
@@ -233,7 +294,7 @@ def test_two_workers_give_the_same_rows(tmp_path):
 
 def test_missing_folders_are_input_errors(tmp_path):
     (tmp_path / "ref").mkdir()
-    with pytest.raises(InputError, match="no reference label maps"):
+    with pytest.raises(InputError, match=r"no (cases found|reference label maps)"):
         evaluate(tmp_path / "ref", tmp_path / "ref", tmp_path / "out", progress=False)
     with pytest.raises(InputError, match="reference folder not found"):
         evaluate(tmp_path / "ref", tmp_path / "nope", tmp_path / "out", progress=False)
@@ -246,11 +307,36 @@ def test_cli_evaluate(tmp_path, capsys):
     for case in cases:
         write_case(case, tmp_path / "data", "brats2021")
     _write_preds(cases, tmp_path / "pred", "brats2021", skip={cases[0].case_id})
-    code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "data"),
-                 "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"])
+    code = main(
+        [
+            "evaluate",
+            "--pred",
+            str(tmp_path / "pred"),
+            "--ref",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "out"),
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "dice_wt" in out and "1 missing predictions" in out
     assert (tmp_path / "out" / "report.html").is_file()
-    assert main(["evaluate", "--pred", str(tmp_path / "nope"), "--ref", str(tmp_path / "data"),
-                 "--out", str(tmp_path / "o"), "--no-report"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(tmp_path / "nope"),
+                "--ref",
+                str(tmp_path / "data"),
+                "--out",
+                str(tmp_path / "o"),
+                "--no-report",
+            ]
+        )
+        == 2
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -162,7 +163,7 @@ def _synthetic_batch(batch: int = 2, size: int = 160) -> tuple[torch.Tensor, tor
 def test_unet1_sampling_proportions() -> None:
     labels, brain = _synthetic_batch()
     regions = lws_regions(labels, brain, contour_width=10)
-    n_s1, n_s2, n_s3, n_s4 = region_counts(regions).sum(dim=0).tolist()
+    _, n_s2, n_s3, n_s4 = region_counts(regions).sum(dim=0).tolist()
     assert n_s2 > 5 * n_s3 > 0 and n_s4 > 0
     alpha, beta = 2.0, 1.5
     generator = torch.Generator().manual_seed(0)
@@ -241,7 +242,7 @@ def test_unet2_samples_only_tumour_and_contour() -> None:
 
 def test_resampled_every_call_and_reproducible() -> None:
     labels, brain = _synthetic_batch(batch=1, size=96)
-    kwargs = {"net": 1, "alpha": 2.0, "beta": 1.5, "contour_width": 10}
+    kwargs: dict[str, Any] = {"net": 1, "alpha": 2.0, "beta": 1.5, "contour_width": 10}
     generator = torch.Generator().manual_seed(5)
     first = lws_weights(labels, brain, generator=generator, **kwargs)
     second = lws_weights(labels, brain, generator=generator, **kwargs)
@@ -300,3 +301,34 @@ def test_benchmark_lws_returns_timings() -> None:
     result = benchmark_lws(batch=2, size=48, repeats=1, warmup=0)
     assert result["batch"] == 2 and result["size"] == 48
     assert result["regions_s"] > 0 and result["weights_s"] > 0
+
+
+def test_single_slice_input() -> None:
+    labels, brain = _synthetic_batch(batch=1, size=64)
+    weights = lws_weights(
+        labels[0],
+        brain[0],
+        net=2,
+        alpha=1.0,
+        beta=1.5,
+        contour_width=4,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert weights.shape == (64, 64)
+    assert torch.equal(weights > 0, lws_regions(labels[0], brain[0], 4) >= S3_TUMOUR)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu() -> None:
+    labels, brain = _synthetic_batch(batch=2, size=96)
+    cpu_regions = lws_regions(labels, brain, 10)
+    gpu_regions = lws_regions(labels.cuda(), brain.cuda(), 10)
+    assert torch.equal(gpu_regions.cpu(), cpu_regions)
+    # A CPU generator with CUDA tensors draws on the CPU: the same weights as on the CPU.
+    kwargs: dict[str, Any] = {"net": 1, "alpha": 2.0, "beta": 1.5, "contour_width": 10}
+    cpu = lws_weights(labels, brain, generator=torch.Generator().manual_seed(0), **kwargs)
+    gpu = lws_weights(
+        labels.cuda(), brain.cuda(), generator=torch.Generator().manual_seed(0), **kwargs
+    )
+    assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
+    assert lws_weights(labels.cuda(), brain.cuda(), **kwargs).device.type == "cuda"

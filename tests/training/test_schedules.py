@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
 import pytest
 
 from cascadeseg.config import OptimConfig
@@ -10,7 +13,7 @@ from cascadeseg.training.schedules import aux_weight, lr_at, poly_lr, step_lr
 
 
 def test_poly_lr_values() -> None:
-    kwargs = {"base_lr": 1.0, "epochs": 10, "warmup_epochs": 5, "power": 0.9}
+    kwargs: dict[str, Any] = {"base_lr": 1.0, "epochs": 10, "warmup_epochs": 5, "power": 0.9}
     # Warm-up factor 1/5 + (4/5) * e / 5 times Eq. 3's (1 - e/10)^0.9.
     assert poly_lr(0, **kwargs) == pytest.approx(0.2)
     assert poly_lr(2.5, **kwargs) == pytest.approx((0.2 + 0.8 * 0.5) * 0.75**0.9)
@@ -26,11 +29,11 @@ def test_poly_lr_values() -> None:
 
 def test_poly_lr_paper_recipe() -> None:
     # Paper: lr0 = 1e-4, 405 epochs, 5 warm-up epochs.
-    kwargs = {"base_lr": 1e-4, "epochs": 405}
+    kwargs: dict[str, Any] = {"base_lr": 1e-4, "epochs": 405}
     assert poly_lr(0, **kwargs) == pytest.approx(2e-5)
     assert poly_lr(200, **kwargs) == pytest.approx(1e-4 * (1 - 200 / 405) ** 0.9)
     values = [poly_lr(e / 10, **kwargs) for e in range(0, 50)]
-    assert all(a < b for a, b in zip(values, values[1:]))  # smooth rise per iteration
+    assert all(a < b for a, b in itertools.pairwise(values))  # smooth rise per iteration
     assert poly_lr(0, base_lr=1.0, epochs=10, warmup_epochs=0) == 1.0
     with pytest.raises(ValueError):
         poly_lr(0, base_lr=1.0, epochs=0)

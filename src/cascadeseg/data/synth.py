@@ -121,7 +121,9 @@ class SynthConfig:
         edema_ratio: edema radius / core radius.
         necrosis_ratio: necrotic radius / core radius.
         p_solid: probability that a lesion has no necrotic centre (solid enhancing or, without
-            ET, solid non-enhancing core); lesions too small for necrosis are solid too.
+            ET, solid non-enhancing core).
+        min_necrotic_core_mm: lesions with a smaller core radius are solid (small enhancing
+            lesions rarely show necrosis).
         core_irregularity: amplitude of the smooth radial deformation of the core (fraction).
         edema_irregularity: same for the edema.
         edema_wm_affinity: how much white matter extends the edema (finger-like spread), in
@@ -129,6 +131,7 @@ class SynthConfig:
         edema_min_margin_mm: edema ring always present around the core (label hierarchy).
         edge_mm: width of the partial-volume ramp at the core and necrosis borders.
         edema_edge_mm: width of the ramp at the edema border (edema fades out).
+        edema_fade: edema signal at its border relative to next to the core (1 = flat).
         mass_effect: range of the radial compression factor at the lesion centre (0 = none).
         mass_effect_support: radius of the mass effect, in units of the core radius.
         min_depth_mm: margin between the core's extent and the brain surface at the centre.
@@ -164,12 +167,14 @@ class SynthConfig:
     edema_ratio: tuple[float, float] = (1.3, 2.2)
     necrosis_ratio: tuple[float, float] = (0.3, 0.8)
     p_solid: float = 0.2
+    min_necrotic_core_mm: float = 6.0
     core_irregularity: tuple[float, float] = (0.08, 0.25)
     edema_irregularity: tuple[float, float] = (0.1, 0.3)
     edema_wm_affinity: float = 0.5
     edema_min_margin_mm: float = 2.0
     edge_mm: float = 1.5
     edema_edge_mm: float = 4.0
+    edema_fade: float = 0.65
     mass_effect: tuple[float, float] = (0.15, 0.5)
     mass_effect_support: float = 2.5
     min_depth_mm: float = 4.0
@@ -182,7 +187,7 @@ class SynthConfig:
     intensity_scale: tuple[float, float] = (400.0, 2500.0)
     bias_strength: tuple[float, float] = (0.04, 0.2)
     bias_spacing_mm: float = 60.0
-    noise_level: tuple[float, float] = (0.015, 0.045)
+    noise_level: tuple[float, float] = (0.015, 0.035)
     misregistration_mm: float = 1.0
     reference_modality: str = "t1ce"
 
@@ -281,6 +286,12 @@ def _anatomy(shape_scale: float) -> _Anatomy:
         maps = maps.astype(np.float32)
         voxel_mm = 1.0 / shape_scale
         mni_origin = mni_origin + 0.5 * (voxel_mm - 1.0)
+    # Crop to the brain's box plus one voxel: every later warp reads only this.
+    idx = np.nonzero(maps[0] >= 0.5)
+    start = np.array([max(int(i.min()) - 1, 0) for i in idx])
+    stop = np.array([min(int(i.max()) + 2, n) for i, n in zip(idx, maps.shape[1:])])
+    maps = maps[(slice(None), *(slice(a, b) for a, b in zip(start, stop)))]
+    mni_origin = mni_origin + start * voxel_mm
     brain = maps[0] >= 0.5
     idx = np.nonzero(brain)
     lo = np.array([i.min() for i in idx])
@@ -350,12 +361,14 @@ def upsample_coarse(coarse: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         float32 ``(C, X, Y, Z)`` (or ``(X, Y, Z)``): a C2-smooth field, three matrix products.
     """
     squeeze = coarse.ndim == 3
-    grid = coarse[None] if squeeze else coarse
+    grid = (coarse[None] if squeeze else coarse).astype(np.float32)
     mx, my, mz = (bspline_matrix(n, m) for n, m in zip(shape, grid.shape[1:]))
-    out = np.tensordot(grid.astype(np.float32), mz, axes=([3], [1]))  # (C, a, b, Z)
-    out = np.einsum("yb,cabz->cayz", my, out)  # (C, a, Y, Z)
-    out = np.einsum("xa,cayz->cxyz", mx, out, optimize=True)  # (C, X, Y, Z)
-    out = np.ascontiguousarray(out, dtype=np.float32)
+    nx, ny, nz = shape
+    out = np.empty((grid.shape[0], nx, ny, nz), dtype=np.float32)
+    for c in range(grid.shape[0]):
+        # Small (a, Y, Z) first, then one BLAS product writes the big array contiguously.
+        small = np.einsum("yb,abc,zc->ayz", my, grid[c], mz, optimize=True)
+        np.matmul(mx, small.reshape(small.shape[0], -1), out=out[c].reshape(nx, ny * nz))
     return out[0] if squeeze else out
 
 
@@ -410,12 +423,28 @@ def axis_lerp(array: np.ndarray, axis: int, source: np.ndarray) -> np.ndarray:
 def subvoxel_shift(volume: np.ndarray, shift: Sequence[float]) -> np.ndarray:
     """Shift a 3D volume by ``shift`` voxels per axis with trilinear interpolation (zeros enter).
 
-    ``out[x] = volume[x - shift]``, done as three 1D interpolations (separable trilinear).
+    ``out[x] = volume[x - shift]``, done as three 1D linear interpolations (separable trilinear)
+    with slices rather than gathers (measured ~2x faster than ``scipy.ndimage.shift``).
     """
-    out = volume
+    out = np.asarray(volume, dtype=np.float32)
     for axis, s in enumerate(shift):
-        if s != 0:
-            out = axis_lerp(out, axis, np.arange(out.shape[axis], dtype=np.float64) - s)
+        if s == 0:
+            continue
+        whole = math.floor(s)
+        frac = np.float32(s - whole)
+        # out[x] = (1 - frac) * v[x - whole] + frac * v[x - whole - 1]
+        moved = np.zeros_like(out)
+        for k, weight in ((whole, 1.0 - frac), (whole + 1, frac)):
+            n = out.shape[axis]
+            if weight == 0 or abs(k) >= n:
+                continue
+            dst = [slice(None)] * out.ndim
+            src = [slice(None)] * out.ndim
+            dst[axis] = slice(max(k, 0), n + min(k, 0))
+            src[axis] = slice(max(-k, 0), n - max(k, 0))
+            target = moved[tuple(dst)]
+            target += np.float32(weight) * out[tuple(src)]
+        out = moved
     return out
 
 
@@ -638,7 +667,8 @@ def _lesion_fields(
     core = smoothstep_ramp((1.0 - rho_core) * radius, config.edge_mm / vox)
 
     necrosis_ratio = rng.uniform(*config.necrosis_ratio)
-    if rng.random() < config.p_solid or necrosis_ratio * radius * vox < 1.5:
+    solid = rng.random() < config.p_solid
+    if solid or lesion.core_radius_mm < config.min_necrotic_core_mm:
         necrosis_ratio = 0.0  # too small to see: solid lesion
     necrosis = np.zeros(shape, dtype=np.float32)
     if necrosis_ratio > 0:
@@ -656,7 +686,13 @@ def _lesion_fields(
     rho_ed -= np.float32(config.edema_wm_affinity) * (wm[box] - 0.5)
     edema = smoothstep_ramp((1.0 - rho_ed) * edema_radius, config.edema_edge_mm / vox)
     edema *= 1.0 - csf[box]  # fluid spaces do not swell
-    return edema, core, necrosis
+    # Vasogenic edema is densest next to the tumour and fades outwards: the image uses the
+    # label's ramp times a strength that falls from 1 (near the core) to edema_fade at the border.
+    strength = np.clip((1.0 - rho_ed) * 2.0, 0.0, 1.0)
+    strength *= np.float32(1.0 - config.edema_fade)
+    strength += np.float32(config.edema_fade)
+    strength *= edema
+    return edema, strength, core, necrosis
 
 
 # --------------------------------------------------------------------------------------------
@@ -729,23 +765,29 @@ def synthesize_case(
     for lesion in lesions:
         r = lesion.core_radius_mm / vox
         edema_reach = (
-            r * config.axis_ratio[1] * config.edema_ratio[1]
+            r
+            * config.axis_ratio[1]
+            * config.edema_ratio[1]
             * (1 + config.edema_irregularity[1] * 2.5 + config.edema_wm_affinity)
         )
         reach.append(edema_reach + 2 * config.edema_edge_mm / vox + 2)
     lo = np.min([np.maximum(les.centre - h, 0) for les, h in zip(lesions, reach)], axis=0)
-    hi = np.max([np.minimum(les.centre + h + 1, box_shape) for les, h in zip(lesions, reach)], axis=0)
+    hi = np.max(
+        [np.minimum(les.centre + h + 1, box_shape) for les, h in zip(lesions, reach)], axis=0
+    )
     tbox = tuple(slice(int(a), int(b)) for a, b in zip(np.floor(lo), np.ceil(hi)))
     tshape = tuple(s.stop - s.start for s in tbox)
-    edema = np.zeros(tshape, dtype=np.float32)
+    edema = np.zeros(tshape, dtype=np.float32)  # label ramp
+    edema_signal = np.zeros(tshape, dtype=np.float32)  # image weight
     core = np.zeros(tshape, dtype=np.float32)
     necrosis = np.zeros(tshape, dtype=np.float32)
     enhancing = np.zeros(tshape, dtype=np.float32)
     for lesion, h in zip(lesions, reach):
         lbox = _box(lesion.centre, h, box_shape)
         local = tuple(slice(a.start - t.start, a.stop - t.start) for a, t in zip(lbox, tbox))
-        e, c, n = _lesion_fields(rng, lesion, config, csf, wm, lbox, vox)
+        e, es, c, n = _lesion_fields(rng, lesion, config, csf, wm, lbox, vox)
         np.maximum(edema[local], e, out=edema[local])
+        np.maximum(edema_signal[local], es, out=edema_signal[local])
         wins = c > core[local]
         core[local] = np.where(wins, c, core[local])
         necrosis[local] = np.where(wins, n, necrosis[local])
@@ -756,7 +798,8 @@ def synthesize_case(
     # Edema always surrounds the core: a ring of edema_min_margin_mm around it.
     ring_iterations = max(1, round(config.edema_min_margin_mm / vox))
     ring = ndimage.binary_dilation(is_core, iterations=ring_iterations) & tbrain & ~is_core
-    edema = np.where(ring, np.maximum(edema, 0.6), edema) * tbrain
+    edema_signal[ring] = np.maximum(edema_signal[ring], 0.6)
+    edema_signal *= tbrain
     is_ncr = is_core & ((necrosis >= 0.5) | (enhancing < 0.5))
     is_et = is_core & ~is_ncr
     is_ed = ~is_core & tbrain & ((edema >= 0.5) | ring)
@@ -767,15 +810,15 @@ def synthesize_case(
     tlabel[is_ncr] = NCR
     tlabel[is_et] = ET
 
-    # 5. Image formation.
+    # 5. Image formation: linear mix of compartments, bias, misregistration, noise, int16.
     values = TISSUE_INTENSITY.copy()
     values[:, :3] *= rng.uniform(1 - config.contrast_jitter, 1 + config.contrast_jitter, (4, 3))
     values[:, 3:] *= rng.uniform(1 - config.tumour_jitter, 1 + config.tumour_jitter, (4, 4))
     t1ce = MODALITIES.index("t1ce")
     values[t1ce, _ENHANCING] = values[t1ce, _WM] * rng.uniform(*config.et_enhancement)
     gains = rng.uniform(*config.intensity_scale, size=4).astype(np.float32)
-    bias = smooth_noise(rng, box_shape, spacing=config.bias_spacing_mm / vox, channels=4)
     bias_std = rng.uniform(*config.bias_strength, size=4).astype(np.float32)
+    bias = smooth_noise(rng, box_shape, spacing=config.bias_spacing_mm / vox, channels=4)
     texture = smooth_noise(rng, tshape, spacing=config.tumour_texture_mm / vox, channels=2)
     texture *= np.float32(config.tumour_texture)
     texture += 1.0
@@ -784,31 +827,46 @@ def synthesize_case(
     shifts[reference] = 0.0
     noise_level = rng.uniform(*config.noise_level, size=4).astype(np.float32)
 
+    brain_f = brain.astype(np.float32)
     brain_idx = np.flatnonzero(brain)
     full = np.zeros((4, *shape), dtype=np.float32)
+    tmp = np.empty(box_shape, dtype=np.float32)
+    not_core = 1.0 - core
     for m in range(4):
-        v = values[m]
-        img = v[_CSF] * csf + v[_GM] * gm + v[_WM] * wm
+        v = values[m].astype(np.float32)
+        # Healthy tissue, with GM = brain - CSF - WM: v_gm * brain + (v_csf - v_gm) * CSF + ...
+        img = np.multiply(brain_f, v[_GM])
+        img += np.multiply(csf, v[_CSF] - v[_GM], out=tmp)
+        img += np.multiply(wm, v[_WM] - v[_GM], out=tmp)
+        # Tumour box: edema mixed into the tissue, then the core over it (partial volumes).
         healthy = img[tbox]
-        rim = enhancing * v[_ENHANCING] + (1.0 - enhancing) * v[_NONENHANCING]
+        rim = enhancing * (v[_ENHANCING] - v[_NONENHANCING]) + v[_NONENHANCING]
         core_value = (rim * (1.0 - necrosis) + v[_NECROSIS] * necrosis) * texture[0]
-        with_edema = healthy * (1.0 - edema) + (v[_EDEMA] * texture[1]) * edema
-        img[tbox] = with_edema * (1.0 - core) + core_value * core
-        img *= np.exp(bias_std[m] * bias[m])
-        img *= gains[m]
+        with_edema = healthy * (1.0 - edema_signal) + (v[_EDEMA] * texture[1]) * edema_signal
+        healthy[...] = with_edema * not_core + core_value * core
+        # Smooth multiplicative bias field and the scanner gain.
+        bias_m = bias[m]
+        bias_m *= bias_std[m]
+        np.exp(bias_m, out=bias_m)
+        bias_m *= gains[m]
+        img *= bias_m
         if np.any(shifts[m]):
             img = subvoxel_shift(img, shifts[m])
         # Rician noise on brain voxels: magnitude of a complex signal with Gaussian noise.
         sigma = noise_level[m] * gains[m] * v[_WM]
         signal = img.ravel()[brain_idx]
-        real = signal + sigma * rng.standard_normal(signal.size, dtype=np.float32)
-        imag = sigma * rng.standard_normal(signal.size, dtype=np.float32)
-        magnitude = np.sqrt(real * real + imag * imag)
-        np.rint(magnitude, out=magnitude)
-        np.clip(magnitude, 1.0, float(np.iinfo(np.int16).max), out=magnitude)
-        out = np.zeros(box_shape, dtype=np.float32)
-        out.ravel()[brain_idx] = magnitude
-        full[m][brain_box] = out
+        signal += sigma * rng.standard_normal(signal.size, dtype=np.float32)
+        imag = rng.standard_normal(signal.size, dtype=np.float32)
+        imag *= sigma
+        signal *= signal
+        imag *= imag
+        signal += imag
+        np.sqrt(signal, out=signal)
+        np.rint(signal, out=signal)
+        np.clip(signal, 1.0, float(np.iinfo(np.int16).max), out=signal)
+        tmp.fill(0.0)
+        tmp.ravel()[brain_idx] = signal
+        full[m][brain_box] = tmp
 
     full_label = np.zeros(shape, dtype=np.uint8)
     full_label[brain_box] = label

@@ -82,7 +82,7 @@ class LoadedModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Region probabilities ``(B, 3, *spatial)`` ``[WT, TC, ET]`` of a ``(B, C, *spatial)`` input."""
+        """``(B, 3, *spatial)`` probabilities ``[WT, TC, ET]`` of a ``(B, C, *spatial)`` input."""
         out = self.network(x)
         if self.output_kind == "probabilities":
             assert isinstance(out, torch.Tensor)
@@ -188,8 +188,8 @@ def stored_et_min_voxels(ckpt: dict[str, Any], run_dir: Path | None) -> int | No
 
 
 def size_divisor_of(network: Any) -> int:
-    """Padding multiple of a network: its ``size_divisor`` attribute, else 2 ** its number of
-    down-sampling levels (``levels``/``depth`` model argument), else :data:`DEFAULT_SIZE_DIVISOR`."""
+    """Padding multiple of a network: its ``size_divisor`` attribute, else
+    :data:`DEFAULT_SIZE_DIVISOR`."""
     value = getattr(network, "size_divisor", None)
     if isinstance(value, int) and value > 0:
         return value
@@ -224,7 +224,7 @@ def check_member(member: LoadedModel) -> None:
 
 
 def probe_output(member: LoadedModel) -> None:
-    """Run a tiny input through the member and check it yields ``(1, 3, *spatial)`` probabilities."""
+    """Run a tiny input through ``member``; check it yields ``(1, 3, *spatial)`` probabilities."""
     side = member.size_divisor * (2 if member.spatial_dims == 3 else 4)
     x = torch.zeros((1, member.in_channels, *([side] * member.spatial_dims)), device=member.device)
     try:
@@ -265,7 +265,7 @@ def ensemble_et_min_voxels(members: Sequence[LoadedModel]) -> int | None:
     values = [m.et_min_voxels for m in members if m.et_min_voxels is not None]
     if not values:
         return None
-    return int(round(statistics.median(values)))
+    return round(statistics.median(values))
 
 
 # --------------------------------------------------------------------------------------------

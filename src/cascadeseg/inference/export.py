@@ -57,8 +57,10 @@ class ProbabilityHead(nn.Module):
         total: torch.Tensor | None = None
         for net in self.networks:
             out = net(x)
-            probs = out if self.output_kind == "probabilities" else region_probabilities(
-                out, self.output_kind
+            probs = (
+                out
+                if self.output_kind == "probabilities"
+                else region_probabilities(out, self.output_kind)
             )
             total = probs if total is None else total + probs
         assert total is not None
@@ -214,7 +216,10 @@ class OnnxNetwork:
     """
 
     def __init__(
-        self, model: str | Path | bytes, device: torch.device | str = "cpu", threads: int | None = None
+        self,
+        model: str | Path | bytes,
+        device: torch.device | str = "cpu",
+        threads: int | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -291,9 +296,7 @@ def to_onnx_member(member: LoadedModel) -> LoadedModel:
     return onnx_member
 
 
-def onnx_max_abs_diff(
-    member: LoadedModel, onnx_network: OnnxNetwork, x: torch.Tensor
-) -> float:
+def onnx_max_abs_diff(member: LoadedModel, onnx_network: OnnxNetwork, x: torch.Tensor) -> float:
     """Max absolute difference between PyTorch and ONNX Runtime probabilities on ``x``."""
     with torch.inference_mode():
         ref = member.probabilities(x.to(member.device)).float().cpu()

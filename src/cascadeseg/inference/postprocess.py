@@ -14,10 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cascadeseg.data.labels import ET, NCR
+
+if TYPE_CHECKING:
+    from cascadeseg.inference.predictor import PredictOptions
 
 #: Default candidates of ``tune-postprocess`` in voxels (1 mm^3 on BraTS data). Public BraTS
 #: solutions settle between 200 and 1000 voxels (nnU-Net's BraTS 2020 entry tuned this range).
@@ -151,3 +156,89 @@ def tune_et_threshold(
     }
     best = max(mean_dice, key=lambda c: (mean_dice[c], -c))
     return TuneResult(best=best, mean_dice=mean_dice, n_cases=len(stats))
+
+
+def tune_postprocess(
+    run_dir: str | Path,
+    data: str | Path,
+    *,
+    cases: str = "val",
+    candidates: Sequence[int] = DEFAULT_ET_CANDIDATES,
+    options: PredictOptions | None = None,
+    write: bool = True,
+) -> TuneResult:
+    """Pick a run's ET threshold on validation cases and store it in ``run_dir/postprocess.json``.
+
+    The run's models (snapshots, else best/last) predict each case without post-processing; the
+    candidate with the best mean ET Dice (:func:`tune_et_threshold`) is written as
+    ``{"et_min_voxels": N, ...}``, which :func:`cascadeseg.inference.load_models` and ``predict``
+    then use.
+
+    Args:
+        run_dir: a training run directory (``checkpoints/``, ``split.json``).
+        data: dataset folder holding the cases (any supported layout).
+        cases: ``val`` (the ``val`` ids of ``split.json``), ``test``, or ``all`` (every labelled
+            case of ``data``, e.g. a separate validation folder).
+        candidates: thresholds in voxels (0 = off).
+        options: prediction options (``et_min_voxels`` is ignored: raw predictions are tuned).
+        write: write ``postprocess.json`` (atomically).
+
+    Returns:
+        The :class:`TuneResult`.
+
+    Raises:
+        InputError: no labelled case to tune on, or ``split.json`` lacks the subset.
+    """
+    import dataclasses
+    import json
+    import os
+    import tempfile
+
+    from tqdm import tqdm
+
+    from cascadeseg.data.layouts import discover_cases, read_case
+    from cascadeseg.data.splits import load_split
+    from cascadeseg.errors import InputError
+    from cascadeseg.inference.ensemble import load_models
+    from cascadeseg.inference.predictor import PredictOptions as _Options
+    from cascadeseg.inference.predictor import predict_case, resolve_device
+
+    run_dir = Path(run_dir)
+    opts = dataclasses.replace(options or _Options(), et_min_voxels=0)
+    refs = [r for r in discover_cases(Path(data)) if "seg" in r.files]
+    if cases != "all":
+        split_file = run_dir / "split.json"
+        split = load_split(split_file)
+        if cases not in split:
+            raise InputError(f"{split_file}: no {cases!r} subset (has {', '.join(split)})")
+        wanted = set(split[cases])
+        refs = [r for r in refs if r.case_id in wanted]
+    if not refs:
+        raise InputError(f"{data}: no labelled {cases} case to tune the ET threshold on")
+    models = load_models([run_dir], resolve_device(opts.device))
+    stats: list[EtStats] = []
+    for ref in tqdm(refs, desc="tuning ET threshold", unit="case", disable=not opts.progress):
+        case = read_case(ref)
+        assert case.label is not None
+        prediction = predict_case(case, models, opts)
+        stats.append(et_stats(prediction.label, case.label))
+    result = tune_et_threshold(stats, candidates)
+    if write:
+        record = {
+            "et_min_voxels": result.best,
+            "mean_et_dice": {str(k): v for k, v in result.mean_dice.items()},
+            "n_cases": result.n_cases,
+            "cases": cases,
+            "data": str(data),
+        }
+        path = run_dir / "postprocess.json"
+        fd, tmp = tempfile.mkstemp(prefix=".postprocess.json.", suffix=".tmp", dir=run_dir)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(record, fh, indent=1)
+                fh.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return result

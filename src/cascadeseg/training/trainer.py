@@ -729,7 +729,8 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path) -> None:
     ax_dice.set_xlabel("epoch")
     ax_dice.set_ylabel("validation Dice")
     ax_dice.set_ylim(0, 1)
-    ax_dice.legend()
+    if ax_dice.lines:
+        ax_dice.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

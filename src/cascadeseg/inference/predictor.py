@@ -1,0 +1,810 @@
+"""Segment cases with one or more trained models: from files on disk to label maps on disk.
+
+Per case (:func:`predict_case`):
+
+1. **Preprocess** with the models' recipe (:func:`cascadeseg.data.preprocess.preprocess_case`):
+   reorientation to RAS, the recipe's spacing (if it fixes one), brain crop, z-score.
+2. **Network** per ensemble member:
+
+   * 3D: the whole brain in one pass (two-stage paper, sec. 3.3: "we segment the whole brain region
+     at once instead of using a sliding window"), padded to the network's multiple; a Gaussian
+     sliding window takes over when memory is short (:class:`~.sliding.AdaptiveForward`).
+   * 2D: axial slices in batches (with the recipe's slice context); CU-Net's whole-tumour branch
+     gives WT and its substructure branch TC/ET inside WT
+     (:func:`cascadeseg.models.outputs.region_probabilities`), fused with the non-brain mask
+     (CU-Net paper, sec. 2.2: "we extract the non-brain mask in advance and fuse it with the
+     outputs of branch1 and branch2").
+3. **Flip TTA** (8 flips in 3D, 4 in-plane flips in 2D) and the **ensemble average** of the region
+   probabilities ``[WT, TC, ET]``; the voxel-wise variance over all passes of all members is the
+   uncertainty map.
+4. **Restore** the probabilities to the exact source grid
+   (:func:`cascadeseg.data.preprocess.restore_to_source`, linear where the recipe resampled, as
+   nnU-Net resamples probabilities rather than labels), **threshold** at 0.5 with ET inside TC
+   inside WT (:func:`cascadeseg.data.labels.probabilities_to_label`), and **post-process**
+   (two-stage paper, sec. 3.4: ET below ``et_min_voxels`` becomes necrosis).
+
+:func:`predict` runs that over a folder or four files and writes ``<case_id>.nii.gz`` (input's
+header, affine and label convention), optional ``<case_id>_probabilities.nii.gz`` and
+``<case_id>_uncertainty.nii.gz`` (4D float32, volumes ``[WT, TC, ET]``) and ``<case_id>.json``
+(region volumes in mL and the settings used). A failing case is reported and skipped; existing
+files are never overwritten without ``overwrite=True``; every file is written to a temporary name
+in the output folder and renamed into place, so it appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cascadeseg import __version__
+from cascadeseg.data.case import MODALITIES, Case, Meta
+from cascadeseg.data.labels import CONVENTIONS, REGIONS, label_to_regions, probabilities_to_label
+from cascadeseg.data.preprocess import Preprocessed, preprocess_case, restore_to_source
+from cascadeseg.errors import CascadesegError, ConfigError, InputError
+from cascadeseg.inference.ensemble import LoadedModel, ensemble_et_min_voxels
+from cascadeseg.inference.postprocess import postprocess_et
+from cascadeseg.inference.sliding import (
+    POLICIES,
+    AdaptiveForward,
+    available_memory_bytes,
+    crop_padding,
+    estimate_forward_bytes,
+    free_memory,
+    is_out_of_memory,
+    pad_to_multiple,
+    probe_bytes_per_voxel,
+)
+from cascadeseg.inference.tta import flip_tta_moments
+
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+BACKENDS: tuple[str, ...] = ("torch", "onnx")
+#: Conventions ``--labels`` may name for written label maps.
+OUTPUT_CONVENTIONS: tuple[str, ...] = ("brats2021", "brats2023")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How to predict.
+
+    Attributes:
+        tta: flip test-time augmentation (8 flips in 3D, 4 in 2D; two-stage paper, sec. 3.3).
+        sliding_window: ``auto`` (whole volume, sliding window when memory is short), ``always``
+            or ``never``.
+        overlap: sliding-window overlap (fraction of the window).
+        precision: ``fp32`` or ``bf16`` (autocast; falls back to fp32 with a warning where the
+            device has no fast bf16 convolutions, e.g. CPUs without AVX-512).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
+        batch_slices: axial slices per network call for 2D models.
+        threshold: probability threshold of each region.
+        et_min_voxels: ET post-processing threshold in voxels (source grid); ``None`` uses the
+            value stored with the model(s) (``tune-postprocess``), or 0 (off) if none is stored.
+        labels: label convention of written label maps; ``None`` keeps the input's.
+        save_probabilities: also write ``<case_id>_probabilities.nii.gz``.
+        save_uncertainty: also write ``<case_id>_uncertainty.nii.gz``.
+        overwrite: replace existing outputs (otherwise such cases are skipped).
+        backend: ``torch`` or ``onnx`` (ONNX Runtime).
+        memory_budget_gb: memory a whole-volume pass may use before ``auto`` picks the sliding
+            window (``None``: 70% of the free memory of the device).
+        fuse_brain_mask: zero probabilities outside the brain; ``None`` does it for CU-Net
+            members only, as that paper does.
+        progress: show a progress bar and a line per case.
+    """
+
+    tta: bool = True
+    sliding_window: str = "auto"
+    overlap: float = 0.5
+    precision: str = "fp32"
+    device: str = "auto"
+    batch_slices: int = 16
+    threshold: float = 0.5
+    et_min_voxels: int | None = None
+    labels: str | None = None
+    save_probabilities: bool = False
+    save_uncertainty: bool = False
+    overwrite: bool = False
+    backend: str = "torch"
+    memory_budget_gb: float | None = None
+    fuse_brain_mask: bool | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.sliding_window not in POLICIES:
+            raise ConfigError(
+                f"sliding_window must be one of {POLICIES}, got {self.sliding_window!r}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ConfigError(f"overlap must be in [0, 1), got {self.overlap}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.batch_slices < 1:
+            raise ConfigError(f"batch_slices must be >= 1, got {self.batch_slices}")
+        if self.et_min_voxels is not None and self.et_min_voxels < 0:
+            raise ConfigError(f"et_min_voxels must be >= 0, got {self.et_min_voxels}")
+        if self.labels is not None and self.labels not in CONVENTIONS:
+            raise ConfigError(
+                f"labels must be one of {', '.join(sorted(CONVENTIONS))}, got {self.labels!r}"
+            )
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """The result of :func:`predict_case`, on the source grid of the case.
+
+    Attributes:
+        case_id: the case id.
+        label: ``(X, Y, Z)`` uint8 internal labels (0 bg, 1 NCR, 2 ED, 3 ET), post-processed.
+        probabilities: ``(3, X, Y, Z)`` float32 region probabilities ``[WT, TC, ET]``.
+        uncertainty: ``(3, X, Y, Z)`` float32 voxel-wise variance of the probabilities over all
+            TTA passes of all members, or ``None`` when not asked for.
+        volumes_ml: region volumes ``{"WT", "TC", "ET"}`` in mL (voxel size from the header).
+        info: settings used and timings (JSON-friendly).
+    """
+
+    case_id: str
+    label: np.ndarray
+    probabilities: np.ndarray
+    uncertainty: np.ndarray | None
+    volumes_ml: dict[str, float]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CaseResult:
+    """What happened to one case in :func:`predict`.
+
+    Attributes:
+        case_id: the case id.
+        status: ``ok``, ``skipped`` (outputs exist, no ``overwrite``) or ``failed``.
+        outputs: files written.
+        message: why it failed or was skipped ("" when ok).
+        volumes_ml: region volumes in mL (ok cases).
+        seconds: wall time of the case (reading, prediction and writing).
+    """
+
+    case_id: str
+    status: str
+    outputs: list[Path] = field(default_factory=list)
+    message: str = ""
+    volumes_ml: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# device and precision
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is a ConfigError."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device}: no CUDA device is available")
+    return resolved
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (AVX-512 BF16/AMX or AVX-512 core).
+
+    Without them bf16 autocast falls back to reference kernels: measured ~500x *slower* than fp32
+    for a 3D convolution on an AVX2-only CPU, so bf16 is then not used.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def effective_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """The precision that will actually run and a note on why it differs (``""`` if not)."""
+    if precision != "bf16":
+        return "fp32", ""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", ""
+        return "fp32", "bf16 not supported by this GPU: fp32 used"
+    if cpu_has_fast_bf16():
+        return "bf16", ""
+    return "fp32", "bf16 not supported natively by this CPU (no AVX-512/AMX): fp32 used"
+
+
+def autocast_context(
+    precision: str, device: torch.device
+) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` for bf16, a null context for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------------------------
+# the network passes
+
+
+def _probability_fn(
+    member: LoadedModel, precision: str, device: torch.device
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> member's [WT, TC, ET] probabilities``, float32, under the requested precision."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True)
+        with autocast_context(precision, device):
+            return member.probabilities(x).float()
+
+    return fn
+
+
+def _memory_budget(options: PredictOptions, device: torch.device) -> float:
+    if options.memory_budget_gb is not None:
+        return options.memory_budget_gb * 2**30
+    from cascadeseg.inference.sliding import MEMORY_FRACTION
+
+    return available_memory_bytes(device) * MEMORY_FRACTION
+
+
+def member_moments_3d(
+    member: LoadedModel,
+    image: np.ndarray,
+    options: PredictOptions,
+    device: torch.device,
+    precision: str,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Mean and mean-of-squares ``(3, x, y, z)`` of one 3D member over its TTA passes.
+
+    Args:
+        member: a 3D ensemble member.
+        image: ``(4, x, y, z)`` preprocessed image.
+        options: prediction options.
+        device: where the network runs.
+        precision: effective precision.
+
+    Returns:
+        ``(mean, mean_sq, info)``; CPU float32 tensors and a dict with the mode used.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    x, pads = pad_to_multiple(x, member.size_divisor)
+    fn = _probability_fn(member, precision, device)
+    estimate = None
+    if options.sliding_window == "auto" and isinstance(member.network, torch.nn.Module):
+        per_voxel = probe_bytes_per_voxel(
+            member.network, member.in_channels, 3, device, side=2 * member.size_divisor
+        )
+        if precision == "bf16":
+            per_voxel /= 2
+
+        def estimate(shape: Sequence[int]) -> float:
+            return estimate_forward_bytes(per_voxel, 1, shape)
+
+    roi = member.patch_size if len(member.patch_size) == 3 else (128, 128, 128)
+    forward = AdaptiveForward(
+        fn,
+        policy=options.sliding_window,
+        roi_size=roi,
+        overlap=options.overlap,
+        multiple=member.size_divisor,
+        budget_bytes=_memory_budget(options, device),
+        estimate_bytes=estimate,
+        device=device,
+    )
+    with torch.inference_mode():
+        mean, mean_sq, passes = flip_tta_moments(forward, x, spatial_dims=3, tta=options.tta)
+    mean = crop_padding(mean, pads)[0].cpu()
+    mean_sq = crop_padding(mean_sq, pads)[0].cpu()
+    info = {"passes": passes, "mode": forward.mode, "fallbacks": forward.fallbacks}
+    return mean, mean_sq, info
+
+
+def slice_stack(image: np.ndarray, z0: int, z1: int, context: int) -> np.ndarray:
+    """Axial slices ``z0..z1-1`` of ``image`` with ``context`` neighbours on each side.
+
+    The channel order is that of training (:class:`cascadeseg.data.datasets.SliceDataset2D`):
+    channel ``(offset + k) * C + c`` for offsets ``-k..k``; slices beyond the volume are zeros.
+
+    Args:
+        image: ``(C, X, Y, Z)``.
+        z0, z1: slice range.
+        context: ``k``, neighbouring slices on each side.
+
+    Returns:
+        ``(z1 - z0, C * (2k + 1), X, Y)`` float32.
+    """
+    channels, _, _, depth = image.shape
+    out = np.zeros((z1 - z0, channels * (2 * context + 1), *image.shape[1:3]), dtype=np.float32)
+    for i, offset in enumerate(range(-context, context + 1)):
+        lo, hi = max(z0 + offset, 0), min(z1 + offset, depth)
+        if lo >= hi:
+            continue
+        block = np.moveaxis(image[..., lo:hi], -1, 0)  # (b, C, X, Y)
+        out[lo - offset - z0 : hi - offset - z0, i * channels : (i + 1) * channels] = block
+    return out
+
+
+def member_moments_2d(
+    member: LoadedModel,
+    image: np.ndarray,
+    options: PredictOptions,
+    device: torch.device,
+    precision: str,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Mean and mean-of-squares ``(3, x, y, z)`` of one 2D member, slice by slice.
+
+    Batches of ``options.batch_slices`` axial slices go through the network with in-plane flip
+    TTA; on an out-of-memory error the batch is halved and the slices retried.
+    """
+    depth = image.shape[-1]
+    spatial = image.shape[1:3]
+    mean = torch.zeros((3, *spatial, depth))
+    mean_sq = torch.zeros((3, *spatial, depth))
+    fn = _probability_fn(member, precision, device)
+    batch = options.batch_slices
+    passes = 0
+    fallbacks: list[str] = []
+    z0 = 0
+    with torch.inference_mode():
+        while z0 < depth:
+            z1 = min(depth, z0 + batch)
+            x = torch.from_numpy(slice_stack(image, z0, z1, member.slice_context))
+            x, pads = pad_to_multiple(x, member.size_divisor)
+            oom = False
+            try:
+                m, m2, passes = flip_tta_moments(fn, x, spatial_dims=2, tta=options.tta)
+            except Exception as exc:
+                if not is_out_of_memory(exc) or batch == 1:
+                    raise
+                oom = True
+            if oom:
+                free_memory(device)
+                batch = max(1, batch // 2)
+                fallbacks.append(f"out of memory: {batch} slices per batch")
+                continue
+            # (b, 3, X, Y) -> (3, X, Y, b)
+            mean[..., z0:z1] = crop_padding(m, pads).permute(1, 2, 3, 0).cpu()
+            mean_sq[..., z0:z1] = crop_padding(m2, pads).permute(1, 2, 3, 0).cpu()
+            z0 = z1
+    info = {"passes": passes, "mode": f"slices (batch {batch})", "fallbacks": fallbacks}
+    return mean, mean_sq, info
+
+
+# --------------------------------------------------------------------------------------------
+# one case
+
+
+def region_volumes_ml(label: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
+    """Volumes of ``[WT, TC, ET]`` in mL (1 mL = 1000 mm^3) of an internal label map."""
+    voxel_ml = voxel_volume_ml(spacing)
+    regions = label_to_regions(label)
+    return {
+        name: round(int(np.count_nonzero(r)) * voxel_ml, 4) for name, r in zip(REGIONS, regions)
+    }
+
+
+def _members_for_backend(models: Sequence[LoadedModel], backend: str) -> list[LoadedModel]:
+    if backend == "torch":
+        return list(models)
+    from cascadeseg.inference.export import to_onnx_member
+
+    return [to_onnx_member(m) for m in models]
+
+
+def predict_preprocessed(
+    pre: Preprocessed,
+    models: Sequence[LoadedModel],
+    options: PredictOptions,
+    *,
+    device: torch.device | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Ensemble + TTA region probabilities on the preprocessed grid.
+
+    Returns:
+        ``(mean, variance, info)``: ``(3, x, y, z)`` float32 arrays ``[WT, TC, ET]`` on the grid
+        of ``pre`` and a JSON-friendly dict of what ran.
+    """
+    if not models:
+        raise ConfigError("no model given")
+    device = device or resolve_device(options.device)
+    precision, note = effective_precision(options.precision, device)
+    total: torch.Tensor | None = None
+    total_sq: torch.Tensor | None = None
+    members_info = []
+    for member in models:
+        run = member_moments_3d if member.spatial_dims == 3 else member_moments_2d
+        mean, mean_sq, info = run(member, pre.image, options, device, precision)
+        fuse = options.fuse_brain_mask
+        if (
+            fuse
+            or (fuse is None and member.name == "cunet")
+            or (fuse is None and member.output_kind == "cunet")
+        ):
+            mask = torch.from_numpy(np.ascontiguousarray(pre.brain_mask))[None]
+            mean = mean * mask
+            mean_sq = mean_sq * mask
+            info["brain_mask_fused"] = True
+        info["source"] = str(member.source)
+        members_info.append(info)
+        if total is None or total_sq is None:
+            total, total_sq = mean, mean_sq
+        else:
+            total += mean
+            total_sq += mean_sq
+    assert total is not None and total_sq is not None
+    n = len(models)
+    mean_all = (total / n).numpy()
+    variance = np.maximum((total_sq / n).numpy() - mean_all**2, 0.0)
+    info_all = {
+        "device": str(device),
+        "precision": precision,
+        "precision_note": note,
+        "members": members_info,
+    }
+    return mean_all.astype(np.float32), variance.astype(np.float32), info_all
+
+
+def predict_case(
+    case: Case, models: Sequence[LoadedModel], options: PredictOptions | None = None
+) -> Prediction:
+    """Segment one case with an ensemble (see the module docstring for the steps).
+
+    Args:
+        case: the input :class:`Case` (its label, if any, is ignored).
+        models: ensemble members from :func:`cascadeseg.inference.load_models` (one recipe).
+        options: prediction options.
+
+    Returns:
+        A :class:`Prediction` on the source grid of ``case`` (same shape as ``case.image[0]``).
+    """
+    options = options or PredictOptions()
+    models = _members_for_backend(models, options.backend)
+    start = time.perf_counter()
+    pre = preprocess_case(case.with_label(None), models[0].preprocess)
+    t_pre = time.perf_counter() - start
+    mean, variance, info = predict_preprocessed(pre, models, options)
+    t_net = time.perf_counter() - start - t_pre
+    probabilities = restore_to_source(mean, pre, order=1)
+    uncertainty = restore_to_source(variance, pre, order=1) if options.save_uncertainty else None
+    label = probabilities_to_label(probabilities, options.threshold)
+    stored = ensemble_et_min_voxels(models)
+    et_min = options.et_min_voxels if options.et_min_voxels is not None else (stored or 0)
+    et_before = int(np.count_nonzero(label == 3))
+    label = postprocess_et(label, et_min)
+    t_total = time.perf_counter() - start
+    info.update(
+        {
+            "tta": options.tta,
+            "threshold": options.threshold,
+            "et_min_voxels": et_min,
+            "et_min_voxels_source": "option"
+            if options.et_min_voxels is not None
+            else ("stored" if stored is not None else "default (off)"),
+            "et_replaced_by_necrosis": bool(et_before and not np.any(label == 3)),
+            "sliding_window": options.sliding_window,
+            "backend": options.backend,
+            "preprocessing": models[0].preprocess.to_dict(),
+            "seconds": {
+                "preprocess": round(t_pre, 3),
+                "network": round(t_net, 3),
+                "total": round(t_total, 3),
+            },
+        }
+    )
+    return Prediction(
+        case_id=case.case_id,
+        label=label.astype(np.uint8),
+        probabilities=probabilities.astype(np.float32, copy=False),
+        uncertainty=None if uncertainty is None else uncertainty.astype(np.float32, copy=False),
+        volumes_ml=region_volumes_ml(label, case.meta.spacing),
+        info=info,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One case to read: its id (for output names before reading) and how to read it."""
+
+    case_id: str
+    read: Callable[[], Case]
+
+
+def _modality_of_file(path: Path) -> str | None:
+    from cascadeseg.data.layouts import modality_from_name
+    from cascadeseg.data.nifti import strip_nifti_suffix
+
+    stem = strip_nifti_suffix(path.name)
+    token = re.split(r"[_\-.]", stem)[-1]
+    return modality_from_name(token)
+
+
+def files_in_modality_order(files: Sequence[Path]) -> list[Path]:
+    """Four modality files in the order FLAIR, T1, T1ce, T2.
+
+    When every file name ends in a recognisable modality (``_flair``, ``-t2f``, ``_t1ce``,
+    ``-t1c``, ...) and the four differ, the names decide; otherwise the given order is taken as
+    FLAIR, T1, T1ce, T2.
+    """
+    named = [_modality_of_file(p) for p in files]
+    if all(named) and len(set(named)) == len(MODALITIES):
+        by_modality = dict(zip(named, files))
+        return [by_modality[m] for m in MODALITIES]
+    return list(files)
+
+
+def resolve_inputs(inputs: Path | str | Sequence[Path | str]) -> list[_Source]:
+    """The cases an ``--input`` names: case folder(s), dataset folder(s) or four files.
+
+    Raises:
+        InputError: nothing readable was named (the message says what is accepted).
+    """
+    from cascadeseg.data.layouts import discover_cases, read_case, read_files
+
+    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
+    if not paths:
+        raise InputError("no input given")
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise InputError(f"{missing[0]}: no such file or folder")
+    if all(p.is_file() for p in paths):
+        if len(paths) != len(MODALITIES):
+            raise InputError(
+                f"{paths[0]}: give a case folder, a dataset folder or four modality files "
+                f"(FLAIR, T1, T1ce, T2); got {len(paths)} file(s)"
+            )
+        ordered = files_in_modality_order(paths)
+        from cascadeseg.data.layouts import _case_id_from_file
+
+        case_id = _case_id_from_file(ordered[0])
+        return [
+            _Source(
+                case_id,
+                lambda: read_files(flair=ordered[0], t1=ordered[1], t1ce=ordered[2], t2=ordered[3]),
+            )
+        ]
+    sources: list[_Source] = []
+    for path in paths:
+        if not path.is_dir():
+            raise InputError(f"{path}: mixes files and folders; give folders or four files")
+        for ref in discover_cases(path):
+            sources.append(_Source(ref.case_id, lambda ref=ref: read_case(ref)))
+    return sources
+
+
+# --------------------------------------------------------------------------------------------
+# outputs
+
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+
+
+def output_paths(case_id: str, output_dir: Path, options: PredictOptions) -> dict[str, Path]:
+    """Files written for a case, by kind (``label``, ``json``, ``probabilities``,
+    ``uncertainty``). Raises InputError for a case id that could leave ``output_dir``."""
+    if not _SAFE_ID.match(case_id) or ".." in case_id:
+        raise InputError(f"case id {case_id!r} is not a safe file name; nothing written")
+    paths = {
+        "label": output_dir / f"{case_id}.nii.gz",
+        "json": output_dir / f"{case_id}.json",
+    }
+    if options.save_probabilities:
+        paths["probabilities"] = output_dir / f"{case_id}_probabilities.nii.gz"
+    if options.save_uncertainty:
+        paths["uncertainty"] = output_dir / f"{case_id}_uncertainty.nii.gz"
+    return paths
+
+
+def _float_header(meta: Meta) -> Any:
+    if meta.header is None:
+        return None
+    header = meta.header.copy()
+    # Probabilities are in [0, 1]: the source's display window would hide them.
+    header["cal_min"] = 0
+    header["cal_max"] = 0
+    return header
+
+
+def _write_4d(array: np.ndarray, meta: Meta, path: Path) -> Path:
+    """``(3, X, Y, Z)`` -> a 4D NIfTI ``(X, Y, Z, 3)`` float32 on the input's grid (atomic)."""
+    from cascadeseg.data.nifti import save_nifti
+
+    data = np.ascontiguousarray(np.moveaxis(array.astype(np.float32, copy=False), 0, -1))
+    return save_nifti(data, np.asarray(meta.affine), _float_header(meta), path)
+
+
+def _write_json(data: dict[str, Any], path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, default=str)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_prediction(
+    prediction: Prediction, case: Case, paths: dict[str, Path], options: PredictOptions
+) -> list[Path]:
+    """Write a prediction's files (each atomically; the JSON last, marking the case complete)."""
+    from cascadeseg.data.layouts import write_label_map
+
+    written: list[Path] = []
+    if "probabilities" in paths:
+        written.append(_write_4d(prediction.probabilities, case.meta, paths["probabilities"]))
+    if "uncertainty" in paths and prediction.uncertainty is not None:
+        written.append(_write_4d(prediction.uncertainty, case.meta, paths["uncertainty"]))
+    convention = options.labels or case.meta.label_convention
+    label_path = write_label_map(
+        prediction.label, case.meta, paths["label"].parent, convention=convention
+    )
+    if label_path != paths["label"]:  # the writer names files after meta.case_id
+        os.replace(label_path, paths["label"])
+    written.append(paths["label"])
+    voxel_ml = voxel_volume_ml(case.meta.spacing)
+    record = {
+        "case_id": prediction.case_id,
+        "version": __version__,
+        "volumes_ml": prediction.volumes_ml,
+        "voxel_volume_ml": voxel_ml,
+        "label_convention": convention,
+        "shape": list(case.meta.shape),
+        "spacing_mm": list(case.meta.spacing),
+        "inputs": {k: str(v) for k, v in case.meta.files.items()},
+        "outputs": {k: p.name for k, p in paths.items() if k != "json"},
+        "probability_volumes": list(REGIONS),
+        "settings": prediction.info,
+    }
+    written.append(_write_json(record, paths["json"]))
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# a batch
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, CascadesegError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def predict(
+    models: Sequence[LoadedModel],
+    inputs: Path | str | Sequence[Path | str],
+    output_dir: Path | str,
+    options: PredictOptions | None = None,
+    *,
+    echo: Callable[[str], None] | None = None,
+) -> list[CaseResult]:
+    """Segment every case of ``inputs`` and write the results to ``output_dir``.
+
+    Args:
+        models: ensemble members (:func:`cascadeseg.inference.load_models`).
+        inputs: a case folder, a dataset folder in any supported layout, several folders, or
+            four modality files (FLAIR, T1, T1ce, T2; recognised by name when possible).
+        output_dir: folder for ``<case_id>.nii.gz``, ``<case_id>.json`` and the optional maps
+            (created; nothing is written elsewhere).
+        options: prediction options.
+        echo: where the per-case line and the summary go (default: ``tqdm.write``; ``None``
+            with ``options.progress=False`` prints nothing).
+
+    Returns:
+        One :class:`CaseResult` per case, in input order. A case that cannot be read or
+        predicted is ``failed`` and the others continue.
+
+    Raises:
+        InputError: the inputs name no case at all.
+    """
+    from tqdm import tqdm
+
+    options = options or PredictOptions()
+    output_dir = Path(output_dir)
+    sources = resolve_inputs(inputs)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(options.device)
+    # Converted once here (ONNX export in memory); predict_case leaves converted members as is.
+    members = _members_for_backend(models, options.backend)
+    case_options = dataclasses.replace(options, device=str(device))
+    say = echo or (tqdm.write if options.progress else (lambda _msg: None))
+    _, precision_note = effective_precision(options.precision, device)
+    if precision_note:
+        say(f"note: {precision_note}")
+    results: list[CaseResult] = []
+    bar = tqdm(sources, desc="predicting", unit="case", disable=not options.progress)
+    for source in bar:
+        start = time.perf_counter()
+        result = CaseResult(case_id=source.case_id, status="failed")
+        try:
+            paths = output_paths(source.case_id, output_dir, options)
+            existing = [p for p in paths.values() if p.exists()]
+            if existing and not options.overwrite:
+                result.status = "skipped"
+                result.message = f"{existing[0].name} exists (use --overwrite to replace)"
+            else:
+                case = source.read()
+                if case.case_id != source.case_id:  # the reader named it differently
+                    result.case_id = case.case_id
+                    paths = output_paths(case.case_id, output_dir, options)
+                    existing = [p for p in paths.values() if p.exists()]
+                    if existing and not options.overwrite:
+                        raise InputError(f"{existing[0]} exists (use --overwrite to replace)")
+                prediction = predict_case(case, members, case_options)
+                result.outputs = write_prediction(prediction, case, paths, options)
+                result.status = "ok"
+                result.volumes_ml = prediction.volumes_ml
+                del case, prediction
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            result.status = "failed"
+            result.message = _one_line(exc)
+        if result.status == "failed":
+            free_memory(device)
+        result.seconds = round(time.perf_counter() - start, 3)
+        results.append(result)
+        say(format_result(result))
+    for line in summary_lines(results, output_dir):
+        say(line)
+    return results
+
+
+def format_result(result: CaseResult) -> str:
+    """The console line of one case."""
+    if result.status == "ok":
+        vols = "  ".join(f"{k} {v:8.2f} mL" for k, v in result.volumes_ml.items())
+        return f"{result.case_id}  {vols}  ({result.seconds:.1f} s)"
+    return f"{result.case_id}  {result.status.upper()}: {result.message}"
+
+
+def summary_lines(results: Sequence[CaseResult], output_dir: Path) -> list[str]:
+    """Summary printed after a batch: counts, and the failed cases with their reasons."""
+    ok = [r for r in results if r.status == "ok"]
+    skipped = [r for r in results if r.status == "skipped"]
+    failed = [r for r in results if r.status == "failed"]
+    lines = [
+        f"{len(results)} case(s): {len(ok)} written to {output_dir}, "
+        f"{len(skipped)} skipped, {len(failed)} failed"
+    ]
+    if skipped:
+        lines.append(
+            "skipped (outputs exist; --overwrite replaces them): "
+            + ", ".join(r.case_id for r in skipped)
+        )
+    for r in failed:
+        lines.append(f"failed: {r.case_id}: {r.message}")
+    return lines
+
+
+def results_to_json(results: Sequence[CaseResult]) -> list[dict[str, Any]]:
+    """JSON-friendly form of :func:`predict`'s results."""
+    out = []
+    for r in results:
+        d = asdict(r)
+        d["outputs"] = [str(p) for p in r.outputs]
+        out.append(d)
+    return out
+
+
+def voxel_volume_ml(spacing: Sequence[float]) -> float:
+    """Volume of one voxel in mL."""
+    return math.prod(abs(float(s)) for s in spacing) / 1000.0

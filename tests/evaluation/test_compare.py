@@ -1,0 +1,110 @@
+"""compare(): Table 1-style table, side-by-side plots, overlays, CLI."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from cascadeseg.cli import main
+from cascadeseg.data.labels import from_internal
+from cascadeseg.data.nifti import save_nifti
+from cascadeseg.data.toy import make_tiny_case
+from cascadeseg.data.writers import write_case
+from cascadeseg.errors import InputError
+from cascadeseg.evaluation.compare import compare
+from cascadeseg.evaluation.evaluate import evaluate
+
+
+@pytest.fixture
+def two_methods(tmp_path):
+    """A BraTS 2023 dataset and two prediction folders (exact, and shifted by one voxel)."""
+    for i in range(3):
+        case = make_tiny_case((28, 28, 20), seed=i, case_id=f"BraTS-GLI-{i:05d}-000")
+        write_case(case, tmp_path / "data", "brats2023")
+        for name, label in (("exact", case.label), ("shifted", np.roll(case.label, 1, axis=1))):
+            save_nifti(
+                from_internal(label, "brats2023"),
+                case.meta.affine,
+                None,
+                tmp_path / name / f"{case.case_id}.nii.gz",
+            )
+    return tmp_path
+
+
+def test_compare_evaluation_folder_and_prediction_folder(two_methods):
+    root = two_methods
+    evaluated = evaluate(
+        root / "shifted",
+        root / "data",
+        root / "eval_shifted",
+        workers=1,
+        progress=False,
+        print_table=False,
+    )
+    result = compare(
+        [root / "exact", root / "eval_shifted"],
+        root / "cmp",
+        names=["A", "B"],
+        ref=root / "data",
+        cases=["BraTS-GLI-00001-000"],
+        workers=1,
+        progress=False,
+    )
+    assert list(result.results) == ["A", "B"]
+    rows = list(csv.DictReader(result.table_csv.open()))
+    assert [r["method"] for r in rows] == ["A", "B"]
+    assert list(rows[0])[:4] == ["method", "dice_wt", "dice_tc", "dice_et"]
+    assert float(rows[0]["dice_wt"]) == 1.0 and float(rows[0]["hd95_et"]) == 0.0
+    assert float(rows[1]["dice_wt"]) == pytest.approx(
+        evaluated.summary["metrics"]["dice_wt"]["mean"], rel=1e-9
+    )
+    md = result.table_md.read_text()
+    assert md.startswith("| Method | WT Dice | WT Sens | WT Spec | WT HD95 | TC Dice")
+    assert "| A | 1.000 | 1.000 | 1.000 | 0.00 |" in md
+    for name in ("boxplots.png", "hd95_boxplots.png", "report.html"):
+        assert (root / "cmp" / name).stat().st_size > 1000
+    assert [p.name for p in (root / "cmp" / "overlays").iterdir()] == [
+        "overlay_BraTS-GLI-00001-000.png"
+    ]
+    # the prediction folder was evaluated into the comparison folder
+    assert (root / "cmp" / "evaluations" / "A" / "metrics.csv").is_file()
+
+
+def test_compare_errors(two_methods):
+    root = two_methods
+    with pytest.raises(InputError, match="--ref"):
+        compare([root / "exact"], root / "cmp", progress=False)
+    with pytest.raises(InputError, match="2 runs"):
+        compare([root / "exact", root / "shifted"], root / "cmp", names=["x"], ref=root / "data")
+    with pytest.raises(InputError, match="unknown case"):
+        compare(
+            [root / "exact"],
+            root / "cmp",
+            ref=root / "data",
+            cases=["nope"],
+            workers=1,
+            progress=False,
+        )
+
+
+def test_cli_compare(two_methods, capsys):
+    root = two_methods
+    code = main(
+        [
+            "compare",
+            str(root / "exact"),
+            str(root / "shifted"),
+            "--ref",
+            str(root / "data"),
+            "--out",
+            str(root / "cmp"),
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| exact |" in out and "| shifted |" in out
