@@ -340,3 +340,14 @@ def test_cli_evaluate(tmp_path, capsys):
         )
         == 2
     )
+
+
+def test_single_brats_case_folder_as_reference(tmp_path):
+    case = _cases(1)[0]
+    folder = write_case(case, tmp_path / "data", "brats2021")
+    _write_preds([case], tmp_path / "pred", "brats2021")
+    result = evaluate(
+        tmp_path / "pred", folder, tmp_path / "out", workers=1, progress=False, print_table=False
+    )
+    assert [r["case"] for r in result.rows] == [case.case_id]
+    assert result.rows[0]["dice_wt"] == pytest.approx(_expected(case, 0)["dice_wt"])

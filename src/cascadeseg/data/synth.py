@@ -567,9 +567,14 @@ def _place_lesions(
         if ok_tissue.any():
             ok = ok_tissue
         if k > 0:
+            # Separate cores: farther apart than the two cores' reaches (plus a gap), so a
+            # multifocal case really has several tumour cores.
             dist = np.linalg.norm(positions - lesions[0].centre, axis=1) * vox
-            near = (dist >= config.satellite_distance_mm[0]) & (dist <= config.satellite_distance_mm[1])
-            ok = ok & near
+            first_reach = lesions[0].core_radius_mm * config.axis_ratio[1]
+            first_reach *= 1 + config.core_irregularity[1]
+            nearest = max(config.satellite_distance_mm[0], first_reach + reach + 4.0)
+            farthest = max(config.satellite_distance_mm[1], nearest + 10.0)
+            ok = ok & (dist >= nearest) & (dist <= farthest)
         if not ok.any():
             if k > 0:
                 break  # no room for another lesion: fewer lesions

@@ -236,8 +236,16 @@ def find_references(
     ref = Path(ref)
     if not ref.is_dir():
         raise InputError(f"{ref}: reference folder not found")
-    if ref_layout is None:
-        ref_layout = "flat" if _nifti_files(ref) else None
+    if ref_layout is None and _nifti_files(ref):
+        # NIfTI files directly inside: a flat folder of label maps, unless the readers recognise
+        # it as a single BraTS case folder (<case>_flair.nii.gz, ..., <case>_seg.nii.gz).
+        ref_layout = "flat"
+        try:
+            from cascadeseg.data.layouts import detect_layout
+
+            ref_layout = detect_layout(ref)
+        except (ImportError, InputError):
+            pass
     if ref_layout == "flat":
         items = [
             ReferenceItem(case_id, path, ref_convention, {}, "flat")

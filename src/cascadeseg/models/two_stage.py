@@ -1,0 +1,287 @@
+"""The two-stage cascaded U-Net (Jiang et al., BraTS 2019 winner), 3D.
+
+Stage 1 follows Table 1 of the paper exactly (names in brackets are the module names here)::
+
+    Input       4 x 128^3
+    InitConv    Conv3 (4 -> 16), Dropout 0.2                       [encoder.init_conv]
+    EnBlock1    1 pre-activation residual block, 16 x 128^3         [encoder.en_block1]
+    EnDown1     Conv3 stride 2, 16 -> 32, 64^3                      [encoder.en_down1]
+    EnBlock2    2 blocks, 32 x 64^3                                 [encoder.en_block2]
+    EnDown2     Conv3 stride 2, 32 -> 64, 32^3                      [encoder.en_down2]
+    EnBlock3    2 blocks, 64 x 32^3                                 [encoder.en_block3]
+    EnDown3     Conv3 stride 2, 64 -> 128, 16^3                     [encoder.en_down3]
+    EnBlock4    4 blocks, 128 x 16^3                                [encoder.en_block4]
+    DeUp3       Conv1 128 -> 64, ConvTranspose 2^3, + EnBlock3      [decoder.de_up3]
+    DeBlock3    1 block, 64 x 32^3                                  [decoder.de_block3]
+    DeUp2       Conv1, ConvTranspose, + EnBlock2 -> 32 x 64^3       [decoder.de_up2]
+    DeBlock2    1 block                                             [decoder.de_block2]
+    DeUp1       Conv1, ConvTranspose, + EnBlock1 -> 16 x 128^3      [decoder.de_up1]
+    DeBlock1    1 block                                             [decoder.de_block1]
+    EndConv     Conv1 16 -> 3 ([WT, TC, ET] logits)                 [decoder.end_conv]
+
+(The table prints the last up block as a second "DeUp2"; it is the first level's, DeUp1.)
+
+Stage 2 (section 2.3; its Table 2 is missing from the text): the same encoder with the initial
+filters doubled (32/64/128/256), fed with the 4 modalities concatenated with stage 1's 3 sigmoid
+probabilities, and two decoders of identical structure: one upsampling by transposed convolutions
+(``stage2.decoder``, used at inference), one by trilinear interpolation (``stage2.interp_decoder``,
+training only, a regulariser of the shared encoder). The cascade is trained end-to-end: stage 1's
+probabilities are not detached, so stage 2's loss reaches stage 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from cascadeseg.models.blocks import (
+    DownConv,
+    PreActResBlock,
+    UpBlock,
+    conv,
+    crop_to,
+    dropout,
+    pad_to_multiple,
+)
+from cascadeseg.models.registry import register
+
+
+class TwoStageOutput(NamedTuple):
+    """Training-mode output of :class:`TwoStageUNet`: three ``(B, 3, X, Y, Z)`` logits [WT, TC, ET].
+
+    Attributes:
+        stage1: stage 1 (coarse) logits.
+        stage2: stage 2 logits from the transposed-convolution decoder (the inference output).
+        stage2_interp: stage 2 logits from the trilinear-interpolation decoder (training only).
+    """
+
+    stage1: torch.Tensor
+    stage2: torch.Tensor
+    stage2_interp: torch.Tensor
+
+
+def _res_blocks(
+    count: int, channels: int, norm_groups: int, checkpointing: bool
+) -> nn.Sequential:
+    return nn.Sequential(
+        *(
+            PreActResBlock(
+                channels, spatial_dims=3, norm_groups=norm_groups, checkpointing=checkpointing
+            )
+            for _ in range(count)
+        )
+    )
+
+
+class Encoder(nn.Module):
+    """Residual encoder of one stage (Table 1, "Encoder" rows).
+
+    Level ``i`` (1-based) has ``width * 2**(i-1)`` channels, ``blocks[i-1]`` residual blocks and
+    runs at ``1 / 2**(i-1)`` of the input size. Returns the feature of every level, shallowest
+    first: ``[(B, w, S), (B, 2w, S/2), (B, 4w, S/4), (B, 8w, S/8)]`` for ``blocks`` of length 4.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        width: int,
+        blocks: Sequence[int],
+        dropout_p: float,
+        norm_groups: int,
+        checkpointing: bool,
+    ) -> None:
+        super().__init__()
+        self.init_conv = nn.Sequential(conv(3, in_channels, width, 3), dropout(3, dropout_p))
+        self.levels = len(blocks)
+        for i, count in enumerate(blocks, start=1):
+            channels = width * 2 ** (i - 1)
+            if i > 1:
+                self.add_module(f"en_down{i - 1}", DownConv(channels // 2, channels, spatial_dims=3))
+            self.add_module(f"en_block{i}", _res_blocks(count, channels, norm_groups, checkpointing))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        x = self.init_conv(x)
+        for i in range(1, self.levels + 1):
+            if i > 1:
+                x = self.get_submodule(f"en_down{i - 1}")(x)
+            x = self.get_submodule(f"en_block{i}")(x)
+            features.append(x)
+        return features
+
+
+class Decoder(nn.Module):
+    """Decoder of one stage (Table 1, "Decoder" rows), one residual block per level.
+
+    Per level from the deepest: ``de_up{l}`` (1x1x1 conv halving the channels, then 2x
+    upsampling by ``mode``), add the encoder feature of that level, ``de_block{l}``; finally
+    ``end_conv`` (1x1x1) to ``out_channels`` logits. Input: the encoder's feature list; output
+    ``(B, out_channels, S)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        width: int,
+        levels: int,
+        out_channels: int,
+        norm_groups: int,
+        checkpointing: bool,
+        mode: str,
+    ) -> None:
+        super().__init__()
+        self.levels = levels
+        for level in range(levels - 1, 0, -1):
+            channels = width * 2 ** (level - 1)
+            self.add_module(
+                f"de_up{level}", UpBlock(channels * 2, channels, spatial_dims=3, mode=mode)
+            )
+            self.add_module(f"de_block{level}", _res_blocks(1, channels, norm_groups, checkpointing))
+        self.end_conv = conv(3, width, out_channels, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = features[-1]
+        for level in range(self.levels - 1, 0, -1):
+            # Shortcuts join by element-wise summation (section 2.2), not concatenation.
+            x = self.get_submodule(f"de_up{level}")(x) + features[level - 1]
+            x = self.get_submodule(f"de_block{level}")(x)
+        return self.end_conv(x)
+
+
+class Stage(nn.Module):
+    """One U-Net of the cascade: an encoder and a transposed-conv decoder, plus optionally an
+    interpolation decoder on the same encoder features (stage 2, training only)."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        out_channels: int,
+        width: int,
+        blocks: Sequence[int],
+        dropout_p: float,
+        norm_groups: int,
+        checkpointing: bool,
+        interp_decoder: bool,
+    ) -> None:
+        super().__init__()
+        self.encoder = Encoder(
+            in_channels=in_channels,
+            width=width,
+            blocks=blocks,
+            dropout_p=dropout_p,
+            norm_groups=norm_groups,
+            checkpointing=checkpointing,
+        )
+        decoder_args = dict(
+            width=width,
+            levels=len(blocks),
+            out_channels=out_channels,
+            norm_groups=norm_groups,
+            checkpointing=checkpointing,
+        )
+        self.decoder = Decoder(**decoder_args, mode="transposed")  # type: ignore[arg-type]
+        self.interp_decoder: Decoder | None = (
+            Decoder(**decoder_args, mode="interpolate")  # type: ignore[arg-type]
+            if interp_decoder
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B, C, S) -> ((B, out, S) logits, interpolation-decoder logits or None)``.
+
+        The interpolation decoder runs only in training mode.
+        """
+        features = self.encoder(x)
+        out = self.decoder(features)
+        interp = (
+            self.interp_decoder(features)
+            if self.interp_decoder is not None and self.training
+            else None
+        )
+        return out, interp
+
+
+@register("two_stage")
+class TwoStageUNet(nn.Module):
+    """Two-stage cascaded U-Net (Jiang et al. 2019), sections 2.1-2.3 and Table 1.
+
+    Args:
+        in_channels: image channels (4 modalities: FLAIR, T1, T1ce, T2).
+        out_channels: region logits (3: [WT, TC, ET]).
+        base_width: stage 1's initial filters (16); stage 2 uses ``stage2_width_factor`` times it.
+        blocks: residual blocks per encoder level (1, 2, 2, 4); its length is the number of
+            levels, and inputs are padded to multiples of ``2 ** (len(blocks) - 1)``.
+        dropout: dropout rate after each stage's initial convolution (0.2).
+        norm_groups: GroupNorm groups (8).
+        checkpointing: gradient checkpointing of every residual block (section 3.2).
+        stage2_width_factor: stage 2's width relative to stage 1 (2, section 2.3).
+
+    Input ``(B, in_channels, X, Y, Z)`` (any size). Output in training mode:
+    :class:`TwoStageOutput`; in eval mode: ``(B, out_channels, X, Y, Z)`` stage-2 logits from the
+    transposed-convolution decoder (the interpolation decoder does not run).
+    """
+
+    spatial_dims = 3
+    output_kind = "regions"
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 4,
+        out_channels: int = 3,
+        base_width: int = 16,
+        blocks: Sequence[int] = (1, 2, 2, 4),
+        dropout: float = 0.2,
+        norm_groups: int = 8,
+        checkpointing: bool = False,
+        stage2_width_factor: int = 2,
+    ) -> None:
+        super().__init__()
+        blocks = tuple(int(b) for b in blocks)
+        if len(blocks) < 1 or min(blocks) < 1:
+            raise ValueError(f"blocks must be positive counts, got {list(blocks)}")
+        if base_width % norm_groups:
+            raise ValueError(f"base_width {base_width} is not divisible by norm_groups {norm_groups}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.size_multiple = 2 ** (len(blocks) - 1)
+        common = dict(
+            out_channels=out_channels,
+            blocks=blocks,
+            dropout_p=dropout,
+            norm_groups=norm_groups,
+            checkpointing=checkpointing,
+        )
+        self.stage1 = Stage(
+            in_channels=in_channels,
+            width=base_width,
+            interp_decoder=False,
+            **common,  # type: ignore[arg-type]
+        )
+        # Auto-context: stage 2 sees the image and stage 1's probabilities (section 2.1).
+        self.stage2 = Stage(
+            in_channels=in_channels + out_channels,
+            width=base_width * stage2_width_factor,
+            interp_decoder=True,
+            **common,  # type: ignore[arg-type]
+        )
+
+    def training_only_modules(self) -> list[nn.Module]:
+        """Modules used only in training mode (excluded from inference parameter counts)."""
+        return [m for m in (self.stage2.interp_decoder,) if m is not None]
+
+    def forward(self, x: torch.Tensor) -> TwoStageOutput | torch.Tensor:
+        x, crop = pad_to_multiple(x, self.size_multiple)
+        stage1, _ = self.stage1(x)
+        stage2, stage2_interp = self.stage2(torch.cat([x, torch.sigmoid(stage1)], dim=1))
+        if not self.training:
+            return crop_to(stage2, crop)
+        assert stage2_interp is not None
+        return TwoStageOutput(
+            crop_to(stage1, crop), crop_to(stage2, crop), crop_to(stage2_interp, crop)
+        )

@@ -1,0 +1,80 @@
+"""ET post-processing (two-stage paper, sec. 3.4) and its tuning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cascadeseg.data.labels import ED, ET, NCR
+from cascadeseg.inference.postprocess import (
+    EtStats,
+    dice,
+    et_stats,
+    fuse_brain_mask,
+    postprocess_et,
+    tune_et_threshold,
+)
+
+
+def _label_with_et(n_et: int) -> np.ndarray:
+    label = np.zeros((4, 4, 4), dtype=np.uint8)
+    label[0] = ED
+    label.reshape(-1)[:n_et] = ET
+    return label
+
+
+def test_small_et_becomes_necrosis() -> None:
+    label = _label_with_et(5)
+    out = postprocess_et(label, 10)
+    assert not np.any(out == ET)
+    assert np.count_nonzero(out == NCR) == 5
+    # only ET moved: everything else unchanged, input untouched
+    assert np.array_equal(out[label != ET], label[label != ET])
+    assert np.count_nonzero(label == ET) == 5
+
+
+def test_threshold_is_strict_and_zero_disables() -> None:
+    label = _label_with_et(5)
+    assert np.array_equal(postprocess_et(label, 5), label)  # 5 is not below 5
+    assert np.array_equal(postprocess_et(label, 0), label)
+    assert np.array_equal(postprocess_et(_label_with_et(0), 100), _label_with_et(0))
+
+
+def test_dice_empty_empty_is_one() -> None:
+    empty = np.zeros((3, 3), bool)
+    assert dice(empty, empty) == 1.0
+    a = np.array([1, 1, 0, 0], bool)
+    b = np.array([1, 0, 1, 0], bool)
+    assert dice(a, b) == pytest.approx(0.5)
+
+
+def test_tune_picks_best_mean_et_dice() -> None:
+    # A: no ET in the reference, 3 false-positive voxels (Dice 0; 1 once removed)
+    # B: 10 ET voxels predicted exactly (Dice 1; 0 once removed)
+    # C: 4 ET voxels predicted exactly
+    ref_a, pred_a = _label_with_et(0), _label_with_et(3)
+    ref_b = pred_b = _label_with_et(10)
+    ref_c = pred_c = _label_with_et(4)
+    result = tune_et_threshold(
+        [(pred_a, ref_a), (pred_b, ref_b), (pred_c, ref_c)], candidates=[0, 4, 5, 11]
+    )
+    assert result.mean_dice == pytest.approx({0: 2 / 3, 4: 1.0, 5: 2 / 3, 11: 1 / 3})
+    assert result.best == 4
+    assert result.n_cases == 3
+
+
+def test_tune_accepts_probabilities_and_ties_go_low() -> None:
+    ref = _label_with_et(2)
+    probs = np.zeros((3, 4, 4, 4), np.float32)
+    probs[:, 0, 0, :2] = 0.9  # WT, TC and ET at two voxels = ET
+    result = tune_et_threshold([(probs, ref)], candidates=[2, 0, 1])
+    assert result.best == 0  # all three score 1: the smallest wins
+    assert et_stats(_label_with_et(2), ref) == EtStats(pred_voxels=2, dice=1.0, ref_empty=False)
+
+
+def test_fuse_brain_mask_zeroes_outside() -> None:
+    probs = np.full((3, 2, 2, 1), 0.8, np.float32)
+    mask = np.array([[True, False], [False, True]])[..., None]
+    out = fuse_brain_mask(probs, mask)
+    assert out[:, 0, 0, 0].tolist() == pytest.approx([0.8] * 3)
+    assert out[:, 0, 1, 0].tolist() == [0.0, 0.0, 0.0]

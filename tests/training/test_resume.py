@@ -1,0 +1,119 @@
+"""Kill and resume: the resumed run repeats the uninterrupted one exactly (losses, parameters)."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cascadeseg.config import Config, apply_overrides
+from cascadeseg.data.toy import make_tiny_case
+from cascadeseg.data.writers import write_case
+from cascadeseg.training.checkpoint import load_checkpoint
+from cascadeseg.training.trainer import (
+    SimulatedKill,
+    read_steps_csv,
+    rng_states,
+    set_rng_states,
+    train,
+)
+
+#: Dropout on, so the test also covers the re-seeded global generator.
+TINY_UNET3D = "{base_width: 4, depth: 2, dropout: 0.2}"
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("toy") / "data"
+    for i in range(4):
+        write_case(make_tiny_case((32, 32, 32), seed=i, case_id=f"toy_{i:03d}"), root, "brats2021")
+    return root
+
+
+def resume_config() -> Config:
+    return apply_overrides(
+        Config(),
+        [
+            "model.name=unet3d",
+            f"model.args={TINY_UNET3D}",
+            "data.patch_size=[24,24,24]",
+            "data.num_workers=0",
+            "data.folds=4",
+            "data.foreground_prob=0.5",
+            "train.epochs=3",
+            "train.iters_per_epoch=3",
+            "train.batch_size=2",
+            "train.precision=bf16",
+            "train.snapshots=2",
+            "train.val_every=2",
+            "train.checkpoint_every=2",
+            "train.tensorboard=false",
+            "optim.lr=1e-2",
+            "optim.warmup_epochs=1",
+        ],
+    )
+
+
+def _losses(run: Path) -> list[float]:
+    return [row["loss"] for row in read_steps_csv(run / "steps.csv")]
+
+
+@pytest.mark.parametrize("kill_after", [4, 6])  # mid-epoch (from step 4) / at an epoch's end
+def test_kill_and_resume_repeats_the_run(toy_data: Path, tmp_path: Path, kill_after: int) -> None:
+    cfg = resume_config()
+    whole = train(cfg, toy_data, tmp_path / "whole", progress=False)
+
+    broken = tmp_path / "broken"
+    with pytest.raises(SimulatedKill):
+        train(cfg, toy_data, broken, progress=False, _stop_after_steps=kill_after)
+    # The kill left steps.csv ahead of the last checkpoint (written at step 4 or 6 ... or 3).
+    assert len(_losses(broken)) == kill_after
+    train(cfg, toy_data, broken, resume=True, progress=False)
+
+    assert _losses(broken) == _losses(whole)
+    assert len(_losses(whole)) == 9
+    a = load_checkpoint(whole / "checkpoints" / "last.pt")
+    b = load_checkpoint(broken / "checkpoints" / "last.pt")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["state"]["history"][-1]["dice_mean"] == b["state"]["history"][-1]["dice_mean"]
+    with (whole / "metrics.csv").open() as fa, (broken / "metrics.csv").open() as fb:
+        ra, rb = list(csv.DictReader(fa)), list(csv.DictReader(fb))
+    timing = {"minutes", "it_per_s"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in ra] == [
+        {k: v for k, v in r.items() if k not in timing} for r in rb
+    ]
+
+
+def test_resume_extends_a_finished_run(toy_data: Path, tmp_path: Path) -> None:
+    cfg = apply_overrides(resume_config(), ["train.epochs=1", "train.val_every=0"])
+    run = train(cfg, toy_data, tmp_path / "run", progress=False)
+    longer = apply_overrides(cfg, ["train.epochs=2"])
+    train(longer, toy_data, run, resume=True, progress=False)
+    assert len(_losses(run)) == 6
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+
+
+def test_rng_states_round_trip() -> None:
+    saved = rng_states()
+    expected = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
+    torch.manual_seed(123)
+    np.random.seed(123)  # noqa: NPY002
+    random.seed(123)
+    set_rng_states(saved)
+    again = (torch.rand(3), np.random.rand(3), random.random())  # noqa: NPY002
+    assert torch.equal(expected[0], again[0])
+    np.testing.assert_array_equal(expected[1], again[1])
+    assert expected[2] == again[2]
+
+
+def test_checkpoint_state_loads_weights_only(tmp_path: Path) -> None:
+    from cascadeseg.training.checkpoint import atomic_torch_save
+
+    atomic_torch_save({"rng": rng_states()}, tmp_path / "r.pt")
+    loaded = torch.load(tmp_path / "r.pt", weights_only=True)
+    set_rng_states(loaded["rng"])
