@@ -77,7 +77,10 @@ def main() -> None:
         brain = case.image[0, :, :, z] > 0
         # Crop every panel to the brain's in-plane box (plus a margin) so the anatomy is large.
         xs, ys = np.nonzero(case.image[0].max(axis=2) > 0)
-        crop = (slice(max(xs.min() - 4, 0), xs.max() + 5), slice(max(ys.min() - 4, 0), ys.max() + 5))
+        crop = (
+            slice(max(xs.min() - 4, 0), xs.max() + 5),
+            slice(max(ys.min() - 4, 0), ys.max() + 5),
+        )
         for col in range(5):
             ax = axes[row, col]
             ax.set_xticks([])
@@ -89,14 +92,25 @@ def main() -> None:
             # Transpose: rows = anterior -> posterior, columns = patient right -> left.
             ax.imshow(image.T, cmap="gray", vmin=0, vmax=top, interpolation="nearest")
             if col == 4:
-                ax.imshow(case.label[:, :, z][crop].T, cmap=label_cmap, vmin=-0.5, vmax=3.5,
-                          interpolation="nearest")
+                ax.imshow(
+                    case.label[:, :, z][crop].T,
+                    cmap=label_cmap,
+                    vmin=-0.5,
+                    vmax=3.5,
+                    interpolation="nearest",
+                )
             if row == 0:
                 title = "label on T1ce" if col == 4 else TITLES[MODALITIES[col]]
                 ax.set_title(title, color="white", fontsize=11)
         axes[row, 0].set_ylabel(f"{name}\n(seed {seed}, z={z})", color="white", fontsize=10)
-    fig.text(0.5, 0.005, "edema blue, enhancing tumour yellow, necrosis / non-enhancing core green",
-             color="white", ha="center", fontsize=10)
+    fig.text(
+        0.5,
+        0.005,
+        "edema blue, enhancing tumour yellow, necrosis / non-enhancing core green",
+        color="white",
+        ha="center",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=80, facecolor="black")

@@ -22,8 +22,9 @@ from cascadeseg.training.trainer import (
     train,
 )
 
-#: Dropout on, so the test also covers the re-seeded global generator.
-TINY_UNET3D = "{base_width: 4, depth: 2, dropout: 0.2}"
+#: A tiny two-stage cascade with dropout on, so the test also covers the re-seeded global
+#: generator and the training-only interpolation decoder.
+TINY_TWO_STAGE = "{base_width: 4, blocks: [1, 1], norm_groups: 2, dropout: 0.2}"
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,8 @@ def resume_config() -> Config:
     return apply_overrides(
         Config(),
         [
-            "model.name=unet3d",
-            f"model.args={TINY_UNET3D}",
+            "model.name=two_stage",
+            f"model.args={TINY_TWO_STAGE}",
             "data.patch_size=[24,24,24]",
             "data.num_workers=0",
             "data.folds=4",

@@ -36,8 +36,8 @@ from cascadeseg.training.trainer import (
     train,
 )
 
-#: A tiny GroupNorm 3D U-Net (two levels of 4 and 8 channels, no dropout).
-TINY_UNET3D = "{base_width: 4, depth: 2, dropout: 0.0}"
+#: A tiny GroupNorm 3D U-Net (two levels of 4 and 8 channels).
+TINY_UNET3D = "{base_width: 4, depth: 2, norm_groups: 2}"
 
 
 def write_toy_dataset(root: Path, n: int = 4, shape: tuple[int, int, int] = (32, 32, 32)) -> Path:

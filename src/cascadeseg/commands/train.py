@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 HELP = "train a model from a recipe"
 
@@ -31,6 +32,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="key=value",
         help="config overrides, e.g. optim.lr=3e-4 train.epochs=10 data.patch_size=[64,64,64]",
     )
+    _collect_trailing_overrides(parser)
+
+
+def _collect_trailing_overrides(parser: argparse.ArgumentParser) -> None:
+    """Accept ``key=value`` overrides after the options too (``... --out RUN optim.lr=1e-3``).
+
+    argparse matches positionals only in the run before the first option, so trailing
+    overrides would be "unrecognized"; this wraps the subparser's ``parse_known_args`` (which
+    the main parser calls) to move them into ``args.overrides``.
+    """
+    original = parser.parse_known_args
+
+    def parse_known_args(args: Any = None, namespace: Any = None) -> Any:
+        namespace, extras = original(args, namespace)
+        trailing = [a for a in extras if "=" in a and not a.startswith("-")]
+        namespace.overrides = list(getattr(namespace, "overrides", None) or []) + trailing
+        return namespace, [a for a in extras if a not in trailing]
+
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -77,7 +77,15 @@ LAYOUT_CONVENTIONS: dict[str, str] = {
 
 #: Compartments whose intensities the images mix, in the column order of
 #: :data:`TISSUE_INTENSITY`.
-COMPARTMENTS: tuple[str, ...] = ("csf", "gm", "wm", "edema", "necrosis", "enhancing", "nonenhancing")
+COMPARTMENTS: tuple[str, ...] = (
+    "csf",
+    "gm",
+    "wm",
+    "edema",
+    "necrosis",
+    "enhancing",
+    "nonenhancing",
+)
 
 #: Relative intensity of each compartment (columns, :data:`COMPARTMENTS`) per modality (rows,
 #: :data:`MODALITIES`). Typical clinical contrasts: T1 WM > GM > CSF; T2 CSF > GM > WM; FLAIR
@@ -90,7 +98,7 @@ TISSUE_INTENSITY: np.ndarray = np.array(
         [0.10, 0.62, 0.50, 1.00, 0.45, 0.78, 0.85],  # FLAIR
         [0.22, 0.58, 0.82, 0.50, 0.30, 0.56, 0.45],  # T1
         [0.24, 0.60, 0.80, 0.52, 0.26, 1.30, 0.48],  # T1ce (ET value drawn per case, see config)
-        [1.00, 0.55, 0.38, 0.80, 0.95, 0.62, 0.78],  # T2
+        [1.00, 0.55, 0.38, 0.86, 0.95, 0.62, 0.80],  # T2
     ],
     dtype=np.float32,
 )
@@ -148,6 +156,10 @@ class SynthConfig:
         noise_level: range of the Rician noise sigma relative to the modality's WM intensity.
         misregistration_mm: largest shift of a modality against the reference, per axis.
         reference_modality: the modality the label and the others are registered to.
+        vessel_strength: range of the T1ce enhancement of vessels in CSF spaces, relative to
+            white matter ((0, 0) disables them).
+        vessel_spacing_mm: feature size of the random fields whose common zeros are the vessels.
+        vessel_width: vessel thickness, as a fraction of the fields' standard deviation.
     """
 
     shape_scale: float = 1.0
@@ -189,6 +201,9 @@ class SynthConfig:
     bias_spacing_mm: float = 60.0
     noise_level: tuple[float, float] = (0.015, 0.035)
     misregistration_mm: float = 1.0
+    vessel_strength: tuple[float, float] = (0.5, 1.2)
+    vessel_spacing_mm: float = 14.0
+    vessel_width: float = 0.15
     reference_modality: str = "t1ce"
 
     @property
@@ -282,7 +297,9 @@ def _anatomy(shape_scale: float) -> _Anatomy:
         # Anti-alias before subsampling, then resample to the coarser voxel size.
         sigma = (0.0, *([0.4 / shape_scale] * 3))
         maps = ndimage.gaussian_filter(maps, sigma=sigma)
-        maps = ndimage.zoom(maps, (1.0, *([shape_scale] * 3)), order=1, grid_mode=True, mode="grid-constant")
+        maps = ndimage.zoom(
+            maps, (1.0, *([shape_scale] * 3)), order=1, grid_mode=True, mode="grid-constant"
+        )
         maps = maps.astype(np.float32)
         voxel_mm = 1.0 / shape_scale
         mni_origin = mni_origin + 0.5 * (voxel_mm - 1.0)
@@ -290,7 +307,7 @@ def _anatomy(shape_scale: float) -> _Anatomy:
     idx = np.nonzero(maps[0] >= 0.5)
     start = np.array([max(int(i.min()) - 1, 0) for i in idx])
     stop = np.array([min(int(i.max()) + 2, n) for i, n in zip(idx, maps.shape[1:])])
-    maps = maps[(slice(None), *(slice(a, b) for a, b in zip(start, stop)))]
+    maps = maps[:, start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
     mni_origin = mni_origin + start * voxel_mm
     brain = maps[0] >= 0.5
     idx = np.nonzero(brain)
@@ -340,7 +357,12 @@ def bspline_matrix(n_fine: int, n_coarse: int) -> np.ndarray:
     base = np.minimum(np.floor(t).astype(np.int64), n_coarse - 4)
     u = t - base
     weights = np.stack(
-        [(1 - u) ** 3 / 6, (3 * u**3 - 6 * u**2 + 4) / 6, (-3 * u**3 + 3 * u**2 + 3 * u + 1) / 6, u**3 / 6],
+        [
+            (1 - u) ** 3 / 6,
+            (3 * u**3 - 6 * u**2 + 4) / 6,
+            (-3 * u**3 + 3 * u**2 + 3 * u + 1) / 6,
+            u**3 / 6,
+        ],
         axis=1,
     )
     matrix = np.zeros((n_fine, n_coarse), dtype=np.float32)
@@ -456,9 +478,7 @@ def smoothstep_ramp(signed_distance: np.ndarray, width: float) -> np.ndarray:
     return out
 
 
-def radial_mass_effect_scale(
-    radius: np.ndarray, strength: float, support: float
-) -> np.ndarray:
+def radial_mass_effect_scale(radius: np.ndarray, strength: float, support: float) -> np.ndarray:
     """Scale ``s(r)`` of the radial mass-effect map ``x_src = c + (x - c) * s(r)``.
 
     ``s(r) = 1 - strength * (1 - (r / support)^2)^2`` inside ``support``, 1 outside. The radial map
@@ -640,8 +660,9 @@ def _lesion_fields(
     wm: np.ndarray,
     box: tuple[slice, ...],
     vox: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Soft edema, core and necrosis maps of one lesion over ``box`` (float32 each)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Soft maps of one lesion over ``box`` (float32 each): edema label ramp, edema image
+    weight, core fraction, necrosis fraction."""
     shape = tuple(s.stop - s.start for s in box)
     offset = np.array([s.start for s in box], dtype=np.float32)
     # Uniform random rotation from a normalised Gaussian quaternion (same across scipy versions).
@@ -698,6 +719,30 @@ def _lesion_fields(
     strength += np.float32(config.edema_fade)
     strength *= edema
     return edema, strength, core, necrosis
+
+
+def _vessel_map(
+    rng: np.random.Generator, config: SynthConfig, csf: np.ndarray, vox: float
+) -> np.ndarray | None:
+    """Tubular enhancement in CSF spaces (relative to WM on T1ce), or ``None`` when disabled.
+
+    Tubes are where two independent smooth fields are both near zero (the intersection of two
+    random level sets is a set of curves), weighted by the CSF fraction so they run in the sulci
+    and cisterns like cortical veins and arteries.
+    """
+    strength = rng.uniform(*config.vessel_strength)
+    if strength <= 0:
+        return None
+    fields = smooth_noise(rng, csf.shape, spacing=config.vessel_spacing_mm / vox, channels=2)
+    width = np.float32(config.vessel_width)
+    fields *= fields
+    tubes = fields[0]
+    tubes += fields[1]
+    tubes *= np.float32(-0.5) / (width * width)
+    np.exp(tubes, out=tubes)
+    tubes *= csf
+    tubes *= np.float32(strength)
+    return tubes
 
 
 # --------------------------------------------------------------------------------------------
@@ -762,7 +807,6 @@ def synthesize_case(
     np.clip(wm, 0.0, 1.0, out=wm)
     csf *= brain
     wm *= brain
-    gm = np.clip(brain - csf - wm, 0.0, 1.0)
 
     # 4. Tumour maps on the union of the lesions' boxes.
     box_shape = brain.shape
@@ -831,6 +875,7 @@ def synthesize_case(
     shifts = rng.uniform(-config.misregistration_mm, config.misregistration_mm, (4, 3)) / vox
     shifts[reference] = 0.0
     noise_level = rng.uniform(*config.noise_level, size=4).astype(np.float32)
+    vessels = _vessel_map(rng, config, csf, vox)
 
     brain_f = brain.astype(np.float32)
     brain_idx = np.flatnonzero(brain)
@@ -849,6 +894,10 @@ def synthesize_case(
         core_value = (rim * (1.0 - necrosis) + v[_NECROSIS] * necrosis) * texture[0]
         with_edema = healthy * (1.0 - edema_signal) + (v[_EDEMA] * texture[1]) * edema_signal
         healthy[...] = with_edema * not_core + core_value * core
+        if m == t1ce and vessels is not None:
+            # Enhancing vessels in the sulci and cisterns: bright on T1ce but not tumour, the
+            # classic false positive of enhancing-tumour segmentation.
+            img += np.multiply(vessels, v[_WM], out=tmp)
         # Smooth multiplicative bias field and the scanner gain.
         bias_m = bias[m]
         bias_m *= bias_std[m]
@@ -932,7 +981,9 @@ def _make_and_write(
 
     index, seed, case_id, layout, out, config = job
     case = synthesize_case(
-        case_seed(seed, index), case_id=case_id, config=config,
+        case_seed(seed, index),
+        case_id=case_id,
+        config=config,
         label_convention=LAYOUT_CONVENTIONS[layout],
     )
     return write_case(case, out, layout)

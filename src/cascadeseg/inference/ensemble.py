@@ -188,11 +188,12 @@ def stored_et_min_voxels(ckpt: dict[str, Any], run_dir: Path | None) -> int | No
 
 
 def size_divisor_of(network: Any) -> int:
-    """Padding multiple of a network: its ``size_divisor`` attribute, else
-    :data:`DEFAULT_SIZE_DIVISOR`."""
-    value = getattr(network, "size_divisor", None)
-    if isinstance(value, int) and value > 0:
-        return value
+    """Padding multiple of a network: its ``size_multiple`` (cascadeseg models) or
+    ``size_divisor`` attribute, else :data:`DEFAULT_SIZE_DIVISOR`."""
+    for attribute in ("size_multiple", "size_divisor"):
+        value = getattr(network, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
     return DEFAULT_SIZE_DIVISOR
 
 
@@ -274,7 +275,7 @@ def ensemble_et_min_voxels(members: Sequence[LoadedModel]) -> int | None:
 
 def load_checkpoint_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
     """One :class:`LoadedModel` from a cascadeseg ``.pt`` checkpoint (no code runs on load)."""
-    from cascadeseg.models import build_model
+    from cascadeseg.models.registry import build_model
 
     device = torch.device(device)
     ckpt = load_checkpoint(path, map_location="cpu")
@@ -298,7 +299,9 @@ def load_checkpoint_model(path: Path, device: torch.device | str = "cpu") -> Loa
     assert isinstance(config, dict)
     data = _section(config, "data")
     spatial_dims = int(getattr(network, "spatial_dims", 3))
-    slice_context = int(data.get("slice_context", 0) or 0) if spatial_dims == 2 else 0
+    # 2.5D context: the model's own argument (CU-Net) or the recipe's data.slice_context.
+    context = model_args.get("slice_context", data.get("slice_context", 0))
+    slice_context = int(context or 0) if spatial_dims == 2 else 0
     patch = tuple(int(s) for s in (data.get("patch_size") or (128, 128, 128)))
     run_dir = run_dir_of(path)
     return LoadedModel(

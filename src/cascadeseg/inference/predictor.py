@@ -420,33 +420,30 @@ def predict_preprocessed(
         raise ConfigError("no model given")
     device = device or resolve_device(options.device)
     precision, note = effective_precision(options.precision, device)
-    total: torch.Tensor | None = None
-    total_sq: torch.Tensor | None = None
+    total: np.ndarray | None = None
+    total_sq: np.ndarray | None = None
     members_info = []
     for member in models:
         run = member_moments_3d if member.spatial_dims == 3 else member_moments_2d
-        mean, mean_sq, info = run(member, pre.image, options, device, precision)
-        fuse = options.fuse_brain_mask
-        if (
-            fuse
-            or (fuse is None and member.name == "cunet")
-            or (fuse is None and member.output_kind == "cunet")
-        ):
-            mask = torch.from_numpy(np.ascontiguousarray(pre.brain_mask))[None]
-            mean = mean * mask
-            mean_sq = mean_sq * mask
+        mean_t, mean_sq_t, info = run(member, pre.image, options, device, precision)
+        mean, mean_sq = mean_t.numpy(), mean_sq_t.numpy()
+        # CU-Net members (also once exported to ONNX, when only the name tells).
+        is_cunet = member.output_kind == "cunet" or member.name == "cunet"
+        if options.fuse_brain_mask or (options.fuse_brain_mask is None and is_cunet):
+            mean = mean * pre.brain_mask[None]
+            mean_sq = mean_sq * pre.brain_mask[None]
             info["brain_mask_fused"] = True
         info["source"] = str(member.source)
         members_info.append(info)
         if total is None or total_sq is None:
-            total, total_sq = mean, mean_sq
+            total, total_sq = mean.copy(), mean_sq.copy()
         else:
             total += mean
             total_sq += mean_sq
     assert total is not None and total_sq is not None
     n = len(models)
-    mean_all = (total / n).numpy()
-    variance = np.maximum((total_sq / n).numpy() - mean_all**2, 0.0)
+    mean_all = total / n
+    variance = np.maximum(total_sq / n - mean_all**2, 0.0)
     info_all = {
         "device": str(device),
         "precision": precision,

@@ -1,1 +1,25 @@
-"""Networks: shared blocks, the two-stage cascade (3D), CU-Net (2D), U-Net baselines, registry."""
+"""Networks: shared blocks, the two-stage cascade (3D), CU-Net (2D), U-Net baselines, registry.
+
+``build_model(name, **overrides)`` builds ``two_stage``, ``cunet``, ``unet3d`` or ``unet2d``;
+``region_probabilities(output, model.output_kind)`` turns any eval output into ``[WT, TC, ET]``
+probabilities.
+"""
+
+from __future__ import annotations
+
+# Importing the network modules registers them (``@register``).
+from cascadeseg.models import cunet, two_stage, unet  # noqa: F401
+from cascadeseg.models.cunet import CUNetOutput
+from cascadeseg.models.outputs import count_parameters, region_probabilities
+from cascadeseg.models.registry import available_models, build_model, model_defaults
+from cascadeseg.models.two_stage import TwoStageOutput
+
+__all__ = [
+    "CUNetOutput",
+    "TwoStageOutput",
+    "available_models",
+    "build_model",
+    "count_parameters",
+    "model_defaults",
+    "region_probabilities",
+]

@@ -278,9 +278,8 @@ def pad_to_multiple(
         return x, None
     # F.pad takes the last dimension first.
     flat = [v for before_after in reversed(amounts) for v in before_after]
-    index = (slice(None), slice(None)) + tuple(
-        slice(before, before + side) for (before, _), side in zip(amounts, x.shape[2:])
-    )
+    spatial = (slice(before, before + side) for (before, _), side in zip(amounts, x.shape[2:]))
+    index = (slice(None), slice(None), *spatial)
     return F.pad(x, flat), index
 
 

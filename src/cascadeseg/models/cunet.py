@@ -50,8 +50,9 @@ class CUNetOutput(NamedTuple):
     Attributes:
         branch1: ``(B, 2, H, W)`` logits of U-Net 1 (channel 1 = whole tumour).
         branch2: ``(B, 4, H, W)`` logits of U-Net 2 over internal labels 0..3.
-        aux: training mode: 8 logits at input resolution, aux 1-4 from U-Net 1's decoding layers
-            (``(B, 2, H, W)``, deepest first), aux 5-8 from U-Net 2's (``(B, 4, H, W)``); eval: ``()``.
+        aux: training mode: 8 logits at input resolution, aux 1-4 from U-Net 1's decoding
+            layers (``(B, 2, H, W)``, deepest first), aux 5-8 from U-Net 2's
+            (``(B, 4, H, W)``); eval mode: ``()``.
     """
 
     branch1: torch.Tensor

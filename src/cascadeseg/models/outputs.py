@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cascadeseg.data.labels import ED, ET, NCR
+from cascadeseg.data.labels import ET, NCR
 from cascadeseg.errors import ModelError
 from cascadeseg.models.cunet import CUNetOutput
 from cascadeseg.models.two_stage import TwoStageOutput
@@ -46,15 +46,17 @@ def region_probabilities(output: Any, output_kind: str) -> torch.Tensor:
         return torch.stack([1.0 - p[:, 0], p[:, NCR] + p[:, ET], p[:, ET]], dim=1)
     if output_kind == "cunet":
         if not isinstance(output, CUNetOutput):
-            raise ModelError(f"output kind 'cunet' needs a CUNetOutput, got {type(output).__name__}")
+            raise ModelError(
+                f"output kind 'cunet' needs a CUNetOutput, got {type(output).__name__}"
+            )
         _check_channels(output.branch1, 2, "cunet branch1")
         _check_channels(output.branch2, 4, "cunet branch2")
         wt = torch.softmax(output.branch1, dim=1)[:, 1]
-        # Channels 1..3 of branch2 are NCR, ED, ET; q is indexed from NCR.
+        # Softmax over the tumour channels (internal labels NCR, ED, ET = 1, 2, 3) only.
         q = torch.softmax(output.branch2[:, NCR : ET + 1], dim=1)
-        assert (NCR, ED, ET) == (1, 2, 3)
-        tc = wt * (q[:, NCR - 1] + q[:, ET - 1])
-        et = wt * q[:, ET - 1]
+        q_ncr, q_et = q[:, NCR - NCR], q[:, ET - NCR]
+        tc = wt * (q_ncr + q_et)
+        et = wt * q_et
         return torch.stack([wt, tc, et], dim=1)
     raise ModelError(f"unknown output kind {output_kind!r} (known: regions, labels, cunet)")
 

@@ -97,8 +97,9 @@ def build_model(name: str, **overrides: Any) -> nn.Module:
         model = cls(**args)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"model {name!r}: invalid arguments ({exc})") from None
-    model.model_args = dict(args)
-    model.model_name = name
+    # nn.Module.__setattr__ is typed for tensors and modules only; plain values are fine at runtime.
+    model.model_args = dict(args)  # type: ignore[assignment]
+    model.model_name = name  # type: ignore[assignment]
     return model
 
 

@@ -63,9 +63,7 @@ class TwoStageOutput(NamedTuple):
     stage2_interp: torch.Tensor
 
 
-def _res_blocks(
-    count: int, channels: int, norm_groups: int, checkpointing: bool
-) -> nn.Sequential:
+def _res_blocks(count: int, channels: int, norm_groups: int, checkpointing: bool) -> nn.Sequential:
     return nn.Sequential(
         *(
             PreActResBlock(
@@ -100,8 +98,12 @@ class Encoder(nn.Module):
         for i, count in enumerate(blocks, start=1):
             channels = width * 2 ** (i - 1)
             if i > 1:
-                self.add_module(f"en_down{i - 1}", DownConv(channels // 2, channels, spatial_dims=3))
-            self.add_module(f"en_block{i}", _res_blocks(count, channels, norm_groups, checkpointing))
+                self.add_module(
+                    f"en_down{i - 1}", DownConv(channels // 2, channels, spatial_dims=3)
+                )
+            self.add_module(
+                f"en_block{i}", _res_blocks(count, channels, norm_groups, checkpointing)
+            )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = []
@@ -140,7 +142,9 @@ class Decoder(nn.Module):
             self.add_module(
                 f"de_up{level}", UpBlock(channels * 2, channels, spatial_dims=3, mode=mode)
             )
-            self.add_module(f"de_block{level}", _res_blocks(1, channels, norm_groups, checkpointing))
+            self.add_module(
+                f"de_block{level}", _res_blocks(1, channels, norm_groups, checkpointing)
+            )
         self.end_conv = conv(3, width, out_channels, 1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -246,7 +250,9 @@ class TwoStageUNet(nn.Module):
         if len(blocks) < 1 or min(blocks) < 1:
             raise ValueError(f"blocks must be positive counts, got {list(blocks)}")
         if base_width % norm_groups:
-            raise ValueError(f"base_width {base_width} is not divisible by norm_groups {norm_groups}")
+            raise ValueError(
+                f"base_width {base_width} is not divisible by norm_groups {norm_groups}"
+            )
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.size_multiple = 2 ** (len(blocks) - 1)

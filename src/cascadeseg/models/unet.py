@@ -4,8 +4,9 @@
   modern changes every current implementation makes: 'same' padding (output = input size,
   no cropping of skips) and BatchNorm after each convolution.
 * ``unet3d``: a plain 3D U-Net (Çiçek et al. 2016 layout: two conv-norm-ReLU per level, max-pool
-  down, transposed-conv up, concatenated skips) at stage 1's widths (16/32/64/128) with
-  GroupNorm(8) as stage 1, so it compares with the two-stage network's first stage.
+  down, transposed-conv up, concatenated skips) starting at stage 1's 16 channels, with
+  GroupNorm(8) as stage 1. Depth 4 (16/32/64/128/256) gives 5.6 M parameters and 0.24 TFLOP per
+  128^3 forward, against stage 1's 4.7 M and 0.19 TFLOP (depth 3 would have only 1.4 M).
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cascadeseg.models.blocks import ConvNormAct, conv, conv_transpose, crop_to, max_pool, pad_to_multiple
+from cascadeseg.models.blocks import (
+    ConvNormAct,
+    conv,
+    conv_transpose,
+    crop_to,
+    max_pool,
+    pad_to_multiple,
+)
 from cascadeseg.models.registry import register
 
 
@@ -116,7 +124,8 @@ class UNet3d(PlainUNet):
         in_channels: modalities (4).
         out_channels: regions (3).
         base_width: first level's channels (16, stage 1's).
-        depth: downsampling steps (3: levels at 16/32/64/128 channels as stage 1).
+        depth: downsampling steps (4: 16/32/64/128/256 channels, the parameter count closest
+            to stage 1's; see the module docstring).
         norm_groups: GroupNorm groups (8, as stage 1).
     """
 
@@ -129,7 +138,7 @@ class UNet3d(PlainUNet):
         in_channels: int = 4,
         out_channels: int = 3,
         base_width: int = 16,
-        depth: int = 3,
+        depth: int = 4,
         norm_groups: int = 8,
     ) -> None:
         super().__init__(

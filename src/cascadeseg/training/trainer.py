@@ -189,7 +189,8 @@ def soft_dice_loss_from_probs(probs: np.ndarray, ref: np.ndarray, eps: float = 1
     p = np.asarray(probs, dtype=np.float64).reshape(probs.shape[0], -1)
     r = np.asarray(ref, dtype=np.float64).reshape(ref.shape[0], -1)
     denom = (p * p).sum(1) + (r * r).sum(1)
-    dice = np.where(denom > eps, 2 * (p * r).sum(1) / (denom + eps), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(denom > eps, 2 * (p * r).sum(1) / (denom + eps), 1.0)
     return float(1.0 - dice.mean())
 
 
@@ -452,23 +453,31 @@ def _model_spatial_dims(cfg: Config) -> int:
 
 
 def build_training_model(cfg: Config) -> nn.Module:
-    """The registered model with ``model.args``, the checkpointing flag and input channels.
+    """The registered model with ``model.args``, the checkpointing flag and the slice context.
 
-    2D models with ``data.slice_context = c`` get ``4 * (2c + 1)`` input channels.
+    2D models get ``data.slice_context`` as their own ``slice_context`` argument (CU-Net) or as
+    ``4 * (2c + 1)`` input channels (the others).
+
+    Raises:
+        ConfigError: an option the model does not support. ModelError: bad ``model.args``.
     """
-    from cascadeseg.models import build_model
+    from cascadeseg.models import build_model, model_defaults
 
+    defaults = model_defaults(cfg.model.name)
     args = dict(cfg.model.args)
     if cfg.train.checkpointing:
+        if "checkpointing" not in defaults:
+            raise ConfigError(f"train.checkpointing: model {cfg.model.name!r} does not support it")
         args["checkpointing"] = True
     if cfg.data.slice_context:
         if _model_spatial_dims(cfg) != 2:
             raise ConfigError("data.slice_context applies to 2D models only")
-        args.setdefault("in_channels", 4 * (2 * cfg.data.slice_context + 1))
-    try:
-        return build_model(cfg.model.name, **args)
-    except TypeError as exc:
-        raise ConfigError(f"model {cfg.model.name!r}: bad model.args ({exc})") from None
+        if "slice_context" in defaults:
+            args.setdefault("slice_context", cfg.data.slice_context)
+        else:
+            args.setdefault("in_channels", 4 * (2 * cfg.data.slice_context + 1))
+    # Unknown or rejected arguments raise a ModelError naming the valid ones.
+    return build_model(cfg.model.name, **args)
 
 
 def saved_model_args(model: nn.Module) -> dict[str, Any]:

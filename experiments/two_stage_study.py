@@ -1,0 +1,169 @@
+"""Two-stage paper on synthetic data: stage 1 alone vs the cascade vs TTA + snapshot ensemble,
+and the effect of the ET post-processing threshold.
+
+Two 3D runs with the same wall-clock budget, seed and training cases: the stage-1 network alone
+(see :func:`common.stage_one_spec`) and the two-stage cascade (``two_stage_cpu``). Conditions on
+the held-out cases, all without ET post-processing unless named:
+
+* ``Stage 1 alone``: stage-1 network, final weights, no TTA;
+* ``Two-stage``: the cascade, final weights, no TTA;
+* ``Two-stage + TTA``: the same with 8 flips (sec. 3.3);
+* ``Two-stage + TTA + snapshots``: the snapshots of the last epochs (the recipe's
+  ``train.snapshots``; the paper keeps 8), each with 8 flips, probabilities averaged (sec. 3.3);
+* ``... + ET post-proc``: the last one with the ET threshold chosen as the paper does (sec. 3.4:
+  "chosen ... depending on the performance of [the] validation dataset"): ``cascadeseg
+  tune-postprocess`` on the run's validation fold, then applied to the held-out cases.
+
+The ET threshold sweep applies :func:`cascadeseg.inference.postprocess.postprocess_et` with each
+candidate to the un-post-processed held-out predictions of every condition and reports the mean
+ET Dice per threshold (descriptive: on the held-out cases themselves, not a tuning).
+
+Usage::
+
+    python experiments/two_stage_study.py [--minutes 5] [--train-cases 16] [--test-cases 6]
+
+Writes ``<out>/two_stage_study/`` (table.md, table.csv, boxplots.png, report.html, study.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+
+#: ET thresholds swept on the held-out cases, in voxels of the source grid (1 mm^3 at scale 1);
+#: the predictor's tuning candidates plus larger ones (synthetic ET components are often large).
+ET_CANDIDATES: tuple[int, ...] = (0, 25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000)
+
+
+def et_sweep(
+    cond: common.Condition, test_dir: Path, candidates: tuple[int, ...] = ET_CANDIDATES
+) -> dict[str, Any]:
+    """Mean ET Dice of a condition's held-out predictions per ET threshold.
+
+    Returns:
+        ``{"mean_dice": {threshold: dice}, "best": threshold, "cases": [{case, pred_et_voxels,
+        ref_et_voxels, dice}]}``; thresholds are voxels of the source grid.
+    """
+    from cascadeseg.data.labels import ET, to_internal
+    from cascadeseg.data.layouts import discover_cases
+    from cascadeseg.data.nifti import load_nifti
+    from cascadeseg.evaluation.evaluate import detect_convention, find_predictions
+    from cascadeseg.inference.postprocess import et_stats, tune_et_threshold
+
+    predictions = find_predictions(cond.pred_dir)
+    stats, cases = [], []
+    for ref in discover_cases(test_dir):
+        ref_raw, _, _ = load_nifti(ref.files["seg"])
+        ref_label = to_internal(ref_raw, ref.label_convention)
+        pred_raw, _, _ = load_nifti(predictions[ref.case_id])
+        values = {int(v) for v in np.unique(pred_raw)}
+        pred_label = to_internal(pred_raw, detect_convention(values, ref.label_convention))
+        s = et_stats(pred_label, ref_label)
+        stats.append(s)
+        cases.append(
+            {
+                "case": ref.case_id,
+                "pred_et_voxels": s.pred_voxels,
+                "ref_et_voxels": int(np.count_nonzero(ref_label == ET)),
+                "dice": s.dice,
+            }
+        )
+    result = tune_et_threshold(stats, candidates)
+    return {
+        "mean_dice": {str(k): v for k, v in result.mean_dice.items()},
+        "best": result.best,
+        "cases": cases,
+    }
+
+
+def tune_on_validation(settings: common.Settings, run: common.Run) -> dict[str, Any]:
+    """``cascadeseg tune-postprocess`` on the run's validation fold (snapshots + 8 flips)."""
+    argv: list[Any] = ["tune-postprocess", "--model", run.run_dir, "--data", settings.train_dir]
+    argv += ["--cases", "val", "--device", "cpu", "--candidates", *ET_CANDIDATES]
+    if not settings.progress:
+        argv.append("--no-progress")
+    seconds = common.cascadeseg(argv, settings)
+    record = common.read_json(run.run_dir / "postprocess.json")
+    record["command"] = common.command_line([str(a) for a in argv])
+    record["seconds"] = seconds
+    return dict(record)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common.add_settings_arguments(parser)
+    parser.add_argument(
+        "--no-tune", action="store_true", help="skip the validation-tuned ET post-processing"
+    )
+    args = parser.parse_args(argv)
+    settings = common.settings_from_args(args)
+    env = common.environment()
+
+    common.banner("two-stage study: data")
+    common.prepare_data(settings)
+    common.banner(f"two-stage study: training stage 1 alone ({settings.minutes:g} min)")
+    stage1 = common.train_named(settings, "stage1")
+    common.banner(f"two-stage study: training the two-stage cascade ({settings.minutes:g} min)")
+    cascade = common.train_named(settings, "two_stage")
+
+    specs: list[tuple[str, common.Run, dict[str, Any]]] = [
+        ("Stage 1 alone", stage1, {}),
+        ("Two-stage", cascade, {}),
+        ("Two-stage + TTA", cascade, {"tta": True}),
+        ("Two-stage + TTA + snapshots", cascade, {"tta": True, "snapshots": True}),
+    ]
+    conditions = []
+    for name, run, kwargs in specs:
+        common.banner(f"two-stage study: predicting held-out cases, {name}")
+        conditions.append(common.predict_and_evaluate(settings, name, run, **kwargs))
+
+    tuning: dict[str, Any] | None = None
+    if not args.no_tune:
+        common.banner("two-stage study: ET threshold tuned on the validation fold (sec. 3.4)")
+        tuning = tune_on_validation(settings, cascade)
+        conditions.append(
+            common.predict_and_evaluate(
+                settings,
+                "Two-stage + TTA + snapshots + ET post-proc",
+                cascade,
+                tta=True,
+                snapshots=True,
+                et_min_voxels=int(tuning["et_min_voxels"]),
+            )
+        )
+
+    common.banner("two-stage study: ET threshold sweep on the held-out cases")
+    sweeps = {c.name: et_sweep(c, settings.test_dir) for c in conditions if c.et_min_voxels == 0}
+
+    common.banner("two-stage study: comparison")
+    out_dir = settings.out / "two_stage_study"
+    comparison = common.compare_conditions(settings, conditions, out_dir)
+    study = {
+        "study": "two_stage",
+        "settings": settings.as_dict(),
+        "environment": env,
+        "runs": {"stage1": stage1.as_dict(), "two_stage": cascade.as_dict()},
+        "stage1_note": stage1.note,
+        "conditions": [c.as_dict() for c in conditions],
+        "comparison": comparison,
+        "per_case": {c.name: common.per_case(c) for c in conditions},
+        "et_candidates": list(ET_CANDIDATES),
+        "et_sweep": sweeps,
+        "et_tuning": tuning,
+    }
+    path = common.write_json(out_dir / "study.json", study)
+    print(f"\nwrote {path}")
+    for name, sweep in sweeps.items():
+        best = sweep["best"]
+        print(
+            f"{name}: ET Dice {sweep['mean_dice']['0']:.4f} without post-processing, "
+            f"best threshold on held-out {best} voxels -> {sweep['mean_dice'][str(best)]:.4f}"
+        )
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.main_guard(main))
