@@ -155,7 +155,11 @@ def environment() -> dict[str, Any]:
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
         cpu = next(
-            (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")),
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in lscpu.splitlines()
+                if ln.startswith("Model name")
+            ),
             cpu,
         )
     except OSError:
@@ -197,7 +201,7 @@ def _log(out: Path, argv: Sequence[str], seconds: float, started: str, rc: int) 
         fh.write(f"# {started}  rc={rc}  {seconds:.1f} s\n{command_line(argv)}\n")
 
 
-def command_line(argv: Sequence[str]) -> str:
+def command_line(argv: Sequence[Any]) -> str:
     """The shell line of a ``cascadeseg`` call, paths relative to the repository when inside."""
 
     def rel(arg: str) -> str:
@@ -209,10 +213,10 @@ def command_line(argv: Sequence[str]) -> str:
                 return arg
         return arg
 
-    return "cascadeseg " + " ".join(shlex.quote(rel(a)) for a in argv)
+    return "cascadeseg " + " ".join(shlex.quote(rel(str(a))) for a in argv)
 
 
-def cascadeseg(argv: Sequence[str], settings: Settings) -> float:
+def cascadeseg(argv: Sequence[Any], settings: Settings) -> float:
     """Run ``cascadeseg ARGV`` in this process; returns the wall seconds.
 
     Raises:
@@ -328,6 +332,11 @@ def train_run(
     separate held-out folder.
     """
     run_dir = settings.out / "runs" / name
+    # Testing hook: CASCADESEG_STUDY_RECIPES=DIR takes DIR/<recipe>.yaml instead of the shipped
+    # recipe (smoke tests before the shipped CPU recipes exist, or with tinier ones).
+    recipe_dir = os.environ.get("CASCADESEG_STUDY_RECIPES")
+    if recipe_dir and (Path(recipe_dir) / f"{recipe}.yaml").is_file():
+        recipe = str(Path(recipe_dir) / f"{recipe}.yaml")
     all_overrides = [
         "data.split=kfold",
         f"train.max_minutes={settings.minutes:g}",
@@ -477,7 +486,11 @@ def compare_conditions(
     cascadeseg(argv, settings)
     with (out_dir / "table.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    return {"command": command_line([str(a) for a in argv]), "table_csv": str(out_dir / "table.csv"), "rows": rows}
+    return {
+        "command": command_line([str(a) for a in argv]),
+        "table_csv": str(out_dir / "table.csv"),
+        "rows": rows,
+    }
 
 
 def per_case(cond: Condition) -> list[dict[str, Any]]:
@@ -485,7 +498,11 @@ def per_case(cond: Condition) -> list[dict[str, Any]]:
     from cascadeseg.evaluation.evaluate import load_evaluation
 
     return [
-        {k: v for k, v in row.items() if k == "case" or k.startswith(("dice_", "sens_", "spec_", "hd95_", "vol_"))}
+        {
+            k: v
+            for k, v in row.items()
+            if k == "case" or k.startswith(("dice_", "sens_", "spec_", "hd95_", "vol_"))
+        }
         for row in load_evaluation(cond.eval_dir).scored_rows()
     ]
 

@@ -29,9 +29,11 @@ case's seed, so a seed gives the same arrays on every machine:
    modality but the reference (T1ce, the registration target of BraTS); Rician noise; skull
    stripping (background exactly 0); integer values in the int16 range like the BraTS files.
 
-Speed: about 1-2 s per full-size case on one core (see :func:`benchmark_synth`); the templates
-are loaded once per process (``lru_cache``). Smooth random fields are made on a coarse grid and
-upsampled by tensor products of 1D cubic B-spline matrices (BLAS), not by filtering the full volume.
+Speed: 0.5-2 s per full-size case in one process, measured on the shared (busy) 2-core
+development machine (see :func:`benchmark_synth`); the templates are loaded once per process
+(``lru_cache``, about 2 s). Work is restricted to the brain's box and each tumour's box.
+Smooth random fields are made on a coarse grid and upsampled by tensor products of 1D cubic
+B-spline matrices (BLAS), not by filtering the full volume.
 """
 
 from __future__ import annotations

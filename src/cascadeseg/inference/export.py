@@ -167,7 +167,7 @@ def export_onnx_bytes(
         torch.onnx.export(
             head,
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # file-like objects are accepted
             dynamo=False,
             opset_version=opset,
             input_names=["image"],

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -580,7 +581,7 @@ def resolve_inputs(inputs: Path | str | Sequence[Path | str]) -> list[_Source]:
         if not path.is_dir():
             raise InputError(f"{path}: mixes files and folders; give folders or four files")
         for ref in discover_cases(path):
-            sources.append(_Source(ref.case_id, lambda ref=ref: read_case(ref)))
+            sources.append(_Source(ref.case_id, functools.partial(read_case, ref)))
     return sources
 
 

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Run both papers' studies and the side-by-side table on synthetic data, then write
+# docs/results.md. Every step is reused when its outputs already exist, so an interrupted run
+# can simply be started again.
+#
+#   bash experiments/run_all.sh                      # the documented settings (about 40 min, 2 CPU cores)
+#   MINUTES=0.3 TRAIN_CASES=4 TEST_CASES=2 SCALE=0.5 OUT=experiments/out/smoke \
+#     DOC=/tmp/results_smoke.md bash experiments/run_all.sh      # smoke test of every step
+#
+# Settings (environment variables): MINUTES (training budget per model), TRAIN_CASES,
+# TEST_CASES, DATA_SEED, SEED, SCALE (synthetic grid scale), OUT (outputs), DOC (page written),
+# EXTRA (extra "--set key=value" options for every training run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-.venv/bin/python}"
+MINUTES="${MINUTES:-5}"
+TRAIN_CASES="${TRAIN_CASES:-16}"
+TEST_CASES="${TEST_CASES:-6}"
+DATA_SEED="${DATA_SEED:-2026}"
+SEED="${SEED:-0}"
+SCALE="${SCALE:-1}"
+OUT="${OUT:-experiments/out}"
+DOC="${DOC:-docs/results.md}"
+EXTRA="${EXTRA:-}"
+
+ARGS=(--out "$OUT" --minutes "$MINUTES" --train-cases "$TRAIN_CASES" --test-cases "$TEST_CASES"
+      --data-seed "$DATA_SEED" --seed "$SEED" --scale "$SCALE")
+# shellcheck disable=SC2206
+[ -n "$EXTRA" ] && ARGS+=($EXTRA)
+
+echo "== $(date -u '+%F %T') cascadeseg studies: ${ARGS[*]}"
+"$PY" experiments/cunet_study.py "${ARGS[@]}"
+echo "== $(date -u '+%F %T') CU-Net study done"
+"$PY" experiments/two_stage_study.py "${ARGS[@]}"
+echo "== $(date -u '+%F %T') two-stage study done"
+"$PY" experiments/side_by_side.py "${ARGS[@]}"
+echo "== $(date -u '+%F %T') side-by-side done"
+"$PY" experiments/write_results.py --out "$OUT" --doc "$DOC"
+echo "== $(date -u '+%F %T') all done"

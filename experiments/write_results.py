@@ -1,0 +1,554 @@
+"""Write ``docs/results.md`` and ``docs/images/results_*.png`` from the studies' outputs.
+
+Every number in the page comes from the ``study.json`` files (and through them the
+``metrics.csv``/``table.csv`` files) that ``cunet_study.py``, ``two_stage_study.py`` and
+``side_by_side.py`` wrote; nothing is typed by hand except the papers' own published numbers,
+which are quoted as such. A study that did not run (no ``study.json``) is reported as missing.
+
+Usage::
+
+    python experiments/write_results.py [--out experiments/out] [--doc docs/results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+
+REGIONS = ("WT", "TC", "ET")
+
+#: CU-Net paper, Table 1 (BraTS 2017 HGG, local test split of 42 cases), quoted for contrast.
+PAPER_CUNET_TABLE1: dict[str, dict[str, float]] = {
+    "U-Net": {
+        "dice_wt": 0.872, "sens_wt": 0.885, "spec_wt": 0.996,
+        "dice_tc": 0.779, "sens_tc": 0.811, "spec_tc": 0.999,
+        "dice_et": 0.751, "sens_et": 0.829, "spec_et": 0.999,
+    },
+    "CUN": {
+        "dice_wt": 0.886, "sens_wt": 0.892, "spec_wt": 0.997,
+        "dice_tc": 0.830, "sens_tc": 0.849, "spec_tc": 0.999,
+        "dice_et": 0.784, "sens_et": 0.869, "spec_et": 0.998,
+    },
+    "CUN+LWS": {
+        "dice_wt": 0.888, "sens_wt": 0.903, "spec_wt": 0.996,
+        "dice_tc": 0.831, "sens_tc": 0.877, "spec_tc": 0.998,
+        "dice_et": 0.768, "sens_et": 0.881, "spec_et": 0.998,
+    },
+}  # fmt: skip
+
+
+def fmt(value: Any, digits: int = 3, sign: bool = False) -> str:
+    """A number for a table; NaN and missing values as an em dash."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "—"
+    if math.isnan(v):
+        return "—"
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> str:
+    """A Markdown table; ``align`` gives one of ``l``/``r`` per column (default: l, then r)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join(sep) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def code_block(lines: Sequence[str]) -> str:
+    return "```\n" + "\n".join(lines) + "\n```\n"
+
+
+def load_study(out: Path, name: str) -> dict[str, Any] | None:
+    path = out / name / "study.json"
+    return dict(common.read_json(path)) if path.is_file() else None
+
+
+def table_rows(study: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """``method -> row`` of the ``cascadeseg compare`` table of a study."""
+    return {row["method"]: row for row in study["comparison"]["rows"]}
+
+
+def per_case_arrays(study: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """``method -> {metric column: (N,) values}`` for box plots."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for method, rows in study["per_case"].items():
+        cols = [k for k in rows[0] if k != "case"] if rows else []
+        out[method] = {c: np.array([float(r[c]) for r in rows], dtype=float) for c in cols}
+    return out
+
+
+def mean_dice(row: dict[str, Any]) -> float:
+    return float(np.mean([float(row[f"dice_{r.lower()}"]) for r in REGIONS]))
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+def section_setup(studies: dict[str, dict[str, Any] | None]) -> str:
+    first = next((s for s in studies.values() if s is not None), None)
+    if first is None:
+        return "No study has finished yet: run `bash experiments/run_all.sh`.\n"
+    env, st = first["environment"], first["settings"]
+    run = next(iter(first["runs"].values()))
+    split_file = Path(run["run_dir"]) / "split.json"
+    n_train: Any = "?"
+    n_val: Any = "?"
+    if split_file.is_file():
+        split = common.read_json(split_file)
+        n_train, n_val = len(split.get("train", [])), len(split.get("val", []))
+    grid = (
+        "240 x 240 x 155 voxels of 1 mm (BraTS geometry)"
+        if st["scale"] == 1
+        else (f"BraTS grid scaled by {st['scale']:g}")
+    )
+    dates = sorted({s["environment"]["date_utc"] for s in studies.values() if s is not None})
+    commit = env["git_commit"] + (" with uncommitted changes" if env["git_dirty"] else "")
+    rows = [
+        (
+            "machine",
+            f"{env['cpu']}, {env['logical_cpus']} logical CPUs "
+            f"(torch threads: {env['torch_threads']}), GPU: {env['gpu'] or 'none'}",
+        ),
+        ("date", ", ".join(dates)),
+        (
+            "code",
+            f"cascadeseg {env['cascadeseg']}, commit {commit}; Python {env['python']}, "
+            f"torch {env['torch']}",
+        ),
+        (
+            "training data",
+            f"{st['train_cases']} synthetic cases (`cascadeseg synth`, seed "
+            f"{st['data_seed']}, {st['train_layout']} layout), {grid}; every run uses the same "
+            f"5-fold split, fold 0: {n_train} training and {n_val} validation cases",
+        ),
+        (
+            "held-out data",
+            f"{st['test_cases']} synthetic cases (seed {st['test_seed']}, "
+            f"{st['test_layout']} layout), the same for every method",
+        ),
+        (
+            "budget",
+            f"{st['minutes']:g} min of wall-clock training per model "
+            "(`train.max_minutes`, validation included, preprocessing excluded), "
+            f"training seed {st['seed']}",
+        ),
+    ]
+    if st["overrides"]:
+        rows.append(("extra overrides", ", ".join(f"`{o}`" for o in st["overrides"])))
+    return md_table(["", ""], [(k, v) for k, v in rows], align="ll")
+
+
+def section_runs(studies: dict[str, dict[str, Any] | None]) -> str:
+    runs: dict[str, dict[str, Any]] = {}
+    for study in studies.values():
+        if study is not None:
+            for run in study["runs"].values():
+                runs.setdefault(run["run_dir"], run)
+    if not runs:
+        return ""
+    rows = []
+    for run in runs.values():
+        s = run["summary"]
+        overrides = [
+            o for o in run["overrides"] if not o.startswith(("train.max_minutes=", "seed="))
+        ]
+        rows.append(
+            (
+                f"`{Path(run['run_dir']).name}`",
+                f"`{run['recipe']}`",
+                " ".join(f"`{o}`" for o in overrides),
+                f"{run['parameters']:,}",
+                s.get("epochs_done", "—"),
+                s.get("steps", "—"),
+                fmt(s.get("minutes"), 2),
+                s.get("stop_reason", "—"),
+                len(run.get("snapshots", [])),
+            )
+        )
+    text = md_table(
+        [
+            "run",
+            "recipe",
+            "overrides",
+            "parameters",
+            "epochs",
+            "steps",
+            "minutes",
+            "stopped by",
+            "snapshots",
+        ],
+        rows,
+        align="lllrrrrlr",
+    )
+    commands = sorted({run["command"] for run in runs.values()})
+    return text + "\nTraining commands:\n\n" + code_block(commands)
+
+
+def _images(doc: Path) -> Path:
+    return doc.parent / "images"
+
+
+def _boxplot(study: dict[str, Any], path: Path, metrics: Sequence[str], title: str) -> Path:
+    from cascadeseg.evaluation.plots import boxplot_figure
+
+    return boxplot_figure(per_case_arrays(study), path, metrics=metrics, title=title)
+
+
+def section_cunet(study: dict[str, Any] | None, doc: Path) -> str:
+    if study is None:
+        return "**Not run** (no `experiments/out/cunet_study/study.json`).\n"
+    rows = table_rows(study)
+    cols = [f"{m}_{r.lower()}" for r in REGIONS for m in ("dice", "sens", "spec")]
+    header = ["Method"] + [f"{r} {m}" for r in REGIONS for m in ("Dice", "Sens", "Spec")] + ["n"]
+    body = [[name] + [fmt(row[c]) for c in cols] + [row["n"]] for name, row in rows.items()]
+    paper = [
+        [f"*paper: {name}*"] + [fmt(vals[c]) for c in cols] + ["42"]
+        for name, vals in PAPER_CUNET_TABLE1.items()
+    ]
+    text = (
+        "Mean over the held-out cases (`cascadeseg compare`); the paper's Table 1 rows "
+        "(BraTS 2017, 42 real test cases) below them for contrast.\n\n"
+        + md_table(header, body + paper)
+    )
+    img = _boxplot(
+        study,
+        _images(doc) / "results_cunet_boxplots.png",
+        ("dice", "sens"),
+        "CU-Net study: held-out synthetic cases (cf. CU-Net Fig. 4)",
+    )
+    text += f"\n![Dice and sensitivity per region (cf. Fig. 4)](images/{img.name})\n"
+
+    effect = study["lws_effect"]
+    lines = []
+    paper_diff = {
+        r: PAPER_CUNET_TABLE1["CUN+LWS"][f"sens_{r.lower()}"]
+        - PAPER_CUNET_TABLE1["CUN"][f"sens_{r.lower()}"]
+        for r in REGIONS
+    }
+    for r in REGIONS:
+        s, d, p = (effect[m][r.lower()] for m in ("sens", "dice", "spec"))
+        lines.append(
+            (
+                r,
+                fmt(s["mean_a"]),
+                fmt(s["mean_b"]),
+                fmt(s["mean_diff"], sign=True),
+                f"{s['up']} / {s['down']} / {s['n'] - s['up'] - s['down']}",
+                fmt(d["mean_diff"], sign=True),
+                fmt(p["mean_diff"], 4, sign=True),
+                fmt(paper_diff[r], sign=True),
+            )
+        )
+    text += "\n**Does LWS raise sensitivity?** Paired per case, CUN+LWS minus CUN:\n\n" + md_table(
+        [
+            "region",
+            "Sens CUN",
+            "Sens CUN+LWS",
+            "Δ Sens",
+            "cases up / down / equal",
+            "Δ Dice",
+            "Δ Spec",
+            "paper Δ Sens",
+        ],
+        lines,
+    )
+    diffs = {r: effect["sens"][r.lower()]["mean_diff"] for r in REGIONS}
+    raised = [r for r in REGIONS if diffs[r] > 0]
+    n = effect["sens"]["wt"]["n"]
+    if len(raised) == 3:
+        verdict = "LWS raised the mean sensitivity in all three regions, as the paper reports"
+    elif not raised:
+        verdict = (
+            "LWS did **not** raise the mean sensitivity in any region: this contradicts the "
+            "paper's report"
+        )
+    else:
+        verdict = (
+            f"LWS raised the mean sensitivity in {', '.join(raised)} only, not in "
+            f"{', '.join(r for r in REGIONS if r not in raised)}: the paper reports a rise in all "
+            "three, so this only partly agrees"
+        )
+    text += (
+        f"\nAnswer from these numbers: {verdict} (mean change WT {fmt(diffs['WT'], sign=True)}, "
+        f"TC {fmt(diffs['TC'], sign=True)}, ET {fmt(diffs['ET'], sign=True)} over {n} held-out "
+        "cases; the paper: +0.011, +0.028, +0.012). One training run per method and "
+        f"{n} cases cannot separate a change of this size from run-to-run variation; the "
+        "per-case counts show how consistent it is.\n"
+    )
+    casc = study["cascade_effect"]
+    text += (
+        "\nThe paper's other claim, the cascade (CUN) over the U-Net: mean Dice change CUN minus "
+        "U-Net here "
+        + ", ".join(f"{r} {fmt(casc['dice'][r.lower()]['mean_diff'], sign=True)}" for r in REGIONS)
+        + "; sensitivity "
+        + ", ".join(f"{r} {fmt(casc['sens'][r.lower()]['mean_diff'], sign=True)}" for r in REGIONS)
+        + " (paper, Table 1: Dice +0.014, +0.051, +0.033; sensitivity +0.007, +0.038, +0.040).\n"
+    )
+    cmds = [c["predict_command"] for c in study["conditions"]]
+    cmds += [c["evaluate_command"] for c in study["conditions"]]
+    cmds.append(study["comparison"]["command"])
+    text += "\nPrediction, evaluation and comparison commands:\n\n" + code_block(cmds)
+    return text
+
+
+def _sweep_plot(study: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for name, sweep in study["et_sweep"].items():
+        xs = [int(k) for k in sweep["mean_dice"]]
+        ys = [sweep["mean_dice"][k] for k in sweep["mean_dice"]]
+        ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    ax.set_xlabel("et_min_voxels (ET volume below which ET becomes necrosis), voxels")
+    ax.set_ylabel("mean ET Dice, held-out cases")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(
+        "Effect of the ET post-processing threshold (two-stage paper, sec. 3.4)", fontsize=9
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def section_two_stage(study: dict[str, Any] | None, doc: Path) -> str:
+    if study is None:
+        return "**Not run** (no `experiments/out/two_stage_study/study.json`).\n"
+    text = ""
+    if study.get("stage1_note"):
+        text += f"> **Note:** {study['stage1_note']}.\n\n"
+    rows = table_rows(study)
+    conds = {c["name"]: c for c in study["conditions"]}
+    n_test = study["settings"]["test_cases"]
+    body = []
+    for name, row in rows.items():
+        c = conds[name]
+        body.append(
+            [name, c["members"], "8 flips" if c["tta"] else "—", c["et_min_voxels"] or "off"]
+            + [fmt(row[f"dice_{r.lower()}"]) for r in REGIONS]
+            + [fmt(mean_dice(row))]
+            + [fmt(row[f"hd95_{r.lower()}"], 2) for r in REGIONS]
+            + [fmt(c["predict_seconds"] / max(1, n_test), 1)]
+        )
+    text += md_table(
+        ["Condition", "models", "TTA", "ET threshold"]
+        + [f"Dice {r}" for r in REGIONS]
+        + ["mean Dice"]
+        + [f"HD95 {r} (mm)" for r in REGIONS]
+        + ["predict s/case"],
+        body,
+    )
+    img = _boxplot(
+        study,
+        _images(doc) / "results_two_stage_boxplots.png",
+        ("dice", "hd95"),
+        "Two-stage study: held-out synthetic cases",
+    )
+    text += f"\n![Dice and HD95 per region](images/{img.name})\n"
+
+    def diff(a: str, b: str) -> str:
+        if a not in rows or b not in rows:
+            return "n/a"
+        changes = []
+        for r in REGIONS:
+            col = f"dice_{r.lower()}"
+            changes.append(f"{r} {fmt(float(rows[b][col]) - float(rows[a][col]), sign=True)}")
+        return ", ".join(changes)
+
+    text += (
+        "\nMean Dice changes (from these numbers):\n\n"
+        f"- cascade over stage 1 alone: {diff('Stage 1 alone', 'Two-stage')} (the paper claims "
+        "the second stage refines the first; it gives no stage-1-only numbers);\n"
+        f"- 8-flip TTA on the cascade: {diff('Two-stage', 'Two-stage + TTA')};\n"
+        "- snapshot ensemble on top of TTA: "
+        f"{diff('Two-stage + TTA', 'Two-stage + TTA + snapshots')}"
+        ' (the paper uses both "to obtain a more robust prediction", without an ablation).\n'
+    )
+
+    sweeps = study["et_sweep"]
+    cands = [str(c) for c in study["et_candidates"]]
+    names = list(sweeps)
+    sweep_rows = []
+    for c in cands:
+        cells = [c]
+        for name in names:
+            v = sweeps[name]["mean_dice"][c]
+            best = sweeps[name]["best"] == int(c)
+            cells.append(f"**{fmt(v)}**" if best else fmt(v))
+        sweep_rows.append(cells)
+    img2 = _sweep_plot(study, _images(doc) / "results_et_threshold.png")
+    text += (
+        "\n**ET post-processing threshold.** Mean ET Dice of the held-out cases after replacing "
+        "all predicted ET by necrosis where the predicted ET volume is below the threshold "
+        "(sec. 3.4); thresholds in voxels of the 1 mm grid; best per column in bold (ties go to "
+        "the smaller threshold). This sweep is descriptive (measured on the held-out cases "
+        "themselves); the paper picks the threshold on validation data.\n\n"
+        + md_table(["et_min_voxels", *names], sweep_rows)
+        + f"\n![ET Dice against the threshold](images/{img2.name})\n"
+    )
+    full = "Two-stage + TTA + snapshots"
+    if full in sweeps:
+        case_rows = [
+            (c["case"], c["ref_et_voxels"], c["pred_et_voxels"], fmt(c["dice"]))
+            for c in sweeps[full]["cases"]
+        ]
+        text += (
+            f"\nPer held-out case ({full}, before post-processing): the threshold only matters "
+            "where the predicted ET is small; it gains where the reference has no ET (a false "
+            "positive ET costs Dice 0, an empty prediction scores 1) and loses on true small "
+            "ET.\n\n"
+            + md_table(["case", "reference ET voxels", "predicted ET voxels", "ET Dice"], case_rows)
+        )
+    tuning = study.get("et_tuning")
+    if tuning:
+        val_rows = [(k, fmt(v)) for k, v in tuning["mean_et_dice"].items()]
+        text += (
+            f"\nThreshold chosen as the paper does, on the run's validation fold "
+            f"({tuning['n_cases']} cases, `cascadeseg tune-postprocess`): "
+            f'**{tuning["et_min_voxels"]} voxels**; the row "{full} + ET post-proc" above '
+            "applies it to the held-out cases.\n\n"
+            + md_table(["et_min_voxels", "mean ET Dice (validation)"], val_rows)
+        )
+    cmds = [c["predict_command"] for c in study["conditions"]]
+    cmds += [c["evaluate_command"] for c in study["conditions"]]
+    if tuning:
+        cmds.insert(0, tuning["command"])
+    cmds.append(study["comparison"]["command"])
+    text += "\nCommands:\n\n" + code_block(cmds)
+    return text
+
+
+def section_side_by_side(study: dict[str, Any] | None, doc: Path) -> str:
+    if study is None:
+        return "**Not run** (no `experiments/out/side_by_side/study.json`).\n"
+    rows = table_rows(study)
+    conds = {c["name"]: c for c in study["conditions"]}
+    runs = study["runs"]
+    n_test = study["settings"]["test_cases"]
+    body = []
+    for name, row in rows.items():
+        c = conds[name]
+        run = next(r for r in runs.values() if r["name"] == c["run"])
+        inference = ("8 flips" if c["tta"] else "no TTA") + (
+            f" x {c['members']} snapshots" if c["members"] > 1 else ""
+        )
+        body.append(
+            [name, c["dims"], inference]
+            + [fmt(row[f"dice_{r.lower()}"]) for r in REGIONS]
+            + [fmt(mean_dice(row))]
+            + [fmt(row[f"hd95_{r.lower()}"], 2) for r in REGIONS]
+            + [
+                f"{run['parameters']:,}",
+                run["summary"].get("steps", "—"),
+                fmt(c["predict_seconds"] / max(1, n_test), 1),
+            ]
+        )
+    text = md_table(
+        ["Method", "", "inference"]
+        + [f"Dice {r}" for r in REGIONS]
+        + ["mean Dice"]
+        + [f"HD95 {r} (mm)" for r in REGIONS]
+        + ["parameters", "training steps", "predict s/case"],
+        body,
+    )
+    best = max(rows, key=lambda n: mean_dice(rows[n]))
+    text += (
+        f"\nHighest mean Dice on these cases: **{best}** ({fmt(mean_dice(rows[best]))}). "
+        "Every model had the same wall-clock training budget, so the columns of training steps "
+        "and parameters show what each could do with it.\n"
+    )
+    img = _boxplot(
+        study,
+        _images(doc) / "results_side_by_side_boxplots.png",
+        ("dice", "hd95"),
+        "2D and 3D methods on the same held-out synthetic cases",
+    )
+    text += f"\n![Dice and HD95 of every method](images/{img.name})\n"
+    text += "\nComparison command:\n\n" + code_block([study["comparison"]["command"]])
+    return text
+
+
+CAVEATS = """\
+- Synthetic data: the cases come from `cascadeseg synth` (MNI152 anatomy, simulated glioma with
+  edema, enhancing rim and necrosis, simulated MRI contrasts). Their tumours are easier to see than
+  real ones, so absolute scores are not comparable with the papers' BraTS scores; only the
+  *direction* of each comparison is of interest, and even that may differ on real data.
+- Scale: a few minutes of CPU training per model instead of days on a GPU, small CPU recipes
+  (`*_cpu.yaml`: smaller widths, coarser voxels and crops than the paper recipes), one training
+  run (one seed) per method and a handful of held-out cases. Differences of a few hundredths are
+  within what a different seed or different held-out cases could produce.
+- Same wall-clock budget, not the same number of steps: a faster model gets more updates. This
+  is the question a CPU user faces; the papers trained to convergence instead.
+- Final weights for every single-model row (no selection on the validation fold), no TTA unless
+  the row says so; the 2D models fuse the brain mask as the CU-Net paper does.
+"""
+
+
+def write_results(out: Path, doc: Path) -> Path:
+    studies = {
+        "cunet": load_study(out, "cunet_study"),
+        "two_stage": load_study(out, "two_stage_study"),
+        "side_by_side": load_study(out, "side_by_side"),
+    }
+    images = _images(doc)
+    images.mkdir(parents=True, exist_ok=True)
+    parts = [
+        "# Results: the papers' studies on synthetic data\n",
+        "<!-- Generated by `python experiments/write_results.py` from "
+        "experiments/out/*/study.json; edit the script, not this page. -->\n",
+        "Both papers' comparisons, reproduced in structure on generated BraTS-like cases at a "
+        "scale a 2-core CPU can run. Rerun everything with `bash experiments/run_all.sh` (see "
+        "[experiments/README.md](../experiments/README.md)); each figure below lists the "
+        "commands that produced it.\n",
+        "## Setup\n",
+        section_setup(studies),
+        "\n## Training runs\n",
+        section_runs(studies),
+        "\n## 1. CU-Net paper: U-Net vs CUN vs CUN+LWS (Table 1, Fig. 4)\n",
+        section_cunet(studies["cunet"], doc),
+        "\n## 2. Two-stage paper: stage 1, cascade, TTA + snapshots, ET threshold\n",
+        section_two_stage(studies["two_stage"], doc),
+        "\n## 3. 2D and 3D methods side by side\n",
+        section_side_by_side(studies["side_by_side"], doc),
+        "\n## How to read these numbers\n",
+        CAVEATS,
+    ]
+    missing = [k for k, v in studies.items() if v is None]
+    if missing:
+        parts.append(
+            "\n## Not done\n\nThese studies did not finish in the time available and have no "
+            f"numbers here: {', '.join(missing)}.\n"
+        )
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(parts))
+    return doc
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=common.DEFAULT_OUT, help="studies' outputs")
+    parser.add_argument(
+        "--doc", type=Path, default=common.REPO / "docs" / "results.md", help="page to write"
+    )
+    args = parser.parse_args(argv)
+    path = write_results(args.out, args.doc)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

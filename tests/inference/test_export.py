@@ -1,0 +1,105 @@
+"""ONNX export and the ONNX Runtime backend agree with PyTorch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from cascadeseg.config import Config, apply_overrides, to_dict
+from cascadeseg.data.case import Case
+from cascadeseg.inference.ensemble import load_models
+from cascadeseg.inference.export import OnnxNetwork, export_onnx, load_onnx_model
+from cascadeseg.inference.predictor import PredictOptions, predict_case
+from cascadeseg.models.registry import build_model
+from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
+
+TINY = {
+    "two_stage": {"base_width": 4, "blocks": [1, 1], "norm_groups": 2, "dropout": 0.0},
+    "unet3d": {"base_width": 4, "depth": 1, "norm_groups": 2},
+    "cunet": {"base_width": 4, "depth": 2},
+}
+
+
+def _checkpoint(path: Path, name: str, seed: int = 0, overrides: tuple[str, ...] = ()) -> Path:
+    torch.manual_seed(seed)
+    model = build_model(name, **TINY[name])
+    # Non-trivial GroupNorm affine parameters, so the export is tested on them too.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    config = to_dict(apply_overrides(Config(), [f"model.name={name}", *overrides]))
+    ckpt = make_checkpoint(
+        model_name=name,
+        model_args=model.model_args,
+        model_state=model.state_dict(),
+        config=config,
+        epoch=1,
+        extra={"et_min_voxels": 42},
+    )
+    atomic_torch_save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [("two_stage", (1, 4, 16, 24, 8)), ("unet3d", (2, 4, 10, 6, 8)), ("cunet", (3, 4, 24, 16))],
+)
+def test_onnx_runtime_agrees_with_pytorch(
+    tmp_path: Path, name: str, shape: tuple[int, ...]
+) -> None:
+    ckpt = _checkpoint(tmp_path / f"{name}.pt", name)
+    (member,) = load_models([ckpt])
+    path = export_onnx(member, tmp_path / f"{name}.onnx")
+    model = onnx.load(str(path))
+    assert model.opset_import[0].version >= 17
+    # dynamic axes: another batch and spatial size than the tracing example
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        ref = member.probabilities(x)
+    out = OnnxNetwork(path)(x)
+    assert out.shape == ref.shape == (shape[0], 3, *shape[2:])
+    assert float((out - ref).abs().max()) < 1e-4
+
+
+def test_exported_file_carries_what_predict_needs(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path / "m.pt", "cunet", overrides=("data.crop_margin=3",))
+    path = export_onnx(load_models([ckpt]), tmp_path / "m.onnx")
+    member = load_onnx_model(path)
+    assert (member.spatial_dims, member.in_channels, member.output_kind) == (2, 4, "probabilities")
+    assert member.name == "cunet" and member.size_divisor == 4
+    assert member.preprocess.crop_margin == 3
+    assert member.et_min_voxels == 42
+
+
+def test_snapshots_export_as_one_averaged_graph(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    for epoch in (1, 2):
+        _checkpoint(run / "checkpoints" / f"snapshot_{epoch:04d}.pt", "unet3d", seed=epoch)
+    members = load_models([run])
+    path = export_onnx(run, tmp_path / "avg.onnx")
+    x = torch.randn(1, 4, 8, 8, 8)
+    with torch.no_grad():
+        ref = (members[0].probabilities(x) + members[1].probabilities(x)) / 2
+    assert float((OnnxNetwork(path)(x) - ref).abs().max()) < 1e-4
+
+
+def _case_options(backend: str, **kw: Any) -> PredictOptions:
+    return PredictOptions(progress=False, device="cpu", backend=backend, **kw)
+
+
+def test_predict_with_onnx_backend_matches_torch(tmp_path: Path, tiny_case: Case) -> None:
+    ckpt = _checkpoint(tmp_path / "m.pt", "two_stage")
+    members = load_models([ckpt])
+    torch_pred = predict_case(tiny_case, members, _case_options("torch", tta=False))
+    onnx_pred = predict_case(tiny_case, members, _case_options("onnx", tta=False))
+    assert np.abs(torch_pred.probabilities - onnx_pred.probabilities).max() < 1e-4
+    # an exported file as --model gives the same
+    path = export_onnx(members, tmp_path / "m.onnx")
+    file_pred = predict_case(tiny_case, load_models([path]), _case_options("torch", tta=False))
+    assert np.abs(file_pred.probabilities - torch_pred.probabilities).max() < 1e-4
+    assert file_pred.info["et_min_voxels"] == 42 == torch_pred.info["et_min_voxels"]

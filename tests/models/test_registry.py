@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+
+from cascadeseg.cli import main
+from cascadeseg.errors import ModelError
+from cascadeseg.models import (
+    CUNetOutput,
+    TwoStageOutput,
+    available_models,
+    build_model,
+    count_parameters,
+    region_probabilities,
+)
+from cascadeseg.models.bench import (
+    benchmark_forward,
+    build_meta_model,
+    count_flops,
+    precision_agreement,
+)
+from cascadeseg.models.registry import model_defaults
+
+# Tiny widths and sizes so every model runs forward and backward in well under a second.
+TINY: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
+    "two_stage": ({"base_width": 8, "blocks": [1, 1, 1]}, (2, 4, 8, 8, 8)),
+    "unet3d": ({"base_width": 8, "depth": 2}, (2, 4, 8, 8, 8)),
+    "cunet": ({"base_width": 4}, (2, 4, 16, 16)),
+    "unet2d": ({"base_width": 4}, (2, 4, 16, 16)),
+}
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for item in out for t in _tensors(item)]
+
+
+def test_all_four_models_registered() -> None:
+    assert available_models() == ["cunet", "two_stage", "unet2d", "unet3d"]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("training", [True, False])
+def test_every_model_forward_backward(name: str, training: bool) -> None:
+    assert set(TINY) == set(available_models())
+    torch.manual_seed(0)
+    overrides, shape = TINY[name]
+    model = build_model(name, **overrides).train(training)
+    assert model.spatial_dims == len(shape) - 2
+    assert model.in_channels == shape[1]
+    out = model(torch.randn(shape))
+    tensors = _tensors(out)
+    assert all(t.shape[0] == shape[0] and t.shape[2:] == shape[2:] for t in tensors)
+    sum(t.float().square().mean() for t in tensors).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    probs = region_probabilities(out if not training or name != "cunet" else out, model.output_kind)
+    assert probs.shape == (shape[0], 3, *shape[2:])
+
+
+def test_build_model_overrides_and_model_args() -> None:
+    model = build_model("unet3d", base_width=8)
+    assert model.model_args == {**model_defaults("unet3d"), "base_width": 8}
+    assert model.encoders[0][0][0].out_channels == 8
+    assert model_defaults("two_stage")["blocks"] == [1, 2, 2, 4]
+
+
+def test_unknown_model_lists_names() -> None:
+    with pytest.raises(ModelError, match="unknown model 'vnet'.*cunet, two_stage, unet2d, unet3d"):
+        build_model("vnet")
+
+
+def test_unknown_argument_lists_valid_ones() -> None:
+    with pytest.raises(ModelError, match="no argument.*width.*base_width"):
+        build_model("unet2d", width=3)
+
+
+def test_invalid_argument_value_is_model_error() -> None:
+    with pytest.raises(ModelError, match="two_stage"):
+        build_model("two_stage", base_width=12)  # not divisible by 8 groups
+
+
+def test_region_probabilities_regions() -> None:
+    logits = torch.tensor([0.0, math.log(3.0), -math.log(3.0)]).view(1, 3, 1, 1, 1)
+    expected = torch.tensor([0.5, 0.75, 0.25]).view(1, 3, 1, 1, 1)
+    torch.testing.assert_close(region_probabilities(logits, "regions"), expected)
+    wrapped = TwoStageOutput(torch.zeros_like(logits), logits, torch.zeros_like(logits))
+    torch.testing.assert_close(region_probabilities(wrapped, "regions"), expected)
+
+
+def test_region_probabilities_labels() -> None:
+    logits = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4])).view(1, 4, 1, 1)
+    expected = torch.tensor([0.9, 0.2 + 0.4, 0.4]).view(1, 3, 1, 1)
+    torch.testing.assert_close(region_probabilities(logits, "labels"), expected)
+
+
+def test_region_probabilities_cunet() -> None:
+    branch1 = torch.log(torch.tensor([0.2, 0.8])).view(1, 2, 1, 1)
+    # Background 0.5 is ignored; tumour classes NCR, ED, ET renormalise to 0.1, 0.3, 0.6.
+    branch2 = torch.log(torch.tensor([0.5, 0.1, 0.3, 0.6])).view(1, 4, 1, 1)
+    probs = region_probabilities(CUNetOutput(branch1, branch2, ()), "cunet")
+    expected = torch.tensor([0.8, 0.8 * 0.7, 0.8 * 0.6]).view(1, 3, 1, 1)
+    torch.testing.assert_close(probs, expected)
+
+
+def test_region_probabilities_errors() -> None:
+    with pytest.raises(ModelError, match="unknown output kind"):
+        region_probabilities(torch.zeros(1, 3, 2, 2), "logits")
+    with pytest.raises(ModelError, match="3 channels"):
+        region_probabilities(torch.zeros(1, 4, 2, 2), "regions")
+    with pytest.raises(ModelError, match="CUNetOutput"):
+        region_probabilities(torch.zeros(1, 4, 2, 2), "cunet")
+
+
+def test_parameter_counts_two_stage() -> None:
+    model = build_model("two_stage")
+    interp = sum(p.numel() for p in model.stage2.interp_decoder.parameters())
+    assert count_parameters(model, training=True) == sum(p.numel() for p in model.parameters())
+    assert (
+        count_parameters(model, training=False) == count_parameters(model, training=True) - interp
+    )
+    # Hand count of one pre-activation block at 16 channels: 2 GN (2*16) + 2 conv (27*16*16+16).
+    block = model.stage1.encoder.en_block1[0]
+    assert count_parameters(block, training=True) == 2 * 2 * 16 + 2 * (27 * 16 * 16 + 16)
+
+
+def test_flops_of_paper_network() -> None:
+    # 1.49 TFLOP per 128^3 forward and 2.79 TFLOP at 160x192x128 (docs/BRATS-FACTS anchors).
+    model = build_meta_model("two_stage")
+    assert count_flops(model, (128, 128, 128)) == pytest.approx(1.49e12, rel=0.01)
+    assert count_flops(model, (160, 192, 128)) == pytest.approx(2.79e12, rel=0.01)
+    # A single conv by hand: 2 * k^3 * Cin * Cout * voxels.
+    conv_only = torch.nn.Conv3d(4, 16, 3, padding=1)
+    conv_only.spatial_dims, conv_only.in_channels = 3, 4  # type: ignore[assignment]
+    assert count_flops(conv_only, (8, 8, 8)) == 2 * 27 * 4 * 16 * 8**3
+
+
+def test_info_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "two_stage", "base_width=8", "--input-size", "16", "16", "16"]) == 0
+    out = capsys.readouterr().out
+    model = build_model("two_stage", base_width=8)
+    assert f"parameters (training):  {count_parameters(model, training=True):,}" in out
+    assert f"parameters (inference): {count_parameters(model, training=False):,}" in out
+    assert "stage1.encoder.en_down1" in out and "16x8x8x8" in out
+    assert "stage2.interp_decoder *" in out
+
+
+def test_info_command_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "nope"]) == 2
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert main(["info", "unet2d", "base_width"]) == 2
+
+
+def test_benchmark_forward_tiny() -> None:
+    result = benchmark_forward(
+        "unet3d", (8, 8, 8), "fp32", repeats=2, overrides={"base_width": 8, "depth": 2}
+    )
+    assert result["flops"] == count_flops(
+        build_meta_model("unet3d", base_width=8, depth=2), (8, 8, 8)
+    )
+    assert len(result["seconds_all"]) == 2 and result["seconds"] > 0
+    assert result["gflops_per_s"] == pytest.approx(result["flops"] / result["seconds"] / 1e9)
+    with pytest.raises(ModelError, match="2D"):
+        benchmark_forward("unet2d", (8, 8, 8), overrides={"base_width": 4})
+
+
+def test_precision_agreement() -> None:
+    torch.manual_seed(0)
+    model = build_model("unet2d", base_width=4)
+    image = torch.randn(1, 4, 16, 16)
+    same = precision_agreement(model, image, "fp32")
+    assert same == {"WT": 1.0, "TC": 1.0, "ET": 1.0, "mean": 1.0}
+    bf16 = precision_agreement(model, image, "bf16", channels_last=True)
+    assert 0.0 <= bf16["mean"] <= 1.0
+    with pytest.raises(ModelError, match="precision"):
+        precision_agreement(model, image, "fp8")
