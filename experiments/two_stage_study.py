@@ -125,19 +125,25 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_tune:
         common.banner("two-stage study: ET threshold tuned on the validation fold (sec. 3.4)")
         tuning = tune_on_validation(settings, cascade)
-        conditions.append(
-            common.predict_and_evaluate(
-                settings,
-                "Two-stage + TTA + snapshots + ET post-proc",
-                cascade,
-                tta=True,
-                snapshots=True,
-                et_min_voxels=int(tuning["et_min_voxels"]),
+        if int(tuning["et_min_voxels"]) > 0:
+            conditions.append(
+                common.predict_and_evaluate(
+                    settings,
+                    "Two-stage + TTA + snapshots + ET post-proc",
+                    cascade,
+                    tta=True,
+                    snapshots=True,
+                    et_min_voxels=int(tuning["et_min_voxels"]),
+                )
             )
-        )
+        else:
+            # Threshold 0 is "off": the row would repeat "Two-stage + TTA + snapshots".
+            print("the validation fold chose no post-processing (0 voxels): no extra row")
 
     common.banner("two-stage study: ET threshold sweep on the held-out cases")
-    sweeps = {c.name: et_sweep(c, settings.test_dir) for c in conditions if c.et_min_voxels == 0}
+    sweeps = {
+        c.name: et_sweep(c, settings.test_dir) for c in conditions[:4] if c.et_min_voxels == 0
+    }
 
     common.banner("two-stage study: comparison")
     out_dir = settings.out / "two_stage_study"

@@ -43,6 +43,15 @@ PAPER_CUNET_TABLE1: dict[str, dict[str, float]] = {
 }  # fmt: skip
 
 
+def paper_change(a: str, b: str, metric: str) -> str:
+    """``b - a`` of the CU-Net paper's Table 1 per region, e.g. ``+0.014, +0.051, +0.033``."""
+    t = PAPER_CUNET_TABLE1
+    return ", ".join(
+        fmt(t[b][f"{metric}_{r.lower()}"] - t[a][f"{metric}_{r.lower()}"], sign=True)
+        for r in REGIONS
+    )
+
+
 def fmt(value: Any, digits: int = 3, sign: bool = False) -> str:
     """A number for a table; NaN and missing values as an em dash."""
     try:
@@ -106,6 +115,13 @@ def section_setup(studies: dict[str, dict[str, Any] | None]) -> str:
     if split_file.is_file():
         split = common.read_json(split_file)
         n_train, n_val = len(split.get("train", [])), len(split.get("val", []))
+    folds = "k"
+    config_file = Path(run["run_dir"]) / "config.yaml"
+    if config_file.is_file():
+        import yaml
+
+        data_cfg = (yaml.safe_load(config_file.read_text()) or {}).get("data", {})
+        folds = f"{data_cfg.get('folds', '?')}"
     grid = (
         "240 x 240 x 155 voxels of 1 mm (BraTS geometry)"
         if st["scale"] == 1
@@ -129,7 +145,7 @@ def section_setup(studies: dict[str, dict[str, Any] | None]) -> str:
             "training data",
             f"{st['train_cases']} synthetic cases (`cascadeseg synth`, seed "
             f"{st['data_seed']}, {st['train_layout']} layout), {grid}; every run uses the same "
-            f"5-fold split, fold 0: {n_train} training and {n_val} validation cases",
+            f"{folds}-fold split, fold 0: {n_train} training and {n_val} validation cases",
         ),
         (
             "held-out data",
@@ -278,10 +294,11 @@ def section_cunet(study: dict[str, Any] | None, doc: Path) -> str:
             f"{', '.join(r for r in REGIONS if r not in raised)}: the paper reports a rise in all "
             "three, so this only partly agrees"
         )
+    paper_lws = paper_change("CUN", "CUN+LWS", "sens")
     text += (
         f"\nAnswer from these numbers: {verdict} (mean change WT {fmt(diffs['WT'], sign=True)}, "
         f"TC {fmt(diffs['TC'], sign=True)}, ET {fmt(diffs['ET'], sign=True)} over {n} held-out "
-        "cases; the paper: +0.011, +0.028, +0.012). One training run per method and "
+        f"cases; the paper: {paper_lws}). One training run per method and "
         f"{n} cases cannot separate a change of this size from run-to-run variation; the "
         "per-case counts show how consistent it is.\n"
     )
@@ -292,7 +309,8 @@ def section_cunet(study: dict[str, Any] | None, doc: Path) -> str:
         + ", ".join(f"{r} {fmt(casc['dice'][r.lower()]['mean_diff'], sign=True)}" for r in REGIONS)
         + "; sensitivity "
         + ", ".join(f"{r} {fmt(casc['sens'][r.lower()]['mean_diff'], sign=True)}" for r in REGIONS)
-        + " (paper, Table 1: Dice +0.014, +0.051, +0.033; sensitivity +0.007, +0.038, +0.040).\n"
+        + f" (paper, Table 1: Dice {paper_change('U-Net', 'CUN', 'dice')}; "
+        f"sensitivity {paper_change('U-Net', 'CUN', 'sens')}).\n"
     )
     cmds = [c["predict_command"] for c in study["conditions"]]
     cmds += [c["evaluate_command"] for c in study["conditions"]]
@@ -420,10 +438,15 @@ def section_two_stage(study: dict[str, Any] | None, doc: Path) -> str:
         text += (
             f"\nThreshold chosen as the paper does, on the run's validation fold "
             f"({tuning['n_cases']} cases, `cascadeseg tune-postprocess`): "
-            f'**{tuning["et_min_voxels"]} voxels**; the row "{full} + ET post-proc" above '
-            "applies it to the held-out cases.\n\n"
+            f"**{tuning['et_min_voxels']} voxels**, applied to the held-out cases in the row "
+            f'"{full} + ET post-proc" above when it is not 0.\n\n'
             + md_table(["et_min_voxels", "mean ET Dice (validation)"], val_rows)
         )
+        if int(tuning["et_min_voxels"]) == 0:
+            text += (
+                "\nThe validation fold chose 0 (no post-processing), so that row would repeat "
+                f'"{full}" and is left out.\n'
+            )
     cmds = [c["predict_command"] for c in study["conditions"]]
     cmds += [c["evaluate_command"] for c in study["conditions"]]
     if tuning:

@@ -10,7 +10,9 @@ quotes. ``--quick`` shrinks every size so the whole suite runs in seconds (the s
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import platform
 import statistics
@@ -66,22 +68,58 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "cascadeseg": __version__,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
     }
+    try:
+        from cascadeseg.inference.predictor import cpu_has_fast_bf16
+
+        info["cpu_native_bf16"] = cpu_has_fast_bf16()
+    except ImportError:  # the predictor is optional for the runner
+        pass
     if device == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info["gpu"] = props.name
         info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
     return info
 
 
 def matmul_peak(device: str = "cpu", *, size: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """Measured GFLOP/s of a square matmul in fp32 and bf16: the machine's practical peak."""
+    """Measured GFLOP/s of a square matmul: the machine's practical peak, per precision.
+
+    Keys ``matmul_fp32_gflops`` and ``matmul_bf16_gflops``, plus ``matmul_tf32_gflops`` on CUDA
+    (cuDNN runs fp32 convolutions in TF32 by default, so fp32 networks are compared with it).
+    On CUDA the size is 8192 (smaller products do not fill an H100). A CPU without native bf16
+    kernels (no AVX-512 BF16/AMX) computes bf16 products ~15x slower than fp32 through reference
+    kernels: its bf16 peak is measured at 512 so that the measurement takes seconds.
+    """
     out: dict[str, float] = {}
     n = size if device == "cpu" else 8192
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        t = timed(lambda a=a, b=b: a @ b, repeats=repeats)["median_s"]
-        out[f"matmul_{name}_gflops"] = 2 * n**3 / t / 1e9
+    cases: list[tuple[str, torch.dtype, int]] = [
+        ("fp32", torch.float32, n),
+        ("bf16", torch.bfloat16, n),
+    ]
+    if device == "cpu":
+        try:
+            from cascadeseg.inference.predictor import cpu_has_fast_bf16
+
+            if not cpu_has_fast_bf16():
+                cases[1] = ("bf16", torch.bfloat16, min(n, 512))
+        except ImportError:
+            pass
+    else:
+        cases.append(("tf32", torch.float32, n))
+    for name, dtype, side in cases:
+        a = torch.randn(side, side, device=device, dtype=dtype)
+        b = torch.randn(side, side, device=device, dtype=dtype)
+        previous = torch.backends.cuda.matmul.allow_tf32
+        if device != "cpu":  # fp32 means true fp32 unless TF32 is measured
+            torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
+        try:
+            t = timed(functools.partial(torch.matmul, a, b), repeats=repeats)["median_s"]
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+        out[f"matmul_{name}_gflops"] = 2 * side**3 / t / 1e9
+        del a, b
     return out
 
 
@@ -100,19 +138,43 @@ class Suite:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "yes", False: "no", None: ""}[value]
     if isinstance(value, float):
-        return f"{value:.4g}"
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
 
 
 def run_benchmarks(
-    suites: list[str], *, device: str = "cpu", quick: bool = False
+    suites: list[str],
+    *,
+    device: str = "cpu",
+    quick: bool = False,
+    command: str | None = None,
 ) -> dict[str, Any]:
-    """Run the named suites and return ``{"machine": ..., "peak": ..., "suites": {...}}``."""
+    """Run the named suites and return the result (what :func:`write_results` stores).
+
+    Args:
+        suites: names from :data:`SUITES`.
+        device: ``cpu`` or ``cuda``.
+        quick: tiny sizes (a smoke test; the figures mean nothing).
+        command: the command line that ran the benchmark, recorded for the docs.
+
+    Returns:
+        ``{"machine", "device", "quick", "command", "peak", "suites": {name: {"rows", "notes"}}}``;
+        a row is ``{"what", "value", "unit", "target", "meets_target", "limited_by", ...}``.
+    """
     from cascadeseg import bench_suites  # the suites import torch-heavy modules lazily
 
-    result: dict[str, Any] = {"machine": machine_info(device), "quick": quick}
-    result["peak"] = matmul_peak(device, size=512 if quick else 2048)
+    result: dict[str, Any] = {
+        "machine": machine_info(device),
+        "device": device,
+        "quick": quick,
+        "command": command or f"cascadeseg benchmark --suite {','.join(suites)} --device {device}",
+    }
+    result["peak"] = matmul_peak(device, size=256 if quick else 2048, repeats=2 if quick else 5)
     print(f"machine: {result['machine']}\npeak: {result['peak']}", flush=True)
     runners = {
         "data": bench_suites.data_suite,
@@ -123,43 +185,122 @@ def run_benchmarks(
     result["suites"] = {}
     for name in suites:
         suite = Suite(name)
+        start = time.perf_counter()
         try:
             runners[name](suite, device=device, quick=quick, peak=result["peak"])
         except Exception as exc:  # one failing suite must not lose the others' figures
             suite.notes.append(f"suite failed: {type(exc).__name__}: {exc}")
-            print(f"[{name}] FAILED: {exc}", flush=True)
-        result["suites"][name] = {"rows": suite.rows, "notes": suite.notes}
+            print(f"[{name}] FAILED: {type(exc).__name__}: {exc}", flush=True)
+        result["suites"][name] = {
+            "rows": suite.rows,
+            "notes": suite.notes,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
     return result
+
+
+#: Columns every row has; the rest are details.
+_MAIN_KEYS = ("what", "value", "unit", "target", "meets_target", "limited_by")
+
+
+def _details(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in _MAIN_KEYS)
+
+
+def suite_table(suite: dict[str, Any]) -> str:
+    """One suite as a Markdown table: what, measured, target, met, limited by, details."""
+    lines = [
+        "| what | measured | target | met | limited by | details |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in suite["rows"]:
+        if "value" in row:
+            measured = f"{_fmt(row['value'])} {row.get('unit', '')}".strip()
+        else:  # a row from an older or foreign suite: all its figures are details
+            measured = ""
+        cells = [
+            str(row["what"]),
+            measured,
+            str(row.get("target", "")),
+            _fmt(row.get("meets_target")),
+            str(row.get("limited_by", "")),
+            _details(row),
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    for note in suite["notes"]:
+        lines.append(f"\nNote: {note}")
+    return "\n".join(lines)
+
+
+def _machine_line(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    parts = [f"{m['cpu']} ({m['cores']} cores, torch uses {m['torch_threads']} threads)"]
+    if "gpu" in m:
+        parts.append(f"GPU {m['gpu']} ({m['gpu_memory_gib']} GiB, CUDA {m.get('cuda')})")
+    if "cpu_native_bf16" in m:
+        parts.append(f"native CPU bf16: {_fmt(m['cpu_native_bf16'])}")
+    parts.append(f"torch {m['torch']}, Python {m['python']}, cascadeseg {m['cascadeseg']}")
+    return "; ".join(parts) + "."
+
+
+def _peak_line(result: dict[str, Any]) -> str:
+    return (
+        "Measured matmul peak in the same run: "
+        + ", ".join(
+            f"{k.removeprefix('matmul_').removesuffix('_gflops')} {v:.0f} GFLOP/s"
+            for k, v in result["peak"].items()
+        )
+        + "."
+    )
 
 
 def to_markdown(result: dict[str, Any]) -> str:
     """Markdown tables of a benchmark result (one table per suite)."""
-    m = result["machine"]
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}"
-        + (f", GPU {m['gpu']}" if "gpu" in m else "")
-        + f"; date {m['date']}; cascadeseg {m['cascadeseg']}.",
+        f"Machine: {_machine_line(result)} Date {result['machine']['date']}.",
         "",
-        "Measured matmul peak: "
-        + ", ".join(f"{k.removeprefix('matmul_')} {v:.0f}" for k, v in result["peak"].items())
-        + " (GFLOP/s).",
+        _peak_line(result),
         "",
     ]
+    if result.get("quick"):
+        lines += ["**Quick run (tiny sizes): the figures are not meaningful.**", ""]
     for name, suite in result["suites"].items():
-        lines.append(f"### {name}")
-        lines.append("")
-        rows = suite["rows"]
-        if rows:
-            keys: list[str] = []
-            for row in rows:
-                keys += [k for k in row if k not in keys]
-            lines.append("| " + " | ".join(keys) + " |")
-            lines.append("|" + "---|" * len(keys))
-            for row in rows:
-                lines.append("| " + " | ".join(_fmt(row.get(k, "")) for k in keys) + " |")
-        for note in suite["notes"]:
-            lines.append(f"\nNote: {note}")
-        lines.append("")
+        lines += [f"### {name}", "", suite_table(suite), ""]
+    return "\n".join(lines)
+
+
+def render_performance_section(result: dict[str, Any]) -> str:
+    """The ``docs/performance.md`` section of one device from a benchmark result (the JSON).
+
+    A heading naming the device, the date and the exact command, the machine and its measured
+    matmul peak, then per suite a table with each figure beside its target (from issues 2-6),
+    whether it is met, and what limits it.
+    """
+    m = result["machine"]
+    device = result.get("device", "cuda" if "gpu" in m else "cpu")
+    title = f"GPU: {m['gpu']}" if device == "cuda" and "gpu" in m else f"CPU: {m['cpu']}"
+    command = result.get("command", "cascadeseg benchmark")
+    lines = [
+        f"## {title}",
+        "",
+        f"Measured {m['date']} with `{command}`.",
+        "",
+        f"Machine: {_machine_line(result)}",
+        "",
+        _peak_line(result)
+        + " GFLOP/s of a network = FLOPs counted by `torch.utils.flop_counter` (2 per"
+        " multiply-accumulate of convolutions) / median seconds; `fraction_of_peak` divides it"
+        " by the matmul peak of the same precision (TF32 for fp32 on CUDA).",
+        "",
+    ]
+    if result.get("quick"):
+        lines += ["**Quick run (tiny sizes): the figures are not meaningful.**", ""]
+    met = [r["meets_target"] for s in result["suites"].values() for r in s["rows"]]
+    checked = [x for x in met if x is not None]
+    if checked:
+        lines += [f"Targets met: {sum(checked)} of {len(checked)}.", ""]
+    for name, suite in result["suites"].items():
+        lines += [f"### {name}", "", suite_table(suite), ""]
     return "\n".join(lines)
 
 

@@ -103,3 +103,15 @@ def test_predict_with_onnx_backend_matches_torch(tmp_path: Path, tiny_case: Case
     file_pred = predict_case(tiny_case, load_models([path]), _case_options("torch", tta=False))
     assert np.abs(file_pred.probabilities - torch_pred.probabilities).max() < 1e-4
     assert file_pred.info["et_min_voxels"] == 42 == torch_pred.info["et_min_voxels"]
+
+
+def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cascadeseg import cli
+
+    ckpt = _checkpoint(tmp_path / "m.pt", "unet3d")
+    out = tmp_path / "m.onnx"
+    assert cli.main(["export", "--model", str(ckpt), "--out", str(out)]) == 0
+    assert "max |diff|" in capsys.readouterr().out
+    assert load_onnx_model(out).spatial_dims == 3
+    assert cli.main(["export", "--model", str(ckpt), "--out", str(out)]) == 2  # exists
+    assert "--overwrite" in capsys.readouterr().err

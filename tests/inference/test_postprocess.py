@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from cascadeseg.data.labels import ED, ET, NCR
+from cascadeseg.errors import InputError
 from cascadeseg.inference.postprocess import (
     EtStats,
     dice,
@@ -13,6 +17,7 @@ from cascadeseg.inference.postprocess import (
     fuse_brain_mask,
     postprocess_et,
     tune_et_threshold,
+    tune_postprocess,
 )
 
 
@@ -78,3 +83,43 @@ def test_fuse_brain_mask_zeroes_outside() -> None:
     out = fuse_brain_mask(probs, mask)
     assert out[:, 0, 0, 0].tolist() == pytest.approx([0.8] * 3)
     assert out[:, 0, 1, 0].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_tune_postprocess_writes_threshold_predict_uses(tmp_path: Path) -> None:
+    import torch
+
+    from cascadeseg import cli
+    from cascadeseg.config import Config, apply_overrides, to_dict
+    from cascadeseg.data.splits import save_split
+    from cascadeseg.data.toy import make_tiny_case
+    from cascadeseg.data.writers import write_case
+    from cascadeseg.inference.ensemble import load_models
+    from cascadeseg.models.registry import build_model
+    from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
+
+    data = tmp_path / "data"
+    ids = []
+    for i in range(3):
+        case = make_tiny_case((24, 24, 16), seed=i, case_id=f"BraTS2021_{i:05d}", with_et=i != 2)
+        write_case(case, data, "brats2021")
+        ids.append(case.case_id)
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    model = build_model("unet3d", base_width=4, depth=1, norm_groups=2)
+    ckpt = make_checkpoint(
+        model_name="unet3d",
+        model_args=model.model_args,
+        model_state=model.state_dict(),
+        config=to_dict(apply_overrides(Config(), ["model.name=unet3d"])),
+        epoch=1,
+    )
+    atomic_torch_save(ckpt, run / "checkpoints" / "best.pt")
+    save_split({"train": ids[:1], "val": ids[1:]}, run / "split.json")
+    argv = ["tune-postprocess", "--model", str(run), "--data", str(data), "--no-tta"]
+    assert cli.main([*argv, "--device", "cpu", "--no-progress", "--candidates", "0", "10"]) == 0
+    stored = json.loads((run / "postprocess.json").read_text())
+    assert stored["et_min_voxels"] in (0, 10)
+    assert stored["n_cases"] == 2 and set(stored["mean_et_dice"]) == {"0", "10"}
+    assert load_models([run])[0].et_min_voxels == stored["et_min_voxels"]
+    with pytest.raises(InputError, match="no 'test' subset"):
+        tune_postprocess(run, data, cases="test", candidates=[0])

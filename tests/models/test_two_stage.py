@@ -8,7 +8,7 @@ from cascadeseg.models import TwoStageOutput, build_model
 from cascadeseg.models.bench import build_meta_model, layer_table
 from cascadeseg.models.blocks import PreActResBlock
 
-TINY = {"base_width": 8, "blocks": [1, 1, 1, 1]}
+TINY = {"base_width": 8, "blocks": [1, 1, 1]}
 
 # Table 1 of the two-stage paper at input 4 x 128^3, as (channels, downsampling factor).
 TABLE1 = {
@@ -120,8 +120,10 @@ def test_odd_sizes_are_padded_and_cropped_back(size: tuple[int, int, int]) -> No
         y = model(x)
         assert y.shape == (1, 3, *size)
         # Equal to running the network on the explicitly zero-padded input and cropping.
-        amounts = [((-s) % 8) // 2 for s in size]
-        totals = [(-s) % 8 for s in size]
+        multiple = model.size_multiple
+        assert multiple == 4
+        totals = [(-s) % multiple for s in size]
+        amounts = [t // 2 for t in totals]
         pad = []
         for before, total in reversed(list(zip(amounts, totals))):
             pad += [before, total - before]

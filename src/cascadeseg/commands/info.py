@@ -7,7 +7,7 @@ sizes print in about a second.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = parse_overrides(args.overrides)
     model = build_meta_model(args.model, **overrides)
-    dims = int(model.spatial_dims)
+    dims = cast(int, model.spatial_dims)
     size = args.input_size or ([128, 128, 128] if dims == 3 else [240, 240])
     flops_size = args.flops_size or size
     train_params = count_parameters(model, training=True)

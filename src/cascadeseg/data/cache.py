@@ -42,6 +42,7 @@ import numpy as np
 from cascadeseg.data.case import Case
 from cascadeseg.data.preprocess import Geometry, PreprocessConfig, Preprocessed, preprocess_case
 from cascadeseg.errors import CascadesegError, InputError
+from cascadeseg.fsutil import write_text_atomic
 
 if TYPE_CHECKING:
     from cascadeseg.data.layouts import CaseRef
@@ -211,7 +212,7 @@ class PreprocessCache:
         digest = file_digest(path)
         self._memo[stat_key] = digest
         try:
-            _write_text_atomic(memo_file, json.dumps({"stat": list(stat_key), "digest": digest}))
+            write_text_atomic(json.dumps({"stat": list(stat_key), "digest": digest}), memo_file)
         except OSError:
             pass  # a read-only cache still works, it just hashes every time
         return digest
@@ -298,7 +299,7 @@ class PreprocessCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         config_file = self.folder / "config.json"
         if not config_file.exists():
-            _write_text_atomic(config_file, self._config_json)
+            write_text_atomic(self._config_json, config_file)
         tmp = self.folder / f".tmp-{entry.name}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
@@ -346,13 +347,6 @@ def _replace_dir(tmp: Path, entry: Path) -> None:
                 continue  # another process moved it away; retry
             shutil.rmtree(trash, ignore_errors=True)
     os.replace(tmp, entry)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _warm_one(

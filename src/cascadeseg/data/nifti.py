@@ -11,11 +11,9 @@ Arrays are in the voxel order of the file (NIfTI's ``i, j, k[, t]``); nothing is
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 import re
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 
 from cascadeseg.errors import InputError
+from cascadeseg.fsutil import atomic_path
 
 #: File name endings accepted as NIfTI.
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
@@ -215,17 +214,7 @@ def save_nifti(
             # at the qform (ITK prefers it) then agree with those that look at the sform.
             img.header.set_qform(affine, code=1)
             img.header.set_sform(affine, code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent
-    )
-    os.close(fd)
-    try:
-        nib.save(img, tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
+    with atomic_path(path, suffix=suffix) as tmp:
+        nib.save(img, tmp)
     return path

@@ -8,13 +8,13 @@ folder gives the same split on any machine. Optional ``groups`` keep the cases o
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from cascadeseg.errors import ConfigError, InputError
+from cascadeseg.fsutil import write_json_atomic
 
 
 def _grouped(
@@ -111,11 +111,7 @@ def holdout_split(
 
 def save_split(split: Mapping[str, Sequence[str]], path: str | Path) -> None:
     """Write a split as JSON (atomically: temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({k: list(v) for k, v in split.items()}, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic({k: list(v) for k, v in split.items()}, path, indent=1)
 
 
 def load_split(path: str | Path) -> dict[str, list[str]]:

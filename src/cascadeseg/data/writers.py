@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from cascadeseg.data.case import MODALITIES, Case
 from cascadeseg.data.labels import from_internal
 from cascadeseg.data.layouts import BRATS_FILE_NAMES, DEFAULT_CONVENTION
 from cascadeseg.data.nifti import save_nifti, strip_nifti_suffix
+from cascadeseg.fsutil import write_json_atomic
 
 #: Layouts :func:`write_case` can write.
 WRITABLE_LAYOUTS: tuple[str, ...] = ("brats2021", "brats2023", "msd", "nnunet")
@@ -157,16 +157,7 @@ def _cases_in(folder: Path, ending: str) -> list[str]:
 
 
 def _write_json(data: dict[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(data, path)
 
 
 def update_dataset_json(

@@ -39,6 +39,7 @@ from cascadeseg.data.labels import CONVENTIONS, to_internal
 from cascadeseg.data.nifti import is_nifti, load_nifti, strip_nifti_suffix
 from cascadeseg.errors import InputError
 from cascadeseg.evaluation.metrics import METRIC_NAMES, VOLUME_NAMES, case_metrics
+from cascadeseg.fsutil import atomic_path, write_json_atomic
 
 #: Columns of ``metrics.csv``: ``case`` and the 12 metrics first (the order the issue fixes),
 #: then volumes in mL, the case status and where the values came from.
@@ -424,14 +425,11 @@ def format_value(value: Any) -> str:
 def write_metrics_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Write rows with :data:`CSV_COLUMNS` (NaN written as ``NaN``), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for row in rows:
             writer.writerow([format_value(row.get(col, "")) for col in CSV_COLUMNS])
-    os.replace(tmp, path)
     return path
 
 
@@ -570,9 +568,7 @@ def evaluate(
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics_csv(rows, out_dir / "metrics.csv")
-    tmp = out_dir / ".summary.json.tmp"
-    tmp.write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
-    os.replace(tmp, out_dir / "summary.json")
+    write_json_atomic(_json_safe(summary), out_dir / "summary.json")
     if print_table:
         print(format_summary_table(summary))
         if unmatched:

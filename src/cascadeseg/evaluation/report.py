@@ -33,6 +33,7 @@ from cascadeseg.evaluation.evaluate import (
 )
 from cascadeseg.evaluation.metrics import METRIC_NAMES
 from cascadeseg.evaluation.plots import boxplot_figure, overlay_figure
+from cascadeseg.fsutil import write_text_atomic
 
 Results = EvaluationResult | Sequence[EvaluationResult] | Mapping[str, EvaluationResult]
 
@@ -426,8 +427,4 @@ def write_report(
         + "\n".join(sections)
         + "\n</body></html>\n"
     )
-    path = out_dir / "report.html"
-    tmp_path = out_dir / ".report.html.tmp"
-    tmp_path.write_text(page, encoding="utf-8")
-    os.replace(tmp_path, path)
-    return path
+    return write_text_atomic(page, out_dir / "report.html")
