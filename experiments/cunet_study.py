@@ -7,7 +7,8 @@ Three 2D models trained with the same wall-clock budget, seed and training cases
 * ``CUN+LWS``: ``cunet_cpu`` with ``loss.lws=true`` (loss weighted sampling, Eqs. 1-3).
 
 Each predicts the held-out cases with its final weights and no test-time augmentation (the paper
-uses none), fused with the brain mask as the paper does (the predictor's default for CU-Net).
+uses none); CU-Net's probabilities are fused with the brain mask as the paper does (the
+predictor's default for CU-Net models).
 ``cascadeseg compare`` makes the Table-1-like table (Dice / Sens / Spec per region) and box plots;
 this script adds the paired per-case effect of LWS on sensitivity, the paper's claim
 ("when LWS is adopted, there is an additional average growth of 1.5 percent in sensitivity").

@@ -518,7 +518,8 @@ CAVEATS = """\
 - Same wall-clock budget, not the same number of steps: a faster model gets more updates. This
   is the question a CPU user faces; the papers trained to convergence instead.
 - Final weights for every single-model row (no selection on the validation fold), no TTA unless
-  the row says so; the 2D models fuse the brain mask as the CU-Net paper does.
+  the row says so. The CU-Net models' probabilities are fused with the brain mask (the
+  predictor's default for CU-Net, as the paper does); the other models' are not.
 """
 
 

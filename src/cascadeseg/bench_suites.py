@@ -38,9 +38,16 @@ from cascadeseg.benchmark import Suite, timed
 
 #: Whole-brain crop of the two-stage paper's inference (Myronenko's 160 x 192 x 128).
 WHOLE_BRAIN = (160, 192, 128)
-#: Tiny sizes of ``--quick`` (multiples of 16 so every network takes them unpadded).
-QUICK_3D = (32, 32, 32)
+#: Tiny sizes and networks of ``--quick`` (16 is a multiple of every quick network's stride).
+QUICK_3D = (16, 16, 16)
 QUICK_WIDTH = 8
+#: ``--quick`` synthetic cases: 30 x 30 x 19 voxels (the generator's grid x 0.125).
+QUICK_SYNTH_SCALE = 0.125
+QUICK_ARGS: dict[str, dict[str, Any]] = {
+    "two_stage": {"base_width": QUICK_WIDTH, "blocks": (1, 1, 1)},
+    "unet3d": {"base_width": QUICK_WIDTH, "depth": 2},
+    "cunet": {"base_width": QUICK_WIDTH, "depth": 2},
+}
 #: Paper widths are the registry defaults; ``--quick`` overrides ``base_width``.
 MODELS_3D = ("two_stage", "unet3d")
 MODELS_2D = ("cunet",)
@@ -119,7 +126,7 @@ _DATA: dict[bool, SyntheticData] = {}
 
 
 def synthetic_data(quick: bool) -> SyntheticData:
-    """One synthetic case written once per process (240x240x155, or 60x60x39 when quick)."""
+    """One synthetic case written once per process (240x240x155, or 30x30x19 when quick)."""
     if quick not in _DATA:
         from cascadeseg.data.cache import PreprocessCache
         from cascadeseg.data.layouts import discover_cases
@@ -127,7 +134,7 @@ def synthetic_data(quick: bool) -> SyntheticData:
 
         tmp = Path(tempfile.mkdtemp(prefix="cascadeseg_bench_data_"))
         atexit.register(shutil.rmtree, tmp, True)
-        config = SynthConfig(shape_scale=0.25 if quick else 1.0)
+        config = SynthConfig(shape_scale=QUICK_SYNTH_SCALE if quick else 1.0)
         root = tmp / "dataset"
         synthesize_dataset(root, 1, seed=0, layout="brats2021", progress=False, config=config)
         ref = discover_cases(root)[0]
@@ -280,11 +287,11 @@ def data_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, float]
     from cascadeseg.losses.lws import benchmark_lws
 
     repeats = 1 if quick else 3
-    config = SynthConfig(shape_scale=0.25 if quick else 1.0)
+    config = SynthConfig(shape_scale=QUICK_SYNTH_SCALE if quick else 1.0)
     synth = benchmark_synth(n=1 if quick else 3, config=config)
     add_row(
         suite,
-        "synth: one 240x240x155 case" if not quick else "synth: one case (quick: 60x60x39)",
+        "synth: one 240x240x155 case" if not quick else "synth: one case (quick: 30x30x19)",
         synth["seconds_per_case"],
         "s",
         target=("<=", 3.0),
@@ -316,7 +323,7 @@ def data_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, float]
     )
 
     recipe = _cpu_recipe("two_stage", (64, 64, 64), 8)
-    sizes = [(16, 16, 16), QUICK_3D] if quick else [(128, 128, 128), recipe["size"]]
+    sizes = [(8, 8, 8), QUICK_3D] if quick else [(128, 128, 128), recipe["size"]]
     for size in dict.fromkeys(tuple(s) for s in sizes):
         rate = crop_rate(data.pre, size, items=2 if quick else 20, repeats=repeats)
         label = "x".join(str(s) for s in size)
@@ -371,7 +378,7 @@ def metrics_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, flo
     """
     from cascadeseg.evaluation.bench import benchmark_metrics
 
-    shape = (64, 64, 48) if quick else (240, 240, 155)
+    shape = (48, 48, 32) if quick else (240, 240, 155)
     result = benchmark_metrics(n_cases=1 if quick else 3, shape=shape, repeats=1 if quick else 3)
     ours = result["seconds_per_case"]["cascadeseg"]
     limits = {
@@ -445,8 +452,9 @@ def _write_label_folders(root: Path, n: int, shape: tuple[int, int, int]) -> tup
 # inference
 
 
-def _overrides(quick: bool) -> dict[str, Any]:
-    return {"base_width": QUICK_WIDTH} if quick else {}
+def _overrides(name: str, quick: bool) -> dict[str, Any]:
+    """Constructor overrides: none (paper width) or the tiny ``--quick`` network."""
+    return dict(QUICK_ARGS[name]) if quick else {}
 
 
 def inference_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, float]) -> None:
@@ -471,7 +479,7 @@ def inference_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, f
     data = synthetic_data(quick)
     for name in (*MODELS_3D, *MODELS_2D):
         dims = 3 if name in MODELS_3D else 2
-        overrides = _overrides(quick)
+        overrides = _overrides(name, quick)
         # 2D: a batch of axial slices, scaled to the case's slice count.
         batch = 1 if dims == 3 else (2 if quick else (16 if device == "cuda" else 4))
         size = size3 if dims == 3 else size3[:2]
@@ -699,8 +707,8 @@ def _segresnet_rows(
             init_filters=width,
             in_channels=4,
             out_channels=3,
-            blocks_down=(1, 2, 2, 4),
-            blocks_up=(1, 1, 1),
+            blocks_down=(1, 1, 1) if quick else (1, 2, 2, 4),
+            blocks_up=(1, 1) if quick else (1, 1, 1),
         )
         flops = count_flops(model, size)
         x = torch.randn((1, 4, *size))
@@ -729,7 +737,7 @@ def _onnx_row(suite: Suite, size: Sequence[int], *, device: str, repeats: int, q
     from cascadeseg.models.bench import count_flops
 
     torch.manual_seed(0)
-    model = build_model("two_stage", **_overrides(quick)).eval()
+    model = build_model("two_stage", **_overrides("two_stage", quick)).eval()
     network = OnnxNetwork(export_onnx_bytes(model), device)
     x = torch.randn((1, 4, *size))
     seconds = timed(lambda: network(x), repeats=repeats, warmup=1)["median_s"]
@@ -761,7 +769,7 @@ def _end_to_end_rows(
     from cascadeseg.models import build_model
 
     torch.manual_seed(0)
-    network = eval_network(build_model("two_stage", **_overrides(quick))).to(device)
+    network = eval_network(build_model("two_stage", **_overrides("two_stage", quick))).to(device)
     member = LoadedModel(
         network=network,
         name="two_stage",
@@ -779,7 +787,7 @@ def _end_to_end_rows(
     precision = "bf16" if native_bf16 else "fp32"
     # A CPU pass at paper width takes tens of seconds: one timed run after the forwards above
     # warmed the kernels. On CUDA: one warm-up (cuDNN autotuning), median of 3.
-    cases = [("one pass", False)] + ([("8-flip TTA", True)] if device == "cuda" or quick else [])
+    cases = [("one pass", False)] + ([("8-flip TTA", True)] if device == "cuda" else [])
     targets = {"one pass": 0.15, "8-flip TTA": 1.0}
     with tempfile.TemporaryDirectory(prefix="cascadeseg_bench_predict_") as tmp:
         for label, tta in cases:
@@ -826,7 +834,7 @@ def training_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, fl
         dims = 2 if name == "cunet" else 3
         if quick:
             size: tuple[int, ...] = QUICK_3D[:dims]
-            args: dict[str, Any] = {"base_width": QUICK_WIDTH}
+            args: dict[str, Any] = _overrides(name, quick)
             batch = 2 if dims == 2 else 1
         elif on_gpu:
             size, args, batch = (128, 128, 128)[:dims], {}, 1 if dims == 3 else 16

@@ -311,3 +311,16 @@ def write_results(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
     md = out.with_suffix(".md")
     md.write_text(to_markdown(result))
     return out, md
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """A results JSON written by :func:`write_results` (InputError naming the file if not)."""
+    from cascadeseg.errors import InputError
+
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: cannot read benchmark results ({exc})") from None
+    if not isinstance(result, dict) or not {"machine", "peak", "suites"} <= set(result):
+        raise InputError(f"{path}: not a cascadeseg benchmark results file")
+    return result

@@ -373,12 +373,40 @@ def test_benchmark_inference_reports_numbers(tiny_case: Case) -> None:
 
     tiny = {"base_width": 4, "depth": 1, "norm_groups": 2}
     result = benchmark_inference(
-        "unet3d", (16, 16, 16), "fp32", False, "cpu", model_args=tiny, repeats=1, warmup=0
+        "unet3d",
+        (16, 16, 16),
+        "fp32",
+        False,
+        "cpu",
+        model_args=tiny,
+        repeats=1,
+        warmup=0,
+        matmul_size=128,
     )
     assert result["passes"] == 1 and result["size"] == [16, 16, 16]
     assert result["seconds_median"] > 0 and result["gflop_per_case"] > 0
     assert result["matmul_peak_gflops"] > 0
     with_case = benchmark_inference(
-        "unet3d", case=tiny_case, model_args=tiny, repeats=1, warmup=0, device="cpu"
+        "unet3d", case=tiny_case, model_args=tiny, repeats=1, warmup=0, matmul_size=128
     )
     assert with_case["size"] == [32, 32, 24] and not with_case["data_loading_included"]
+
+
+class _OutOfMemoryAbove(IntensityNet):
+    """The toy network, but a whole volume larger than 16^3 voxels "runs out of GPU memory"."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x[0, 0].numel() > 16**3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return super().forward(x)
+
+
+def test_out_of_memory_falls_back_and_the_case_completes(tiny_case: Case) -> None:
+    flaky = replace(member(), network=_OutOfMemoryAbove().eval())
+    expected = predict_case(tiny_case, [member()], replace(QUIET, tta=False))
+    pred = predict_case(tiny_case, [flaky], replace(QUIET, tta=False))
+    info = pred.info["members"][0]
+    assert info["mode"] == "sliding"
+    assert info["fallbacks"] == ["whole volume out of memory: sliding window"]
+    assert np.allclose(pred.probabilities, expected.probabilities, atol=1e-5)
+    assert np.array_equal(pred.label, expected.label)

@@ -20,19 +20,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes: a smoke test that runs in seconds"
     )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="print the docs/performance.md section of an existing results JSON; measure nothing",
+    )
 
 
-def run(args: argparse.Namespace) -> int:
-    from cascadeseg.benchmark import SUITES, run_benchmarks, write_results
+def command_line(args: argparse.Namespace, program: str = "cascadeseg benchmark") -> str:
+    """The canonical command line of ``args`` (recorded with the results and in the docs)."""
+    line = f"{program} --suite {args.suite} --device {args.device} --out {args.out}"
+    return line + (" --quick" if args.quick else "")
+
+
+def run(args: argparse.Namespace, program: str = "cascadeseg benchmark") -> int:
+    """Run the suites, write ``--out`` (JSON) and its ``.md``; exit 1 if a suite failed."""
+    from cascadeseg.benchmark import (
+        SUITES,
+        load_results,
+        render_performance_section,
+        run_benchmarks,
+        write_results,
+    )
     from cascadeseg.errors import ConfigError
 
+    if getattr(args, "render", None) is not None:
+        print(render_performance_section(load_results(args.render)))
+        return 0
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is available")
     suites = list(SUITES) if args.suite == "all" else [args.suite]
-    result = run_benchmarks(suites, device=args.device, quick=args.quick)
+    result = run_benchmarks(
+        suites, device=args.device, quick=args.quick, command=command_line(args, program)
+    )
     json_path, md_path = write_results(result, args.out)
     print(f"results: {json_path} and {md_path}")
     failed = [n for n, s in result["suites"].items() if any("failed" in x for x in s["notes"])]

@@ -98,5 +98,5 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(options.device)
     models = load_models(args.model, device)
     inputs = args.input[0] if len(args.input) == 1 else args.input
-    results = predict(models, inputs, args.output, options, echo=print)
+    results = predict(models, inputs, args.output, options)
     return 1 if any(r.status == "failed" for r in results) else 0

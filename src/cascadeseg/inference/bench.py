@@ -124,6 +124,7 @@ def benchmark_inference(
     compare_fp32: bool = True,
     backend: str = "torch",
     seed: int = 0,
+    matmul_size: int = 2048,
 ) -> dict[str, Any]:
     """Seconds per case of one whole-volume prediction (median of ``repeats`` after ``warmup``).
 
@@ -146,6 +147,7 @@ def benchmark_inference(
             regions against it.
         backend: ``torch`` or ``onnx``.
         seed: seed of the random weights and input.
+        matmul_size: side of the square matmul that measures the peak.
 
     Returns:
         ``{"seconds_median", "seconds_all", "passes", "precision_used", "gflop_per_case",
@@ -233,7 +235,9 @@ def benchmark_inference(
         flops = count_forward_flops(member, spatial[:2]) * spatial[2] * result["passes"]
     result["gflop_per_case"] = flops / 1e9
     result["gflops_per_s"] = flops / median / 1e9
-    peak = measure_matmul_peak(device, torch.bfloat16 if used == "bf16" else torch.float32)
+    peak = measure_matmul_peak(
+        device, torch.bfloat16 if used == "bf16" else torch.float32, n=matmul_size
+    )
     result["matmul_peak_gflops"] = peak
     result["fraction_of_peak"] = result["gflops_per_s"] / peak
     if probs is not None and reference is not None:

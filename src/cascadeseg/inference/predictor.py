@@ -42,6 +42,7 @@ import os
 import re
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +53,13 @@ import torch
 
 from cascadeseg import __version__
 from cascadeseg.data.case import MODALITIES, Case, Meta
-from cascadeseg.data.labels import CONVENTIONS, REGIONS, label_to_regions, probabilities_to_label
+from cascadeseg.data.labels import (
+    CONVENTIONS,
+    ET,
+    REGIONS,
+    label_to_regions,
+    probabilities_to_label,
+)
 from cascadeseg.data.preprocess import Preprocessed, preprocess_case, restore_to_source
 from cascadeseg.errors import CascadesegError, ConfigError, InputError
 from cascadeseg.inference.ensemble import LoadedModel, ensemble_et_min_voxels
@@ -281,12 +288,13 @@ def member_moments_3d(
     """
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
     x, pads = pad_to_multiple(x, member.size_divisor)
+    # Flips and TTA sums happen where the network runs (ONNX Runtime takes CPU tensors).
+    if isinstance(member.network, torch.nn.Module):
+        x = x.to(device)
     fn = _probability_fn(member, precision, device)
     estimate = None
     if options.sliding_window == "auto" and isinstance(member.network, torch.nn.Module):
-        per_voxel = probe_bytes_per_voxel(
-            member.network, member.in_channels, 3, device, side=2 * member.size_divisor
-        )
+        per_voxel = _bytes_per_voxel(member, device)
         if precision == "bf16":
             per_voxel /= 2
 
@@ -310,6 +318,20 @@ def member_moments_3d(
     mean_sq = crop_padding(mean_sq, pads)[0].cpu()
     info = {"passes": passes, "mode": forward.mode, "fallbacks": forward.fallbacks}
     return mean, mean_sq, info
+
+
+_PROBED: weakref.WeakKeyDictionary[torch.nn.Module, float] = weakref.WeakKeyDictionary()
+
+
+def _bytes_per_voxel(member: LoadedModel, device: torch.device) -> float:
+    """Memory per input voxel of ``member``'s network, probed once per network."""
+    network = member.network
+    assert isinstance(network, torch.nn.Module)
+    if network not in _PROBED:
+        _PROBED[network] = probe_bytes_per_voxel(
+            network, member.in_channels, 3, device, side=2 * member.size_divisor
+        )
+    return _PROBED[network]
 
 
 def slice_stack(image: np.ndarray, z0: int, z1: int, context: int) -> np.ndarray:
@@ -426,7 +448,21 @@ def predict_preprocessed(
     members_info = []
     for member in models:
         run = member_moments_3d if member.spatial_dims == 3 else member_moments_2d
-        mean_t, mean_sq_t, info = run(member, pre.image, options, device, precision)
+        try:
+            mean_t, mean_sq_t, info = run(member, pre.image, options, device, precision)
+        except Exception as exc:
+            # Out of memory outside the network call (TTA sums, the padded input): retry the
+            # member with sliding windows only; if that fails too, the case fails, not the run.
+            if not is_out_of_memory(exc) or options.sliding_window == "always":
+                raise
+            retry = True
+        else:
+            retry = False
+        if retry:
+            free_memory(device)
+            fallback = dataclasses.replace(options, sliding_window="always")
+            mean_t, mean_sq_t, info = run(member, pre.image, fallback, device, precision)
+            info["fallbacks"] = ["out of memory: member retried with sliding windows"]
         mean, mean_sq = mean_t.numpy(), mean_sq_t.numpy()
         # CU-Net members (also once exported to ONNX, when only the name tells).
         is_cunet = member.output_kind == "cunet" or member.name == "cunet"
@@ -479,7 +515,7 @@ def predict_case(
     label = probabilities_to_label(probabilities, options.threshold)
     stored = ensemble_et_min_voxels(models)
     et_min = options.et_min_voxels if options.et_min_voxels is not None else (stored or 0)
-    et_before = int(np.count_nonzero(label == 3))
+    et_before = int(np.count_nonzero(label == ET))
     label = postprocess_et(label, et_min)
     t_total = time.perf_counter() - start
     info.update(
@@ -703,8 +739,8 @@ def predict(
         output_dir: folder for ``<case_id>.nii.gz``, ``<case_id>.json`` and the optional maps
             (created; nothing is written elsewhere).
         options: prediction options.
-        echo: where the per-case line and the summary go (default: ``tqdm.write``; ``None``
-            with ``options.progress=False`` prints nothing).
+        echo: where the per-case line and the summary go (default: ``tqdm.write`` under the
+            progress bar, else ``print``).
 
     Returns:
         One :class:`CaseResult` per case, in input order. A case that cannot be read or
@@ -723,7 +759,7 @@ def predict(
     # Converted once here (ONNX export in memory); predict_case leaves converted members as is.
     members = _members_for_backend(models, options.backend)
     case_options = dataclasses.replace(options, device=str(device))
-    say = echo or (tqdm.write if options.progress else (lambda _msg: None))
+    say = echo or (tqdm.write if options.progress else print)
     _, precision_note = effective_precision(options.precision, device)
     if precision_note:
         say(f"note: {precision_note}")

@@ -170,7 +170,8 @@ def benchmark_forward(
         channels_last: use ``channels_last(_3d)`` memory format for weights and input.
 
     Returns:
-        dict with ``model, size, batch, precision, channels_last, threads, seconds`` (median),
+        dict with ``model, size, batch, precision, channels_last, threads, cpu_capability,
+        seconds`` (median),
         ``seconds_all``, ``flops`` (one forward) and ``gflops_per_s`` (= flops / seconds / 1e9).
     """
     torch.manual_seed(seed)
@@ -194,6 +195,9 @@ def benchmark_forward(
         "precision": precision,
         "channels_last": channels_last,
         "threads": torch.get_num_threads(),
+        # "AVX2" CPUs have no native bf16 convolution (oneDNN needs AVX512-BF16 or AMX); bf16
+        # then runs a slow fallback, far slower than fp32.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "seconds": seconds,
         "seconds_all": times,
         "flops": flops,
