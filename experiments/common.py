@@ -425,13 +425,17 @@ def predict_and_evaluate(
     snapshots: bool = False,
     tta: bool = False,
     et_min_voxels: int = 0,
+    max_snapshots: int = 0,
 ) -> Condition:
     """Predict the held-out cases with ``run`` (last weights or snapshot ensemble) and evaluate.
 
     The ET threshold is always passed explicitly (0 = off), so nothing stored with a run by
-    ``tune-postprocess`` changes a condition behind the reader's back.
+    ``tune-postprocess`` changes a condition behind the reader's back. ``max_snapshots > 0``
+    keeps only the last that many snapshots (a cost cap on CPU; the tables say how many).
     """
     checkpoints = run.snapshots if snapshots else [run.last]
+    if snapshots and max_snapshots > 0:
+        checkpoints = checkpoints[-max_snapshots:]
     if not checkpoints:
         raise RuntimeError(f"{run.run_dir}: no snapshots to ensemble")
     key = safe_name(name)

@@ -9,7 +9,8 @@
 #
 # Settings (environment variables): MINUTES (training budget per model), TRAIN_CASES,
 # TEST_CASES, DATA_SEED, SEED, SCALE (synthetic grid scale), OUT (outputs), DOC (page written),
-# EXTRA (extra "--set key=value" options for every training run).
+# EXTRA (extra options for every study script, e.g. "--set key=value --no-progress"),
+# MAX_SNAPSHOTS (cap on the snapshot ensemble), TUNE=0 (skip tuning the ET threshold).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
@@ -22,6 +23,8 @@ SCALE="${SCALE:-1}"
 OUT="${OUT:-experiments/out}"
 DOC="${DOC:-docs/results.md}"
 EXTRA="${EXTRA:-}"
+MAX_SNAPSHOTS="${MAX_SNAPSHOTS:-0}"   # 0: every snapshot the two-stage run kept
+TUNE="${TUNE:-1}"                     # 0: skip tuning the ET threshold on the validation fold
 
 ARGS=(--out "$OUT" --minutes "$MINUTES" --train-cases "$TRAIN_CASES" --test-cases "$TEST_CASES"
       --data-seed "$DATA_SEED" --seed "$SEED" --scale "$SCALE")
@@ -31,9 +34,11 @@ ARGS=(--out "$OUT" --minutes "$MINUTES" --train-cases "$TRAIN_CASES" --test-case
 echo "== $(date -u '+%F %T') cascadeseg studies: ${ARGS[*]}"
 "$PY" experiments/cunet_study.py "${ARGS[@]}"
 echo "== $(date -u '+%F %T') CU-Net study done"
-"$PY" experiments/two_stage_study.py "${ARGS[@]}"
+TS_ARGS=(--max-snapshots "$MAX_SNAPSHOTS")
+[ "$TUNE" = 0 ] && TS_ARGS+=(--no-tune)
+"$PY" experiments/two_stage_study.py "${ARGS[@]}" "${TS_ARGS[@]}"
 echo "== $(date -u '+%F %T') two-stage study done"
-"$PY" experiments/side_by_side.py "${ARGS[@]}"
+"$PY" experiments/side_by_side.py "${ARGS[@]}" --max-snapshots "$MAX_SNAPSHOTS"
 echo "== $(date -u '+%F %T') side-by-side done"
 "$PY" experiments/write_results.py --out "$OUT" --doc "$DOC"
 echo "== $(date -u '+%F %T') all done"

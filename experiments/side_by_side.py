@@ -37,7 +37,14 @@ CONDITIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_settings_arguments(parser)
-    settings = common.settings_from_args(parser.parse_args(argv))
+    parser.add_argument(
+        "--max-snapshots",
+        type=int,
+        default=0,
+        help="use only the last N snapshots in the ensemble (0: all; as two_stage_study.py)",
+    )
+    args = parser.parse_args(argv)
+    settings = common.settings_from_args(args)
     env = common.environment()
 
     common.banner("side by side: data")
@@ -54,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
             # stage 1 is stood in for by the 3D U-Net: the row would repeat "U-Net (3D)".
             continue
         common.banner(f"side by side: {name}")
+        if kwargs.get("snapshots"):
+            kwargs = {**kwargs, "max_snapshots": args.max_snapshots}
         conditions.append(common.predict_and_evaluate(settings, name, runs[key], **kwargs))
         dims[name] = dim
 

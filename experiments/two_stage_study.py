@@ -113,6 +113,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-tune", action="store_true", help="skip the validation-tuned ET post-processing"
     )
+    parser.add_argument(
+        "--max-snapshots",
+        type=int,
+        default=0,
+        help="use only the last N snapshots in the ensemble (0: all the run kept)",
+    )
     args = parser.parse_args(argv)
     settings = common.settings_from_args(args)
     env = common.environment()
@@ -124,11 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     common.banner(f"two-stage study: training the two-stage cascade ({settings.minutes:g} min)")
     cascade = common.train_named(settings, "two_stage")
 
+    ensemble = {"tta": True, "snapshots": True, "max_snapshots": args.max_snapshots}
     specs: list[tuple[str, common.Run, dict[str, Any]]] = [
         ("Stage 1 alone", stage1, {}),
         ("Two-stage", cascade, {}),
         ("Two-stage + TTA", cascade, {"tta": True}),
-        ("Two-stage + TTA + snapshots", cascade, {"tta": True, "snapshots": True}),
+        ("Two-stage + TTA + snapshots", cascade, ensemble),
     ]
     conditions = []
     for name, run, kwargs in specs:
@@ -145,9 +152,8 @@ def main(argv: list[str] | None = None) -> None:
                     settings,
                     "Two-stage + TTA + snapshots + ET post-proc",
                     cascade,
-                    tta=True,
-                    snapshots=True,
                     et_min_voxels=int(tuning["et_min_voxels"]),
+                    **ensemble,
                 )
             )
         else:

@@ -25,8 +25,8 @@ EXPECTED = {
         "synth: one case",
         "read + validate + preprocess one case",
         "load one case from the cache",
+        "3D crop + augmentation 4x4x4",
         "3D crop + augmentation 8x8x8",
-        "3D crop + augmentation 16x16x16",
         "LWS weights",
     ],
     "metrics": [
@@ -38,24 +38,24 @@ EXPECTED = {
         *[
             f"{name} forward, {size}: {kind}"
             for name, size in (
-                ("two_stage", "16x16x16"),
-                ("unet3d", "16x16x16"),
-                ("cunet", "16x16 x 2 slices"),
+                ("two_stage", "8x8x8"),
+                ("unet3d", "8x8x8"),
+                ("cunet", "8x8 x 2 slices"),
             )
             for kind in ("fp32", "fp32 channels-last", "bf16 autocast", "bf16 speed-up")
         ],
-        "two_stage forward, 16x16x16: Dice fp32 vs bf16",
+        "two_stage forward, 8x8x8: Dice fp32 vs bf16",
         "peer: MONAI SegResNet init_filters=8",
-        "two_stage forward, 16x16x16: ONNX Runtime fp32",
+        "two_stage forward, 8x8x8: ONNX Runtime fp32",
         "predict one case from files (two_stage, fp32): one pass",
     ],
     "training": [
-        "train two_stage 16x16x16 batch 1, width 8, fp32: time",
-        "train two_stage 16x16x16 batch 1, width 8, fp32: peak memory",
-        "train two_stage 16x16x16 batch 1, width 8, fp32, checkpointing: time",
-        "train two_stage 16x16x16 batch 1, width 8, fp32, checkpointing: peak memory",
-        "train unet3d 16x16x16 batch 1, width 8, fp32: time",
-        "train cunet 16x16 batch 2, width 8, fp32: time",
+        "train two_stage 8x8x8 batch 1, width 8, fp32: time",
+        "train two_stage 8x8x8 batch 1, width 8, fp32: peak memory",
+        "train two_stage 8x8x8 batch 1, width 8, fp32, checkpointing: time",
+        "train two_stage 8x8x8 batch 1, width 8, fp32, checkpointing: peak memory",
+        "train unet3d 8x8x8 batch 1, width 8, fp32: time",
+        "train cunet 8x8 batch 2, width 8, fp32: time",
         "two_stage: checkpointing time overhead",
         "loader workers needed to feed two_stage",
     ],
@@ -89,7 +89,9 @@ def test_every_suite_has_its_rows_with_positive_numbers(
         assert not [n for n in result["suites"][suite]["notes"] if "failed" in n]
         for prefix in prefixes:
             row = _row(result, suite, prefix)
-            assert math.isfinite(row["value"]) and row["value"] > 0, row
+            assert math.isfinite(row["value"]), row
+            # Peak memory on a CPU is the resident-set growth: 0 is a real reading at 8^3.
+            assert row["value"] >= 0 if row["unit"] == "GB" else row["value"] > 0, row
             assert row["limited_by"], row
             for key, value in row.items():  # every numeric detail is a real number
                 if isinstance(value, float):
@@ -108,13 +110,13 @@ def test_targets_are_recorded_beside_the_figures(
     assert _row(result, "metrics", "12 metrics, one 48x48x32 case, one core: cascadeseg")[
         "target"
     ] == ("<= 0.3 s")
-    dice = _row(result, "inference", "two_stage forward, 16x16x16: Dice fp32 vs bf16")
+    dice = _row(result, "inference", "two_stage forward, 8x8x8: Dice fp32 vs bf16")
     assert dice["target"] == ">= 0.99" and 0 < dice["value"] <= 1
-    speedup = _row(result, "inference", "two_stage forward, 16x16x16: bf16 speed-up")
+    speedup = _row(result, "inference", "two_stage forward, 8x8x8: bf16 speed-up")
     assert speedup["target"] == ">= 1.8 x"
-    fp32 = _row(result, "inference", "two_stage forward, 16x16x16: fp32")
+    fp32 = _row(result, "inference", "two_stage forward, 8x8x8: fp32")
     assert fp32["gflops_per_s"] > 0 and fp32["fraction_of_peak"] > 0
-    onnx = _row(result, "inference", "two_stage forward, 16x16x16: ONNX Runtime")
+    onnx = _row(result, "inference", "two_stage forward, 8x8x8: ONNX Runtime")
     assert onnx["max_abs_diff_vs_torch"] < 1e-3
     # The CPU training rows carry no target (those are H100 targets).
     assert _row(result, "training", "train two_stage")["target"] == ""
@@ -147,7 +149,7 @@ def test_render_command_prints_the_section(
 def test_render_refuses_a_file_that_is_not_results(tmp_path: Path) -> None:
     path = tmp_path / "other.json"
     path.write_text('{"a": 1}')
-    with pytest.raises(InputError, match="other.json"):
+    with pytest.raises(InputError, match=r"other\.json"):
         load_results(path)
 
 

@@ -38,8 +38,8 @@ from cascadeseg.benchmark import Suite, timed
 
 #: Whole-brain crop of the two-stage paper's inference (Myronenko's 160 x 192 x 128).
 WHOLE_BRAIN = (160, 192, 128)
-#: Tiny sizes and networks of ``--quick`` (16 is a multiple of every quick network's stride).
-QUICK_3D = (16, 16, 16)
+#: Tiny sizes and networks of ``--quick`` (8 is a multiple of every quick network's stride).
+QUICK_3D = (8, 8, 8)
 QUICK_WIDTH = 8
 #: ``--quick`` synthetic cases: 30 x 30 x 19 voxels (the generator's grid x 0.125).
 QUICK_SYNTH_SCALE = 0.125
@@ -323,7 +323,7 @@ def data_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, float]
     )
 
     recipe = _cpu_recipe("two_stage", (64, 64, 64), 8)
-    sizes = [(8, 8, 8), QUICK_3D] if quick else [(128, 128, 128), recipe["size"]]
+    sizes = [(4, 4, 4), QUICK_3D] if quick else [(128, 128, 128), recipe["size"]]
     for size in dict.fromkeys(tuple(s) for s in sizes):
         rate = crop_rate(data.pre, size, items=2 if quick else 20, repeats=repeats)
         label = "x".join(str(s) for s in size)
@@ -333,7 +333,9 @@ def data_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, float]
             rate,
             "items/s",
             limited_by="memory bandwidth (copying, flipping and scaling a 4-channel crop)",
-            note="paper size" if size == (128, 128, 128) else f"CPU recipe ({recipe['source']})",
+            note="quick"
+            if quick
+            else ("paper size" if size == (128, 128, 128) else f"CPU recipe ({recipe['source']})"),
         )
 
     lws = benchmark_lws(
@@ -578,15 +580,23 @@ def _model_rows(
         if device == "cuda" and precision == "fp32" and "matmul_tf32_gflops" in peak:
             # cuDNN convolutions use TF32 by default (torch.backends.cudnn.allow_tf32).
             share = achieved / peak["matmul_tf32_gflops"]
-        return {"gflops_per_s": achieved, "fraction_of_peak": share, "limit": conv_limit(share)}
+        return {
+            "gflops_per_s": achieved,
+            "fraction_of_peak": share,
+            "limit": conv_limit(share, device=device),
+        }
 
     fp32_s = _forward(name, size, precision="fp32", channels_last=False, **common)
     f = figures(fp32_s, "fp32")
+    # Issue 5's 20 s is for bf16 "where the CPU supports it"; where it does not, fp32 is what
+    # the predictor runs, so the target is shown against fp32.
+    fp32_target = is_two_stage and device == "cpu" and not native_bf16 and not quick
     add_row(
         suite,
         f"{what}: fp32",
         fp32_s * per_case,
         "s/case",
+        target=("<=", 20.0) if fp32_target else None,
         limited_by=f["limit"],
         gflops_per_s=f["gflops_per_s"],
         fraction_of_peak=f["fraction_of_peak"],
@@ -762,55 +772,58 @@ def _onnx_row(suite: Suite, size: Sequence[int], *, device: str, repeats: int, q
 def _end_to_end_rows(
     suite: Suite, data: SyntheticData, *, device: str, quick: bool, native_bf16: bool
 ) -> None:
-    """``predict`` on one case folder: read, preprocess, network, restore geometry, write."""
-    from cascadeseg.data.preprocess import PreprocessConfig
-    from cascadeseg.inference import LoadedModel, PredictOptions, predict
-    from cascadeseg.inference.ensemble import eval_network, size_divisor_of
-    from cascadeseg.models import build_model
+    """Whole-case prediction with ``inference.bench.benchmark_inference``: from the case's files
+    (read + preprocess + network + restore geometry + threshold) and, on CUDA, the network part
+    alone on a preprocessed brain (pad, passes, crop, copy back), one pass and 8-flip TTA."""
+    from cascadeseg.inference.bench import BRAIN_CROP_SIZE, benchmark_inference
 
-    torch.manual_seed(0)
-    network = eval_network(build_model("two_stage", **_overrides("two_stage", quick))).to(device)
-    member = LoadedModel(
-        network=network,
-        name="two_stage",
-        spatial_dims=3,
-        output_kind="regions",
-        in_channels=4,
-        slice_context=0,
-        preprocess=PreprocessConfig(),
-        patch_size=(128, 128, 128),
-        size_divisor=size_divisor_of(network),
-        et_min_voxels=None,
-        source=Path("<benchmark: random weights>"),
-        device=torch.device(device),
-    )
-    precision = "bf16" if native_bf16 else "fp32"
+    on_gpu = device == "cuda"
     # A CPU pass at paper width takes tens of seconds: one timed run after the forwards above
     # warmed the kernels. On CUDA: one warm-up (cuDNN autotuning), median of 3.
-    cases = [("one pass", False)] + ([("8-flip TTA", True)] if device == "cuda" else [])
-    targets = {"one pass": 0.15, "8-flip TTA": 1.0}
-    with tempfile.TemporaryDirectory(prefix="cascadeseg_bench_predict_") as tmp:
-        for label, tta in cases:
-            options = PredictOptions(
-                tta=tta, precision=precision, device=device, overwrite=True, progress=False
-            )
-
-            def run(options: PredictOptions = options) -> None:
-                results = predict([member], data.root, tmp, options)
-                if results[0].status != "ok":
-                    raise RuntimeError(f"prediction failed: {results[0].message}")
-
-            warm, reps = (0, 1) if device == "cpu" and not quick else (1, 1 if quick else 3)
-            seconds = timed(run, repeats=reps, warmup=warm)["median_s"]
-            add_row(
-                suite,
-                f"predict one case from files (two_stage, {precision}): {label}",
-                seconds,
-                "s/case",
-                target=("<=", targets[label]) if device == "cuda" else None,
-                limited_by="network compute; reading/preprocessing/writing the case (I/O)",
-                note="read + preprocess + network + restore + write",
-            )
+    warmup, repeats = (0, 1) if quick or not on_gpu else (1, 3)
+    common: dict[str, Any] = {
+        "device": device,
+        "model_args": _overrides("two_stage", quick),
+        "repeats": repeats,
+        "warmup": warmup,
+        "compare_fp32": False,  # agreement is measured above, on the forward alone
+        "matmul_size": 256 if quick else (8192 if on_gpu else 2048),
+    }
+    passes = [("one pass", False, 0.15)] + ([("8-flip TTA", True, 1.0)] if on_gpu else [])
+    for label, tta, bound in passes:
+        result = benchmark_inference(
+            "two_stage", precision="bf16", tta=tta, case=data.root, **common
+        )
+        precision = result["precision_used"]
+        add_row(
+            suite,
+            f"predict one case from files (two_stage, {precision}): {label}",
+            result["seconds_median"],
+            "s/case",
+            # Issue 5: "per case on an H100, data loading included".
+            target=("<=", bound) if on_gpu else None,
+            limited_by="network compute + reading (gzip) and preprocessing the case",
+            size="x".join(map(str, result["size"])),
+            gflops_per_s=result["gflops_per_s"],
+            note="read + preprocess + network + restore + threshold",
+        )
+        if not on_gpu:
+            continue
+        size = QUICK_3D if quick else BRAIN_CROP_SIZE
+        result = benchmark_inference("two_stage", size=size, precision="bf16", tta=tta, **common)
+        share = result["fraction_of_peak"]
+        add_row(
+            suite,
+            f"predict, network part only (two_stage, {result['precision_used']}, "
+            f"{'x'.join(map(str, size))} brain crop in memory): {label}",
+            result["seconds_median"],
+            "s/case",
+            limited_by=conv_limit(share, device=device),
+            gflops_per_s=result["gflops_per_s"],
+            fraction_of_peak=share,
+            channels_last=result.get("channels_last", ""),
+        )
+        _free(device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -837,12 +850,16 @@ def training_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, fl
             args: dict[str, Any] = _overrides(name, quick)
             batch = 2 if dims == 2 else 1
         elif on_gpu:
-            size, args, batch = (128, 128, 128)[:dims], {}, 1 if dims == 3 else 16
+            # Paper widths; 2D: batches of 16 brain-cropped axial slices.
+            size, args = ((128, 128, 128) if dims == 3 else (160, 192)), {}
+            batch = 1 if dims == 3 else 16
         else:
             fallback = (64, 64, 64) if dims == 3 else (160, 192)
             recipe = _cpu_recipe(name, fallback, 8 if dims == 3 else 16)
+            # 3D: the recipe's width at the paper's 128^3 crop and batch 1 (issue 4); 2D: the
+            # recipe's slices and batch.
             size, args = (128, 128, 128) if dims == 3 else recipe["size"], recipe["args"]
-            batch = recipe["batch"]
+            batch = 1 if dims == 3 else recipe["batch"]
         for checkpointing in (False, True) if name == "two_stage" else (False,):
             result = benchmark_training_step(
                 name,

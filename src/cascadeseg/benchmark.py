@@ -4,8 +4,10 @@
 runs the suites, each timing with warm-up, repeats and medians (the measuring functions live next to
 the code they measure: ``data.synth``, ``data.preprocess``, ``evaluation.bench``, ``models.bench``,
 ``inference.bench``, ``training.bench``), adds a description of the machine and the measured matmul
-peak, and writes JSON plus a Markdown table (``FILE`` with ``.md``) that ``docs/performance.md``
-quotes. ``--quick`` shrinks every size so the whole suite runs in seconds (the smoke test).
+peak, and writes JSON plus Markdown tables (``FILE`` with ``.md``).
+:func:`render_performance_section` turns a results JSON into the ``docs/performance.md`` section
+of its device (``cascadeseg benchmark --render FILE``). ``--quick`` shrinks every size and runs on
+one thread so the whole suite runs in seconds (the smoke test).
 """
 
 from __future__ import annotations
@@ -168,6 +170,20 @@ def run_benchmarks(
     """
     from cascadeseg import bench_suites  # the suites import torch-heavy modules lazily
 
+    threads = torch.get_num_threads()
+    if quick:
+        # Tiny work split over threads is dominated by their synchronisation, which on a busy
+        # machine costs seconds: the smoke test runs on one thread (its figures mean nothing).
+        torch.set_num_threads(1)
+    try:
+        return _run(suites, bench_suites, device=device, quick=quick, command=command)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(
+    suites: list[str], bench_suites: Any, *, device: str, quick: bool, command: str | None
+) -> dict[str, Any]:
     result: dict[str, Any] = {
         "machine": machine_info(device),
         "device": device,

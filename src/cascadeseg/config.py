@@ -139,7 +139,9 @@ class TrainConfig:
         epochs: number of epochs.
         iters_per_epoch: iterations per epoch (``None``: one pass over the training cases/slices).
         batch_size: per-process batch size.
-        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + grad scaler).
+        precision: ``fp32``, ``bf16`` (autocast), ``fp16`` (autocast + grad scaler) or ``auto``
+            (bf16 where the device computes it natively, i.e. CUDA Ampere+ or AVX-512/AMX CPUs,
+            else fp32: AVX2 CPUs emulate bf16 convolutions, about 13x slower than fp32).
         checkpointing: gradient checkpointing per residual block.
         snapshots: keep the weights of the last N epochs as snapshots (two-stage: 8).
         val_every: validate every N epochs (0: never).

@@ -20,10 +20,11 @@ from cascadeseg.data.case import Case
 from cascadeseg.inference.ensemble import LoadedModel, load_models, size_divisor_of
 from cascadeseg.inference.predictor import (
     PredictOptions,
-    autocast_context,
     effective_precision,
     predict_case,
+    probability_fn,
     resolve_device,
+    use_channels_last,
 )
 from cascadeseg.inference.sliding import crop_padding, pad_to_multiple
 from cascadeseg.inference.tta import flip_tta_moments
@@ -125,6 +126,7 @@ def benchmark_inference(
     backend: str = "torch",
     seed: int = 0,
     matmul_size: int = 2048,
+    channels_last: bool | None = None,
 ) -> dict[str, Any]:
     """Seconds per case of one whole-volume prediction (median of ``repeats`` after ``warmup``).
 
@@ -148,6 +150,7 @@ def benchmark_inference(
         backend: ``torch`` or ``onnx``.
         seed: seed of the random weights and input.
         matmul_size: side of the square matmul that measures the peak.
+        channels_last: memory format of 3D networks (``None``: the predictor's default).
 
     Returns:
         ``{"seconds_median", "seconds_all", "passes", "precision_used", "gflop_per_case",
@@ -166,6 +169,7 @@ def benchmark_inference(
         device=str(device),
         sliding_window="never",
         backend=backend,
+        channels_last=channels_last,
         progress=False,
     )
     passes = (2**member.spatial_dims if tta else 1) if member.spatial_dims == 3 else None
@@ -207,11 +211,11 @@ def benchmark_inference(
         image, pads = pad_to_multiple(image, member.size_divisor)
         image = image.to(device)
         dims = member.spatial_dims
+        use_cl = use_channels_last(member, options, device)
+        result["channels_last"] = use_cl
 
         def run(prec: str) -> np.ndarray:
-            def fn(x: torch.Tensor) -> torch.Tensor:
-                with autocast_context(prec, device):
-                    return member.probabilities(x).float()
+            fn = probability_fn(member, prec, device, use_cl)
 
             with torch.inference_mode():
                 mean, _, _ = flip_tta_moments(fn, image, spatial_dims=dims, tta=tta)

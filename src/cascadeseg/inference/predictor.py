@@ -108,6 +108,10 @@ class PredictOptions:
             window (``None``: 70% of the free memory of the device).
         fuse_brain_mask: zero probabilities outside the brain; ``None`` does it for CU-Net
             members only, as that paper does.
+        channels_last: run 3D PyTorch networks in the channels-last memory format; ``None``:
+            on the CPU only, where it routes every convolution (also the 4-channel input layer
+            and the transposed convolutions) to oneDNN instead of PyTorch's slow fallback
+            (measured about 1.5x faster for the two-stage network on this 2-core CPU).
         progress: show a progress bar and a line per case.
     """
 
@@ -126,6 +130,7 @@ class PredictOptions:
     backend: str = "torch"
     memory_budget_gb: float | None = None
     fuse_brain_mask: bool | None = None
+    channels_last: bool | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -246,13 +251,27 @@ def autocast_context(
 # the network passes
 
 
-def _probability_fn(
-    member: LoadedModel, precision: str, device: torch.device
+def use_channels_last(member: LoadedModel, options: PredictOptions, device: torch.device) -> bool:
+    """Whether ``member`` runs in the channels-last memory format (see :class:`PredictOptions`)."""
+    if member.spatial_dims != 3 or not isinstance(member.network, torch.nn.Module):
+        return False
+    if options.channels_last is None:
+        return device.type == "cpu"
+    return options.channels_last
+
+
+def probability_fn(
+    member: LoadedModel, precision: str, device: torch.device, channels_last: bool = False
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x -> member's [WT, TC, ET] probabilities``, float32, under the requested precision."""
+    if channels_last:
+        assert isinstance(member.network, torch.nn.Module)
+        member.network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         with autocast_context(precision, device):
             return member.probabilities(x).float()
 
@@ -291,7 +310,8 @@ def member_moments_3d(
     # Flips and TTA sums happen where the network runs (ONNX Runtime takes CPU tensors).
     if isinstance(member.network, torch.nn.Module):
         x = x.to(device)
-    fn = _probability_fn(member, precision, device)
+    channels_last = use_channels_last(member, options, device)
+    fn = probability_fn(member, precision, device, channels_last)
     estimate = None
     if options.sliding_window == "auto" and isinstance(member.network, torch.nn.Module):
         per_voxel = _bytes_per_voxel(member, device)
@@ -316,7 +336,12 @@ def member_moments_3d(
         mean, mean_sq, passes = flip_tta_moments(forward, x, spatial_dims=3, tta=options.tta)
     mean = crop_padding(mean, pads)[0].cpu()
     mean_sq = crop_padding(mean_sq, pads)[0].cpu()
-    info = {"passes": passes, "mode": forward.mode, "fallbacks": forward.fallbacks}
+    info = {
+        "passes": passes,
+        "mode": forward.mode,
+        "fallbacks": forward.fallbacks,
+        "channels_last": channels_last,
+    }
     return mean, mean_sq, info
 
 
@@ -375,7 +400,7 @@ def member_moments_2d(
     spatial = image.shape[1:3]
     mean = torch.zeros((3, *spatial, depth))
     mean_sq = torch.zeros((3, *spatial, depth))
-    fn = _probability_fn(member, precision, device)
+    fn = probability_fn(member, precision, device)
     batch = options.batch_slices
     passes = 0
     fallbacks: list[str] = []

@@ -23,7 +23,7 @@ import torch
 from cascadeseg.config import LossConfig
 from cascadeseg.data.labels import ED, ET, NCR
 from cascadeseg.training.distributed import resolve_device
-from cascadeseg.training.trainer import autocast, to_float32
+from cascadeseg.training.trainer import autocast, resolve_precision, to_float32
 
 
 def synthetic_batch(
@@ -112,7 +112,7 @@ def benchmark_training_step(
     Args:
         name: registered model name (``two_stage``, ``unet3d``, ``cunet``, ``unet2d``).
         size: crop size, 3 values for 3D models, 2 for 2D ones (voxels).
-        precision: ``fp32``, ``bf16`` or ``fp16``.
+        precision: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (reported resolved).
         checkpointing: gradient checkpointing (models that support it).
         batch: batch size.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -131,6 +131,7 @@ def benchmark_training_step(
     from cascadeseg.models import build_model
 
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     args = dict(model_args or {})
     if checkpointing:
         args["checkpointing"] = True
