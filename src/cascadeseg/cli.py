@@ -36,7 +36,7 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _load(name: str):  # noqa: ANN202 - returns a module
+def _load(name: str):
     try:
         return importlib.import_module(f"cascadeseg.commands.{COMMANDS[name]}")
     except ModuleNotFoundError as exc:

@@ -2,8 +2,8 @@
 
 Steps (each with a progress bar), everything under ``out``:
 
-1. ``data/train`` and ``data/test``: synthetic BraTS cases (:mod:`cascadeseg.data.synth`), written in
-   the BraTS 2021 layout; reused when they are already there.
+1. ``data/train`` and ``data/test``: synthetic BraTS cases (:mod:`cascadeseg.data.synth`),
+   written in the BraTS 2021 layout.
 2. ``run``: the model trained with its small CPU recipe (``<model>_cpu``) for ``minutes`` of
    wall-clock time; ``cascadeseg predict --model out/run`` accepts this folder.
 3. ``predictions``: held-out cases segmented with 8-flip TTA, one ``<case_id>.nii.gz`` each.
@@ -81,15 +81,15 @@ def run_demo(
 
     _stage(f"1/4 synthetic data: {cases - test_cases} training + {test_cases} held-out cases")
     # Different seeds for the two folders: the held-out cases are never seen in training.
-    synthesize_dataset(train_dir, cases - test_cases, seed=seed, layout="brats2021", workers=workers)
+    synthesize_dataset(
+        train_dir, cases - test_cases, seed=seed, layout="brats2021", workers=workers
+    )
     synthesize_dataset(
         test_dir, test_cases, seed=seed + 100_000, layout="brats2021", workers=workers
     )
 
     _stage(f"2/4 training {model} for {minutes:g} min (recipe {model}_cpu)")
-    cfg = load_config(
-        f"{model}_cpu", [f"train.max_minutes={minutes}", f"seed={seed}", *overrides]
-    )
+    cfg = load_config(f"{model}_cpu", [f"train.max_minutes={minutes}", f"seed={seed}", *overrides])
     run_dir = train(cfg, train_dir, out / "run", resume=(out / "run" / "checkpoints").is_dir())
 
     _stage("3/4 predicting the held-out cases with 8-flip TTA")

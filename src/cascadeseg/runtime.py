@@ -2,16 +2,16 @@
 
 ``precision: auto`` (the default of the CPU recipes and of ``predict``) resolves to bf16 autocast
 where bf16 is fast (CUDA GPUs with bf16 support; CPUs whose oneDNN build reports native bf16: AMX
-or AVX512-BF16) and to fp32 elsewhere. Measured on an AVX2-only CPU (see docs/performance.md), a bf16
-3D convolution ran 100-180x *slower* than fp32 because PyTorch falls back to a reference kernel,
-so blindly using bf16 on CPU would be a disaster there.
+or AVX512-BF16) and to fp32 elsewhere. Measured on an AVX2-only CPU (docs/performance.md), a
+bf16 3D convolution ran 100-180x *slower* than fp32 because PyTorch falls back to a reference
+kernel there, so bf16 is never chosen blindly on a CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -29,7 +29,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-@lru_cache(maxsize=None)
+@cache
 def cpu_bf16_is_fast() -> bool:
     """Whether this CPU runs bf16 convolutions natively (oneDNN with AMX or AVX512-BF16)."""
     try:

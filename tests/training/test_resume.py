@@ -48,7 +48,7 @@ def resume_config() -> Config:
             "train.epochs=3",
             "train.iters_per_epoch=3",
             "train.batch_size=2",
-            "train.precision=bf16",
+            "train.precision=fp32",
             "train.snapshots=2",
             "train.val_every=2",
             "train.checkpoint_every=2",

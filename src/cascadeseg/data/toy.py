@@ -47,9 +47,9 @@ def make_tiny_case(
     radii = np.array(shape, dtype=np.float32)[:, None, None, None] * 0.42
     brain = (((grid - centre) / radii) ** 2).sum(0) <= 1.0
 
-    t_centre = centre + rng.uniform(-0.12, 0.12, size=(3, 1, 1, 1)) * np.array(shape)[
-        :, None, None, None
-    ]
+    t_centre = (
+        centre + rng.uniform(-0.12, 0.12, size=(3, 1, 1, 1)) * np.array(shape)[:, None, None, None]
+    )
     r_t = min(shape) * rng.uniform(0.18, 0.24)
     dist = np.sqrt(((grid - t_centre) ** 2).sum(0))
     label = np.zeros(shape, dtype=np.uint8)
