@@ -72,7 +72,7 @@ class Settings:
     test_cases: int = 6
     data_seed: int = 2026
     seed: int = 0
-    minutes: float = 5.0
+    minutes: float = 4.0
     scale: float = 1.0
     workers: int = 2
     overrides: tuple[str, ...] = ()

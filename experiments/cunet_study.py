@@ -13,9 +13,9 @@ predictor's default for CU-Net models).
 this script adds the paired per-case effect of LWS on sensitivity, the paper's claim
 ("when LWS is adopted, there is an additional average growth of 1.5 percent in sensitivity").
 
-Usage (defaults: 16 training + 6 held-out cases, 5 min per model)::
+Usage (defaults: 16 training + 6 held-out cases, 4 min per model)::
 
-    python experiments/cunet_study.py [--minutes 5] [--train-cases 16] [--test-cases 6]
+    python experiments/cunet_study.py [--minutes 4] [--train-cases 16] [--test-cases 6]
 
 Writes ``<out>/cunet_study/`` (table.md, table.csv, boxplots.png, report.html, study.json).
 """

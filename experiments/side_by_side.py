@@ -9,7 +9,7 @@ prediction time per case.
 
 Usage::
 
-    python experiments/side_by_side.py [--minutes 5] [--train-cases 16] [--test-cases 6]
+    python experiments/side_by_side.py [--minutes 4] [--train-cases 16] [--test-cases 6]
 
 Writes ``<out>/side_by_side/`` (table.md, table.csv, boxplots.png, report.html, study.json).
 """

@@ -89,8 +89,15 @@ def run_demo(
     )
 
     _stage(f"2/4 training {model} for {minutes:g} min (recipe {model}_cpu)")
-    cfg = load_config(f"{model}_cpu", [f"train.max_minutes={minutes}", f"seed={seed}", *overrides])
-    run_dir = train(cfg, train_dir, out / "run", resume=(out / "run" / "checkpoints").is_dir())
+    # Validation cases come from the training folder: k folds, fewer when there are few cases.
+    folds = max(2, min(5, cases - test_cases))
+    cfg = load_config(
+        f"{model}_cpu",
+        [f"train.max_minutes={minutes}", f"seed={seed}", f"data.folds={folds}", *overrides],
+    )
+    # A demo interrupted during training continues from its last checkpoint.
+    resume = (out / "run" / "checkpoints" / "last.pt").is_file()
+    run_dir = train(cfg, train_dir, out / "run", resume=resume)
 
     _stage("3/4 predicting the held-out cases with 8-flip TTA")
     predictions = out / "predictions"

@@ -35,7 +35,7 @@ def _config(batch: int) -> Config:
         [
             "model.name=unet3d",
             f"model.args={TINY_UNET3D}",
-            "data.patch_size=[24,24,24]",
+            "data.patch_size=[16,16,16]",
             "data.num_workers=0",
             "data.folds=4",
             "train.epochs=1",

@@ -537,7 +537,7 @@ def predict_probabilities(
     from cascadeseg.models import region_probabilities
 
     model.eval()
-    kind = model.output_kind
+    kind = str(model.output_kind)
     # A copy: cached images are read-only memory maps.
     x_all = torch.from_numpy(np.array(image, dtype=np.float32))
     if model.spatial_dims == 3:
