@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from cascadeseg.benchmark import Suite, timed
+from cascadeseg.runtime import native_bf16
 
 #: Whole-brain crop of the two-stage paper's inference (Myronenko's 160 x 192 x 128).
 WHOLE_BRAIN = (160, 192, 128)
@@ -190,14 +191,6 @@ def _cpu_recipe(name: str, fallback_size: Sequence[int], fallback_width: int) ->
         "batch": int(cfg.train.batch_size),
         "source": f"{name}_cpu.yaml",
     }
-
-
-def _native_bf16(device: str) -> bool:
-    if device == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    from cascadeseg.inference.predictor import cpu_has_fast_bf16
-
-    return cpu_has_fast_bf16()
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,8 +465,8 @@ def inference_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, f
 
     repeats = 1 if quick else 3
     size3 = QUICK_3D if quick else WHOLE_BRAIN
-    native_bf16 = _native_bf16(device)
-    if not native_bf16:
+    has_bf16 = native_bf16(device)
+    if not has_bf16:
         suite.notes.append(
             f"bf16 is not native on this {device.upper()} (no AVX-512 BF16/AMX on a CPU): the "
             "predictor runs fp32 there; bf16 is timed on a small probe only to show the cost"
@@ -498,7 +491,7 @@ def inference_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, f
             device=device,
             repeats=repeats,
             peak=peak,
-            native_bf16=native_bf16,
+            native_bf16=has_bf16,
             image=case_input(data.pre, size, batch=batch),
             quick=quick,
         )
@@ -507,7 +500,7 @@ def inference_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, f
     _free(device)
     _onnx_row(suite, size3, device=device, repeats=repeats, quick=quick)
     _free(device)
-    _end_to_end_rows(suite, data, device=device, quick=quick, native_bf16=native_bf16)
+    _end_to_end_rows(suite, data, device=device, quick=quick, native_bf16=has_bf16)
 
 
 def _forward(
@@ -840,7 +833,7 @@ def training_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, fl
     from cascadeseg.training.bench import benchmark_training_step
 
     on_gpu = device == "cuda"
-    precision = "bf16" if _native_bf16(device) else "fp32"
+    precision = "bf16" if native_bf16(device) else "fp32"
     warmup, repeats = (1, 1) if quick else ((3, 10) if on_gpu else (1, 3))
     step_s: dict[str, float] = {}
     for name in ("two_stage", "unet3d", "cunet"):

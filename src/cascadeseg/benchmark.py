@@ -71,9 +71,9 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
     }
     try:
-        from cascadeseg.inference.predictor import cpu_has_fast_bf16
+        from cascadeseg.runtime import cpu_bf16_is_fast
 
-        info["cpu_native_bf16"] = cpu_has_fast_bf16()
+        info["cpu_native_bf16"] = cpu_bf16_is_fast()
     except ImportError:  # the predictor is optional for the runner
         pass
     if device == "cuda" and torch.cuda.is_available():
@@ -102,9 +102,9 @@ def matmul_peak(device: str = "cpu", *, size: int = 2048, repeats: int = 5) -> d
     ]
     if device == "cpu":
         try:
-            from cascadeseg.inference.predictor import cpu_has_fast_bf16
+            from cascadeseg.runtime import cpu_bf16_is_fast
 
-            if not cpu_has_fast_bf16():
+            if not cpu_bf16_is_fast():
                 cases[1] = ("bf16", torch.bfloat16, min(n, 512))
         except ImportError:
             pass

@@ -76,6 +76,10 @@ class LossConfig:
     Attributes:
         interp_decoder_weight: weight of the two-stage interpolation decoder's Dice loss.
         dice_eps: epsilon in the denominator of the soft Dice (Eq. 2 of the two-stage paper).
+        dice_smooth_nr: numerator smoothing of the soft Dice (paper: 0; set it equal to
+            ``dice_eps`` so an empty region predicted empty scores 1).
+        dice_batch: pool the Dice sums over the batch (nnU-Net's batch Dice; paper: per sample).
+        bce_weight: weight of a region-wise binary cross-entropy added to the Dice (paper: 0).
         lws: loss weighted sampling for CU-Net (Eqs. 1-3); off = plain cross-entropy over brain.
         lws_alpha: contour weight alpha (CU-Net: 2).
         lws_beta: positive/negative balance beta (CU-Net: 1.5).
@@ -88,6 +92,9 @@ class LossConfig:
 
     interp_decoder_weight: float = 1.0
     dice_eps: float = 1e-5
+    dice_smooth_nr: float = 0.0
+    dice_batch: bool = False
+    bce_weight: float = 0.0
     lws: bool = True
     lws_alpha: float = 2.0
     lws_beta: float = 1.5

@@ -1,10 +1,10 @@
 """Device and precision choices made once, from what the hardware really does fast.
 
-``precision: auto`` (the default of the CPU recipes and of ``predict``) resolves to bf16 autocast
-where bf16 is fast (CUDA GPUs with bf16 support; CPUs whose oneDNN build reports native bf16: AMX
-or AVX512-BF16) and to fp32 elsewhere. Measured on an AVX2-only CPU (docs/performance.md), a
-bf16 3D convolution ran 100-180x *slower* than fp32 because PyTorch falls back to a reference
-kernel there, so bf16 is never chosen blindly on a CPU.
+``precision: auto`` (the default of the CPU recipes) resolves to bf16 autocast where bf16 is fast
+(CUDA GPUs with bf16 support; CPUs whose oneDNN build reports native bf16: AMX or AVX512-BF16) and
+to fp32 elsewhere. Measured on an AVX2-only CPU (docs/performance.md), a bf16 3D convolution ran
+13x (forward + backward, 16 channels at 48^3) to several hundred times slower than fp32, because
+PyTorch falls back to reference kernels there; so bf16 is never chosen blindly on a CPU.
 """
 
 from __future__ import annotations
@@ -20,13 +20,23 @@ from cascadeseg.errors import ConfigError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ConfigError."""
+def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: ``cuda:LOCAL_RANK`` when CUDA is available, else CPU; or the named device.
+
+    Raises:
+        ConfigError: ``cuda`` asked for without a CUDA device, or an unknown name.
+    """
+    device = str(device)
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but no CUDA device is available")
-    return torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: CUDA is not available on this machine")
+        index = int(device.split(":", 1)[1]) if ":" in device else local_rank
+        return torch.device("cuda", index)
+    raise ConfigError(f"device {device!r}: expected auto, cpu or cuda[:N]")
 
 
 @cache
@@ -34,22 +44,49 @@ def cpu_bf16_is_fast() -> bool:
     """Whether this CPU runs bf16 convolutions natively (oneDNN with AMX or AVX512-BF16)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    except (AttributeError, RuntimeError):  # private op: fall back to the ISA level
+        return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 natively (CUDA with bf16 support; see above for CPUs)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_bf16_is_fast()
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """Turn ``auto`` into ``bf16`` or ``fp32`` for ``device``; check the other names."""
+    """Turn ``auto`` into ``bf16`` or ``fp32`` for ``device``; check the other names.
+
+    An explicit ``bf16`` is kept (the user asked for it); see :func:`effective_precision` for the
+    inference policy that falls back to fp32 where bf16 would be slow.
+    """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     device = torch.device(device)
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
     if precision != "auto":
-        if precision == "fp16" and device.type == "cpu":
-            raise ConfigError("precision fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_bf16_is_fast() else "fp32"
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def effective_precision(precision: str, device: torch.device | str) -> tuple[str, str]:
+    """The precision inference runs and a note on why it differs from the request (or ``""``).
+
+    ``bf16`` and ``auto`` become fp32 where the device has no native bf16: inference never gets
+    slower because of a precision flag.
+    """
+    device = torch.device(device)
+    if precision in ("auto", "fp32"):
+        return resolve_precision(precision, device), ""
+    if precision != "bf16":
+        raise ConfigError(f"inference precision {precision!r}: choose auto, fp32 or bf16")
+    if native_bf16(device):
+        return "bf16", ""
+    where = "this GPU" if device.type == "cuda" else "this CPU (no AVX512-BF16/AMX)"
+    return "fp32", f"bf16 is not native on {where}: fp32 used"
 
 
 @contextlib.contextmanager

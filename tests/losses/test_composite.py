@@ -232,3 +232,23 @@ def test_build_loss_dispatch() -> None:
     assert isinstance(labels, LabelCELoss) and labels.lws is False
     with pytest.raises(ModelError, match="output_kind"):
         build_loss(SimpleNamespace(output_kind="boxes"), cfg)
+
+
+def test_two_stage_loss_smoothing_penalises_false_positives_on_empty_crops() -> None:
+    """With the paper's Dice an empty target gives no gradient; smoothed batch Dice + BCE does."""
+    logits = torch.full((2, 3, 4, 4, 4), 2.0, requires_grad=True)  # confident false positives
+    target = torch.zeros(2, 3, 4, 4, 4)
+    batch = {"regions": target}
+    paper = TwoStageLoss()
+    loss, _ = paper(logits, batch)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert float(grad.abs().max()) == 0.0
+    robust = TwoStageLoss(eps=1.0, smooth_nr=1.0, batch_dice=True, bce_weight=1.0)
+    loss, _ = robust(logits, batch)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert float(grad.min()) > 0.0  # every logit is pushed down
+    # Hand value of the BCE part: -log(1 - sigmoid(2)) per voxel, summed over 3 regions.
+    bce = 3 * float(torch.nn.functional.softplus(torch.tensor(2.0)))
+    probs_sq = 2 * 64 * float(torch.sigmoid(torch.tensor(2.0))) ** 2
+    dice = 3 * (1 - 1 / (probs_sq + 1))
+    assert float(loss) == pytest.approx(dice + bce, rel=1e-5)

@@ -26,7 +26,6 @@ from cascadeseg.training.trainer import (
     TrainingError,
     build_optimizer,
     dice_per_region,
-    pad_to_multiple,
     read_steps_csv,
     schedule_epoch,
     should_stop_early,
@@ -121,7 +120,8 @@ def test_epoch_sampler_splits_like_distributed_sampler() -> None:
     # Keys carry the epoch; the order depends on (seed, epoch) only.
     assert {e for e, _ in single} == {1}
     single.set_epoch(2)
-    assert [i for _, i in single] != full or True  # another permutation (may coincide)
+    epoch2 = [i for _, i in single]
+    assert len(set(epoch2)) == len(full) and set(epoch2) <= set(range(5))  # distinct, in range
     single.set_epoch(1, start=3)
     assert [i for _, i in single] == full[3:]
     assert len(single) == 1
@@ -132,14 +132,6 @@ def test_epoch_sampler_long_epoch_cycles_permutations() -> None:
     indices = [i for _, i in sampler]
     assert len(indices) == 7
     assert sorted(indices[:3]) == [0, 1, 2] and sorted(indices[3:6]) == [0, 1, 2]
-
-
-def test_pad_to_multiple() -> None:
-    x = torch.ones(1, 2, 5, 8, 3)
-    padded, spatial = pad_to_multiple(x, 4)
-    assert padded.shape == (1, 2, 8, 8, 4)
-    assert spatial == (5, 8, 3)
-    assert padded.sum() == x.sum()
 
 
 def test_build_optimizer_kinds_and_weight_decay() -> None:

@@ -33,7 +33,6 @@ in the output folder and renamed into place, so it appears whole or not at all.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -76,8 +75,9 @@ from cascadeseg.inference.sliding import (
     probe_bytes_per_voxel,
 )
 from cascadeseg.inference.tta import flip_tta_moments
+from cascadeseg.runtime import autocast, effective_precision, resolve_device
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 BACKENDS: tuple[str, ...] = ("torch", "onnx")
 #: Conventions ``--labels`` may name for written label maps.
 OUTPUT_CONVENTIONS: tuple[str, ...] = ("brats2021", "brats2023")
@@ -200,54 +200,6 @@ class CaseResult:
 
 
 # --------------------------------------------------------------------------------------------
-# device and precision
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is a ConfigError."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device}: no CUDA device is available")
-    return resolved
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN has native bf16 kernels on this CPU (AVX-512 BF16/AMX or AVX-512 core).
-
-    Without them bf16 autocast falls back to reference kernels: measured ~500x *slower* than fp32
-    for a 3D convolution on an AVX2-only CPU, so bf16 is then not used.
-    """
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def effective_precision(precision: str, device: torch.device) -> tuple[str, str]:
-    """The precision that will actually run and a note on why it differs (``""`` if not)."""
-    if precision != "bf16":
-        return "fp32", ""
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bf16", ""
-        return "fp32", "bf16 not supported by this GPU: fp32 used"
-    if cpu_has_fast_bf16():
-        return "bf16", ""
-    return "fp32", "bf16 not supported natively by this CPU (no AVX-512/AMX): fp32 used"
-
-
-def autocast_context(
-    precision: str, device: torch.device
-) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` for bf16, a null context for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-# --------------------------------------------------------------------------------------------
 # the network passes
 
 
@@ -272,7 +224,7 @@ def probability_fn(
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        with autocast_context(precision, device):
+        with autocast(precision, device):
             return member.probabilities(x).float()
 
     return fn

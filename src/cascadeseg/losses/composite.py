@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from cascadeseg.config import LossConfig
@@ -70,34 +71,67 @@ class RegionDiceLoss:
 class TwoStageLoss:
     """Two-stage cascaded U-Net loss (Jiang et al. 2019, sec. 2.4).
 
-    ``total = Dice(stage1) + Dice(stage2) + interp_decoder_weight * Dice(stage2_interp)``, each a
-    sum over ``[WT, TC, ET]`` of ``1 - soft Dice`` against the same target ("we also add the loss of
-    each stage together"). A plain ``(B, 3, ...)`` tensor output (eval mode, ``unet3d``) gets the
-    region Dice alone.
+    ``total = L(stage1) + L(stage2) + interp_decoder_weight * L(stage2_interp)``, where ``L`` is
+    the sum over ``[WT, TC, ET]`` of ``1 - soft Dice`` against the same target ("we also add the
+    loss of each stage together"). A plain ``(B, 3, ...)`` tensor output (eval mode, ``unet3d``)
+    gets ``L`` alone.
+
+    The defaults are the paper's loss. Two documented departures exist for short CPU runs on small
+    crops, where many crops hold no tumour and the paper's Dice (no numerator smoothing) gives no
+    gradient against false positives there, so the network over-segments: ``smooth_nr`` with
+    ``batch_dice`` (MONAI's / nnU-Net's smoothed batch Dice) and ``bce_weight`` (a region-wise
+    binary cross-entropy added to each Dice term, as nnU-Net adds cross-entropy to Dice).
 
     Args:
         interp_decoder_weight: weight of the training-only interpolation decoder's loss (paper: 1).
-        eps: Dice denominator epsilon.
+        eps: Dice denominator epsilon (smoothing of the denominator).
+        smooth_nr: Dice numerator smoothing (paper: 0).
+        batch_dice: pool the Dice sums over the batch (paper: per sample).
+        bce_weight: weight of the added binary cross-entropy (paper: 0).
     """
 
-    def __init__(self, interp_decoder_weight: float = 1.0, eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        interp_decoder_weight: float = 1.0,
+        eps: float = 1e-5,
+        *,
+        smooth_nr: float = 0.0,
+        batch_dice: bool = False,
+        bce_weight: float = 0.0,
+    ) -> None:
         self.interp_decoder_weight = interp_decoder_weight
         self.eps = eps
+        self.smooth_nr = smooth_nr
+        self.batch_dice = batch_dice
+        self.bce_weight = bce_weight
+
+    def region_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Loss of one ``(B, 3, ...)`` region-logit output against ``(B, 3, ...)`` targets."""
+        loss = region_dice_loss(
+            logits, target, eps=self.eps, smooth_nr=self.smooth_nr, batch_dice=self.batch_dice
+        )
+        if self.bce_weight:
+            # Summed over the three regions like the Dice term, averaged over voxels; fp32.
+            bce = F.binary_cross_entropy_with_logits(
+                logits.float(), target.float(), reduction="none"
+            )
+            loss = loss + self.bce_weight * bce.mean(dim=tuple(range(2, bce.ndim))).sum(1).mean()
+        return loss
 
     def __call__(
         self, output: Any, batch: Batch, *, epoch: float = 0
     ) -> tuple[Tensor, dict[str, float]]:
         target = _region_target(batch)
         if not hasattr(output, "stage2"):
-            loss = region_dice_loss(output, target, eps=self.eps)
+            loss = self.region_loss(output, target)
             return loss, {"dice": float(loss.detach())}
-        stage1 = region_dice_loss(output.stage1, target, eps=self.eps)
-        stage2 = region_dice_loss(output.stage2, target, eps=self.eps)
+        stage1 = self.region_loss(output.stage1, target)
+        stage2 = self.region_loss(output.stage2, target)
         total = stage1 + stage2
         parts = {"dice_stage1": float(stage1.detach()), "dice_stage2": float(stage2.detach())}
         interp_out = getattr(output, "stage2_interp", None)
         if interp_out is not None and self.interp_decoder_weight != 0:
-            interp = region_dice_loss(interp_out, target, eps=self.eps)
+            interp = self.region_loss(interp_out, target)
             total = total + self.interp_decoder_weight * interp
             parts["dice_stage2_interp"] = float(interp.detach())
         parts["total"] = float(total.detach())
@@ -292,7 +326,11 @@ def build_loss(model: Any, loss_cfg: LossConfig) -> Loss:
     kind = getattr(model, "output_kind", None)
     if kind == "regions":
         return TwoStageLoss(
-            interp_decoder_weight=loss_cfg.interp_decoder_weight, eps=loss_cfg.dice_eps
+            interp_decoder_weight=loss_cfg.interp_decoder_weight,
+            eps=loss_cfg.dice_eps,
+            smooth_nr=loss_cfg.dice_smooth_nr,
+            batch_dice=loss_cfg.dice_batch,
+            bce_weight=loss_cfg.bce_weight,
         )
     if kind == "cunet":
         return CUNetLoss(

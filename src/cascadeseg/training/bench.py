@@ -22,8 +22,8 @@ import torch
 
 from cascadeseg.config import LossConfig
 from cascadeseg.data.labels import ED, ET, NCR
-from cascadeseg.training.distributed import resolve_device
-from cascadeseg.training.trainer import autocast, resolve_precision, to_float32
+from cascadeseg.runtime import autocast, resolve_device, resolve_precision
+from cascadeseg.training.trainer import to_float32
 
 
 def synthetic_batch(
@@ -144,7 +144,7 @@ def benchmark_training_step(
     data = {k: v.to(dev) for k, v in data.items()}
 
     def step() -> None:
-        with autocast(dev, precision):
+        with autocast(precision, dev):
             output = model(data["image"])
         total, _ = loss_fn(to_float32(output), data, epoch=0)
         scaler.scale(total).backward()

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from cascadeseg.errors import ConfigError
+from cascadeseg.runtime import resolve_device
 
 
 @dataclass(frozen=True)
@@ -54,24 +55,6 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto``: ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; or as named.
-
-    Raises:
-        ConfigError: ``cuda`` asked for on a machine without CUDA, or an unknown name.
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={name}: CUDA is not available on this machine")
-        index = int(name.split(":", 1)[1]) if ":" in name else local_rank
-        return torch.device("cuda", index)
-    raise ConfigError(f"train.device={name!r}: expected auto, cpu or cuda")
 
 
 def env_world() -> tuple[int, int, int]:

@@ -49,6 +49,7 @@ from cascadeseg import __version__
 from cascadeseg.config import Config, from_dict, save_config, to_dict
 from cascadeseg.data.labels import REGIONS, label_to_regions
 from cascadeseg.errors import CascadesegError, ConfigError, InputError
+from cascadeseg.runtime import autocast, resolve_precision
 from cascadeseg.training import distributed as dist_utils
 from cascadeseg.training.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
 from cascadeseg.training.distributed import DistInfo
@@ -204,50 +205,6 @@ def should_stop_early(val_losses: Sequence[float], patience: int, min_delta: flo
         return False
     best_before = min(val_losses[:-patience])
     return all(v > best_before - min_delta for v in val_losses[-patience:])
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Zero-pad the spatial axes of ``(B, C, *S)`` at the far end to multiples of ``multiple``.
-
-    Returns the padded tensor and the original spatial shape (crop back with ``[..., :s0, :s1]``).
-    Zero is the background value of z-scored inputs.
-    """
-    spatial = tuple(int(s) for s in x.shape[2:])
-    pads: list[int] = []
-    for s in reversed(spatial):
-        pads += [0, (-s) % multiple]
-    if any(pads):
-        x = torch.nn.functional.pad(x, pads)
-    return x, spatial
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively (CUDA Ampere+; CPUs with AVX-512 / AMX).
-
-    On AVX2-only CPUs oneDNN emulates bf16 convolutions: measured 13x slower than fp32 for a
-    16-channel 3x3x3 convolution at 48^3 (forward + backward) on this project's 2-core machine.
-    """
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # private op: fall back to the ISA level
-        return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: ``bf16`` where ``device`` has native bf16, else ``fp32``; others unchanged."""
-    if precision != "auto":
-        return precision
-    return "bf16" if native_bf16(device) else "fp32"
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 or fp16 autocast on ``device`` (CPU or CUDA); a no-op context for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def to_float32(obj: Any) -> Any:
@@ -522,11 +479,10 @@ def predict_probabilities(
     *,
     slice_context: int = 0,
     slice_batch: int = 16,
-    multiple: int = 16,
 ) -> np.ndarray:
     """Region probabilities ``(3, x, y, z)`` ``[WT, TC, ET]`` of a whole preprocessed volume.
 
-    3D models: one forward of the zero-padded volume (sides rounded up to ``multiple``). 2D models:
+    3D models: one forward of the whole volume (the model pads and crops back). 2D models:
     axial slices in batches of ``slice_batch``; with ``slice_context = c`` the channels are
     ``[slice z-c, ..., z+c]`` x 4 modalities, zeros beyond the volume, as
     :class:`cascadeseg.data.datasets.SliceDataset2D` stacks them. The model is left in eval mode.
@@ -534,36 +490,27 @@ def predict_probabilities(
     Args:
         image: ``(4, x, y, z)`` float32 preprocessed image.
     """
+    from cascadeseg.inference.predictor import slice_stack
     from cascadeseg.models import region_probabilities
 
     model.eval()
     kind = str(model.output_kind)
-    # A copy: cached images are read-only memory maps.
-    x_all = torch.from_numpy(np.array(image, dtype=np.float32))
     if model.spatial_dims == 3:
-        x, spatial = pad_to_multiple(x_all[None].to(device), multiple)
-        with autocast(device, precision):
+        # A copy: cached images are read-only memory maps. Models pad to their own size multiple
+        # and crop back (models/blocks.py).
+        x = torch.from_numpy(np.array(image, dtype=np.float32))[None].to(device)
+        with autocast(precision, device):
             out = model(x)
-        probs = region_probabilities(to_float32(out), kind)[0]
-        sx, sy, sz = spatial
-        return probs[:, :sx, :sy, :sz].float().cpu().numpy()
+        return region_probabilities(to_float32(out), kind)[0].float().cpu().numpy()
     depth = image.shape[-1]
     result = np.zeros((3, *image.shape[1:]), dtype=np.float32)
     for start in range(0, depth, slice_batch):
-        zs = range(start, min(depth, start + slice_batch))
-        slices = []
-        zeros = torch.zeros_like(x_all[..., 0])
-        for z in zs:
-            offsets = range(z - slice_context, z + slice_context + 1)
-            slices.append(torch.cat([x_all[..., n] if 0 <= n < depth else zeros for n in offsets]))
-        x, spatial = pad_to_multiple(torch.stack(slices).to(device), multiple)
-        with autocast(device, precision):
+        stop = min(depth, start + slice_batch)
+        x = torch.from_numpy(slice_stack(image, start, stop, slice_context)).to(device)
+        with autocast(precision, device):
             out = model(x)
         probs = region_probabilities(to_float32(out), kind)
-        sx, sy = spatial
-        result[..., zs.start : zs.stop] = (
-            probs[:, :, :sx, :sy].float().cpu().numpy().transpose(1, 2, 3, 0)
-        )
+        result[..., start:stop] = probs.float().cpu().numpy().transpose(1, 2, 3, 0)
     return result
 
 
@@ -996,7 +943,7 @@ class _Session:
         # resumed run repeats the same draws.
         torch.manual_seed(step_seed(cfg.seed, info.rank, state.step))
         batch = batch_to_device(batch, device, cfg.train.channels_last)
-        with autocast(device, self.precision):
+        with autocast(self.precision, device):
             output = self.model(batch["image"])
         total, parts = self.loss_fn(to_float32(output), batch, epoch=epoch)
         if self.part_keys is None:
