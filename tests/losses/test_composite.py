@@ -251,4 +251,4 @@ def test_two_stage_loss_smoothing_penalises_false_positives_on_empty_crops() -> 
     bce = 3 * float(torch.nn.functional.softplus(torch.tensor(2.0)))
     probs_sq = 2 * 64 * float(torch.sigmoid(torch.tensor(2.0))) ** 2
     dice = 3 * (1 - 1 / (probs_sq + 1))
-    assert float(loss) == pytest.approx(dice + bce, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(dice + bce, rel=1e-5)

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget (minutes)")
     parser.add_argument("--cases", type=int, default=20, help="synthetic cases in total")
-    parser.add_argument("--test-cases", type=int, default=5, help="held-out cases")
+    parser.add_argument("--test-cases", type=int, default=4, help="held-out cases")
     parser.add_argument(
         "--model",
         default="two_stage",
@@ -21,6 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="grid scale of the synthetic cases (1: BraTS 240x240x155 at 1 mm; 0.25: smoke run)",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
 
 
@@ -35,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         seed=args.seed,
         workers=args.workers,
+        synth_scale=args.scale,
         overrides=tuple(args.overrides),
     )
     return 0
