@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +30,7 @@ from torch import nn
 
 from cascadeseg.data.preprocess import PreprocessConfig
 from cascadeseg.errors import ModelError
+from cascadeseg.fsutil import atomic_path
 from cascadeseg.inference.ensemble import LoadedModel, check_member, load_models
 
 METADATA_KEY = "cascadeseg"
@@ -194,15 +193,8 @@ def export_onnx(
     """
     data = export_onnx_bytes(model_or_ckpt, example_size=example_size, opset=opset)
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
     return out
 
 

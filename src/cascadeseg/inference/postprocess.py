@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cascadeseg.data.labels import ET, NCR
+from cascadeseg.fsutil import write_json_atomic
 
 if TYPE_CHECKING:
     from cascadeseg.inference.predictor import PredictOptions
@@ -190,9 +191,6 @@ def tune_postprocess(
         InputError: no labelled case to tune on, or ``split.json`` lacks the subset.
     """
     import dataclasses
-    import json
-    import os
-    import tempfile
 
     from tqdm import tqdm
 
@@ -232,13 +230,5 @@ def tune_postprocess(
             "data": str(data),
         }
         path = run_dir / "postprocess.json"
-        fd, tmp = tempfile.mkstemp(prefix=".postprocess.json.", suffix=".tmp", dir=run_dir)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(record, fh, indent=1)
-                fh.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json_atomic(record, path, indent=1)
     return result

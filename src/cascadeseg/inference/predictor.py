@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import re
-import tempfile
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -61,6 +59,7 @@ from cascadeseg.data.labels import (
 )
 from cascadeseg.data.preprocess import Preprocessed, preprocess_case, restore_to_source
 from cascadeseg.errors import CascadesegError, ConfigError, InputError
+from cascadeseg.fsutil import write_json_atomic
 from cascadeseg.inference.ensemble import LoadedModel, ensemble_et_min_voxels
 from cascadeseg.inference.postprocess import postprocess_et
 from cascadeseg.inference.sliding import (
@@ -639,19 +638,6 @@ def _write_4d(array: np.ndarray, meta: Meta, path: Path) -> Path:
     return save_nifti(data, np.asarray(meta.affine), _float_header(meta), path)
 
 
-def _write_json(data: dict[str, Any], path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_prediction(
     prediction: Prediction, case: Case, paths: dict[str, Path], options: PredictOptions
 ) -> list[Path]:
@@ -684,7 +670,7 @@ def write_prediction(
         "probability_volumes": list(REGIONS),
         "settings": prediction.info,
     }
-    written.append(_write_json(record, paths["json"]))
+    written.append(write_json_atomic(record, paths["json"], indent=1))
     return written
 
 

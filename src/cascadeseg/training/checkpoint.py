@@ -33,7 +33,6 @@ Run directory layout written by the trainer (``RUN_DIR``)::
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,24 +40,17 @@ import torch
 
 from cascadeseg import __version__
 from cascadeseg.errors import ModelError
+from cascadeseg.fsutil import atomic_path
 
 FORMAT = "cascadeseg-checkpoint-1"
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """Save ``obj`` to ``path`` through a temporary file and a rename (never a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def make_checkpoint(
