@@ -426,12 +426,16 @@ def predict_and_evaluate(
     tta: bool = False,
     et_min_voxels: int = 0,
     max_snapshots: int = 0,
+    fuse_brain_mask: bool | None = None,
 ) -> Condition:
     """Predict the held-out cases with ``run`` (last weights or snapshot ensemble) and evaluate.
 
     The ET threshold is always passed explicitly (0 = off), so nothing stored with a run by
     ``tune-postprocess`` changes a condition behind the reader's back. ``max_snapshots > 0``
     keeps only the last that many snapshots (a cost cap on CPU; the tables say how many).
+    ``fuse_brain_mask`` other than ``None`` sets :class:`PredictOptions.fuse_brain_mask`, which
+    the command line does not expose: that prediction runs through the Python API
+    (:func:`cascadeseg.inference.predict`) and its recorded command says so.
     """
     checkpoints = run.snapshots if snapshots else [run.last]
     if snapshots and max_snapshots > 0:
@@ -452,6 +456,11 @@ def predict_and_evaluate(
         argv.append("--no-progress")
     cond = Condition(name, run, checkpoints, tta, et_min_voxels, pred_dir, eval_dir)
     cond.predict_command = command_line([str(a) for a in argv])
+    if fuse_brain_mask is not None:
+        cond.predict_command += (
+            f"  # with PredictOptions(fuse_brain_mask={fuse_brain_mask}) through the Python API "
+            "(cascadeseg.inference.predict; no command-line flag)"
+        )
     record = pred_dir / "experiment.json"
     newer = max(p.stat().st_mtime for p in checkpoints)
     reuse = (
@@ -465,7 +474,10 @@ def predict_and_evaluate(
     else:
         if pred_dir.exists():
             shutil.rmtree(pred_dir)
-        cond.predict_seconds = cascadeseg(argv, settings)
+        if fuse_brain_mask is None:
+            cond.predict_seconds = cascadeseg(argv, settings)
+        else:
+            cond.predict_seconds = _predict_api(settings, cond, fuse_brain_mask)
         write_json(record, {"command": cond.predict_command, "wall_seconds": cond.predict_seconds})
     eval_argv: list[Any] = ["evaluate", "--pred", pred_dir, "--ref", settings.test_dir]
     eval_argv += ["--out", eval_dir, "--no-report", "--workers", settings.workers]
@@ -474,6 +486,34 @@ def predict_and_evaluate(
     cond.evaluate_command = command_line([str(a) for a in eval_argv])
     cascadeseg(eval_argv, settings)
     return cond
+
+
+def _predict_api(settings: Settings, cond: Condition, fuse_brain_mask: bool) -> float:
+    """``cascadeseg predict`` through the Python API, for options the command line lacks."""
+    from cascadeseg.inference import PredictOptions, load_models, predict
+
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    print(f"\n$ {cond.predict_command}", flush=True)
+    t0 = time.perf_counter()
+    options = PredictOptions(
+        tta=cond.tta,
+        et_min_voxels=cond.et_min_voxels,
+        device="cpu",
+        overwrite=True,
+        fuse_brain_mask=fuse_brain_mask,
+        progress=settings.progress,
+    )
+    results = predict(
+        load_models(cond.checkpoints, "cpu"), settings.test_dir, cond.pred_dir, options, echo=print
+    )
+    seconds = time.perf_counter() - t0
+    rc = 1 if any(r.status == "failed" for r in results) else 0
+    settings.out.mkdir(parents=True, exist_ok=True)
+    with (settings.out / "commands.log").open("a") as fh:
+        fh.write(f"# {started}  rc={rc}  {seconds:.1f} s\n{cond.predict_command}\n")
+    if rc:
+        raise RuntimeError(f"prediction failed: {cond.predict_command}")
+    return seconds
 
 
 def compare_conditions(
