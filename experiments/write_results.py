@@ -591,7 +591,11 @@ CAVEATS = """\
   is the question a CPU user faces; the papers trained to convergence instead.
 - Final weights for every single-model row (no selection on the validation fold), no TTA unless
   the row says so. The CU-Net models' probabilities are fused with the brain mask (the
-  predictor's default for CU-Net, as the paper does); the other models' are not.
+  predictor's default for CU-Net, as the paper does), and so are those of the row
+  "U-Net (2D) + brain mask"; the other models' are not.
+- Shared machine: the 2 cores were shared with other jobs while these runs trained, so each
+  model got a varying share of them within its wall-clock budget; the step counts in the run
+  table are the honest measure of how much training each model received.
 """
 
 
@@ -649,6 +653,13 @@ def write_results(out: Path, doc: Path) -> Path:
             + "\n",
             section_two_stage(study, doc, prefix=f"results_{tag}_"),
         ]
+    for folder in sorted(out.glob("supp_*")):
+        if folder.is_dir() and not (folder / "two_stage_study" / "study.json").is_file():
+            parts.append(
+                f"\n## Supplement `{folder.name}`: not finished\n\nA supplementary run in "
+                f"`experiments/out/{folder.name}` did not finish (no `study.json`), so it has no "
+                "numbers here.\n"
+            )
     missing = [k for k, v in studies.items() if v is None]
     if missing:
         parts.append(

@@ -356,10 +356,16 @@ def test_cli_predict_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "2 input channels" in capsys.readouterr().err
 
 
-def test_cunet_fuses_brain_mask(tmp_path: Path, tiny_case: Case) -> None:
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [("cunet", {"base_width": 4, "depth": 1}), ("unet2d", {"base_width": 4, "depth": 1})],
+)
+def test_2d_models_fuse_brain_mask(
+    tmp_path: Path, tiny_case: Case, name: str, args: dict[str, int]
+) -> None:
     from cascadeseg.inference.ensemble import load_models
 
-    ckpt = _checkpoint(tmp_path / "cunet.pt", "cunet", {"base_width": 4, "depth": 1})
+    ckpt = _checkpoint(tmp_path / f"{name}.pt", name, args)
     members = load_models([ckpt])
     pred = predict_case(tiny_case, members, replace(QUIET, tta=False))
     outside = tiny_case.image.max(axis=0) == 0

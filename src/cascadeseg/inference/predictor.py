@@ -105,8 +105,8 @@ class PredictOptions:
         backend: ``torch`` or ``onnx`` (ONNX Runtime).
         memory_budget_gb: memory a whole-volume pass may use before ``auto`` picks the sliding
             window (``None``: 70% of the free memory of the device).
-        fuse_brain_mask: zero probabilities outside the brain; ``None`` does it for CU-Net
-            members only, as that paper does.
+        fuse_brain_mask: zero probabilities outside the brain; ``None`` does it for 2D members
+            (CU-Net, as that paper does, and the 2D U-Net, trained on brain pixels only).
         channels_last: run 3D PyTorch networks in the channels-last memory format; ``None``:
             on the CPU only, where it routes every convolution (also the 4-channel input layer
             and the transposed convolutions) to oneDNN instead of PyTorch's slow fallback
@@ -440,9 +440,11 @@ def predict_preprocessed(
             mean_t, mean_sq_t, info = run(member, pre.image, fallback, device, precision)
             info["fallbacks"] = ["out of memory: member retried with sliding windows"]
         mean, mean_sq = mean_t.numpy(), mean_sq_t.numpy()
-        # CU-Net members (also once exported to ONNX, when only the name tells).
-        is_cunet = member.output_kind == "cunet" or member.name == "cunet"
-        if options.fuse_brain_mask or (options.fuse_brain_mask is None and is_cunet):
+        # 2D members (CU-Net and the 2D U-Net) are trained on brain pixels only (LWS / brain-
+        # masked cross-entropy), so outside the brain their output means nothing: the CU-Net
+        # paper fuses the non-brain mask at test time, and the same holds for unet2d.
+        trained_on_brain = member.spatial_dims == 2 or member.output_kind == "cunet"
+        if options.fuse_brain_mask or (options.fuse_brain_mask is None and trained_on_brain):
             mean = mean * pre.brain_mask[None]
             mean_sq = mean_sq * pre.brain_mask[None]
             info["brain_mask_fused"] = True
