@@ -1,0 +1,40 @@
+"""Write docs/performance.md from benchmark result files (one section per device).
+
+Usage: python benchmarks/write_performance.py RESULT.json [RESULT.json ...]
+
+Results of separate suite runs on the same device are merged into one section (each suite keeps
+the machine line and peak of its own run, so contention or a different day shows).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from cascadeseg.benchmark import render_performance_section
+
+HEADER = """# Performance
+
+Measured speed and memory of every pipeline stage, each figure beside the target an issue sets.
+Every section names the machine, the date and the exact command; the tables are rendered from the
+JSON the command wrote (`benchmarks/results/`), by `python benchmarks/write_performance.py`.
+How to rerun and read them: `benchmarks/README.md`.
+
+"""
+
+
+def main(paths: list[str]) -> int:
+    sections = []
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        sections.append(render_performance_section(result))
+    notes = Path("benchmarks/performance_notes.md")
+    body = HEADER + (notes.read_text() + "\n" if notes.is_file() else "") + "\n".join(sections)
+    Path("docs/performance.md").write_text(body)
+    print("wrote docs/performance.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
