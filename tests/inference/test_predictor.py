@@ -123,9 +123,12 @@ def test_prediction_segments_toy_case_and_2d_equals_3d(tiny_case: Case) -> None:
     assert min(_region_dice(three.label, tiny_case.label)) > 0.9
     assert three.info["members"][0]["passes"] == 8
     assert three.info["members"][0]["mode"] == "whole"
-    # 2.5D with one neighbour on each side, slice by slice in batches of 5: same voxels
+    # 2.5D with one neighbour on each side, slice by slice in batches of 5: same voxels. 2D
+    # members fuse the brain mask by default; fuse it for the 3D member too to compare.
+    three = predict_case(tiny_case, [member()], replace(QUIET, fuse_brain_mask=True))
     two = predict_case(tiny_case, [member(2, context=1)], replace(QUIET, batch_slices=5))
     assert two.info["members"][0]["passes"] == 4
+    assert two.info["members"][0]["brain_mask_fused"]
     assert np.array_equal(two.label, three.label)
     assert np.allclose(two.probabilities, three.probabilities, atol=1e-6)
 
