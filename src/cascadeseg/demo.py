@@ -120,8 +120,4 @@ def run_demo(
     print(f"  predictions:   {predictions}")
     print(f"  metrics:       {out / 'evaluation' / 'metrics.csv'}")
     print(f"  report:        {report}")
-    return DemoResult(out, run_dir, predictions, report, _summary_of(result), seconds)
-
-
-def _summary_of(result: Any) -> dict[str, Any]:
-    return dict(result.summary)
+    return DemoResult(out, run_dir, predictions, report, dict(result.summary), seconds)

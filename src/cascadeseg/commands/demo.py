@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cascadeseg.demo import DEMO_MODELS
+
 HELP = "run the whole pipeline on synthetic data (no download, no GPU needed)"
 
 
@@ -16,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default="two_stage",
-        choices=["two_stage", "unet3d", "cunet", "unet2d"],
+        choices=DEMO_MODELS,
         help="model to train with its small CPU recipe",
     )
     parser.add_argument("--seed", type=int, default=0)
