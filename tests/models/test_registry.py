@@ -27,6 +27,7 @@ from cascadeseg.models.registry import model_defaults
 # Tiny widths and sizes so every model runs forward and backward in well under a second.
 TINY: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
     "two_stage": ({"base_width": 8, "blocks": [1, 1, 1]}, (2, 4, 8, 8, 8)),
+    "two_stage_stage1": ({"base_width": 8, "blocks": [1, 1, 1]}, (2, 4, 8, 8, 8)),
     "unet3d": ({"base_width": 8, "depth": 2}, (2, 4, 8, 8, 8)),
     "cunet": ({"base_width": 4}, (2, 4, 16, 16)),
     "unet2d": ({"base_width": 4}, (2, 4, 16, 16)),
@@ -39,8 +40,8 @@ def _tensors(out: Any) -> list[torch.Tensor]:
     return [t for item in out for t in _tensors(item)]
 
 
-def test_all_four_models_registered() -> None:
-    assert available_models() == ["cunet", "two_stage", "unet2d", "unet3d"]
+def test_all_models_registered() -> None:
+    assert available_models() == ["cunet", "two_stage", "two_stage_stage1", "unet2d", "unet3d"]
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -70,7 +71,8 @@ def test_build_model_overrides_and_model_args() -> None:
 
 
 def test_unknown_model_lists_names() -> None:
-    with pytest.raises(ModelError, match=r"unknown model 'vnet'.*cunet, two_stage, unet2d, unet3d"):
+    names = r"cunet, two_stage, two_stage_stage1, unet2d, unet3d"
+    with pytest.raises(ModelError, match=rf"unknown model 'vnet'.*{names}"):
         build_model("vnet")
 
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from cascadeseg.models import TwoStageOutput, build_model
 from cascadeseg.models.bench import build_meta_model, layer_table
-from cascadeseg.models.blocks import PreActResBlock
+from cascadeseg.models.blocks import PreActResBlock, crop_to, pad_to_multiple
 
 TINY = {"base_width": 8, "blocks": [1, 1, 1]}
 
@@ -156,3 +156,19 @@ def test_model_args_rebuild_the_model() -> None:
     again = build_model("two_stage", **model.model_args)
     again.load_state_dict(model.state_dict())
     assert model.size_multiple == 4  # three levels -> two downsamplings
+
+
+def test_stage_one_alone_is_the_cascades_stage_one() -> None:
+    cascade = build_model("two_stage", **TINY).eval()
+    alone = build_model("two_stage_stage1", **TINY).eval()
+    stage1 = {k: v for k, v in cascade.state_dict().items() if k.startswith("stage1.")}
+    alone.load_state_dict(stage1, strict=True)  # same module tree, nothing left over
+    x = torch.randn(1, 4, 9, 10, 11)  # odd sizes: padded and cropped back
+    with torch.no_grad():
+        padded, index = pad_to_multiple(x, cascade.size_multiple)
+        expected, _ = cascade.stage1(padded)
+        out = alone(x)
+    assert out.shape == (1, 3, 9, 10, 11)
+    torch.testing.assert_close(out, crop_to(expected, index))
+    alone.train()
+    assert isinstance(alone(x), torch.Tensor)  # a plain logits tensor in training mode too

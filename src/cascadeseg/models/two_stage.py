@@ -291,3 +291,66 @@ class TwoStageUNet(nn.Module):
         return TwoStageOutput(
             crop_to(stage1, crop), crop_to(stage2, crop), crop_to(stage2_interp, crop)
         )
+
+
+@register("two_stage_stage1")
+class StageOneUNet(nn.Module):
+    """Stage 1 of the cascade alone (Table 1): the "single U-Net" the cascade is compared with.
+
+    The same module tree as :attr:`TwoStageUNet.stage1` (``stage1.encoder``, ``stage1.decoder``),
+    so a cascade's stage-1 weights load into it with ``strict=True`` after dropping the
+    ``stage2.*`` keys. Used by the two-stage study's "stage 1 alone" condition.
+
+    Args:
+        in_channels: image channels (4 modalities).
+        out_channels: region logits (3: [WT, TC, ET]).
+        base_width: initial filters (16 in the paper).
+        blocks: residual blocks per encoder level (1, 2, 2, 4).
+        dropout: dropout rate after the initial convolution (0.2).
+        norm_groups: GroupNorm groups (8).
+        checkpointing: gradient checkpointing of every residual block.
+
+    Input ``(B, in_channels, X, Y, Z)`` (any size); output ``(B, out_channels, X, Y, Z)`` logits
+    in both training and eval mode.
+    """
+
+    spatial_dims = 3
+    output_kind = "regions"
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 4,
+        out_channels: int = 3,
+        base_width: int = 16,
+        blocks: Sequence[int] = (1, 2, 2, 4),
+        dropout: float = 0.2,
+        norm_groups: int = 8,
+        checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        blocks = tuple(int(b) for b in blocks)
+        if len(blocks) < 1 or min(blocks) < 1:
+            raise ValueError(f"blocks must be positive counts, got {list(blocks)}")
+        if base_width % norm_groups:
+            raise ValueError(
+                f"base_width {base_width} is not divisible by norm_groups {norm_groups}"
+            )
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.size_multiple = 2 ** (len(blocks) - 1)
+        self.stage1 = Stage(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            width=base_width,
+            blocks=blocks,
+            dropout_p=dropout,
+            norm_groups=norm_groups,
+            checkpointing=checkpointing,
+            interp_decoder=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, crop = pad_to_multiple(x, self.size_multiple)
+        logits, _ = self.stage1(x)
+        return crop_to(logits, crop)
