@@ -15,6 +15,7 @@ Every loss is called as ``loss(output, batch, epoch=e) -> (total, parts)``:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -138,6 +139,48 @@ class TwoStageLoss:
         return total, parts
 
 
+def sample_matrices(
+    label: Tensor,
+    brain_mask: Tensor,
+    *,
+    nets: Sequence[tuple[int, float]],
+    lws: bool,
+    beta: float,
+    contour_width: int,
+    per_sample: bool = False,
+    generator: torch.Generator | None = None,
+) -> list[Tensor]:
+    """CU-Net sample matrices ``W`` (Eqs. 1-3), one ``(B, H, W)`` float tensor per ``nets`` entry.
+
+    Args:
+        label: ``(B, H, W)`` internal labels 0-3.
+        brain_mask: ``(B, H, W)`` bool brain mask.
+        nets: ``(net, alpha)`` pairs: which U-Net's sampling (1: brain and tumour, 2: tumour and
+            contour only) with which contour weight; drawn in this order from ``generator``.
+        lws: ``False``: every brain (or tumour) pixel weighs 1 for every net (only ``p1 = 0``).
+        beta: Eq. 3 balance of brain vs tumour samples.
+        contour_width: width of the contour band S4 (pixels).
+        per_sample: count the regions per slice instead of per batch.
+        generator: random source of the sampling.
+    """
+    if not lws:
+        brain = (brain_mask | (label > 0)).float()
+        return [brain for _ in nets]
+    # The regions (and their morphology) are computed once for all nets.
+    regions = lws_regions(label, brain_mask, contour_width)
+    return [
+        sample_weights(
+            regions,
+            net=net,
+            alpha=alpha,
+            beta=beta,
+            generator=generator,
+            per_sample=per_sample,
+        )
+        for net, alpha in nets
+    ]
+
+
 class CUNetLoss:
     """CU-Net deep-supervision loss with loss weighted sampling (Liu et al. 2017, Eq. 4).
 
@@ -209,26 +252,15 @@ class CUNetLoss:
 
     def weights(self, label: Tensor, brain_mask: Tensor) -> tuple[Tensor, Tensor]:
         """``(W1, W2)``: ``(B, H, W)`` float sample matrices of U-Net 1 and U-Net 2."""
-        if not self.lws:
-            brain = (brain_mask | (label > 0)).float()
-            return brain, brain
-        # The regions (and their morphology) are computed once for both U-Nets.
-        regions = lws_regions(label, brain_mask, self.contour_width)
-        w1 = sample_weights(
-            regions,
-            net=1,
-            alpha=self.alpha,
+        w1, w2 = sample_matrices(
+            label,
+            brain_mask,
+            nets=((1, self.alpha), (2, self.unet2_alpha)),
+            lws=self.lws,
             beta=self.beta,
-            generator=self.generator,
+            contour_width=self.contour_width,
             per_sample=self.per_sample,
-        )
-        w2 = sample_weights(
-            regions,
-            net=2,
-            alpha=self.unet2_alpha,
-            beta=self.beta,
             generator=self.generator,
-            per_sample=self.per_sample,
         )
         return w1, w2
 
@@ -293,19 +325,16 @@ class LabelCELoss:
         self, output: Tensor, batch: Batch, *, epoch: float = 0
     ) -> tuple[Tensor, dict[str, float]]:
         label = batch["label"].long()
-        brain_mask = _brain_mask(batch)
-        if self.lws:
-            regions = lws_regions(label, brain_mask, self.contour_width)
-            weights = sample_weights(
-                regions,
-                net=1,
-                alpha=self.alpha,
-                beta=self.beta,
-                generator=self.generator,
-                per_sample=self.per_sample,
-            )
-        else:
-            weights = (brain_mask | (label > 0)).float()
+        (weights,) = sample_matrices(
+            label,
+            _brain_mask(batch),
+            nets=((1, self.alpha),),
+            lws=self.lws,
+            beta=self.beta,
+            contour_width=self.contour_width,
+            per_sample=self.per_sample,
+            generator=self.generator,
+        )
         loss = weighted_cross_entropy(output, label, weights)
         return loss, {"ce": float(loss.detach())}
 
