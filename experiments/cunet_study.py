@@ -7,8 +7,8 @@ Three 2D models trained with the same wall-clock budget, seed and training cases
 * ``CUN+LWS``: ``cunet_cpu`` with ``loss.lws=true`` (loss weighted sampling, Eqs. 1-3).
 
 Each predicts the held-out cases with its final weights and no test-time augmentation (the paper
-uses none); CU-Net's probabilities are fused with the brain mask as the paper does (the
-predictor's default for CU-Net models).
+uses none); every 2D model's probabilities are fused with the brain mask as the CU-Net paper
+does (the predictor's default for 2D models).
 ``cascadeseg compare`` makes the Table-1-like table (Dice / Sens / Spec per region) and box plots;
 this script adds the paired per-case effect of LWS on sensitivity, the paper's claim
 ("when LWS is adopted, there is an additional average growth of 1.5 percent in sensitivity").
@@ -29,19 +29,16 @@ from typing import Any
 import common
 import numpy as np
 
-#: (condition name, run key, predict options): the order of the table rows. The 2D U-Net is
-#: trained with cross-entropy over brain voxels only, so outside the brain its output is
-#: unconstrained; the predictor fuses the brain mask for CU-Net only (the paper's step), so the
-#: U-Net is shown both as the command line predicts it and with the same brain-mask fusion as
-#: CU-Net (the like-for-like row used for the comparisons).
+#: (condition name, run key, predict options): the order of the table rows. Every 2D model's
+#: probabilities are fused with the brain mask by the predictor (CU-Net's test-time step; the 2D
+#: U-Net is trained on brain voxels only, like CU-Net), so the rows are like for like.
 CONDITIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("U-Net (2D)", "unet2d", {}),
-    ("U-Net (2D) + brain mask", "unet2d", {"fuse_brain_mask": True}),
     ("CUN", "cunet_nolws", {}),
     ("CUN+LWS", "cunet_lws", {}),
 )
 #: The U-Net row the paper's claims are checked against.
-UNET_REFERENCE = "U-Net (2D) + brain mask"
+UNET_REFERENCE = "U-Net (2D)"
 REGIONS = ("wt", "tc", "et")
 
 

@@ -24,7 +24,7 @@ import common
 #: (condition name, run key, predict options, dimensionality); names match the two studies so
 #: their predictions are reused.
 CONDITIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
-    ("U-Net (2D) + brain mask", "unet2d", {"fuse_brain_mask": True}, "2D"),
+    ("U-Net (2D)", "unet2d", {}, "2D"),
     ("CUN", "cunet_nolws", {}, "2D"),
     ("CUN+LWS", "cunet_lws", {}, "2D"),
     ("U-Net (3D)", "unet3d", {}, "3D"),

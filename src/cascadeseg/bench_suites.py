@@ -797,8 +797,10 @@ def _end_to_end_rows(
             target=("<=", bound) if on_gpu else None,
             limited_by="network compute + reading (gzip) and preprocessing the case",
             size="x".join(map(str, result["size"])),
+            network_size="x".join(map(str, result.get("network_size", result["size"]))),
             gflops_per_s=result["gflops_per_s"],
-            note="read + preprocess + network + restore + threshold",
+            note="read + preprocess + network + restore + threshold; GFLOP/s: the network's "
+            "FLOPs on its input (the brain crop) over the whole time",
         )
         if not on_gpu:
             continue

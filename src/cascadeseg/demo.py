@@ -44,7 +44,7 @@ def _stage(title: str) -> float:
 def run_demo(
     out: Path,
     *,
-    minutes: float = 5.0,
+    minutes: float = 7.0,
     cases: int = 20,
     test_cases: int = 4,
     model: str = "two_stage",

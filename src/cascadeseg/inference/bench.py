@@ -184,6 +184,9 @@ def benchmark_inference(
         "threads": torch.get_num_threads(),
     }
 
+    # Spatial size the network ran on (the FLOP count's size). For a case, the preprocessed
+    # brain crop, not the source grid: the FLOPs of a 240x240x155 forward would overstate GFLOP/s.
+    network_size: list[int] = []
     if case is not None:
         from cascadeseg.data.layouts import discover_cases, read_case
 
@@ -192,7 +195,9 @@ def benchmark_inference(
             if isinstance(c, (str, Path)):  # reading the files is part of the timing
                 c = read_case(discover_cases(Path(c))[0])
             assert isinstance(c, Case)
-            return predict_case(c, [member], replace(options, precision=prec)).probabilities
+            prediction = predict_case(c, [member], replace(options, precision=prec))
+            network_size[:] = prediction.info["network_input_size"]
+            return prediction.probabilities
 
         if isinstance(case, Case):
             spatial = [int(s) for s in case.image.shape[1:]]
@@ -226,6 +231,9 @@ def benchmark_inference(
 
     times = _timed(lambda: run(used), device, repeats, warmup)
     result["size"] = spatial
+    if network_size:
+        spatial = network_size
+        result["network_size"] = network_size
     probs = reference = None
     if used == "bf16" and compare_fp32:
         probs, reference = run("bf16"), run("fp32")

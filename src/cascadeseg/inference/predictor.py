@@ -508,6 +508,8 @@ def predict_case(
             "sliding_window": options.sliding_window,
             "backend": options.backend,
             "preprocessing": models[0].preprocess.to_dict(),
+            # The grid the network ran on (brain crop, target spacing), before padding.
+            "network_input_size": [int(v) for v in pre.image.shape[1:]],
             "seconds": {
                 "preprocess": round(t_pre, 3),
                 "network": round(t_net, 3),
