@@ -650,12 +650,11 @@ def write_results(out: Path, doc: Path) -> Path:
         section_two_stage(studies["two_stage"], doc),
         "\n## 3. 2D and 3D methods side by side\n",
         section_side_by_side(studies["side_by_side"], doc),
-        "\n## How to read these numbers\n",
-        CAVEATS,
     ]
     sweep = out / "recipe_sweep" / "sweep.json"
     if sweep.is_file():
         parts += ["\n## 4. The demo recipe: a sweep at equal steps\n", section_sweep(sweep)]
+    parts += ["\n## How to read these numbers\n", CAVEATS]
     for supp in sorted(out.glob("supp_*/two_stage_study/study.json")):
         study = dict(common.read_json(supp))
         minutes = study["settings"]["minutes"]
