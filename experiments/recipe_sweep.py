@@ -54,7 +54,7 @@ def run_variant(
     test_dir: Path,
 ) -> dict[str, Any]:
     """Train one variant for ``steps`` steps, predict and score the held-out cases."""
-    from cascadeseg.config import load_config
+    from cascadeseg.config import apply_overrides, load_config
     from cascadeseg.evaluation.evaluate import evaluate
     from cascadeseg.inference.ensemble import load_models
     from cascadeseg.inference.predictor import PredictOptions, predict
@@ -65,16 +65,17 @@ def run_variant(
     if done.is_file():
         return dict(json.loads(done.read_text()))
     cfg = load_config(recipe, ["seed=0", "data.folds=5", *overrides])
-    per_epoch = cfg.train.iters_per_epoch
-    epochs = max(1, round(steps / per_epoch))
-    fixed = [
-        "train.max_minutes=null",
-        "train.time_schedule=false",
-        f"train.epochs={epochs}",
-        "train.val_every=1000",
-        "train.snapshots=1",
-    ]
-    cfg = load_config(recipe, ["seed=0", "data.folds=5", *overrides, *fixed])
+    epochs = max(1, round(steps / cfg.train.iters_per_epoch))
+    cfg = apply_overrides(
+        cfg,
+        [
+            "train.max_minutes=null",
+            "train.time_schedule=false",
+            f"train.epochs={epochs}",
+            "train.val_every=1000",
+            "train.snapshots=1",
+        ],
+    )
     train(cfg, train_dir, folder / "run")
     models = load_models([folder / "run" / "checkpoints" / "last.pt"])
     predict(models, test_dir, folder / "pred", PredictOptions(tta=False, overwrite=True))

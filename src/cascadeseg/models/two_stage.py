@@ -74,6 +74,21 @@ def _res_blocks(count: int, channels: int, norm_groups: int, checkpointing: bool
     )
 
 
+def _checked_blocks(blocks: Sequence[int], base_width: int, norm_groups: int) -> tuple[int, ...]:
+    """``blocks`` as a tuple of ints, after checking the arguments every stage network shares.
+
+    Raises:
+        ValueError: a block count below 1, no level, or ``base_width`` not divisible by
+            ``norm_groups``.
+    """
+    counts = tuple(int(b) for b in blocks)
+    if len(counts) < 1 or min(counts) < 1:
+        raise ValueError(f"blocks must be positive counts, got {list(counts)}")
+    if base_width % norm_groups:
+        raise ValueError(f"base_width {base_width} is not divisible by norm_groups {norm_groups}")
+    return counts
+
+
 class Encoder(nn.Module):
     """Residual encoder of one stage (Table 1, "Encoder" rows).
 
@@ -246,13 +261,7 @@ class TwoStageUNet(nn.Module):
         stage2_width_factor: int = 2,
     ) -> None:
         super().__init__()
-        blocks = tuple(int(b) for b in blocks)
-        if len(blocks) < 1 or min(blocks) < 1:
-            raise ValueError(f"blocks must be positive counts, got {list(blocks)}")
-        if base_width % norm_groups:
-            raise ValueError(
-                f"base_width {base_width} is not divisible by norm_groups {norm_groups}"
-            )
+        blocks = _checked_blocks(blocks, base_width, norm_groups)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.size_multiple = 2 ** (len(blocks) - 1)
@@ -329,13 +338,7 @@ class StageOneUNet(nn.Module):
         checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        blocks = tuple(int(b) for b in blocks)
-        if len(blocks) < 1 or min(blocks) < 1:
-            raise ValueError(f"blocks must be positive counts, got {list(blocks)}")
-        if base_width % norm_groups:
-            raise ValueError(
-                f"base_width {base_width} is not divisible by norm_groups {norm_groups}"
-            )
+        blocks = _checked_blocks(blocks, base_width, norm_groups)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.size_multiple = 2 ** (len(blocks) - 1)
