@@ -586,11 +586,27 @@ def stage_one_spec() -> tuple[str, list[str], str]:
     Preference: a registered ``two_stage_stage1`` model, then a ``stages`` argument of
     ``two_stage``, and only then ``unet3d`` as the closest stand-in (said in the note).
     """
+    from cascadeseg.config import load_config
     from cascadeseg.models.registry import available_models, model_defaults
 
     names = available_models()
     if "two_stage_stage1" in names:
-        return "two_stage_cpu", ["model.name=two_stage_stage1"], ""
+        # The cascade recipe's stage-1 arguments (not stage 2's width), trained alone from the
+        # first step (no stage-1-first phase: there is no stage 2).
+        args = {
+            k: v
+            for k, v in load_config("two_stage_cpu").model.args.items()
+            if k != "stage2_width_factor"
+        }
+        return (
+            "two_stage_cpu",
+            [
+                "model.name=two_stage_stage1",
+                f"model.args={json.dumps(args, sort_keys=True)}",
+                "train.stage1_first=0",
+            ],
+            "",
+        )
     if "two_stage" in names and "stages" in model_defaults("two_stage"):
         return "two_stage_cpu", ["model.args.stages=1"], ""
     return (

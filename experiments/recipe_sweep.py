@@ -1,18 +1,24 @@
-"""Recipe sweep for the demo: variants of a CPU recipe trained for the same number of steps.
+"""Recipe sweep for the demo: variants of a CPU recipe trained for the same steps or minutes.
 
 How the demo recipe (``two_stage_cpu``) was chosen. Every variant trains on the demo's own
-training cases (``cascadeseg demo``'s data: 16 cases, seed 0) for the same number of optimiser
-steps (not the same minutes, so that other jobs on the machine change the wall time but not the
-result), then predicts 12 held-out cases (seed 200000, never trained on) with its final weights
-and no TTA, and is scored with the official metrics. Seconds per step are reported beside the
-Dice so the cost of a variant (a larger crop) is visible.
+training cases (``cascadeseg demo``'s data: 16 cases, seed 0), then predicts 12 held-out cases
+(seed 200000, never trained on) with its final weights and no TTA, and is scored with the
+official metrics. Two budgets:
+
+* ``--steps N`` (default): the same number of optimiser steps, not the same minutes, so that
+  other jobs on the machine change the wall time but not the result;
+* ``--minutes M``: the same wall-clock budget, as the demo trains (the learning-rate decay follows
+  the spent budget). Run it alone on the machine: other jobs change the number of steps.
+
+Seconds per step are reported beside the Dice so the cost of a variant is visible.
 
 Usage::
 
-    python experiments/recipe_sweep.py [--steps 200] [--variants base,no_dropout,...]
+    python experiments/recipe_sweep.py [--steps 200 | --minutes 7] [--variants base,s2x1,...]
+        [--train-cases 16] [--out experiments/out/recipe_sweep]
 
-Writes ``experiments/out/recipe_sweep/`` (one folder per variant, ``sweep.json``, ``table.md``).
-A variant already scored is reused (delete its folder to run it again).
+Writes ``<out>/`` (one folder per variant and budget, ``sweep.json``, ``table.md``). A variant
+already scored is reused (delete its folder to run it again).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 #: name -> (what it changes, config overrides). ``base`` is the recipe as it was before the sweep
 #: (Adam 1e-3, dropout 0.1, 48^3 crops, batch 2, half the crops centred on tumour); every variant
 #: names all three swept values, so the table stays valid whatever the recipe says now.
+_M = "model.args"
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     name: (what, [f"model.args.dropout={p}", f"optim.lr={lr}", f"data.foreground_prob={fg}", *more])
     for name, what, p, lr, fg, more in (
@@ -36,6 +43,39 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         ("lr2e-3_no_dropout", "lr 2e-3, dropout 0", 0.0, 2e-3, 0.5, []),
         ("lr3e-3_no_dropout", "lr 3e-3, dropout 0", 0.0, 3e-3, 0.5, []),
         ("lr2e-3_no_dropout_fg0.33", "lr 2e-3, dropout 0, a third on tumour", 0.0, 2e-3, 0.33, []),
+        # Second round, at an equal wall-clock budget (--minutes): what buys more steps.
+        ("s2x1", "stage 2 width x1 (not x2)", 0.0, 2e-3, 0.33, [f"{_M}.stage2_width_factor=1"]),
+        ("s2x1_lr3e-3", "s2x1, lr 3e-3", 0.0, 3e-3, 0.33, [f"{_M}.stage2_width_factor=1"]),
+        (
+            "s2x1_p64",
+            "s2x1, 64^3 crops",
+            0.0,
+            2e-3,
+            0.33,
+            [f"{_M}.stage2_width_factor=1", "data.patch_size=[64,64,64]"],
+        ),
+        *(
+            (
+                f"s2x1_s1first{share}",
+                f"s2x1, stage 1 alone for the first {share:.0%} of the budget",
+                0.0,
+                2e-3,
+                0.33,
+                [f"{_M}.stage2_width_factor=1", f"train.stage1_first={share}"],
+            )
+            for share in (0.3, 0.5)
+        ),
+        *(
+            (
+                f"s2x1_lr3e-3_bce{w}",
+                f"s2x1, lr 3e-3, cross-entropy weight {w} (Dice 1)",
+                0.0,
+                3e-3,
+                0.33,
+                [f"{_M}.stage2_width_factor=1", f"loss.bce_weight={w}"],
+            )
+            for w in (3, 10)
+        ),
     )
 }
 
@@ -52,35 +92,38 @@ def run_variant(
     out: Path,
     train_dir: Path,
     test_dir: Path,
+    minutes: float | None = None,
 ) -> dict[str, Any]:
-    """Train one variant for ``steps`` steps, predict and score the held-out cases."""
+    """Train one variant for ``steps`` steps, predict and score the held-out cases.
+
+    With ``minutes``, train for that wall-clock budget instead (the demo's way: the learning-rate
+    decay follows the spent budget), in the folder ``<name>@<minutes>min``.
+    """
     from cascadeseg.config import apply_overrides, load_config
     from cascadeseg.evaluation.evaluate import evaluate
     from cascadeseg.inference.ensemble import load_models
     from cascadeseg.inference.predictor import PredictOptions, predict
     from cascadeseg.training.trainer import train
 
-    folder = out / name
+    folder = out / (name if minutes is None else f"{name}@{minutes:g}min")
     done = folder / "result.json"
     if done.is_file():
         return dict(json.loads(done.read_text()))
     cfg = load_config(recipe, ["seed=0", "data.folds=5", *overrides])
-    epochs = max(1, round(steps / cfg.train.iters_per_epoch))
-    cfg = apply_overrides(
-        cfg,
-        [
-            "train.max_minutes=null",
-            "train.time_schedule=false",
-            f"train.epochs={epochs}",
-            "train.val_every=1000",
-            "train.snapshots=1",
-        ],
-    )
+    if minutes is None:
+        epochs = max(1, round(steps / cfg.train.iters_per_epoch))
+        budget = ["train.max_minutes=null", "train.time_schedule=false", f"train.epochs={epochs}"]
+    else:
+        # As the demo runs it: the recipe's epochs (they set the warm-up's share of the run and
+        # cap the steps), the budget ends the run and drives the decay.
+        budget = [f"train.max_minutes={minutes}", "train.time_schedule=true"]
+    cfg = apply_overrides(cfg, [*budget, "train.val_every=1000", "train.snapshots=1"])
     train(cfg, train_dir, folder / "run")
     models = load_models([folder / "run" / "checkpoints" / "last.pt"])
     predict(models, test_dir, folder / "pred", PredictOptions(tta=False, overwrite=True))
     evaluate(folder / "pred", test_dir, folder / "eval", workers=2, print_table=False)
     row = score(name, recipe, overrides, folder)
+    row["budget_minutes"] = minutes
     done.write_text(json.dumps(row, indent=2) + "\n")
     return row
 
@@ -103,26 +146,46 @@ def score(name: str, recipe: str, overrides: list[str], folder: Path) -> dict[st
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of the sweep (one row per variant)."""
-    lines = [
-        "| variant | change | steps | s/step | WT Dice | TC Dice | ET Dice | mean | WT HD95 (mm) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    """Markdown tables of the sweep: one per budget (equal steps; each wall-clock budget)."""
+    groups: dict[float | None, list[dict[str, Any]]] = {}
     for r in rows:
-        d = r["dice"]
-        mean = statistics.mean(d.values())
-        lines.append(
-            f"| `{r['variant']}` | {VARIANTS.get(r['variant'], ('', []))[0]} | {r['steps']} | "
-            f"{r['seconds_per_step']:.2f} | {d['wt']:.3f} | {d['tc']:.3f} | {d['et']:.3f} | "
-            f"{mean:.3f} | {r['hd95_wt']:.1f} |"
-        )
-    return "\n".join(lines) + "\n"
+        groups.setdefault(r.get("budget_minutes"), []).append(r)
+    parts = []
+    for minutes, group in sorted(groups.items(), key=lambda kv: (kv[0] is not None, kv[0] or 0)):
+        if len(groups) > 1:
+            parts.append(
+                f"Same number of steps ({', '.join(sorted({str(r['steps']) for r in group}))}):\n"
+                if minutes is None
+                else f"Same wall-clock budget ({minutes:g} min of training each):\n"
+            )
+        lines = [
+            "| variant | change | steps | s/step | WT Dice | TC Dice | ET Dice | mean "
+            "| WT HD95 (mm) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in group:
+            d = r["dice"]
+            mean = statistics.mean(d.values())
+            lines.append(
+                f"| `{r['variant']}` | {VARIANTS.get(r['variant'], ('', []))[0]} | {r['steps']} | "
+                f"{r['seconds_per_step']:.2f} | {d['wt']:.3f} | {d['tc']:.3f} | {d['et']:.3f} | "
+                f"{mean:.3f} | {r['hd95_wt']:.1f} |"
+            )
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="two_stage_cpu")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="train each variant for this wall-clock budget instead of --steps (run it alone "
+        "on the machine: other jobs change the number of steps)",
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names")
     parser.add_argument("--out", type=Path, default=Path("experiments/out/recipe_sweep"))
     parser.add_argument("--train-cases", type=int, default=16)
@@ -139,14 +202,23 @@ def main() -> None:
     ):
         if not folder.is_dir():
             synthesize_dataset(folder, count, seed=seed, layout="brats2021", workers=2)
-    rows = []
+    # Rows of earlier invocations stay in sweep.json (one row per variant and budget).
+    index = args.out / "sweep.json"
+    rows = list(json.loads(index.read_text())) if index.is_file() else []
     for name in args.variants.split(","):
-        rows.append(
-            run_variant(
-                name, args.recipe, VARIANTS[name][1], args.steps, args.out, train_dir, test_dir
-            )
+        row = run_variant(
+            name,
+            args.recipe,
+            VARIANTS[name][1],
+            args.steps,
+            args.out,
+            train_dir,
+            test_dir,
+            minutes=args.minutes,
         )
-        (args.out / "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")
+        key = (row["variant"], row.get("budget_minutes"))
+        rows = [r for r in rows if (r["variant"], r.get("budget_minutes")) != key] + [row]
+        index.write_text(json.dumps(rows, indent=2) + "\n")
         (args.out / "table.md").write_text(table(rows))
         print(table(rows), flush=True)
 

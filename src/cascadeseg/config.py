@@ -165,6 +165,12 @@ class TrainConfig:
             the budget does (CPU recipes). Such runs are not bit-reproducible.
         checkpoint_every: also write ``checkpoints/last.pt`` every N iterations (0: only at the
             end of each epoch).
+        stage1_first: share of the training (of the epochs, or of the time budget with
+            ``time_schedule``) in which a cascade trains its stage 1 alone before the whole
+            cascade trains end to end, as nnU-Net trains a cascade's first stage before the
+            second; 0 = off (the two-stage paper trains end to end from the start). The phase
+            changes at an epoch boundary. Validation in the first phase scores stage 1;
+            ``best.pt``, snapshots and early stopping use the end-to-end epochs only.
         device: ``auto``, ``cpu`` or ``cuda``.
         channels_last: use channels-last memory format.
         compile: ``torch.compile`` the model.
@@ -184,6 +190,7 @@ class TrainConfig:
     max_minutes: float | None = None
     time_schedule: bool = False
     checkpoint_every: int = 0
+    stage1_first: float = 0.0
     device: str = "auto"
     channels_last: bool = False
     compile: bool = False

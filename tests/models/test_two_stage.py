@@ -172,3 +172,25 @@ def test_stage_one_alone_is_the_cascades_stage_one() -> None:
     torch.testing.assert_close(out, crop_to(expected, index))
     alone.train()
     assert isinstance(alone(x), torch.Tensor)  # a plain logits tensor in training mode too
+
+
+def test_stage1_only_runs_stage_one_and_leaves_stage_two_without_gradient() -> None:
+    torch.manual_seed(0)
+    model = build_model("two_stage", **TINY)
+    x = torch.randn(1, 4, 9, 10, 11)
+    calls: list[str] = []
+    model.stage2.register_forward_hook(lambda *_a: calls.append("stage2"))
+    model.set_stage1_only(True)
+    out = model.train()(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 3, 9, 10, 11)
+    out.square().mean().backward()
+    assert calls == []
+    assert all(p.grad is None for p in model.stage2.parameters())
+    assert all(p.grad is not None for p in model.stage1.parameters())
+    with torch.no_grad():
+        padded, index = pad_to_multiple(x, model.size_multiple)
+        expected, _ = model.stage1.eval()(padded)
+        torch.testing.assert_close(model.eval()(x), crop_to(expected, index))
+    model.set_stage1_only(False)  # back to the cascade; the flag is not a weight
+    assert isinstance(model.train()(x), TwoStageOutput)
+    assert not any("stage1_only" in k for k in model.state_dict())

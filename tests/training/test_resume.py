@@ -129,3 +129,27 @@ def test_checkpoint_state_loads_weights_only(tmp_path: Path) -> None:
     atomic_torch_save({"rng": rng_states()}, tmp_path / "r.pt")
     loaded = torch.load(tmp_path / "r.pt", weights_only=True)
     set_rng_states(loaded["rng"])
+
+
+@pytest.mark.parametrize("kill_after", [3, 5])  # resumed inside the stage-1 / the cascade phase
+def test_resume_keeps_the_stage1_first_phase(
+    toy_data: Path, tmp_path: Path, kill_after: int
+) -> None:
+    cfg = apply_overrides(
+        resume_config(),
+        [
+            "model.name=two_stage",
+            "model.args={base_width: 4, norm_groups: 2, blocks: [1, 1], dropout: 0.0}",
+            "data.patch_size=[16,16,16]",
+            "train.stage1_first=0.5",
+            "train.val_every=0",
+        ],
+    )
+    whole = train(cfg, toy_data, tmp_path / "whole", progress=False)
+    broken = tmp_path / "broken"
+    with pytest.raises(SimulatedKill):
+        train(cfg, toy_data, broken, progress=False, _stop_after_steps=kill_after)
+    train(cfg, toy_data, broken, resume=True, progress=False)
+    assert _losses(broken) == _losses(whole)
+    with (broken / "metrics.csv").open() as fh:
+        assert [float(r["stage1_only"]) for r in csv.DictReader(fh)] == [1.0, 0.0]

@@ -298,3 +298,55 @@ def test_shipped_cpu_recipe_runs_a_step(toy_data: Path, tmp_path: Path) -> None:
     )
     out = train(cfg, toy_data, tmp_path / "run", progress=False)
     assert load_checkpoint(out / "checkpoints" / "last.pt")["model_name"] == "two_stage"
+
+
+def test_stage1_first_trains_stage_one_then_the_cascade(toy_data: Path, tmp_path: Path) -> None:
+    cfg = load_config(
+        "two_stage_cpu",
+        [
+            "data.target_spacing=null",
+            "data.patch_size=[16,16,16]",
+            "data.num_workers=0",
+            "data.folds=4",
+            "model.args={base_width: 4, norm_groups: 2, blocks: [1, 1], dropout: 0.0}",
+            "train.epochs=4",
+            "train.iters_per_epoch=2",
+            "train.batch_size=1",
+            "train.val_every=1",
+            "train.val_cases=1",
+            "train.snapshots=4",
+            "train.max_minutes=null",
+            "train.stage1_first=0.5",
+        ],
+    )
+    initial = build_training_model_weights(cfg)
+    out = train(cfg, toy_data, tmp_path / "run", progress=False)
+    with (out / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["stage1_only"]) for r in rows] == [1.0, 1.0, 0.0, 0.0]
+    # The loss of stage 1 alone in the first phase, the cascade's parts in the second.
+    assert all(r["train_dice"] and not r["train_dice_stage2"] for r in rows[:2])
+    assert all(r["train_dice_stage2"] and not r["train_dice"] for r in rows[2:])
+    # Snapshots and best.pt come from the end-to-end epochs only.
+    snapshots = sorted(p.name for p in (out / "checkpoints").glob("snapshot_*.pt"))
+    assert snapshots == ["snapshot_0002.pt", "snapshot_0003.pt"]
+    assert load_checkpoint(out / "checkpoints" / "best.pt")["extra"]["epoch"] in (2, 3)
+    # Stage 2 trained: its weights moved from their initial values.
+    final = load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+    moved = [not torch.equal(initial[k], final[k]) for k in initial if k.startswith("stage2.")]
+    assert any(moved)
+
+
+def build_training_model_weights(cfg: Config) -> dict[str, torch.Tensor]:
+    """The initial weights a run of ``cfg`` starts from (the trainer seeds before building)."""
+    from cascadeseg.training.trainer import build_training_model, seed_everything
+
+    seed_everything(cfg.seed)
+    return {k: v.clone() for k, v in build_training_model(cfg).state_dict().items()}
+
+
+def test_stage1_first_is_checked(toy_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="stage1_first"):
+        train(tiny_config("train.stage1_first=1.0"), toy_data, tmp_path / "a", progress=False)
+    with pytest.raises(ConfigError, match="not a cascade"):
+        train(tiny_config("train.stage1_first=0.5"), toy_data, tmp_path / "b", progress=False)

@@ -13,8 +13,8 @@ HELP = "run the whole pipeline on synthetic data (no download, no GPU needed)"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     parser.add_argument("--minutes", type=float, default=7.0, help="training budget (minutes)")
-    parser.add_argument("--cases", type=int, default=20, help="synthetic cases in total")
-    parser.add_argument("--test-cases", type=int, default=4, help="held-out cases")
+    parser.add_argument("--cases", type=int, default=24, help="synthetic cases in total")
+    parser.add_argument("--test-cases", type=int, default=8, help="held-out cases")
     parser.add_argument(
         "--model",
         default="two_stage",

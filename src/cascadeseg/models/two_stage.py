@@ -243,6 +243,10 @@ class TwoStageUNet(nn.Module):
     Input ``(B, in_channels, X, Y, Z)`` (any size). Output in training mode:
     :class:`TwoStageOutput`; in eval mode: ``(B, out_channels, X, Y, Z)`` stage-2 logits from the
     transposed-convolution decoder (the interpolation decoder does not run).
+
+    While :attr:`stage1_only` is set (:meth:`set_stage1_only`; the trainer's
+    ``train.stage1_first`` phase), stage 2 does not run and the output in both modes is stage 1's
+    ``(B, out_channels, X, Y, Z)`` logits.
     """
 
     spatial_dims = 3
@@ -286,13 +290,27 @@ class TwoStageUNet(nn.Module):
             **common,  # type: ignore[arg-type]
         )
 
+        #: Train stage 1 alone (stage 2 skipped); see :meth:`set_stage1_only`.
+        self.stage1_only = False
+
     def training_only_modules(self) -> list[nn.Module]:
         """Modules used only in training mode (excluded from inference parameter counts)."""
         return [m for m in (self.stage2.interp_decoder,) if m is not None]
 
+    def set_stage1_only(self, flag: bool) -> None:
+        """Run stage 1 alone (``True``) or the whole cascade (``False``, the default).
+
+        Stage-wise training of a cascade, as nnU-Net trains its low-resolution stage before the
+        stage that refines it: with the flag the forward pass returns stage 1's logits and stage
+        2 gets no gradient. The flag is not part of the weights (``state_dict``).
+        """
+        self.stage1_only = bool(flag)
+
     def forward(self, x: torch.Tensor) -> TwoStageOutput | torch.Tensor:
         x, crop = pad_to_multiple(x, self.size_multiple)
         stage1, _ = self.stage1(x)
+        if self.stage1_only:
+            return crop_to(stage1, crop)
         stage2, stage2_interp = self.stage2(torch.cat([x, torch.sigmoid(stage1)], dim=1))
         if not self.training:
             return crop_to(stage2, crop)

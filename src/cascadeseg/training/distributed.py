@@ -92,12 +92,20 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Dis
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
 
 
-def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
-    """``DistributedDataParallel(model)`` when distributed, the model itself otherwise."""
+def wrap_model(
+    model: nn.Module, info: DistInfo, *, find_unused_parameters: bool = False
+) -> nn.Module:
+    """``DistributedDataParallel(model)`` when distributed, the model itself otherwise.
+
+    ``find_unused_parameters``: some steps leave parameters without a gradient (a cascade
+    training its stage 1 alone); DDP then looks for them after every backward pass.
+    """
     if not info.distributed:
         return model
     ids = [info.device.index] if info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=ids, find_unused_parameters=find_unused_parameters
+    )
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -101,6 +101,8 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"train.max_minutes={cfg.train.max_minutes}: must be > 0")
     if cfg.data.split not in ("kfold", "cunet"):
         raise ConfigError(f"data.split={cfg.data.split!r}: expected kfold or cunet")
+    if not 0.0 <= cfg.train.stage1_first < 1.0:
+        raise ConfigError(f"train.stage1_first={cfg.train.stage1_first}: must be in [0, 1)")
 
 
 def build_optimizer(params: Any, optim_cfg: Any) -> torch.optim.Optimizer:
@@ -578,6 +580,8 @@ class RunState:
         history: one dict per finished epoch (the rows of ``metrics.csv``).
         best_dice: best mean validation Dice so far (-1 before any validation).
         best_epoch: the epoch of ``best_dice`` (-1 before any).
+        stage1_only: the epoch in progress trains a cascade's stage 1 alone
+            (``train.stage1_first``).
         epoch_sums: running sums of the epoch's losses (``loss``, parts, ``skipped``, ``n``).
         finished: training reached its end (all epochs, early stop or budget).
         stop_reason: why it ended (``epochs``, ``early_stop``, ``time_budget``).
@@ -590,6 +594,7 @@ class RunState:
     history: list[dict[str, float]] = field(default_factory=list)
     best_dice: float = -1.0
     best_epoch: int = -1
+    stage1_only: bool = False
     epoch_sums: dict[str, float] = field(default_factory=dict)
     finished: bool = False
     stop_reason: str = ""
@@ -846,6 +851,11 @@ class _Session:
         if cfg.train.channels_last:
             fmt = torch.channels_last_3d if model.spatial_dims == 3 else torch.channels_last
             model = model.to(memory_format=fmt)  # type: ignore[call-overload]
+        if cfg.train.stage1_first > 0 and not hasattr(model, "set_stage1_only"):
+            raise ConfigError(
+                f"train.stage1_first={cfg.train.stage1_first}: model {cfg.model.name!r} is not a "
+                "cascade with a stage 1 to train first (use two_stage, or 0)"
+            )
         self.plain_model = model
         self.loss_fn = build_loss(model, cfg.loss)
         self.optimizer = build_optimizer(model.parameters(), cfg.optim)
@@ -859,7 +869,10 @@ class _Session:
             self.state = RunState(**ckpt["state"])
             set_rng_states(ckpt["rng"])
             _reopen_if_extended(self.state, cfg)
-        self.model = dist_utils.wrap_model(model, info)
+        # Stage 2 gets no gradient while stage 1 trains alone: DDP must not wait for it.
+        self.model = dist_utils.wrap_model(
+            model, info, find_unused_parameters=cfg.train.stage1_first > 0
+        )
         if cfg.train.compile:
             self.model = torch.compile(self.model)  # type: ignore[assignment]
 
@@ -877,6 +890,8 @@ class _Session:
         self.loader = make_train_loader(dataset, self.sampler, cfg, device)
         self.budget_s = cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
         self.part_keys: list[str] | None = None
+        #: Training time at the last step, from rank 0's clock (the same on every rank).
+        self.last_elapsed_s: float | None = None
 
         self.steps_csv = out / "steps.csv"
         self.steps_fh: Any = None
@@ -900,6 +915,7 @@ class _Session:
         try:
             while not state.finished and state.epoch < cfg.train.epochs:
                 epoch = state.epoch
+                self.set_phase(epoch)
                 self.data.train_dataset.set_epoch(epoch)  # type: ignore[attr-defined]
                 self.sampler.set_epoch(epoch, start=state.iter_in_epoch * cfg.train.batch_size)
                 self.model.train()
@@ -934,6 +950,33 @@ class _Session:
             if state.history:
                 plot_curves(state.history, self.out / "curves.png")
             _write_summary(self.out, state)
+
+    def set_phase(self, epoch: int) -> None:
+        """Stage 1 alone or the whole cascade for this epoch (``train.stage1_first``).
+
+        Decided at the start of an epoch and kept in the run state, so a run resumed inside an
+        epoch stays in that epoch's phase.
+        """
+        cfg, state = self.cfg, self.state
+        if cfg.train.stage1_first <= 0:
+            return
+        if state.iter_in_epoch == 0:
+            # In the first epoch of a session the saved run state gives the time spent (the
+            # same checkpoint on every rank), later the clock shared at the last step.
+            elapsed = state.elapsed_s if self.last_elapsed_s is None else self.last_elapsed_s
+            progress = schedule_epoch(
+                epoch,
+                0,
+                self.iters_per_epoch,
+                epochs=cfg.train.epochs,
+                elapsed_s=elapsed,
+                budget_s=self.budget_s if cfg.train.time_schedule else None,
+            )
+            stage1_only = progress < cfg.train.stage1_first * cfg.train.epochs
+            if stage1_only != state.stage1_only:
+                self.part_keys = None  # the loss reports other parts in the other phase
+            state.stage1_only = stage1_only
+        self.plain_model.set_stage1_only(state.stage1_only)  # type: ignore[operator]
 
     def step(self, batch: Any, epoch: int, bar: Any) -> bool:
         """One iteration; returns True when the time budget is spent."""
@@ -975,6 +1018,7 @@ class _Session:
             elapsed_s=elapsed,
             budget_s=self.budget_s if cfg.train.time_schedule else None,
         )
+        self.last_elapsed_s = elapsed
         lr = _lr_at(progress_epoch, cfg)
         set_lr(self.optimizer, lr)
         sums = state.epoch_sums
@@ -1016,6 +1060,11 @@ class _Session:
         """Log, validate, decide whether to stop, and write the checkpoints of ``epoch``."""
         cfg, state = self.cfg, self.state
         row = _epoch_row(state, epoch, self.optimizer, cfg, iterations, seconds)
+        # Epochs of stage 1 alone: their validation scores stage 1, and their weights hold an
+        # untrained stage 2, so they are neither "best", nor snapshots, nor a reason to stop.
+        cascade_epoch = not state.stage1_only
+        if cfg.train.stage1_first > 0:
+            row["stage1_only"] = float(state.stage1_only)
         last_epoch = epoch + 1 == cfg.train.epochs
         validate_now = cfg.train.val_every > 0 and (
             (epoch + 1) % cfg.train.val_every == 0 or last_epoch or out_of_time
@@ -1027,9 +1076,15 @@ class _Session:
             self.model.train()
         # A budget-stopped epoch that is later resumed replaces its row.
         state.history = [r for r in state.history if r["epoch"] != epoch] + [row]
-        val_losses = [r["val_loss"] for r in state.history if "val_loss" in r]
-        stop_early = validate_now and should_stop_early(val_losses, cfg.train.early_stop_patience)
-        improved = "dice_mean" in row and row["dice_mean"] > state.best_dice
+        val_losses = [
+            r["val_loss"] for r in state.history if "val_loss" in r and not r.get("stage1_only")
+        ]
+        stop_early = (
+            cascade_epoch
+            and validate_now
+            and should_stop_early(val_losses, cfg.train.early_stop_patience)
+        )
+        improved = cascade_epoch and "dice_mean" in row and row["dice_mean"] > state.best_dice
         if improved:
             state.best_dice, state.best_epoch = row["dice_mean"], epoch
         if not out_of_time:
@@ -1047,7 +1102,7 @@ class _Session:
             extra = {"val": {k: v for k, v in row.items() if k.startswith("dice_")}, "epoch": epoch}
             if improved or (state.best_epoch < 0 and state.finished):
                 self.save_weights(self.ckpt_dir / "best.pt", extra)
-            if cfg.train.snapshots > 0:
+            if cfg.train.snapshots > 0 and cascade_epoch:
                 self.save_weights(self.ckpt_dir / f"snapshot_{epoch:04d}.pt", extra)
                 _prune_snapshots(self.ckpt_dir, cfg.train.snapshots)
             self.save_last()
