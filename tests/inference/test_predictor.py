@@ -22,6 +22,7 @@ from cascadeseg.data.layouts import discover_cases
 from cascadeseg.data.preprocess import PreprocessConfig
 from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import WRITABLE_LAYOUTS, write_case
+from cascadeseg.errors import ConfigError
 from cascadeseg.inference.ensemble import LoadedModel
 from cascadeseg.inference.postprocess import dice
 from cascadeseg.inference.predictor import (
@@ -204,6 +205,22 @@ def test_forced_sliding_window_equals_whole(tiny_case: Case) -> None:
     slid = predict_case(tiny_case, [member()], replace(QUIET, tta=False, sliding_window="always"))
     assert slid.info["members"][0]["mode"] == "sliding"
     assert np.allclose(slid.probabilities, whole.probabilities, atol=1e-5)
+
+
+def test_stacked_flips_give_the_same_probabilities(tiny_case: Case) -> None:
+    torch.manual_seed(0)
+    # A 3x3x3 convolution with random weights is not flip-equivariant: every flip matters.
+    net = torch.nn.Sequential(torch.nn.Conv3d(4, 3, 3, padding=1), torch.nn.Sigmoid()).eval()
+    one = predict_case(tiny_case, [member(network=net)], replace(QUIET, flips_per_call=1))
+    auto = predict_case(tiny_case, [member(network=net)], QUIET)
+    assert one.info["members"][0]["flips_per_call"] == 1
+    assert auto.info["members"][0]["flips_per_call"] == 2  # the CPU default when it fits
+    assert np.allclose(auto.probabilities, one.probabilities, atol=1e-5)
+    plain = predict_case(tiny_case, [member(network=net)], replace(QUIET, tta=False))
+    assert plain.info["members"][0]["flips_per_call"] == 1
+    assert not np.allclose(plain.probabilities, one.probabilities, atol=1e-3)
+    with pytest.raises(ConfigError, match="flips_per_call"):
+        PredictOptions(flips_per_call=0)
 
 
 # --------------------------------------------------------------------------------------------

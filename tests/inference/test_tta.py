@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cascadeseg.inference.tta import flip_combinations, flip_tta, flip_tta_moments
@@ -62,3 +63,25 @@ def test_no_tta_is_one_pass() -> None:
     assert passes == 1
     assert torch.equal(mean, torch.sigmoid(x))
     assert torch.allclose(mean_sq, torch.sigmoid(x) ** 2)
+
+
+def test_flips_per_call_batches_flips_without_changing_the_result() -> None:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(2, 3, kernel_size=3, padding=1)  # not flip-equivariant
+    calls: list[int] = []
+
+    def fn(t: torch.Tensor) -> torch.Tensor:
+        calls.append(t.shape[0])
+        return torch.sigmoid(conv(t))
+
+    x = torch.randn(2, 2, 5, 6, 4)  # a batch of two volumes
+    with torch.no_grad():
+        ref_mean, ref_sq, _ = flip_tta_moments(fn, x, spatial_dims=3)
+        for k, expected_calls in ((2, [4, 4, 4, 4]), (3, [6, 6, 4]), (8, [16])):
+            calls.clear()
+            mean, mean_sq, passes = flip_tta_moments(fn, x, spatial_dims=3, flips_per_call=k)
+            assert passes == 8 and calls == expected_calls
+            torch.testing.assert_close(mean, ref_mean)
+            torch.testing.assert_close(mean_sq, ref_sq)
+    with pytest.raises(ValueError, match="flips_per_call"):
+        flip_tta_moments(fn, x, spatial_dims=3, flips_per_call=0)

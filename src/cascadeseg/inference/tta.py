@@ -34,37 +34,57 @@ def flip_combinations(spatial_dims: int) -> list[tuple[int, ...]]:
 
 
 def flip_tta_moments(
-    fn: ProbabilityFn, x: torch.Tensor, *, spatial_dims: int, tta: bool = True
+    fn: ProbabilityFn,
+    x: torch.Tensor,
+    *,
+    spatial_dims: int,
+    tta: bool = True,
+    flips_per_call: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """First and second moments of ``fn`` over the flips of ``x``.
 
     Running sums are kept instead of the 8 outputs, so memory stays at two output-sized tensors
-    whatever the number of passes (a whole-brain output is ~100 MB per pass).
+    whatever the number of passes (a whole-brain output is ~100 MB per pass), plus what one call
+    of ``fn`` needs.
 
     Args:
         fn: maps ``(B, C, *spatial)`` to ``(B, K, *spatial)`` probabilities.
         x: ``(B, C, *spatial)`` input.
         spatial_dims: 2 or 3 (number of trailing spatial axes of ``x``).
         tta: ``False`` runs the identity pass only.
+        flips_per_call: flipped copies stacked along the batch axis of one call of ``fn``
+            (``k * B`` inputs per call): fewer, larger calls, for back-ends that run a batch of
+            one slowly (PyTorch's CPU 3D convolutions of narrow layers); ``k`` times the memory
+            of one pass. The sums are the same up to floating-point rounding (a back-end may
+            pick another kernel for another batch size).
 
     Returns:
         ``(mean, mean_of_squares, passes)``: float32 ``(B, K, *spatial)`` tensors and the number
         of passes averaged. The voxel-wise variance over passes is ``mean_of_squares - mean**2``.
     """
+    if flips_per_call < 1:
+        raise ValueError(f"flips_per_call must be >= 1, got {flips_per_call}")
     flips = flip_combinations(spatial_dims) if tta else [()]
     total: torch.Tensor | None = None
     total_sq: torch.Tensor | None = None
-    for dims in flips:
-        xin = torch.flip(x, dims) if dims else x
-        out = fn(xin).float()
-        if dims:
-            out = torch.flip(out, dims)
-        if total is None or total_sq is None:
-            total, total_sq = out.clone(), out * out
-        else:
-            total += out
-            total_sq += out * out
-        del out, xin
+    batch = x.shape[0]
+    for start in range(0, len(flips), flips_per_call):
+        group = flips[start : start + flips_per_call]
+        inputs = [torch.flip(x, dims) if dims else x for dims in group]
+        xin = inputs[0] if len(inputs) == 1 else torch.cat(inputs)
+        del inputs
+        outs = fn(xin).float()
+        for i, dims in enumerate(group):
+            out = outs[i * batch : (i + 1) * batch]
+            if dims:
+                out = torch.flip(out, dims)
+            if total is None or total_sq is None:
+                total, total_sq = out.clone(), out * out
+            else:
+                total += out
+                total_sq += out * out
+            del out
+        del outs, xin
     assert total is not None and total_sq is not None
     n = len(flips)
     return total / n, total_sq / n, n
