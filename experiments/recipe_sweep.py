@@ -29,54 +29,52 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+
+def _variant(what: str, dropout: float, lr: float, fg: float, *more: str) -> tuple[str, list[str]]:
+    """(what it changes, config overrides) of a variant; the three swept values come first."""
+    return what, [
+        f"model.args.dropout={dropout}",
+        f"optim.lr={lr}",
+        f"data.foreground_prob={fg}",
+        *more,
+    ]
+
+
+def _s2x1(what: str, lr: float, *more: str) -> tuple[str, list[str]]:
+    """A second-round variant: the first round's best (dropout 0, a third of the crops on
+    tumour) with stage 2 as wide as stage 1, at learning rate ``lr``."""
+    return _variant(what, 0.0, lr, 0.33, "model.args.stage2_width_factor=1", *more)
+
+
 #: name -> (what it changes, config overrides). ``base`` is the recipe as it was before the sweep
 #: (Adam 1e-3, dropout 0.1, 48^3 crops, batch 2, half the crops centred on tumour); every variant
 #: names all three swept values, so the table stays valid whatever the recipe says now.
-_M = "model.args"
 VARIANTS: dict[str, tuple[str, list[str]]] = {
-    name: (what, [f"model.args.dropout={p}", f"optim.lr={lr}", f"data.foreground_prob={fg}", *more])
-    for name, what, p, lr, fg, more in (
-        ("base", "recipe before the sweep", 0.1, 1e-3, 0.5, []),
-        ("lr2e-3", "lr 2e-3", 0.1, 2e-3, 0.5, []),
-        ("no_dropout", "dropout 0", 0.0, 1e-3, 0.5, []),
-        ("fg0.33", "a third of the crops on tumour", 0.1, 1e-3, 0.33, []),
-        ("lr2e-3_no_dropout", "lr 2e-3, dropout 0", 0.0, 2e-3, 0.5, []),
-        ("lr3e-3_no_dropout", "lr 3e-3, dropout 0", 0.0, 3e-3, 0.5, []),
-        ("lr2e-3_no_dropout_fg0.33", "lr 2e-3, dropout 0, a third on tumour", 0.0, 2e-3, 0.33, []),
-        # Second round, at an equal wall-clock budget (--minutes): what buys more steps.
-        ("s2x1", "stage 2 width x1 (not x2)", 0.0, 2e-3, 0.33, [f"{_M}.stage2_width_factor=1"]),
-        ("s2x1_lr3e-3", "s2x1, lr 3e-3", 0.0, 3e-3, 0.33, [f"{_M}.stage2_width_factor=1"]),
-        (
-            "s2x1_p64",
-            "s2x1, 64^3 crops",
-            0.0,
+    "base": _variant("recipe before the sweep", 0.1, 1e-3, 0.5),
+    "lr2e-3": _variant("lr 2e-3", 0.1, 2e-3, 0.5),
+    "no_dropout": _variant("dropout 0", 0.0, 1e-3, 0.5),
+    "fg0.33": _variant("a third of the crops on tumour", 0.1, 1e-3, 0.33),
+    "lr2e-3_no_dropout": _variant("lr 2e-3, dropout 0", 0.0, 2e-3, 0.5),
+    "lr3e-3_no_dropout": _variant("lr 3e-3, dropout 0", 0.0, 3e-3, 0.5),
+    "lr2e-3_no_dropout_fg0.33": _variant("lr 2e-3, dropout 0, a third on tumour", 0.0, 2e-3, 0.33),
+    # Second round, at an equal wall-clock budget (--minutes): what buys more steps.
+    "s2x1": _s2x1("stage 2 width x1 (not x2)", 2e-3),
+    "s2x1_lr3e-3": _s2x1("s2x1, lr 3e-3", 3e-3),
+    "s2x1_p64": _s2x1("s2x1, 64^3 crops", 2e-3, "data.patch_size=[64,64,64]"),
+    **{
+        f"s2x1_s1first{share}": _s2x1(
+            f"s2x1, stage 1 alone for the first {share:.0%} of the budget",
             2e-3,
-            0.33,
-            [f"{_M}.stage2_width_factor=1", "data.patch_size=[64,64,64]"],
-        ),
-        *(
-            (
-                f"s2x1_s1first{share}",
-                f"s2x1, stage 1 alone for the first {share:.0%} of the budget",
-                0.0,
-                2e-3,
-                0.33,
-                [f"{_M}.stage2_width_factor=1", f"train.stage1_first={share}"],
-            )
-            for share in (0.3, 0.5)
-        ),
-        *(
-            (
-                f"s2x1_lr3e-3_bce{w}",
-                f"s2x1, lr 3e-3, cross-entropy weight {w} (Dice 1)",
-                0.0,
-                3e-3,
-                0.33,
-                [f"{_M}.stage2_width_factor=1", f"loss.bce_weight={w}"],
-            )
-            for w in (3, 10)
-        ),
-    )
+            f"train.stage1_first={share}",
+        )
+        for share in (0.3, 0.5)
+    },
+    **{
+        f"s2x1_lr3e-3_bce{w}": _s2x1(
+            f"s2x1, lr 3e-3, cross-entropy weight {w} (Dice 1)", 3e-3, f"loss.bce_weight={w}"
+        )
+        for w in (3, 10)
+    },
 }
 
 

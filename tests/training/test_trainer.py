@@ -281,43 +281,37 @@ def test_time_budget_stops_cleanly(toy_data: Path, tmp_path: Path) -> None:
     assert (out / "checkpoints" / "best.pt").is_file()
 
 
-def test_shipped_cpu_recipe_runs_a_step(toy_data: Path, tmp_path: Path) -> None:
-    cfg = load_config(
+def cpu_cascade_config(*extra: str) -> Config:
+    """The shipped ``two_stage_cpu`` recipe on the toy cases: 16^3 crops, batch 1, no budget."""
+    return load_config(
         "two_stage_cpu",
         [
             "data.target_spacing=null",
             "data.patch_size=[16,16,16]",
             "data.num_workers=0",
             "data.folds=4",
-            "train.epochs=1",
-            "train.iters_per_epoch=1",
             "train.batch_size=1",
             "train.val_cases=1",
             "train.max_minutes=null",
+            *extra,
         ],
     )
+
+
+def test_shipped_cpu_recipe_runs_a_step(toy_data: Path, tmp_path: Path) -> None:
+    cfg = cpu_cascade_config("train.epochs=1", "train.iters_per_epoch=1")
     out = train(cfg, toy_data, tmp_path / "run", progress=False)
     assert load_checkpoint(out / "checkpoints" / "last.pt")["model_name"] == "two_stage"
 
 
 def test_stage1_first_trains_stage_one_then_the_cascade(toy_data: Path, tmp_path: Path) -> None:
-    cfg = load_config(
-        "two_stage_cpu",
-        [
-            "data.target_spacing=null",
-            "data.patch_size=[16,16,16]",
-            "data.num_workers=0",
-            "data.folds=4",
-            "model.args={base_width: 4, norm_groups: 2, blocks: [1, 1], dropout: 0.0}",
-            "train.epochs=4",
-            "train.iters_per_epoch=2",
-            "train.batch_size=1",
-            "train.val_every=1",
-            "train.val_cases=1",
-            "train.snapshots=4",
-            "train.max_minutes=null",
-            "train.stage1_first=0.5",
-        ],
+    cfg = cpu_cascade_config(
+        "model.args={base_width: 4, norm_groups: 2, blocks: [1, 1], dropout: 0.0}",
+        "train.epochs=4",
+        "train.iters_per_epoch=2",
+        "train.val_every=1",
+        "train.snapshots=4",
+        "train.stage1_first=0.5",
     )
     initial = build_training_model_weights(cfg)
     out = train(cfg, toy_data, tmp_path / "run", progress=False)

@@ -287,13 +287,9 @@ def member_moments_3d(
             estimate_forward_bytes(per_voxel, 2, x.shape[2:]) <= budget
         )
         flips = 2 if options.tta and device.type == "cpu" and fits else 1
-    estimate = None
-    if per_voxel is not None:
-        batch_bytes = per_voxel
-
-        def estimate(shape: Sequence[int]) -> float:
-            return estimate_forward_bytes(batch_bytes, flips, shape)
-
+    estimate = (
+        None if per_voxel is None else functools.partial(estimate_forward_bytes, per_voxel, flips)
+    )
     roi = member.patch_size if len(member.patch_size) == 3 else (128, 128, 128)
     forward = AdaptiveForward(
         fn,
