@@ -30,20 +30,25 @@ from pathlib import Path
 from typing import Any
 
 
-def _variant(what: str, dropout: float, lr: float, fg: float, *more: str) -> tuple[str, list[str]]:
-    """(what it changes, config overrides) of a variant; the three swept values come first."""
+def _variant(
+    what: str, dropout: float, lr: float, fg: float, *more: str, n4: bool = False
+) -> tuple[str, list[str]]:
+    """(what it changes, config overrides) of a variant; the swept values come first. The first
+    two rounds ran without N4 bias correction (``n4=False`` keeps them reproducible now that
+    the recipe corrects)."""
     return what, [
         f"model.args.dropout={dropout}",
         f"optim.lr={lr}",
         f"data.foreground_prob={fg}",
+        f"data.n4={str(n4).lower()}",
         *more,
     ]
 
 
-def _s2x1(what: str, lr: float, *more: str) -> tuple[str, list[str]]:
+def _s2x1(what: str, lr: float, *more: str, n4: bool = False) -> tuple[str, list[str]]:
     """A second-round variant: the first round's best (dropout 0, a third of the crops on
     tumour) with stage 2 as wide as stage 1, at learning rate ``lr``."""
-    return _variant(what, 0.0, lr, 0.33, "model.args.stage2_width_factor=1", *more)
+    return _variant(what, 0.0, lr, 0.33, "model.args.stage2_width_factor=1", *more, n4=n4)
 
 
 #: name -> (what it changes, config overrides). ``base`` is the recipe as it was before the sweep
@@ -75,6 +80,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         )
         for w in (3, 10)
     },
+    # Third round: N4 bias-field correction in preprocessing (the recipe's N4 settings).
+    "s2x1_lr3e-3_bce3_n4": _s2x1(
+        "s2x1, lr 3e-3, cross-entropy weight 3, N4", 3e-3, "loss.bce_weight=3", n4=True
+    ),
 }
 
 

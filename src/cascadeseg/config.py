@@ -32,6 +32,8 @@ class DataConfig:
         label_convention: override of the layout's label convention (``None``: the layout's).
         target_spacing: resample to this voxel size in mm (``None``: keep the source spacing).
         n4: N4 bias-field correction (SimpleITK) before normalisation (CU-Net paper, sec. 3.1).
+        n4_shrink_factor: N4 fits the field on the resampled image shrunk by this factor.
+        n4_iterations: maximum iterations per N4 fitting level; one entry per level.
         crop_margin: voxels kept around the brain bounding box.
         patch_size: training crop (3D: 3 ints; 2D models use the first two as slice size).
         foreground_prob: probability that a 3D crop is centred on a tumour voxel (0 = uniform,
@@ -49,6 +51,8 @@ class DataConfig:
     label_convention: str | None = None
     target_spacing: tuple[float, float, float] | None = None
     n4: bool = False
+    n4_shrink_factor: int = 4
+    n4_iterations: tuple[int, ...] = (50, 50, 50, 50)
     crop_margin: int = 4
     patch_size: tuple[int, ...] = (128, 128, 128)
     foreground_prob: float = 0.0

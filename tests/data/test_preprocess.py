@@ -184,6 +184,63 @@ def test_n4_in_the_pipeline_runs() -> None:
     assert "n4_seconds" in pre.extra
 
 
+def test_n4_in_the_pipeline_corrects_on_the_cropped_resampled_grid() -> None:
+    """N4 runs after resampling and cropping: a smooth multiplicative field on the source grid
+    is removed on the preprocessed grid, and the brain mask is unchanged by it."""
+    case = padded_case()
+    shape = case.image.shape[1:]
+    ramp = np.linspace(-1.0, 1.0, shape[0], dtype=np.float32)[:, None, None]
+    biased = replace(case, image=(case.image * np.exp(0.4 * ramp)).astype(np.float32))
+    base = PreprocessConfig(target_spacing=(1.5, 1.5, 1.5), crop_margin=1)
+    plain = preprocess_case(biased, base)
+    fixed = preprocess_case(
+        biased, replace(base, n4=True, n4_shrink_factor=1, n4_iterations=(20, 20))
+    )
+    np.testing.assert_array_equal(fixed.brain_mask, plain.brain_mask)
+    assert fixed.geometry == plain.geometry
+    assert "n4_seconds" in fixed.extra
+
+    def trend(pre: object) -> float:
+        # correlation of the first modality with the x coordinate inside the brain
+        image, mask = pre.image[0], pre.brain_mask  # type: ignore[attr-defined]
+        x = np.broadcast_to(np.arange(mask.shape[0])[:, None, None], mask.shape)[mask]
+        return abs(float(np.corrcoef(x, image[mask])[0, 1]))
+
+    assert trend(fixed) < 0.5 * trend(plain)
+
+
+def test_preprocess_config_from_dict() -> None:
+    cfg = PreprocessConfig(
+        target_spacing=(2.0, 2.0, 2.0),
+        n4=True,
+        crop_margin=2,
+        n4_shrink_factor=6,
+        n4_iterations=(50, 50, 50),
+        n4_convergence=0.002,
+    )
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    assert PreprocessConfig.from_dict({}) == PreprocessConfig()
+    # a recipe's data section: keys that are not preprocessing settings are ignored
+    assert PreprocessConfig.from_dict(
+        {"n4": True, "n4_shrink_factor": 6, "patch_size": [48, 48, 48]}
+    ) == PreprocessConfig(n4=True, n4_shrink_factor=6)
+    with pytest.raises(ConfigError):
+        PreprocessConfig.from_dict({"n4_shrink_factor": 0})
+
+
+def test_recipe_and_checkpoint_carry_the_n4_settings() -> None:
+    from cascadeseg.config import load_config
+    from cascadeseg.inference.ensemble import preprocess_config_of
+
+    overrides = ["data.n4=true", "data.n4_shrink_factor=6", "data.n4_iterations=[50,50,50]"]
+    cfg = load_config("two_stage_cpu", overrides)
+    pre = PreprocessConfig.from_data_config(cfg.data)
+    assert (pre.n4, pre.n4_shrink_factor, pre.n4_iterations) == (True, 6, (50, 50, 50))
+    assert pre.target_spacing == (2.0, 2.0, 2.0)
+    # a checkpoint stores the resolved recipe as plain data
+    assert preprocess_config_of({"data": pre.to_dict()}) == pre
+
+
 def test_bad_config_and_empty_image() -> None:
     with pytest.raises(ConfigError):
         PreprocessConfig(target_spacing=(1.0, 0.0, 1.0))

@@ -157,16 +157,10 @@ def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def preprocess_config_of(config: dict[str, Any]) -> PreprocessConfig:
-    """The :class:`PreprocessConfig` of a resolved recipe (``data.target_spacing``, ``n4``,
-    ``crop_margin``), defaults for what is missing."""
-    data = _section(config, "data")
-    spacing = data.get("target_spacing")
+    """The :class:`PreprocessConfig` of a resolved recipe's ``data`` section, defaults for what
+    is missing."""
     try:
-        return PreprocessConfig(
-            target_spacing=None if spacing is None else tuple(float(s) for s in spacing),  # type: ignore[arg-type]
-            n4=bool(data.get("n4", False)),
-            crop_margin=int(data.get("crop_margin", 4)),
-        )
+        return PreprocessConfig.from_dict(_section(config, "data"))
     except (ConfigError, TypeError, ValueError) as exc:
         raise ModelError(f"checkpoint config: invalid preprocessing ({exc})") from None
 

@@ -252,8 +252,7 @@ def load_onnx_model(path: str | Path, device: torch.device | str = "cpu") -> Loa
     meta = network.metadata()
     if meta.get("format") != "cascadeseg-onnx-1":
         raise ModelError(f"{path}: not exported by cascadeseg (no {METADATA_KEY!r} metadata)")
-    pre = meta.get("preprocess") or {}
-    spacing = pre.get("target_spacing")
+    pre = PreprocessConfig.from_dict(meta.get("preprocess") or {})
     return LoadedModel(
         network=network,
         name=str(meta.get("model_name", "onnx")),
@@ -261,11 +260,7 @@ def load_onnx_model(path: str | Path, device: torch.device | str = "cpu") -> Loa
         output_kind="probabilities",
         in_channels=int(meta["in_channels"]),
         slice_context=int(meta.get("slice_context", 0)),
-        preprocess=PreprocessConfig(
-            target_spacing=None if spacing is None else tuple(float(s) for s in spacing),  # type: ignore[arg-type]
-            n4=bool(pre.get("n4", False)),
-            crop_margin=int(pre.get("crop_margin", 4)),
-        ),
+        preprocess=pre,
         patch_size=tuple(int(s) for s in meta.get("patch_size", ())),
         size_divisor=int(meta.get("size_divisor", 16)),
         et_min_voxels=meta.get("et_min_voxels"),
