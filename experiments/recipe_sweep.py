@@ -84,6 +84,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "s2x1_lr3e-3_bce3_n4": _s2x1(
         "s2x1, lr 3e-3, cross-entropy weight 3, N4", 3e-3, "loss.bce_weight=3", n4=True
     ),
+    "s2x1_lr3e-3_bce3_n4t1ce": _s2x1(
+        "s2x1, lr 3e-3, cross-entropy weight 3, N4 on T1ce only",
+        3e-3,
+        "loss.bce_weight=3",
+        "data.n4_channels=[2]",
+        n4=True,
+    ),
 }
 
 

@@ -34,6 +34,7 @@ class DataConfig:
         n4: N4 bias-field correction (SimpleITK) before normalisation (CU-Net paper, sec. 3.1).
         n4_shrink_factor: N4 fits the field on the resampled image shrunk by this factor.
         n4_iterations: maximum iterations per N4 fitting level; one entry per level.
+        n4_channels: channels N4 corrects (0 FLAIR, 1 T1, 2 T1ce, 3 T2); ``None``: all.
         crop_margin: voxels kept around the brain bounding box.
         patch_size: training crop (3D: 3 ints; 2D models use the first two as slice size).
         foreground_prob: probability that a 3D crop is centred on a tumour voxel (0 = uniform,
@@ -53,6 +54,7 @@ class DataConfig:
     n4: bool = False
     n4_shrink_factor: int = 4
     n4_iterations: tuple[int, ...] = (50, 50, 50, 50)
+    n4_channels: tuple[int, ...] | None = None
     crop_margin: int = 4
     patch_size: tuple[int, ...] = (128, 128, 128)
     foreground_prob: float = 0.0

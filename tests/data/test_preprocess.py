@@ -209,6 +209,22 @@ def test_n4_in_the_pipeline_corrects_on_the_cropped_resampled_grid() -> None:
     assert trend(fixed) < 0.5 * trend(plain)
 
 
+def test_n4_channels_corrects_only_those_channels() -> None:
+    case = make_tiny_case()
+    base = PreprocessConfig(n4=True, n4_shrink_factor=2, n4_iterations=(5,))
+    every = preprocess_case(case, base)
+    plain = preprocess_case(case, replace(base, n4=False))
+    only_t1ce = preprocess_case(case, replace(base, n4_channels=(2,)))
+    np.testing.assert_array_equal(only_t1ce.image[2], every.image[2])
+    for c in (0, 1, 3):
+        np.testing.assert_array_equal(only_t1ce.image[c], plain.image[c])
+    assert not np.array_equal(every.image[0], plain.image[0])  # N4 did change the others
+    with pytest.raises(ConfigError, match="no channel 7"):
+        preprocess_case(case, replace(base, n4_channels=(7,)))
+    with pytest.raises(ConfigError):
+        PreprocessConfig(n4_channels=(-1,))
+
+
 def test_preprocess_config_from_dict() -> None:
     cfg = PreprocessConfig(
         target_spacing=(2.0, 2.0, 2.0),
@@ -217,6 +233,7 @@ def test_preprocess_config_from_dict() -> None:
         n4_shrink_factor=6,
         n4_iterations=(50, 50, 50),
         n4_convergence=0.002,
+        n4_channels=(2,),
     )
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
     assert PreprocessConfig.from_dict({}) == PreprocessConfig()
