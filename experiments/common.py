@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cascadeseg.data.synth import SynthConfig
+
 EXPERIMENTS = Path(__file__).resolve().parent
 REPO = EXPERIMENTS.parent
 DEFAULT_OUT = EXPERIMENTS / "out"
@@ -260,7 +262,17 @@ def prepare_data(settings: Settings) -> None:
         (settings.test_dir, settings.test_cases, settings.test_seed, TEST_LAYOUT),
     ):
         marker = folder / ".synth.json"
-        wanted = {"cases": n, "seed": seed, "layout": layout, "scale": settings.scale}
+        # The generator's bias-field strength is part of what makes the data: sets written with
+        # another (the generator's default before it was brought within BrainWeb's range) are
+        # written again.
+        bias = list(SynthConfig().bias_strength)
+        wanted = {
+            "cases": n,
+            "seed": seed,
+            "layout": layout,
+            "scale": settings.scale,
+            "bias_strength": bias,
+        }
         if marker.is_file() and read_json(marker) == wanted:
             print(f"data: reusing {folder} ({n} cases, seed {seed})")
             continue
@@ -268,6 +280,7 @@ def prepare_data(settings: Settings) -> None:
             shutil.rmtree(folder)
         argv = ["synth", folder, "--cases", n, "--seed", seed, "--layout", layout]
         argv += ["--workers", settings.workers, "--scale", settings.scale]
+        argv += ["--bias-strength", *bias]
         if not settings.progress:
             argv.append("--no-progress")
         cascadeseg(argv, settings)

@@ -39,6 +39,12 @@ class DataConfig:
         patch_size: training crop (3D: 3 ints; 2D models use the first two as slice size).
         foreground_prob: probability that a 3D crop is centred on a tumour voxel (0 = uniform,
             as the two-stage paper's random crops).
+        bias_field_prob: probability that a training crop is multiplied by a random smooth
+            bias field (3D crops; 0 = off, as both papers). Beyond the papers: MONAI's
+            ``RandBiasField``/TorchIO's ``RandomBiasField`` on z-scored data
+            (:func:`cascadeseg.data.augment.apply_bias_field`).
+        bias_field_strength: range of the standard deviation of the log field.
+        bias_field_spacing_mm: distance between the field's control points (mm).
         slice_context: neighbouring slices on each side added as extra channels (2D; 0 = off).
         drop_empty_slices: fraction of tumour-free slices dropped each epoch (CU-Net: about 0.3).
         cache_dir: where preprocessed cases are cached (``None``: ``<data>/.cascadeseg_cache``).
@@ -58,6 +64,9 @@ class DataConfig:
     crop_margin: int = 4
     patch_size: tuple[int, ...] = (128, 128, 128)
     foreground_prob: float = 0.0
+    bias_field_prob: float = 0.0
+    bias_field_strength: tuple[float, float] = (0.05, 0.2)
+    bias_field_spacing_mm: float = 60.0
     slice_context: int = 0
     drop_empty_slices: float = 0.3
     cache_dir: str | None = None

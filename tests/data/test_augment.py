@@ -135,3 +135,58 @@ def test_draw_is_deterministic_for_a_seed(size: tuple[int, int]) -> None:
     a = augment.draw_crop_start(np.random.default_rng(7), (6, 6), size)
     b = augment.draw_crop_start(np.random.default_rng(7), (6, 6), size)
     assert a == b
+
+
+def test_bias_field_by_hand() -> None:
+    # z' = (z + k) * b - k: with b = 2 and k = 3, z = 0 -> 3 and z = -1 -> 1; outside the mask 0
+    image = np.array([[[0.0, -1.0], [1.0, 5.0]]], dtype=np.float32)
+    log_field = np.full_like(image, np.log(2.0))
+    mask = np.array([[True, True], [True, False]])
+    out = augment.apply_bias_field(image, log_field, 3.0, brain_mask=mask)
+    np.testing.assert_allclose(out[0][mask], [3.0, 1.0, 5.0], rtol=1e-6)
+    assert out[0, 1, 1] == 0.0 and out.dtype == np.float32
+    np.testing.assert_array_equal(image[0, 0], [0.0, -1.0])  # input untouched
+    with pytest.raises(ValueError, match="shape"):
+        augment.apply_bias_field(image, log_field[:, :1], 3.0)
+
+
+def test_bias_field_equals_multiplying_the_raw_image() -> None:
+    """On a z-scored image with the recorded mean/std, the augmentation is exactly what the
+    field does to the raw intensities, z-scored with the same statistics."""
+    from cascadeseg.data.preprocess import zscore_brain_stats
+
+    rng = np.random.default_rng(1)
+    raw = rng.uniform(100.0, 900.0, size=(2, 10, 9, 8)).astype(np.float32)
+    mask = np.ones((10, 9, 8), dtype=bool)
+    mask[:2] = False
+    raw[:, ~mask] = 0.0
+    z, means, stds = zscore_brain_stats(raw, mask)
+    log_field = augment.draw_bias_field(rng, 2, (10, 9, 8), strength=(0.1, 0.3), spacing=4.0)
+    out = augment.apply_bias_field(z, log_field, means / stds, brain_mask=mask)
+    expected = (raw * np.exp(log_field) - means[:, None, None, None]) / stds[:, None, None, None]
+    np.testing.assert_allclose(out[:, mask], expected[:, mask], rtol=1e-4, atol=1e-4)
+    assert not out[:, ~mask].any()
+
+
+def test_draw_bias_field_strength_and_smoothness() -> None:
+    rng = np.random.default_rng(0)
+    fields = [
+        augment.draw_bias_field(rng, 2, (32, 32, 32), strength=(0.1, 0.1), spacing=16.0)
+        for _ in range(20)
+    ]
+    stacked = np.stack(fields)
+    assert stacked.shape == (20, 2, 32, 32, 32) and stacked.dtype == np.float32
+    # the requested standard deviation, over many draws (one crop holds a few control points)
+    assert 0.07 < float(stacked.std()) < 0.13
+    # smooth: neighbouring voxels differ by a small fraction of the field's spread (white
+    # noise: about 1.1 standard deviations)
+    step = np.abs(np.diff(stacked, axis=2)).mean()
+    assert step < 0.2 * float(stacked.std())
+    # deterministic for a seed; strength 0 gives no field
+    a = augment.draw_bias_field(np.random.default_rng(3), 1, (8, 8, 8))
+    b = augment.draw_bias_field(np.random.default_rng(3), 1, (8, 8, 8))
+    np.testing.assert_array_equal(a, b)
+    zero = augment.draw_bias_field(rng, 1, (8, 8, 8), strength=(0.0, 0.0))
+    assert not zero.any()
+    with pytest.raises(ValueError, match="3D"):
+        augment.draw_bias_field(rng, 1, (8, 8))

@@ -156,3 +156,26 @@ def test_unlabelled_cases_are_rejected() -> None:
         CropDataset3D([pre], patch_size=(8, 8, 8))
     with pytest.raises(InputError, match="label"):
         SliceDataset2D([pre], slice_size=(8, 8))
+
+
+def test_bias_field_augmentation_in_crops(cases: list[Preprocessed]) -> None:
+    plain = CropDataset3D(cases, patch_size=(12, 12, 12), foreground_prob=0.3, seed=4)
+    off = CropDataset3D(
+        cases, patch_size=(12, 12, 12), foreground_prob=0.3, seed=4, bias_field_prob=0.0
+    )
+    on = CropDataset3D(
+        cases, patch_size=(12, 12, 12), foreground_prob=0.3, seed=4, bias_field_prob=1.0,
+        bias_field_strength=(0.3, 0.3), bias_field_spacing_mm=10.0,
+    )  # fmt: skip
+    for i in range(3):
+        a, b, c = plain[(0, i)], off[(0, i)], on[(0, i)]
+        assert same(a, b)  # probability 0 draws nothing: the same crops as before
+        # the same crop and labels, other intensities; the background stays 0
+        for key in ("label", "regions", "brain_mask"):
+            assert torch.equal(a[key], c[key])
+        brain = c["brain_mask"]
+        assert not torch.equal(a["image"], c["image"])
+        assert not c["image"][:, ~brain].any()
+        assert same(c, on[(0, i)])  # deterministic
+    # the recorded mean/std of each channel is what the field acts on
+    assert len(cases[0].extra["mean_over_std"]) == 4

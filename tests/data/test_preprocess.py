@@ -18,6 +18,7 @@ from cascadeseg.data.preprocess import (
     restore_to_source,
     to_preprocessed_grid,
     zscore_brain,
+    zscore_brain_stats,
 )
 from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.errors import ConfigError, InputError
@@ -77,6 +78,22 @@ def test_zscore_by_hand() -> None:
     assert out.dtype == np.float32
     # a constant channel gives zeros, not NaN
     assert not zscore_brain(np.ones((1, 2, 2, 1), np.float32), mask).any()
+
+
+def test_zscore_stats_and_the_recorded_mean_over_std() -> None:
+    image = np.zeros((1, 2, 2, 1), dtype=np.float32)
+    image[0, :, :, 0] = [[1.0, 2.0], [3.0, 7.0]]
+    mask = np.array([[True, True], [True, False]])[..., None]
+    out, means, stds = zscore_brain_stats(image, mask)
+    np.testing.assert_array_equal(out, zscore_brain(image, mask))
+    np.testing.assert_allclose(means, [2.0])
+    np.testing.assert_allclose(stds, [np.sqrt(2.0 / 3.0)], rtol=1e-6)
+    # preprocessing records mean / std of each channel's brain intensities (bias augmentation)
+    case = padded_case()
+    pre = preprocess_case(case)
+    raw = case.image[:, case.image.any(axis=0)]
+    expected = raw.mean(axis=1) / raw.std(axis=1)
+    np.testing.assert_allclose(pre.extra["mean_over_std"], expected, rtol=1e-3)
 
 
 def test_zscore_statistics_over_brain() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -322,3 +323,38 @@ def test_cli_writes_a_dataset_the_readers_read(
 def test_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["synth", str(tmp_path / "x"), "--cases", "0"]) == 2
     assert "--cases" in capsys.readouterr().err
+
+
+def test_bias_field_strength_is_brainweb_like() -> None:
+    """The default bias field stays about within BrainWeb's strongest setting (40% INU: a field
+    of 0.8 to 1.2 over the brain); ``bias_strength=(0, 0)`` gives no field at all."""
+    spans = []
+    for seed in range(4):
+        flat = synthesize_case(
+            seed, case_id="c", config=replace(QUARTER, bias_strength=(0.0, 0.0), noise_level=(0, 0))
+        )
+        strongest = synthesize_case(
+            seed, case_id="c", config=replace(QUARTER, bias_strength=(0.1, 0.1), noise_level=(0, 0))
+        )
+        brain = flat.image[0] > 0
+        ratio = strongest.image[:, brain] / flat.image[:, brain]
+        ratio /= np.median(ratio, axis=1, keepdims=True)
+        spans.append(np.percentile(ratio, [5, 95], axis=1))
+    low, high = np.mean(spans, axis=0)
+    assert (low > 0.8).all() and (high < 1.25).all()  # P5..P95, mean over cases
+    assert (high > 1.05).all()  # but a field is there
+    assert SynthConfig().bias_strength[1] <= 0.1
+
+
+def test_cli_bias_strength(tmp_path: Path) -> None:
+    from cascadeseg.data.layouts import discover_cases, read_case
+
+    out = tmp_path / "flat"
+    argv = ["synth", str(out), "--cases", "1", "--seed", "4", "--scale", "0.25", "--no-progress"]
+    assert cli_main([*argv, "--bias-strength", "0", "0"]) == 0
+    case = read_case(discover_cases(out)[0])
+    expected = synthesize_case(
+        case_seed(4, 0), case_id=case.case_id, config=replace(QUARTER, bias_strength=(0.0, 0.0))
+    )
+    np.testing.assert_array_equal(case.image, expected.image)
+    assert cli_main([*argv[:1], str(tmp_path / "bad"), "--bias-strength", "0.2", "0.1"]) == 2

@@ -344,3 +344,25 @@ def test_stage1_first_is_checked(toy_data: Path, tmp_path: Path) -> None:
         train(tiny_config("train.stage1_first=1.0"), toy_data, tmp_path / "a", progress=False)
     with pytest.raises(ConfigError, match="not a cascade"):
         train(tiny_config("train.stage1_first=0.5"), toy_data, tmp_path / "b", progress=False)
+
+
+def test_bias_field_settings_are_checked(toy_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="bias_field_prob"):
+        train(tiny_config("data.bias_field_prob=1.5"), toy_data, tmp_path / "a", progress=False)
+    with pytest.raises(ConfigError, match="bias_field_strength"):
+        train(
+            tiny_config("data.bias_field_strength=[0.3,0.1]"),
+            toy_data,
+            tmp_path / "b",
+            progress=False,
+        )
+    with pytest.raises(ConfigError, match="bias_field_spacing_mm"):
+        train(tiny_config("data.bias_field_spacing_mm=0"), toy_data, tmp_path / "c", progress=False)
+    # 2D models train on slices: refused before any preprocessing
+    with pytest.raises(ConfigError, match="2D slices"):
+        train(
+            tiny_config("model.name=unet2d", "model.args={}", "data.bias_field_prob=0.5"),
+            toy_data,
+            tmp_path / "d",
+            progress=False,
+        )

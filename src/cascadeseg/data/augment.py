@@ -12,6 +12,10 @@ Recipes:
 * two-stage cascaded U-Net (sec. 3.1): intensity shift in [-0.1, 0.1] standard deviations and
   scale in [0.9, 1.1] per channel, random 128^3 crops, a flip with p = 0.5 on each axis;
 * CU-Net (sec. 4): random rotation and random flip of 2D slices.
+
+Beyond the papers, an optional smooth multiplicative bias field (:func:`draw_bias_field`,
+:func:`apply_bias_field`; MONAI's ``RandBiasField`` and TorchIO's ``RandomBiasField`` do the same
+on raw intensities) teaches a short training run that a smooth brightening is not tumour.
 """
 
 from __future__ import annotations
@@ -77,6 +81,83 @@ def shift_scale_intensity(
     expand = (slice(None),) + (None,) * (image.ndim - 1)
     shift_values = (np.asarray(shifts, np.float32) * np.asarray(std, np.float32)).reshape(channels)
     out = (image + shift_values[expand]) * np.asarray(scales, np.float32).reshape(channels)[expand]
+    out = out.astype(np.float32, copy=False)
+    if brain_mask is not None:
+        out *= brain_mask[None]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Bias field
+
+
+def draw_bias_field(
+    rng: np.random.Generator,
+    channels: int,
+    shape: Sequence[int],
+    *,
+    strength: tuple[float, float] = (0.05, 0.2),
+    spacing: float = 30.0,
+) -> np.ndarray:
+    """Smooth log bias field, one per channel, of a random strength.
+
+    The field is a cubic B-spline of Gaussian control points ``spacing`` voxels apart (the
+    synthetic generator's own bias model, :func:`cascadeseg.data.synth.smooth_noise`), scaled
+    per channel to a standard deviation drawn from ``strength``. The field is stationary, so a
+    field drawn on a crop is distributed as the crop of a field drawn on the whole volume.
+
+    Args:
+        rng: the generator.
+        channels: number of image channels.
+        shape: spatial shape ``(X, Y, Z)`` of the crop (voxels).
+        strength: range of the standard deviation of the log field (0.2: the field's 95th
+            percentile is about 1.4 times its median).
+        spacing: distance between control points in voxels (larger: smoother).
+
+    Returns:
+        ``(channels, X, Y, Z)`` float32 log field (multiply the intensities by its exponential).
+    """
+    if len(shape) != 3:
+        raise ValueError(f"the bias field is 3D; got a spatial shape {tuple(shape)}")
+    from cascadeseg.data.synth import smooth_noise  # numpy only; synth imports no heavy module
+
+    stds = rng.uniform(strength[0], strength[1], size=channels).astype(np.float32)
+    field_ = smooth_noise(rng, shape, spacing=spacing, channels=channels)
+    field_ *= stds.reshape((channels,) + (1,) * len(shape))
+    return field_
+
+
+def apply_bias_field(
+    image: np.ndarray,
+    log_field: np.ndarray,
+    offsets: np.ndarray | float,
+    *,
+    brain_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Multiply the raw intensities behind a z-scored image by ``exp(log_field)``.
+
+    A z-scored channel is ``z = (I - m) / s``, so ``I / s = z + k`` with ``k = m / s`` (the
+    brain's mean over its standard deviation, recorded per channel by preprocessing). A field
+    ``b`` multiplies ``I``, hence ``z' = (z + k) * b - k``: bright tissue brightens more than dark
+    tissue, as in a scanner, where adding a smooth offset would brighten both alike. The image
+    is not z-scored again: the global change that would undo is what the intensity shift and
+    scale augmentation already covers.
+
+    Args:
+        image: ``(C, *spatial)`` float32, z-scored over the brain.
+        log_field: ``(C, *spatial)`` log bias field (:func:`draw_bias_field`).
+        offsets: ``(C,)`` or scalar ``k = mean / std`` of each channel's brain intensities.
+        brain_mask: ``(*spatial)`` bool; voxels outside it stay exactly 0.
+
+    Returns:
+        ``(C, *spatial)`` float32 (a new array).
+    """
+    if log_field.shape != image.shape:
+        raise ValueError(f"field {log_field.shape} and image {image.shape} differ in shape")
+    channels = image.shape[0]
+    expand = (slice(None),) + (None,) * (image.ndim - 1)
+    k = np.broadcast_to(np.asarray(offsets, np.float32), (channels,))[expand]
+    out = (image + k) * np.exp(log_field.astype(np.float32)) - k
     out = out.astype(np.float32, copy=False)
     if brain_mask is not None:
         out *= brain_mask[None]

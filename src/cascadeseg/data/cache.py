@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 #: Bump when the entry format or the preprocessing arithmetic changes: old entries are rebuilt.
 # 2: N4 moved after resampling and cropping (cases corrected by version 1 differ).
-FORMAT_VERSION = 2
+# 3: extra["mean_over_std"] recorded (the bias-field augmentation needs it).
+FORMAT_VERSION = 3
 #: Content hash of the key. SHA-256 rather than BLAKE2b: measured on this project's machine (x86
 #: with SHA extensions) hashlib's sha256 hashes 35 MB in 0.13 s, blake2b in 0.33 s.
 HASH = "sha256"

@@ -34,6 +34,10 @@ from cascadeseg.errors import InputError
 
 Index = int | tuple[int, int]
 
+#: ``mean / std`` of a modality's brain intensities when preprocessing did not record it (caches
+#: written before format 3). Measured 2.7-3.9 (mean 3.2) on synthetic cases at 2 mm.
+DEFAULT_MEAN_OVER_STD = 3.0
+
 
 def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The generator of one item: a function of (seed, epoch, index) only."""
@@ -83,6 +87,13 @@ class CropDataset3D(Dataset):
         flip_prob: probability of a flip on each axis.
         intensity_shift: half-range of the shift, in standard deviations.
         intensity_scale: range of the scale factor.
+        bias_field_prob: probability that a crop is multiplied by a smooth random bias field
+            (:func:`augment.draw_bias_field`; applied before the shift and scale).
+        bias_field_strength: range of the standard deviation of the log field.
+        bias_field_spacing_mm: distance between the field's control points (mm; converted
+            with each case's voxel size).
+        bias_field_offset: ``mean / std`` of a channel's brain intensities, used for cases
+            whose preprocessing did not record it (``extra["mean_over_std"]``).
     """
 
     def __init__(
@@ -97,6 +108,10 @@ class CropDataset3D(Dataset):
         flip_prob: float = 0.5,
         intensity_shift: float = 0.1,
         intensity_scale: tuple[float, float] = (0.9, 1.1),
+        bias_field_prob: float = 0.0,
+        bias_field_strength: tuple[float, float] = (0.05, 0.2),
+        bias_field_spacing_mm: float = 60.0,
+        bias_field_offset: float = DEFAULT_MEAN_OVER_STD,
     ) -> None:
         if not cases:
             raise InputError("no training cases")
@@ -112,6 +127,10 @@ class CropDataset3D(Dataset):
         self.flip_prob = flip_prob
         self.intensity_shift = intensity_shift
         self.intensity_scale = intensity_scale
+        self.bias_field_prob = float(bias_field_prob)
+        self.bias_field_strength = tuple(bias_field_strength)
+        self.bias_field_spacing_mm = float(bias_field_spacing_mm)
+        self.bias_field_offset = float(bias_field_offset)
         self.epoch = 0
         self._foreground: dict[int, np.ndarray] = {}
 
@@ -150,6 +169,22 @@ class CropDataset3D(Dataset):
             image = augment.flip(image, axes, spatial_dims=3)
             label = augment.flip(label, axes, spatial_dims=3)
             brain_mask = augment.flip(brain_mask, axes, spatial_dims=3)
+            # Drawn only when used, so that a run without it draws the same crops as before.
+            if self.bias_field_prob > 0 and rng.random() < self.bias_field_prob:
+                spacing_vox = self.bias_field_spacing_mm / float(np.mean(case.spacing))
+                log_field = augment.draw_bias_field(
+                    rng,
+                    image.shape[0],
+                    image.shape[1:],
+                    strength=self.bias_field_strength,  # type: ignore[arg-type]
+                    spacing=spacing_vox,
+                )
+                offsets = case.extra.get("mean_over_std")
+                if offsets is None or len(offsets) != image.shape[0]:
+                    offsets = [self.bias_field_offset] * image.shape[0]
+                image = augment.apply_bias_field(
+                    image, log_field, np.asarray(offsets, np.float32), brain_mask=brain_mask
+                )
             shifts, scales = augment.draw_intensity(
                 rng, image.shape[0], shift=self.intensity_shift, scale=self.intensity_scale
             )

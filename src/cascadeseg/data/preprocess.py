@@ -308,6 +308,21 @@ def bounding_box(mask: np.ndarray, margin: int = 0) -> Box:
 def zscore_brain(image: np.ndarray, mask: np.ndarray, *, eps: float = 1e-8) -> np.ndarray:
     """Per-channel z-score over brain voxels, background set to 0 (two-stage paper, sec. 3.1).
 
+    Args:
+        image: ``(C, X, Y, Z)`` array.
+        mask: ``(X, Y, Z)`` bool brain mask.
+
+    Returns:
+        ``(C, X, Y, Z)`` float32 (see :func:`zscore_brain_stats`).
+    """
+    return zscore_brain_stats(image, mask, eps=eps)[0]
+
+
+def zscore_brain_stats(
+    image: np.ndarray, mask: np.ndarray, *, eps: float = 1e-8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`zscore_brain` and the statistics it used.
+
     Statistics are taken in float32 (pairwise summation keeps the mean accurate; the variance is
     the mean square of the centred values, which avoids the cancellation of ``E[x^2] - E[x]^2``).
     A channel with zero variance over the brain becomes all zeros.
@@ -317,20 +332,25 @@ def zscore_brain(image: np.ndarray, mask: np.ndarray, *, eps: float = 1e-8) -> n
         mask: ``(X, Y, Z)`` bool brain mask.
 
     Returns:
-        ``(C, X, Y, Z)`` float32.
+        ``(z, means, stds)``: ``z`` ``(C, X, Y, Z)`` float32; ``means`` and ``stds`` ``(C,)``
+        float64, the brain mean and standard deviation of each channel (0 for an empty mask).
     """
     out = np.zeros(image.shape, dtype=np.float32)
+    means = np.zeros(image.shape[0])
+    stds = np.zeros(image.shape[0])
     n = int(np.count_nonzero(mask))
     if n == 0:
-        return out
+        return out, means, stds
     for c in range(image.shape[0]):
         values = np.asarray(image[c][mask], dtype=np.float32)
-        centred = values - np.float32(values.sum() / n)
+        means[c] = float(values.sum() / n)
+        centred = values - np.float32(means[c])
         std = float(np.sqrt(np.dot(centred, centred) / n))
+        stds[c] = std
         if std > eps:
             centred *= np.float32(1.0 / std)
             out[c][mask] = centred
-    return out
+    return out, means, stds
 
 
 def resample_to_shape(
@@ -493,7 +513,10 @@ def preprocess_case(case: Case, cfg: PreprocessConfig | None = None) -> Preproce
                 convergence=cfg.n4_convergence,
             )
         extra["n4_seconds"] = round(time.perf_counter() - start, 3)
-    cropped_image = zscore_brain(cropped, cropped_mask)
+    cropped_image, means, stds = zscore_brain_stats(cropped, cropped_mask)
+    # mean / std of each channel's brain intensities: what a multiplicative bias field acts on
+    # once the image is z-scored (data.augment.apply_bias_field).
+    extra["mean_over_std"] = [round(float(m / s), 4) if s > 0 else 0.0 for m, s in zip(means, stds)]
     cropped_label = None
     if label is not None:
         cropped_label = np.ascontiguousarray(label[crop], dtype=np.uint8)

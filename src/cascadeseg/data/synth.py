@@ -25,7 +25,7 @@ case's seed, so a seed gives the same arrays on every machine:
    of ``edema_min_margin_mm`` is always edema), everything lies inside the brain.
 5. **Image formation.** Each modality is a linear mix of the tissue and tumour maps with contrasts
    from typical clinical MRI (table :data:`TISSUE_INTENSITY`), jittered per case; a smooth
-   multiplicative bias field per modality; a sub-voxel to one-voxel misregistration of every
+   multiplicative bias field per modality (at most about BrainWeb's 40% INU); a sub-voxel to one-voxel misregistration of every
    modality but the reference (T1ce, the registration target of BraTS); Rician noise; skull
    stripping (background exactly 0); integer values in the int16 range like the BraTS files.
 
@@ -153,7 +153,12 @@ class SynthConfig:
         tumour_texture_mm: spacing of that heterogeneity.
         intensity_scale: range of each modality's scanner gain (WM-ish tissue lands in the
             hundreds to a few thousand, like raw BraTS int16 images).
-        bias_strength: range of the std of the log bias field per modality.
+        bias_strength: range of the std of the log bias field per modality. The default's
+            strongest field spans about 0.85-1.2 over the brain (5th-95th percentile), close
+            to BrainWeb's strongest setting (40% INU: a field of 0.8-1.2 over the brain).
+            Earlier revisions drew up to 0.2 (``--bias-strength 0.04 0.2`` reproduces them):
+            fields up to 1.5-2x, more than twice BrainWeb's strongest, which made normal T1ce
+            as bright as enhancing tumour.
         bias_spacing_mm: spacing of the bias field's control points (low frequency).
         noise_level: range of the Rician noise sigma relative to the modality's WM intensity.
         misregistration_mm: largest shift of a modality against the reference, per axis.
@@ -199,7 +204,7 @@ class SynthConfig:
     tumour_texture: float = 0.08
     tumour_texture_mm: float = 4.0
     intensity_scale: tuple[float, float] = (400.0, 2500.0)
-    bias_strength: tuple[float, float] = (0.04, 0.2)
+    bias_strength: tuple[float, float] = (0.02, 0.1)
     bias_spacing_mm: float = 60.0
     noise_level: tuple[float, float] = (0.015, 0.035)
     misregistration_mm: float = 1.0

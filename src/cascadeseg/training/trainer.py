@@ -103,6 +103,18 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"data.split={cfg.data.split!r}: expected kfold or cunet")
     if not 0.0 <= cfg.train.stage1_first < 1.0:
         raise ConfigError(f"train.stage1_first={cfg.train.stage1_first}: must be in [0, 1)")
+    if not 0.0 <= cfg.data.bias_field_prob <= 1.0:
+        raise ConfigError(f"data.bias_field_prob={cfg.data.bias_field_prob}: must be in [0, 1]")
+    low, high = cfg.data.bias_field_strength
+    if not 0.0 <= low <= high:
+        raise ConfigError(
+            f"data.bias_field_strength={list(cfg.data.bias_field_strength)}: "
+            "expected [low, high] with 0 <= low <= high"
+        )
+    if cfg.data.bias_field_spacing_mm <= 0:
+        raise ConfigError(
+            f"data.bias_field_spacing_mm={cfg.data.bias_field_spacing_mm}: must be > 0"
+        )
 
 
 def build_optimizer(params: Any, optim_cfg: Any) -> torch.optim.Optimizer:
@@ -363,6 +375,12 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
     if not split["train"]:
         raise InputError(f"{data}: the split leaves no training case ({len(by_id)} cases)")
 
+    spatial_dims = _model_spatial_dims(cfg)
+    if spatial_dims != 3 and cfg.data.bias_field_prob > 0:
+        raise ConfigError(
+            "data.bias_field_prob: the bias-field augmentation is for 3D crops; "
+            f"model {cfg.model.name!r} trains on 2D slices"
+        )
     cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(data)
     cache = PreprocessCache(cache_root, PreprocessConfig.from_data_config(cfg.data))
     val_ids = split["val"][: cfg.train.val_cases] if cfg.train.val_cases else split["val"]
@@ -378,13 +396,15 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
 
     train_cases = [loaded[c] for c in split["train"]]
     val_cases = [loaded[c] for c in val_ids]
-    spatial_dims = _model_spatial_dims(cfg)
     if spatial_dims == 3:
         dataset: Dataset[Any] = datasets.CropDataset3D(
             train_cases,
             patch_size=tuple(cfg.data.patch_size[:3]),
             foreground_prob=cfg.data.foreground_prob,
             seed=cfg.seed,
+            bias_field_prob=cfg.data.bias_field_prob,
+            bias_field_strength=cfg.data.bias_field_strength,
+            bias_field_spacing_mm=cfg.data.bias_field_spacing_mm,
         )
     else:
         if len(cfg.data.patch_size) < 2:
