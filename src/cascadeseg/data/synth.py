@@ -25,9 +25,10 @@ case's seed, so a seed gives the same arrays on every machine:
    of ``edema_min_margin_mm`` is always edema), everything lies inside the brain.
 5. **Image formation.** Each modality is a linear mix of the tissue and tumour maps with contrasts
    from typical clinical MRI (table :data:`TISSUE_INTENSITY`), jittered per case; a smooth
-   multiplicative bias field per modality (at most about BrainWeb's 40% INU); a sub-voxel to one-voxel misregistration of every
-   modality but the reference (T1ce, the registration target of BraTS); Rician noise; skull
-   stripping (background exactly 0); integer values in the int16 range like the BraTS files.
+   multiplicative bias field per modality (at most about BrainWeb's 40% INU); a sub-voxel to
+   one-voxel misregistration of every modality but the reference (T1ce, the registration
+   target of BraTS); Rician noise; skull stripping (background exactly 0); integer values in
+   the int16 range like the BraTS files.
 
 Speed: 0.5-2 s per full-size case in one process, measured on the shared (busy) 2-core
 development machine (see :func:`benchmark_synth`); the templates are loaded once per process
