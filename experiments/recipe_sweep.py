@@ -1,9 +1,10 @@
 """Recipe sweep for the demo: variants of a CPU recipe trained for the same steps or minutes.
 
-How the demo recipe (``two_stage_cpu``) was chosen. Every variant trains on the demo's own
-training cases (``cascadeseg demo``'s data: 16 cases, seed 0), then predicts 12 held-out cases
-(seed 200000, never trained on) with its final weights and no TTA, and is scored with the
-official metrics. Two budgets:
+How the demo recipe (``two_stage_cpu``) was chosen. Every variant trains on the demo's
+training cases (``cascadeseg demo``'s seeds: 16 cases, seed 0; with ``--bias-strength`` other
+than the generator's default, those seeds with that bias field), then predicts 12 held-out
+cases (seed 200000, never trained on) with its final weights and no TTA, and is scored with
+the official metrics. Two budgets:
 
 * ``--steps N`` (default): the same number of optimiser steps, not the same minutes, so that
   other jobs on the machine change the wall time but not the result;

@@ -587,8 +587,9 @@ def section_sweep(path: Path) -> str:
     by_time = [r for r in rows if r.get("budget_minutes") is not None]
     cases = sorted({r["cases"] for r in rows})
     text = (
-        "How the demo's recipe (`two_stage_cpu`) was chosen: variants trained on the demo's own "
-        f"training cases and scored on {', '.join(map(str, cases))} held-out cases with their "
+        "How the demo's recipe (`two_stage_cpu`) was chosen: variants trained on the demo's "
+        "training seeds (16 cases, seed 0) and scored on "
+        f"{', '.join(map(str, cases))} held-out cases with their "
         "final weights and no TTA (`python experiments/recipe_sweep.py`). The first four rounds "
         "ran on cases with the generator's earlier, stronger bias field (`--bias-strength 0.04 "
         "0.2`, up to 1.5-2x over the brain), the fifth on the generator's current data "

@@ -34,8 +34,9 @@ from cascadeseg.errors import InputError
 
 Index = int | tuple[int, int]
 
-#: ``mean / std`` of a modality's brain intensities when preprocessing did not record it (caches
-#: written before format 3). Measured 2.7-3.9 (mean 3.2) on synthetic cases at 2 mm.
+#: ``mean / std`` of a modality's brain intensities for cases that do not record it (a
+#: ``Preprocessed`` built by hand rather than by ``preprocess_case``; cache entries of older
+#: formats are rebuilt). Measured 2.7-3.9 (mean 3.2) on synthetic cases at 2 mm.
 DEFAULT_MEAN_OVER_STD = 3.0
 
 
