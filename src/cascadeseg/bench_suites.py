@@ -825,6 +825,55 @@ def _end_to_end_rows(
 # training
 
 
+def _demo_recipe_step_rows(suite: Suite, *, quick: bool, warmup: int, repeats: int) -> None:
+    """The demo's own training step (``two_stage_cpu``: its crop, batch and widths, channels-last)
+    in fp32 and, where the CPU has native bf16, in bf16: whether bf16 pays at the demo's widths.
+
+    Measured on an AVX512-BF16 EPYC it did not (the casts and the fp32 GroupNorm outweigh the
+    faster convolutions at 8 channels), so the recipe pins fp32; this row shows it on any CPU.
+    """
+    from cascadeseg.training.bench import benchmark_training_step
+
+    recipe = _cpu_recipe("two_stage", (48, 48, 48), 8)
+    size = QUICK_3D if quick else recipe["size"]
+    args = _overrides("two_stage", quick) if quick else recipe["args"]
+    batch = 2 if quick else recipe["batch"]
+    shape = "x".join(map(str, size))
+    seconds: dict[str, float] = {}
+    for precision in ("fp32", "bf16") if native_bf16("cpu") else ("fp32",):
+        result = benchmark_training_step(
+            "two_stage",
+            size,
+            precision=precision,
+            batch=batch,
+            device="cpu",
+            model_args=args,
+            warmup=warmup,
+            repeats=max(repeats, 3),
+            channels_last=True,
+        )
+        seconds[precision] = result["s_per_iter"]
+        add_row(
+            suite,
+            f"train the demo recipe's step ({recipe['source']}: two_stage {shape} batch {batch}, "
+            f"channels-last), {precision}: time",
+            result["s_per_iter"],
+            "s/it",
+            limited_by="compute (forward + backward) and, at 8 channels, memory-bound "
+            "normalisation and activations",
+            params=result["params"],
+        )
+    if "bf16" in seconds:
+        add_row(
+            suite,
+            "train the demo recipe's step: bf16 speed-up over fp32",
+            seconds["fp32"] / seconds["bf16"],
+            "x",
+            limited_by="autocast casts and fp32 GroupNorm against faster bf16 convolutions",
+            note="below 1: bf16 is slower at the demo's widths, so two_stage_cpu pins fp32",
+        )
+
+
 def training_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, float]) -> None:
     """Seconds per iteration and peak memory, with and without gradient checkpointing.
 
@@ -895,6 +944,8 @@ def training_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, fl
                 memory_kind=result["memory_kind"],
             )
             _free(device)
+    if not on_gpu:
+        _demo_recipe_step_rows(suite, quick=quick, warmup=warmup, repeats=repeats)
     if "two_stage_ckpt" in step_s:
         add_row(
             suite,

@@ -150,7 +150,9 @@ def test_shipped_recipe_loads_and_checks(name: str) -> None:
     check_config(cfg)
     if name.endswith("_cpu"):
         assert cfg.train.max_minutes is not None
-        assert cfg.train.precision == "auto"  # bf16 only where native (see config.py)
+        # Never bf16 blindly (emulated bf16 runs about 13x slower on AVX2 CPUs): auto picks
+        # it only where native; two_stage_cpu pins fp32, measured faster at its widths.
+        assert cfg.train.precision in ("auto", "fp32")
 
 
 def test_paper_recipes_hold_the_papers_settings() -> None:

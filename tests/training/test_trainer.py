@@ -272,7 +272,9 @@ def test_nonfinite_loss_stops_naming_the_step(
 
 
 def test_time_budget_stops_cleanly(toy_data: Path, tmp_path: Path) -> None:
-    cfg = tiny_config("train.max_minutes=0.0001", "train.epochs=50")
+    # A budget of 6 microseconds: shorter than any step on any machine (6 ms was not: a fast
+    # CPU finished the first 16^3 step inside it).
+    cfg = tiny_config("train.max_minutes=1e-7", "train.epochs=50")
     out = train(cfg, toy_data, tmp_path / "run", progress=False)
     summary = (out / "summary.json").read_text()
     assert '"stop_reason": "time_budget"' in summary

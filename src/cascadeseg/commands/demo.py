@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cascadeseg.demo import DEMO_MODELS
+from cascadeseg.demo import DEMO_CASES, DEMO_MODELS, DEMO_TEST_CASES
 
 HELP = "run the whole pipeline on synthetic data (no download, no GPU needed)"
 
@@ -13,8 +13,10 @@ HELP = "run the whole pipeline on synthetic data (no download, no GPU needed)"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     parser.add_argument("--minutes", type=float, default=7.0, help="training budget (minutes)")
-    parser.add_argument("--cases", type=int, default=24, help="synthetic cases in total")
-    parser.add_argument("--test-cases", type=int, default=8, help="held-out cases")
+    parser.add_argument(
+        "--cases", type=int, default=DEMO_CASES, help="synthetic cases, training + held out"
+    )
+    parser.add_argument("--test-cases", type=int, default=DEMO_TEST_CASES, help="held-out cases")
     parser.add_argument(
         "--model",
         default="two_stage",

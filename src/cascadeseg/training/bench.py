@@ -106,6 +106,7 @@ def benchmark_training_step(
     warmup: int = 2,
     repeats: int = 5,
     loss_cfg: LossConfig | None = None,
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """Seconds per training iteration (median) and peak memory of model ``name``.
 
@@ -120,6 +121,8 @@ def benchmark_training_step(
         warmup: iterations run before timing (allocator, cuDNN autotuning).
         repeats: timed iterations.
         loss_cfg: loss settings (default :class:`LossConfig`).
+        channels_last: model and input in channels-last memory format, as the trainer runs
+            them with ``train.channels_last`` (the CPU recipes).
 
     Returns:
         ``{"model", "size", "batch", "precision", "checkpointing", "device", "params",
@@ -142,6 +145,10 @@ def benchmark_training_step(
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
     data = synthetic_batch(batch, size, in_channels=int(getattr(model, "in_channels", 4)))
     data = {k: v.to(dev) for k, v in data.items()}
+    if channels_last:
+        fmt = torch.channels_last_3d if len(size) == 3 else torch.channels_last
+        model = model.to(memory_format=fmt)  # type: ignore[call-overload]
+        data["image"] = data["image"].contiguous(memory_format=fmt)
 
     def step() -> None:
         with autocast(precision, dev):
