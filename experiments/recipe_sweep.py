@@ -121,6 +121,30 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         3e-3,
         "loss.bce_weight=3",
         "train.iters_per_epoch=60",
+        "data.crop_overhang=0",
+    ),
+    # Seventh round: crops may reach half their size past the brain box, so the brain's
+    # periphery (cortex, posterior fossa) is in crops about half as often as its centre rather
+    # than a few percent as often (data.crop_overhang).
+    "s2x1_lr3e-3_bce3_ipe60_overhang0.5": _s2x1(
+        "s2x1, lr 3e-3, cross-entropy weight 3, 60 iterations an epoch, crop centres uniform "
+        "over the brain box (crop overhang 0.5)",
+        3e-3,
+        "loss.bce_weight=3",
+        "train.iters_per_epoch=60",
+        "data.crop_overhang=0.5",
+    ),
+    # The overhang puts fewer crops on tumour; half the crops centred on tumour restores that.
+    "s2x1_lr3e-3_bce3_ipe60_overhang0.5_fg0.5": _variant(
+        "s2x1, lr 3e-3, cross-entropy weight 3, 60 iterations an epoch, crop overhang 0.5, "
+        "half the crops on tumour",
+        0.0,
+        3e-3,
+        0.5,
+        "model.args.stage2_width_factor=1",
+        "loss.bce_weight=3",
+        "train.iters_per_epoch=60",
+        "data.crop_overhang=0.5",
     ),
 }
 

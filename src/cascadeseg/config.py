@@ -39,6 +39,11 @@ class DataConfig:
         patch_size: training crop (3D: 3 ints; 2D models use the first two as slice size).
         foreground_prob: probability that a 3D crop is centred on a tumour voxel (0 = uniform,
             as the two-stage paper's random crops).
+        crop_overhang: fraction of a 3D crop (0 to 0.5) that may reach past each border of the
+            preprocessed (brain-cropped) volume, padded with background. 0: crops stay inside,
+            and the brain's periphery is rarely in one; 0.5: crop centres uniform over the
+            volume, close to the paper's crops from the whole BraTS grid
+            (:func:`cascadeseg.data.augment.draw_crop_start`).
         bias_field_prob: probability that a training crop is multiplied by a random smooth
             bias field (3D crops; 0 = off, as both papers). Beyond the papers: MONAI's
             ``RandBiasField``/TorchIO's ``RandomBiasField`` on z-scored data
@@ -64,6 +69,7 @@ class DataConfig:
     crop_margin: int = 4
     patch_size: tuple[int, ...] = (128, 128, 128)
     foreground_prob: float = 0.0
+    crop_overhang: float = 0.0
     bias_field_prob: float = 0.0
     bias_field_strength: tuple[float, float] = (0.05, 0.2)
     bias_field_spacing_mm: float = 60.0

@@ -97,6 +97,37 @@ def test_uniform_crop_starts_stay_valid() -> None:
     assert starts[:, 2].min() == -4 and starts[:, 2].max() == 0
 
 
+def test_crop_overhang_widens_the_starts_by_half_a_crop() -> None:
+    rng = np.random.default_rng(4)
+    starts = np.array(
+        [augment.draw_crop_start(rng, (40, 16, 8), (16, 16, 16), overhang=0.5) for _ in range(2000)]
+    )
+    # 0.5 x 16 = 8 voxels past each border: starts -8..32 (crop centre 0..40), -8..8, -16..8
+    assert (starts[:, 0].min(), starts[:, 0].max()) == (-8, 32)
+    assert (starts[:, 1].min(), starts[:, 1].max()) == (-8, 8)
+    assert (starts[:, 2].min(), starts[:, 2].max()) == (-16, 8)
+
+
+@pytest.mark.parametrize(("overhang", "border_over_centre"), [(0.0, 1 / 16), (0.5, 9 / 16)])
+def test_crop_overhang_brings_the_border_into_crops(
+    overhang: float, border_over_centre: float
+) -> None:
+    # 1D volume of 40 voxels, crops of 16. Without overhang voxel 0 is in 1 of the 25 possible
+    # crops and voxel 20 in 16; with overhang 0.5 (starts -8..32, 41 of them) in 9 and 16.
+    rng = np.random.default_rng(5)
+    starts = np.array(
+        [augment.draw_crop_start(rng, (40,), (16,), overhang=overhang)[0] for _ in range(20000)]
+    )
+    border = np.mean((starts <= 0) & (starts + 16 > 0))
+    centre = np.mean((starts <= 20) & (starts + 16 > 20))
+    assert border / centre == pytest.approx(border_over_centre, rel=0.15)
+
+
+def test_crop_overhang_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="overhang"):
+        augment.draw_crop_start(np.random.default_rng(0), (10,), (4,), overhang=0.6)
+
+
 def test_foreground_crops_at_the_requested_rate() -> None:
     shape, size = (40, 40, 40), (10, 10, 10)
     label = np.zeros(shape, dtype=np.uint8)

@@ -349,6 +349,8 @@ def test_stage1_first_is_checked(toy_data: Path, tmp_path: Path) -> None:
 
 
 def test_bias_field_settings_are_checked(toy_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="crop_overhang"):
+        train(tiny_config("data.crop_overhang=0.7"), toy_data, tmp_path / "a", progress=False)
     with pytest.raises(ConfigError, match="bias_field_prob"):
         train(tiny_config("data.bias_field_prob=1.5"), toy_data, tmp_path / "a", progress=False)
     with pytest.raises(ConfigError, match="bias_field_strength"):

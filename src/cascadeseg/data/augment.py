@@ -222,6 +222,7 @@ def draw_crop_start(
     *,
     foreground: np.ndarray | None = None,
     foreground_prob: float = 0.0,
+    overhang: float = 0.0,
 ) -> tuple[int, ...]:
     """Start corner of a crop of ``size`` from a volume of ``shape``.
 
@@ -230,21 +231,34 @@ def draw_crop_start(
     inside the volume; otherwise the start is uniform. Where the volume is smaller than the
     crop the start is negative (the crop is padded), and the volume lands at a random place in it.
 
+    ``overhang`` lets a crop reach past the volume's border by that fraction of its size on each
+    side (padded). With 0 a voxel at the border lies in one of the ``shape - size + 1`` possible
+    crops along an axis and a central voxel in all of them: on a brain-cropped volume the
+    brain's periphery (cortex, vertex, posterior fossa) is then rarely seen. With 0.5 the crop
+    centre is uniform over the volume and a border voxel is seen about half as often as a
+    central one, as when crops are drawn from the whole 240 x 240 x 155 BraTS grid (the
+    two-stage paper) rather than from the brain's box.
+
     Args:
         rng: the generator.
         shape: spatial shape of the volume.
         size: spatial shape of the crop.
         foreground: ``(N, ndim)`` integer coordinates of foreground voxels (may be empty).
         foreground_prob: probability of a foreground-centred crop.
+        overhang: fraction of the crop (0 to 0.5) that may lie past each border of the volume.
 
     Returns:
         start index per spatial axis (may be negative).
     """
+    if not 0.0 <= overhang <= 0.5:
+        raise ValueError(f"overhang={overhang}: must be in [0, 0.5]")
     shape_a = np.asarray(shape, dtype=np.int64)
     size_a = np.asarray(size, dtype=np.int64)
-    # Valid starts: the crop lies inside the volume, or contains all of it where it is smaller.
-    low = np.minimum(0, shape_a - size_a)
-    high = np.maximum(0, shape_a - size_a)
+    # Valid starts: the crop lies inside the volume, or contains all of it where it is smaller;
+    # widened by the overhang on both sides.
+    extend = np.floor(overhang * size_a).astype(np.int64)
+    low = np.minimum(0, shape_a - size_a) - extend
+    high = np.maximum(0, shape_a - size_a) + extend
     centred = (
         foreground is not None
         and len(foreground) > 0

@@ -82,6 +82,8 @@ class CropDataset3D(Dataset):
         patch_size: crop size ``(X, Y, Z)`` in voxels; volumes smaller than it are zero-padded.
         foreground_prob: probability that a crop is centred on a tumour voxel (0: uniform
             crops as in the paper; nnU-Net uses 1/3).
+        crop_overhang: fraction of the crop that may reach past each border of the volume
+            (:func:`augment.draw_crop_start`; 0.5: crop centres uniform over the volume).
         augment: apply flips and intensity augmentation.
         seed: base seed.
         samples_per_epoch: items per epoch (``None``: one per case).
@@ -103,6 +105,7 @@ class CropDataset3D(Dataset):
         *,
         patch_size: Sequence[int],
         foreground_prob: float = 0.0,
+        crop_overhang: float = 0.0,
         augment: bool = True,
         seed: int = 0,
         samples_per_epoch: int | None = None,
@@ -122,6 +125,7 @@ class CropDataset3D(Dataset):
         self.cases = list(cases)
         self.patch_size = tuple(int(s) for s in patch_size)
         self.foreground_prob = float(foreground_prob)
+        self.crop_overhang = float(crop_overhang)
         self.augment = augment
         self.seed = int(seed)
         self.samples_per_epoch = samples_per_epoch
@@ -161,6 +165,7 @@ class CropDataset3D(Dataset):
             self.patch_size,
             foreground=foreground,
             foreground_prob=self.foreground_prob,
+            overhang=self.crop_overhang,
         )
         image = augment.crop(case.image, start, self.patch_size)
         label = augment.crop(case.label, start, self.patch_size)

@@ -103,6 +103,8 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"data.split={cfg.data.split!r}: expected kfold or cunet")
     if not 0.0 <= cfg.train.stage1_first < 1.0:
         raise ConfigError(f"train.stage1_first={cfg.train.stage1_first}: must be in [0, 1)")
+    if not 0.0 <= cfg.data.crop_overhang <= 0.5:
+        raise ConfigError(f"data.crop_overhang={cfg.data.crop_overhang}: must be in [0, 0.5]")
     if not 0.0 <= cfg.data.bias_field_prob <= 1.0:
         raise ConfigError(f"data.bias_field_prob={cfg.data.bias_field_prob}: must be in [0, 1]")
     low, high = cfg.data.bias_field_strength
@@ -401,6 +403,7 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
             train_cases,
             patch_size=tuple(cfg.data.patch_size[:3]),
             foreground_prob=cfg.data.foreground_prob,
+            crop_overhang=cfg.data.crop_overhang,
             seed=cfg.seed,
             bias_field_prob=cfg.data.bias_field_prob,
             bias_field_strength=cfg.data.bias_field_strength,
