@@ -168,7 +168,7 @@ def run_benchmarks(
         ``{"machine", "device", "quick", "command", "peak", "suites": {name: {"rows", "notes"}}}``;
         a row is ``{"what", "value", "unit", "target", "meets_target", "limited_by", ...}``.
     """
-    from cascadeseg import bench_suites  # the suites import torch-heavy modules lazily
+    from cascadeseg import bench_gpu, bench_suites  # the suites import torch-heavy modules lazily
 
     threads = torch.get_num_threads()
     if quick:
@@ -176,13 +176,19 @@ def run_benchmarks(
         # machine costs seconds: the smoke test runs on one thread (its figures mean nothing).
         torch.set_num_threads(1)
     try:
-        return _run(suites, bench_suites, device=device, quick=quick, command=command)
+        return _run(suites, bench_suites, bench_gpu, device=device, quick=quick, command=command)
     finally:
         torch.set_num_threads(threads)
 
 
 def _run(
-    suites: list[str], bench_suites: Any, *, device: str, quick: bool, command: str | None
+    suites: list[str],
+    bench_suites: Any,
+    bench_gpu: Any,
+    *,
+    device: str,
+    quick: bool,
+    command: str | None,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {
         "machine": machine_info(device),
@@ -197,6 +203,7 @@ def _run(
         "metrics": bench_suites.metrics_suite,
         "inference": bench_suites.inference_suite,
         "training": bench_suites.training_suite,
+        "gpu": bench_gpu.gpu_suite,
     }
     result["suites"] = {}
     for name in suites:

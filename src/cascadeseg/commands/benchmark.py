@@ -12,8 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--suite",
         default="all",
-        choices=["data", "metrics", "inference", "training", "all"],
-        help="which suite to run (default: all)",
+        choices=["data", "metrics", "inference", "training", "gpu", "all"],
+        help="which suite to run; all = data, metrics, inference, training; gpu = the GPU "
+        "check of benchmarks/gpu_check.sh (default: all)",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))

@@ -112,14 +112,15 @@ class PredictOptions:
             and the transposed convolutions) to oneDNN instead of PyTorch's slow fallback
             (measured about 1.5x faster for the two-stage network on this 2-core CPU).
         flips_per_call: 3D TTA flips stacked into one network call (see
-            :func:`~cascadeseg.inference.tta.flip_tta_moments`); ``None``: 2 on the CPU when a
-            whole-volume pass of two fits the memory budget, else 1. On the CPU PyTorch runs
-            batch-1 3D convolutions of narrow layers (seen with the profiler: 8 channels at
-            48^3, 16 at 24^3) on its slow native kernel instead of oneDNN; stacking two flips
-            measured 1.55x faster per flip for the CPU cascade (``two_stage_cpu``) on a 2-mm
-            brain (4 flips: 1.28x, 8: 1.18x); whole prediction of the demo's 8 held-out cases
-            65 s instead of 82 s. The other kernel rounds differently: probabilities moved by
-            at most 0.008 there, and at most 207 of 8.9 million voxels per case changed label.
+            :func:`~cascadeseg.inference.tta.flip_tta_moments`); ``None``: chosen by
+            :func:`default_flips_per_call` (2 on the CPU, up to 8 on CUDA, when they fit the
+            memory budget; else 1). On the CPU PyTorch runs batch-1 3D convolutions of narrow
+            layers (seen with the profiler: 8 channels at 48^3, 16 at 24^3) on its slow native
+            kernel instead of oneDNN; stacking two flips measured 1.55x faster per flip for the
+            CPU cascade (``two_stage_cpu``) on a 2-mm brain (4 flips: 1.28x, 8: 1.18x); whole
+            prediction of the demo's 8 held-out cases 65 s instead of 82 s. The other kernel
+            rounds differently: probabilities moved by at most 0.008 there, and at most 207 of
+            8.9 million voxels per case changed label.
         progress: show a progress bar and a line per case.
     """
 
@@ -283,10 +284,7 @@ def member_moments_3d(
             per_voxel /= 2
     flips = options.flips_per_call
     if flips is None:
-        fits = per_voxel is not None and (
-            estimate_forward_bytes(per_voxel, 2, x.shape[2:]) <= budget
-        )
-        flips = 2 if options.tta and device.type == "cpu" and fits else 1
+        flips = default_flips_per_call(options.tta, device, per_voxel, x.shape[2:], budget)
     estimate = (
         None if per_voxel is None else functools.partial(estimate_forward_bytes, per_voxel, flips)
     )
@@ -315,6 +313,29 @@ def member_moments_3d(
         "flips_per_call": flips,
     }
     return mean, mean_sq, info
+
+
+def default_flips_per_call(
+    tta: bool,
+    device: torch.device,
+    per_voxel: float | None,
+    shape: Sequence[int],
+    budget: float,
+) -> int:
+    """TTA flips stacked per network call when ``flips_per_call`` is not set.
+
+    CPU: 2 when a pass of two fits ``budget`` (see :class:`PredictOptions`). CUDA: the most of
+    8, 4 or 2 that fits: one whole-brain flip does not fill an H100 (measured 2026-11-26 at
+    paper width, 144x176x160, bf16: 8 flips one per call 1.38 s, all 8 in one call 0.58 s;
+    docs/performance.md). Without a memory estimate (``per_voxel`` None): 1.
+    """
+    if not tta or per_voxel is None:
+        return 1
+    candidates = (2,) if device.type == "cpu" else (8, 4, 2)
+    for k in candidates:
+        if estimate_forward_bytes(per_voxel, k, shape) <= budget:
+            return k
+    return 1
 
 
 _PROBED: weakref.WeakKeyDictionary[torch.nn.Module, float] = weakref.WeakKeyDictionary()

@@ -1,0 +1,438 @@
+"""The GPU check: what only a GPU shows, measured in one call (``--suite gpu``).
+
+``bash benchmarks/gpu_check.sh`` (or ``cascadeseg benchmark --suite gpu --device cuda``) runs,
+in at most about 8 minutes on one CUDA device:
+
+1. the paper-width two-stage training step (128^3 crop, batch 1) in bf16 (fp32 where bf16 is
+   not native), without and with gradient checkpointing, and in channels-last: seconds per
+   step and peak memory (targets: <= 0.25 s per step on an H100, <= 8 GB with checkpointing);
+2. one inference pass of the paper-width network on a whole brain crop (144x176x160, the size
+   of a BraTS brain box) and the 8-pass flip-TTA latency, one flip per call and all 8 stacked
+   in one call (targets: one pass <= 0.15 s, 8 passes <= 1 s);
+3. a short real training run (default 2 minutes) of the paper recipe ``two_stage_brats19`` on
+   synthetic cases written by ``cascadeseg synth``, through the ordinary ``cascadeseg train``,
+   with the GPU utilisation sampled during it; its training loss must fall;
+4. ``cascadeseg predict`` of held-out synthetic cases from files with the trained model and
+   8-flip TTA in bf16 (seconds per case, end to end) and ``cascadeseg evaluate`` of them.
+
+``--quick`` (with ``--device cpu`` in the test suite) shrinks every size and width and the run
+to seconds: it checks that the check works; its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: Input of the inference rows: the size of a BraTS brain box, a multiple of 16 per axis.
+BRAIN_CROP = (144, 176, 160)
+QUICK_CROP = (32, 32, 32)
+#: Widths of the quick run (the paper's are the model's defaults).
+QUICK_ARGS: dict[str, Any] = {"base_width": 8, "blocks": (1, 1, 1)}
+
+
+class UtilisationSampler:
+    """GPU utilisation (percent of time a kernel ran) sampled every ``interval`` seconds.
+
+    Uses NVML through ``torch.cuda.utilization`` (package ``nvidia-ml-py``), else
+    ``nvidia-smi``; on a CPU run, or where neither works, :meth:`mean` is NaN.
+    """
+
+    def __init__(self, device: str, interval: float = 0.25) -> None:
+        self.device = device
+        self.interval = interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _read(self) -> float | None:
+        try:
+            return float(torch.cuda.utilization())
+        except Exception:  # no NVML: ask nvidia-smi
+            try:
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                    check=True,
+                ).stdout
+                return float(out.split()[0].rstrip("%"))
+            except Exception:
+                return None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            value = self._read()
+            if value is not None:
+                self.samples.append(value)
+
+    def __enter__(self) -> UtilisationSampler:
+        self.samples.clear()
+        if self.device == "cuda" and torch.cuda.is_available():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def mean(self) -> float:
+        return statistics.fmean(self.samples) if self.samples else math.nan
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_seconds(fn: Any, device: str, *, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _precision(device: str) -> str:
+    from cascadeseg.runtime import native_bf16
+
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def training_step_rows(suite: Any, *, device: str, quick: bool) -> None:
+    """Paper-width training step: time and peak memory, plain / checkpointing / channels-last."""
+    from cascadeseg.bench_suites import add_row
+    from cascadeseg.training.bench import benchmark_training_step
+
+    precision = _precision(device)
+    size = QUICK_CROP if quick else (128, 128, 128)
+    args = dict(QUICK_ARGS) if quick else {}
+    warmup, repeats = (1, 1) if quick else (3, 10)
+    variants = [
+        ("", False, False),
+        (", checkpointing", True, False),
+        (", channels-last", False, True),
+    ]
+    for label, checkpointing, channels_last in variants:
+        result = benchmark_training_step(
+            "two_stage",
+            size,
+            precision=precision,
+            checkpointing=checkpointing,
+            device=device,
+            model_args=args,
+            warmup=warmup,
+            repeats=repeats,
+            channels_last=channels_last,
+        )
+        width = "quick width" if quick else "paper width"
+        what = f"train two_stage {'x'.join(map(str, size))} batch 1, {width}, {precision}"
+        add_row(
+            suite,
+            f"{what}{label}: time",
+            result["s_per_iter"],
+            "s/it",
+            target=None if quick else ("<=", 0.25),
+            limited_by="compute (forward + backward convolutions)",
+            params=result["params"],
+        )
+        add_row(
+            suite,
+            f"{what}{label}: peak memory",
+            result["peak_memory_mb"] / 1024,
+            "GB",
+            target=("<=", 8.0) if checkpointing and not quick else None,
+            limited_by="activation memory (stored for backward)",
+            memory_kind=result["memory_kind"],
+        )
+        _free(device)
+
+
+def _free(device: str) -> None:
+    import gc
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def inference_rows(suite: Any, *, device: str, quick: bool, sampler: UtilisationSampler) -> None:
+    """One whole-brain pass and the 8-pass flip-TTA latency of the paper-width network."""
+    from cascadeseg.bench_suites import add_row
+    from cascadeseg.inference.tta import flip_tta_moments
+    from cascadeseg.models import build_model
+    from cascadeseg.models.outputs import region_probabilities
+    from cascadeseg.runtime import autocast
+
+    precision = _precision(device)
+    size = QUICK_CROP if quick else BRAIN_CROP
+    dev = torch.device(device)
+    model = build_model("two_stage", **(QUICK_ARGS if quick else {})).to(dev).eval()
+    x = torch.randn((1, 4, *size), device=dev)
+
+    def probabilities(inputs: torch.Tensor) -> torch.Tensor:
+        with autocast(precision, dev):
+            return region_probabilities(model(inputs), "regions").float()
+
+    warmup, repeats = (1, 1) if quick else (3, 10)
+    shape = "x".join(map(str, size)) + (", quick width" if quick else ", paper width")
+    with torch.inference_mode():
+        one = _median_seconds(lambda: probabilities(x), device, warmup=warmup, repeats=repeats)
+        add_row(
+            suite,
+            f"infer two_stage {shape}, {precision}: one pass",
+            one,
+            "s",
+            target=None if quick else ("<=", 0.15),
+            limited_by="compute (convolutions)",
+        )
+        for per_call in (1, 8):
+            with sampler:
+                eight = _median_seconds(
+                    lambda k=per_call: flip_tta_moments(
+                        probabilities, x, spatial_dims=3, flips_per_call=k
+                    ),
+                    device,
+                    warmup=1,
+                    repeats=max(1, repeats // 2),
+                )
+            add_row(
+                suite,
+                f"infer two_stage {shape}, {precision}: 8 flips, {per_call} per call",
+                eight,
+                "s",
+                target=None if quick else ("<=", 1.0),
+                limited_by="compute (convolutions)",
+                gpu_utilisation_pct=sampler.mean(),
+            )
+
+
+def _cli(args: Sequence[str], log: Path, env: dict[str, str]) -> float:
+    """Run ``cascadeseg ARGS`` in a subprocess (output to ``log``); its wall time in seconds."""
+    start = time.perf_counter()
+    with log.open("a") as stream:
+        stream.write(f"$ cascadeseg {' '.join(args)}\n")
+        stream.flush()
+        code = subprocess.run(
+            [sys.executable, "-m", "cascadeseg", *args],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            env=env,
+            check=False,
+        ).returncode
+    if code != 0:
+        tail = log.read_text().splitlines()[-15:]
+        raise RuntimeError(f"cascadeseg {args[0]} exited {code}: " + " | ".join(tail))
+    return time.perf_counter() - start
+
+
+def _train_losses(run_dir: Path) -> list[float]:
+    with (run_dir / "metrics.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    return [float(r["train_loss"]) for r in rows if r.get("train_loss") not in (None, "", "nan")]
+
+
+def _run_settings(device: str, quick: bool, minutes: float) -> dict[str, Any]:
+    """Data sizes and ``cascadeseg train`` overrides of the training run."""
+    if quick:
+        overrides = [
+            "data.patch_size=[32,32,32]",
+            "data.num_workers=0",
+            "model.args.base_width=8",
+            "model.args.blocks=[1,1,1]",
+            "train.epochs=4",
+            "train.iters_per_epoch=4",
+            "train.val_every=2",
+            "train.snapshots=0",
+            "optim.lr=3e-3",
+            "optim.warmup_epochs=0",
+        ]
+        return {"cases": 6, "held_out": 1, "scale": "0.3", "overrides": overrides}
+    overrides = [
+        f"train.max_minutes={minutes}",
+        "train.time_schedule=true",
+        "train.val_every=10",
+        f"data.num_workers={min(8, os.cpu_count() or 1)}",
+        f"train.device={device}",
+    ]
+    return {"cases": 10, "held_out": 2, "scale": "1.0", "overrides": overrides}
+
+
+def training_run_rows(
+    suite: Any, *, device: str, quick: bool, sampler: UtilisationSampler, minutes: float = 2.0
+) -> None:
+    """A real short training run, then prediction and evaluation of held-out cases from files."""
+    from cascadeseg.bench_suites import add_row
+
+    settings = _run_settings(device, quick, minutes)
+    work = Path(tempfile.mkdtemp(prefix="cascadeseg-gpu-check-"))
+    log = work / "log.txt"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    workers = str(min(8, os.cpu_count() or 1))
+    common = ["--scale", settings["scale"], "--no-progress", "--workers", workers]
+    _cli(["synth", str(work / "train"), "--cases", str(settings["cases"]), *common], log, env)
+    held = str(settings["held_out"])
+    _cli(["synth", str(work / "test"), "--cases", held, "--seed", "777", *common], log, env)
+    run_dir = work / "run"
+    with sampler:
+        train_s = _cli(
+            [
+                "train",
+                "two_stage_brats19",
+                "--data",
+                str(work / "train"),
+                "--out",
+                str(run_dir),
+                "--no-progress",
+                *settings["overrides"],
+            ],
+            log,
+            env,
+        )
+    losses = _train_losses(run_dir)
+    head, tail = statistics.fmean(losses[:3]), statistics.fmean(losses[-3:])
+    add_row(
+        suite,
+        f"training run two_stage_brats19 ({settings['cases']} synthetic cases): training loss, "
+        "mean of the last 3 epochs / first 3 (must fall)",
+        tail / head,
+        "x",
+        target=None if quick else ("<=", 0.95),
+        limited_by="budget",
+        epochs=len(losses),
+        first_loss=head,
+        last_loss=tail,
+        seconds=train_s,
+        gpu_utilisation_pct=sampler.mean(),
+    )
+    try:
+        _predict_rows(suite, work, run_dir, device=device, quick=quick, log=log, env=env)
+    finally:
+        _keep(work, run_dir)
+
+
+def _keep(work: Path, run_dir: Path) -> None:
+    """Copy the run's log, training curve and evaluation summary to $CASCADESEG_GPU_CHECK_KEEP."""
+    keep = os.environ.get("CASCADESEG_GPU_CHECK_KEEP")
+    if not keep:
+        return
+    import shutil
+
+    sources = {
+        "log.txt": work / "log.txt",
+        "metrics.csv": run_dir / "metrics.csv",
+        "eval_summary.json": work / "eval" / "summary.json",
+    }
+    Path(keep).mkdir(parents=True, exist_ok=True)
+    for name, source in sources.items():
+        if source.is_file():
+            shutil.copyfile(source, Path(keep) / name)
+
+
+def _predict_rows(
+    suite: Any, work: Path, run_dir: Path, *, device: str, quick: bool, log: Path, env: dict
+) -> None:
+    from cascadeseg.bench_suites import add_row
+
+    precision = _precision(device)
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    cases = len([p for p in (work / "test").iterdir() if p.is_dir()])
+    predict_s = _cli(
+        [
+            "predict",
+            "--model",
+            str(checkpoint),
+            "--input",
+            str(work / "test"),
+            "--output",
+            str(work / "pred"),
+            "--precision",
+            precision,
+            "--device",
+            device,
+            "--no-progress",
+        ],
+        log,
+        env,
+    )
+    add_row(
+        suite,
+        f"predict from files, paper width, 8 flips, {precision}: per case "
+        "(process start, model load and writing included)",
+        predict_s / cases,
+        "s",
+        target=None if quick else ("<=", 60.0),
+        limited_by="compute + I/O",
+        cases=cases,
+    )
+    _cli(
+        [
+            "evaluate",
+            "--pred",
+            str(work / "pred"),
+            "--ref",
+            str(work / "test"),
+            "--out",
+            str(work / "eval"),
+        ],
+        log,
+        env,
+    )
+    summary = json.loads((work / "eval" / "summary.json").read_text())
+    means = {
+        key: round(float(value["mean"]), 3)
+        for key, value in summary.get("metrics", {}).items()
+        if key.startswith("dice_") and isinstance(value, dict) and "mean" in value
+    }
+    suite.notes.append(f"held-out mean Dice of the short run's model (for the record): {means}")
+
+
+def gpu_suite(suite: Any, *, device: str, quick: bool, peak: dict[str, float]) -> None:
+    """The GPU check (see the module docstring); on the CPU only with ``quick``.
+
+    Each of its three parts runs even when another fails (the failure becomes a note and the
+    suite is reported failed), so one call of a lent GPU never loses all its figures.
+    """
+    sampler = UtilisationSampler(device)
+    minutes = float(os.environ.get("CASCADESEG_GPU_CHECK_MINUTES", "2"))
+    parts = {
+        "training step": lambda: training_step_rows(suite, device=device, quick=quick),
+        "inference": lambda: inference_rows(suite, device=device, quick=quick, sampler=sampler),
+        "training run": lambda: training_run_rows(
+            suite, device=device, quick=quick, sampler=sampler, minutes=minutes
+        ),
+    }
+    failed = []
+    for name, part in parts.items():
+        try:
+            part()
+        except Exception as exc:  # keep the other parts' figures
+            failed.append(f"{name}: {type(exc).__name__}: {exc}")
+            print(f"[gpu] {name} FAILED: {type(exc).__name__}: {exc}", flush=True)
+        _free(device)
+    if failed:
+        raise RuntimeError("; ".join(failed))
