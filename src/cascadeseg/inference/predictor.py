@@ -74,7 +74,7 @@ from cascadeseg.inference.sliding import (
     probe_bytes_per_voxel,
 )
 from cascadeseg.inference.tta import flip_tta_moments
-from cascadeseg.runtime import autocast, effective_precision, resolve_device
+from cascadeseg.runtime import autocast, effective_precision, resolve_device, tune_device
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 BACKENDS: tuple[str, ...] = ("torch", "onnx")
@@ -765,6 +765,7 @@ def predict(
     sources = resolve_inputs(inputs)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(options.device)
+    tune_device(device)
     # Converted once here (ONNX export in memory); predict_case leaves converted members as is.
     members = _members_for_backend(models, options.backend)
     case_options = dataclasses.replace(options, device=str(device))

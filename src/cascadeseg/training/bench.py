@@ -22,7 +22,7 @@ import torch
 
 from cascadeseg.config import LossConfig
 from cascadeseg.data.labels import ED, ET, NCR
-from cascadeseg.runtime import autocast, resolve_device, resolve_precision
+from cascadeseg.runtime import autocast, resolve_device, resolve_precision, tune_device
 from cascadeseg.training.trainer import to_float32
 
 
@@ -134,6 +134,7 @@ def benchmark_training_step(
     from cascadeseg.models import build_model
 
     dev = resolve_device(device)
+    tune_device(dev)  # as the trainer runs
     precision = resolve_precision(precision, dev)
     args = dict(model_args or {})
     if checkpointing:

@@ -49,7 +49,7 @@ from cascadeseg import __version__
 from cascadeseg.config import Config, from_dict, save_config, to_dict
 from cascadeseg.data.labels import REGIONS, label_to_regions
 from cascadeseg.errors import CascadesegError, ConfigError, InputError
-from cascadeseg.runtime import autocast, resolve_precision
+from cascadeseg.runtime import autocast, resolve_precision, tune_device
 from cascadeseg.training import distributed as dist_utils
 from cascadeseg.training.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
 from cascadeseg.training.distributed import DistInfo
@@ -868,6 +868,7 @@ class _Session:
             save_split(self.data.split, out / "split.json")
 
         device = info.device
+        tune_device(device)
         #: fp32/bf16/fp16 actually used (``train.precision: auto`` resolved for this device).
         self.precision = resolve_precision(cfg.train.precision, device)
         model = build_training_model(cfg).to(device)
