@@ -19,10 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         type=Path,
         metavar="RUN",
-        help="evaluation folder (with metrics.csv) or prediction folder (then give --ref)",
+        help="evaluation folder (with metrics.csv) or prediction folder (then give --ref); "
+        "one or more (required)",
     )
     parser.add_argument(
-        "--out", type=Path, required=True, help="output folder for the tables and report.html"
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder for the tables and report.html (required)",
     )
     parser.add_argument(
         "--names", nargs="+", help="method names, one per RUN (default: the folder names)"

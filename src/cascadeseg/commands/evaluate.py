@@ -14,6 +14,10 @@ HELP = "BraTS metrics (Dice, HD95, sensitivity, specificity) of predictions agai
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cascadeseg.data.labels import CONVENTIONS
+    from cascadeseg.data.layouts import LAYOUTS
+
+    layouts = ["flat", *(name for name in LAYOUTS if name != "files")]
     parser.add_argument(
         "--pred",
         type=Path,
@@ -37,18 +41,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ref-layout",
+        choices=layouts,
         help="layout of --ref: 'flat' (label maps) or a dataset layout "
         "(default: detected from the folder)",
     )
     parser.add_argument(
         "--ref-convention",
+        choices=list(CONVENTIONS),
         help="label convention of the references (default: from the layout, or detected from "
         "the values)",
     )
     parser.add_argument(
         "--pred-convention",
-        help="label convention of the predictions, e.g. brats2021, brats2023, msd "
-        "(default: detected from the values; MSD/nnU-Net predictions must be named)",
+        choices=list(CONVENTIONS),
+        help="label convention of the predictions (default: detected from the values; "
+        "MSD/nnU-Net predictions must be named)",
     )
     parser.add_argument(
         "--allow-missing",
