@@ -122,8 +122,8 @@ def load_run(
     """An evaluation folder as is, or a prediction folder evaluated against ``ref``.
 
     Args:
-        allow_missing: missing predictions do not make the run's exit code 1 (also for an
-            evaluation folder written without it).
+        allow_missing: missing predictions do not make the run's exit code 1 (for an
+            evaluation folder too, whatever it was evaluated with).
 
     Raises:
         InputError: the folder is missing, is an evaluation folder without its ``metrics.csv``
@@ -134,12 +134,9 @@ def load_run(
     _check_run_folder(run)
     if _is_evaluation(run):
         result = load_evaluation(run)
-        if allow_missing and not result.summary.get("allow_missing"):
-            result.summary.update(
-                check_rows(
-                    result.rows, result.summary.get("unmatched_predictions", []), allow_missing=True
-                )
-            )
+        # This comparison's allow_missing decides, not the one the folder was evaluated with.
+        unmatched = result.summary.get("unmatched_predictions", [])
+        result.summary.update(check_rows(result.rows, unmatched, allow_missing=allow_missing))
         return result
     if ref is None:
         raise InputError(
