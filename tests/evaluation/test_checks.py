@@ -96,7 +96,7 @@ def test_no_overlap_anywhere_warns(tmp_path, write_label, capsys):
         tmp_path / "pred", tmp_path / "ref", tmp_path / "out", workers=1, progress=False
     )
     out = capsys.readouterr().out
-    assert out.startswith("WARNING: no prediction overlaps its reference's tumour in any of the 3")
+    assert out.startswith("WARNING: no prediction overlaps its reference's tumour in the 3 cases")
     assert len(result.summary["warnings"]) == 1
     assert result.summary["exit_code"] == 0
 
@@ -115,7 +115,7 @@ def test_predictions_without_reference_warn(tmp_path, write_label, capsys):
     write_label(tmp_path / "pred" / "BraTS-GLI-09999-000.nii.gz")
     assert _cli(tmp_path, "--no-report") == 0
     out = capsys.readouterr().out
-    assert out.startswith("WARNING: 1 predictions have no reference")
+    assert out.startswith("WARNING: predictions without a reference, not evaluated (1): ")
     summary = _summary(tmp_path)
     assert summary["unmatched_predictions"] == ["BraTS-GLI-09999-000"]
 

@@ -33,6 +33,10 @@ def _names(items: Sequence[str]) -> str:
     return shown + (f" ... and {len(items) - _LISTED} more" if len(items) > _LISTED else "")
 
 
+def _cases(n: int, what: str = "case") -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
 def _value(row: Mapping[str, Any], key: str) -> float:
     try:
         return float(row.get(key, math.nan))
@@ -59,15 +63,15 @@ def _content_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         if not with_tumour:
             return []
         return [
-            f"every prediction is empty: no tumour voxel in any of the {len(scored)} evaluated "
-            "cases; check that the right model and prediction folder were used"
+            f"every prediction is empty: no tumour voxel in the {_cases(len(scored))} evaluated; "
+            "check that the right model and prediction folder were used"
         ]
     if any(_value(r, "dice_wt") > 0 for r in predicted):
         return []
     return [
-        f"no prediction overlaps its reference's tumour in any of the {len(scored)} evaluated "
-        "cases (whole-tumour Dice 0 everywhere): check that the references are the right set "
-        "for these predictions (same cases, same grid and orientation)"
+        f"no prediction overlaps its reference's tumour in the {_cases(len(scored))} evaluated "
+        "(whole-tumour Dice 0 everywhere): check that the references are the right set for "
+        "these predictions (same cases, same grid and orientation)"
     ]
 
 
@@ -94,25 +98,26 @@ def result_warnings(
             else "the evaluation is incomplete (exit status 1; --allow-missing accepts it)"
         )
         warnings.append(
-            f"no prediction for {every} of the {len(rows)} reference cases, scored as empty "
+            f"no prediction for {every} of the {_cases(len(rows), 'reference case')}, scored as "
+            "empty "
             f"(BraTS convention); {verdict}: {_names(missing)}"
         )
     failed = [str(r["case"]) for r in rows if r.get("status") == STATUS_ERROR]
     if failed:
         warnings.append(
-            f"{len(failed)} of the {len(rows)} cases could not be evaluated and are left out of "
-            f"the statistics: {_names(failed)}"
+            f"{len(failed)} of the {_cases(len(rows))} could not be evaluated (left out of the "
+            f"statistics): {_names(failed)}"
         )
     warnings.extend(_content_warnings(rows))
     if unmatched:
         warnings.append(
-            f"{len(unmatched)} predictions have no reference and were not evaluated: "
+            f"predictions without a reference, not evaluated ({len(unmatched)}): "
             f"{_names(list(unmatched))}"
         )
     same = [str(r["case"]) for r in rows if _same_file(r)]
     if same:
         warnings.append(
-            f"{len(same)} predictions are the reference files themselves: {_names(same)}"
+            f"predictions that are the reference files themselves ({len(same)}): {_names(same)}"
         )
     return warnings
 
