@@ -88,6 +88,7 @@ def test_official_brats2023_folders(tmp_path, write_label, capsys):
         ("{0}/{0}-seg.nii.gz", "{}.nii.gz"),  # one case folder per reference
         ("{0}/{0}_seg.nii", "{}.nii.gz"),
         ("{}/seg.nii.gz", "{}.nii.gz"),
+        ("HGG/{0}/{0}_seg.nii.gz", "{}.nii.gz"),  # grouped case folders (BraTS 2017-2019)
     ],
 )
 def test_reference_and_prediction_namings_meet(tmp_path, write_label, ref_name, pred_name):
@@ -155,3 +156,10 @@ def test_prediction_path_that_is_a_file(tmp_path, write_label):
     path = write_label(tmp_path / "p.nii.gz")
     with pytest.raises(InputError, match="is not a folder"):
         find_predictions(path)
+
+
+def test_two_label_maps_in_one_case_folder(tmp_path, write_label):
+    write_label(tmp_path / "ref" / "c1" / "c1-seg.nii.gz")
+    write_label(tmp_path / "ref" / "c1" / "seg.nii.gz")
+    with pytest.raises(InputError, match="two label maps for case 'c1'"):
+        find_references(tmp_path / "ref")

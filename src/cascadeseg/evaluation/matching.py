@@ -101,12 +101,28 @@ def _add(found: dict[str, Path], case_id: str, path: Path) -> None:
     found[case_id] = path
 
 
+def _case_folder_label(folder: Path) -> Path | None:
+    """The label map of a case folder: the file whose case id is the folder's name, or ``seg``.
+
+    Raises:
+        InputError: two such files.
+    """
+    found: dict[str, Path] = {}
+    for path in _visible(folder):
+        if path.is_file() and is_nifti(path):
+            case_id = case_id_from_label_file(path.name)
+            if case_id == folder.name or case_id.lower() in LABEL_TAGS:
+                _add(found, folder.name, path)
+    return found.get(folder.name)
+
+
 def label_files(folder: Path, *, nested: bool = False) -> dict[str, Path]:
     """``{case_id: path}`` of the label maps in ``folder``, by :func:`case_id_from_label_file`.
 
     Args:
         folder: the folder.
-        nested: also one label map per case sub-folder: in ``<id>/`` the file whose case id is
+        nested: also one label map per case sub-folder, or per case folder one level deeper
+            (group folders such as ``HGG/``, ``LGG/``): in ``<id>/`` the file whose case id is
             ``<id>`` (``<id>-seg.nii.gz``, ``<id>_seg.nii``, ``<id>.nii.gz``) or a bare
             ``seg.nii.gz``; the case's other files (images) are not label maps.
 
@@ -118,14 +134,17 @@ def label_files(folder: Path, *, nested: bool = False) -> dict[str, Path]:
     for path in entries:
         if path.is_file() and is_nifti(path) and not is_auxiliary_output(path.name):
             _add(found, case_id_from_label_file(path.name), path)
-    if nested:
-        for sub in (p for p in entries if p.is_dir()):
-            for path in _visible(sub):
-                if not (path.is_file() and is_nifti(path)):
-                    continue
-                case_id = case_id_from_label_file(path.name)
-                if case_id == sub.name or case_id.lower() in LABEL_TAGS:
-                    _add(found, sub.name, path)
+    if not nested:
+        return found
+    for sub in (p for p in entries if p.is_dir()):
+        label = _case_folder_label(sub)
+        if label is not None:
+            _add(found, sub.name, label)
+            continue
+        for case_folder in (p for p in _visible(sub) if p.is_dir()):  # a group of cases
+            label = _case_folder_label(case_folder)
+            if label is not None:
+                _add(found, case_folder.name, label)
     return found
 
 
