@@ -108,3 +108,78 @@ def test_cli_compare(two_methods, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "| exact |" in out and "| shifted |" in out
+    assert "WARNING" not in out
+
+
+IDS = [f"BraTS-GLI-{i:05d}-000" for i in range(2)]
+
+
+@pytest.fixture
+def official_folders(tmp_path, write_label):
+    """References <id>-seg.nii.gz; method A complete, method B missing its second case."""
+    for case_id in IDS:
+        write_label(tmp_path / "ref" / f"{case_id}-seg.nii.gz")
+        write_label(tmp_path / "A" / f"{case_id}.nii.gz")
+    write_label(tmp_path / "B" / f"{IDS[0]}.nii.gz", offset=1)
+    return tmp_path
+
+
+def _compare_cli(root, *args):
+    return main(
+        ["compare", *map(str, args), "--ref", str(root / "ref"), "--out", str(root / "cmp"),
+         "--workers", "1", "--no-progress"]
+    )  # fmt: skip
+
+
+def _one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    assert err[0].startswith("cascadeseg compare: error: ")
+    return err[0]
+
+
+def test_compare_shows_missing_cases_and_exits_1(official_folders, capsys):
+    root = official_folders
+    assert _compare_cli(root, root / "A", root / "B") == 1
+    out = capsys.readouterr().out
+    first = out.splitlines()[0]
+    assert first.startswith("WARNING: B: no prediction for 1 of the 2 reference cases")
+    assert IDS[1] in first and "| A |" in out
+    page = (root / "cmp" / "report.html").read_text()
+    assert "<b>B</b>: status <b>incomplete</b>" in page
+    assert page.index('class="warn"') < page.index("<h2>")
+
+
+def test_compare_allow_missing_and_evaluation_folders(official_folders, capsys):
+    root = official_folders
+    evaluated = evaluate(
+        root / "B", root / "ref", root / "evalB", workers=1, progress=False, allow_missing=True
+    )
+    assert evaluated.summary["exit_code"] == 0
+    capsys.readouterr()
+    # read back from metrics.csv; the comparison's own --allow-missing decides
+    assert _compare_cli(root, root / "A", root / "evalB") == 1
+    assert "evalB: no prediction for 1 of the 2" in capsys.readouterr().out
+    assert _compare_cli(root, root / "A", root / "evalB", "--allow-missing") == 0
+    assert "allowed by --allow-missing" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("broken", ["no_metrics", "empty_folder", "bad_summary", "no_rows"])
+def test_compare_broken_evaluation_folder_is_one_line(official_folders, capsys, broken):
+    root = official_folders
+    run = root / "evalA"
+    evaluate(root / "A", root / "ref", run, workers=1, progress=False, print_table=False)
+    if broken == "no_metrics":
+        (run / "metrics.csv").unlink()
+    elif broken == "empty_folder":
+        run = root / "empty"
+        run.mkdir()
+    elif broken == "bad_summary":
+        (run / "summary.json").write_text("{not json")
+    else:
+        header = (run / "metrics.csv").read_text().splitlines()[0]
+        (run / "metrics.csv").write_text(header + "\n")
+    assert _compare_cli(root, root / "A", run) == 2
+    line = _one_error_line(capsys)
+    assert str(run) in line
+    assert not (root / "cmp" / "report.html").exists()

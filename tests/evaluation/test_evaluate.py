@@ -321,9 +321,10 @@ def test_cli_evaluate(tmp_path, capsys):
             "--no-progress",
         ]
     )
-    assert code == 0
+    assert code == 1  # a missing prediction: scored as empty, but the evaluation is incomplete
     out = capsys.readouterr().out
     assert "dice_wt" in out and "1 missing predictions" in out
+    assert out.startswith("WARNING: no prediction for 1 of the 2 reference cases")
     assert (tmp_path / "out" / "report.html").is_file()
     assert (
         main(

@@ -1,4 +1,9 @@
-"""``cascadeseg compare``: several evaluated methods side by side (table, box plots, overlays)."""
+"""``cascadeseg compare``: several evaluated methods side by side (table, box plots, overlays).
+
+Exit status: 0 when every method's cases were all evaluated; 1 when a method has missing
+predictions (unless ``--allow-missing``) or failed cases, named above the table; 2 for an input
+error (a run folder missing, or an evaluation folder without its files).
+"""
 
 from __future__ import annotations
 
@@ -14,19 +19,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         type=Path,
         metavar="RUN",
-        help="evaluation folder (with metrics.csv) or prediction folder (then give --ref)",
-    )
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument(
-        "--names", nargs="+", help="method names, one per RUN (default: folder names)"
+        help="evaluation folder (with metrics.csv) or prediction folder (then give --ref); "
+        "one or more (required)",
     )
     parser.add_argument(
-        "--ref", type=Path, help="references for prediction folders (dataset or label-map folder)"
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder for the tables and report.html (required)",
     )
-    parser.add_argument("--images", type=Path, help="dataset folder with FLAIR/T1ce for overlays")
-    parser.add_argument("--cases", nargs="+", help="case ids to draw (default: the 3 worst)")
-    parser.add_argument("--workers", type=int, default=2, help="processes (default: 2)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--names", nargs="+", help="method names, one per RUN (default: the folder names)"
+    )
+    parser.add_argument(
+        "--ref",
+        type=Path,
+        help="references for prediction folders, dataset or label-map folder (default: none; "
+        "needed only for prediction folders)",
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="dataset folder with FLAIR/T1ce for overlays (default: the first run's references)",
+    )
+    parser.add_argument(
+        "--cases", nargs="+", help="case ids to draw (default: the 3 worst of the first run)"
+    )
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="exit 0 although a method has missing predictions (they are still scored as empty "
+        "and named) (default: off, missing predictions exit 1)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="processes (default: %(default)s)")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (default: off)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
         cases=args.cases,
         workers=args.workers,
         progress=not args.no_progress,
+        allow_missing=args.allow_missing,
     )
+    for warning in result.warnings:
+        print(f"WARNING: {warning}")
     print(method_table_markdown(result.table), end="")
     print(f"written: {result.table_md}, {result.table_csv}, {result.report}")
-    return 0
+    # 1: a method has missing or failed cases (cascadeseg's exit policy; see evaluation.checks).
+    return result.exit_code

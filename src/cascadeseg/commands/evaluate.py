@@ -1,4 +1,9 @@
-"""``cascadeseg evaluate``: BraTS metrics of predictions against references, with a report."""
+"""``cascadeseg evaluate``: BraTS metrics of predictions against references, with a report.
+
+Exit status: 0 when every reference case was evaluated; 1 when a prediction is missing (scored
+as empty, unless ``--allow-missing``) or a case could not be evaluated; 2 for an input error
+(a folder missing, no reference label map, none readable).
+"""
 
 from __future__ import annotations
 
@@ -9,32 +14,65 @@ HELP = "BraTS metrics (Dice, HD95, sensitivity, specificity) of predictions agai
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from cascadeseg.data.labels import CONVENTIONS
+    from cascadeseg.data.layouts import LAYOUTS
+
+    layouts = ["flat", *(name for name in LAYOUTS if name != "files")]
     parser.add_argument(
-        "--pred", type=Path, required=True, help="folder of <case_id>.nii.gz label maps"
+        "--pred",
+        type=Path,
+        required=True,
+        help="folder of predicted label maps <case_id>.nii.gz (also <case_id>-seg / _seg) "
+        "(required)",
     )
     parser.add_argument(
         "--ref",
         type=Path,
         required=True,
-        help="reference dataset (any supported layout) or folder of <case_id>.nii.gz label maps",
+        help="reference dataset (any supported layout) or folder of reference label maps "
+        "<case_id>.nii.gz, <case_id>-seg.nii.gz or <case_id>_seg.nii.gz, directly or one per "
+        "case sub-folder (required)",
     )
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder for metrics.csv, summary.json and report.html (required)",
+    )
     parser.add_argument(
         "--ref-layout",
-        help="layout of --ref: 'flat' (label maps) or a dataset layout (default: detected)",
+        choices=layouts,
+        help="layout of --ref: 'flat' (label maps) or a dataset layout "
+        "(default: detected from the folder)",
     )
     parser.add_argument(
-        "--ref-convention", help="label convention of the references (default: from the layout)"
+        "--ref-convention",
+        choices=list(CONVENTIONS),
+        help="label convention of the references (default: from the layout, or detected from "
+        "the values)",
     )
     parser.add_argument(
         "--pred-convention",
-        help="label convention of the predictions, e.g. brats2021, brats2023, msd "
-        "(default: detected from the values; MSD/nnU-Net predictions must be named)",
+        choices=list(CONVENTIONS),
+        help="label convention of the predictions (default: detected from the values; "
+        "MSD/nnU-Net predictions must be named)",
     )
-    parser.add_argument("--workers", type=int, default=2, help="processes (default: 2)")
-    parser.add_argument("--no-report", action="store_true", help="do not write report.html")
-    parser.add_argument("--images", type=Path, help="dataset with FLAIR/T1ce for overlays")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="exit 0 although predictions are missing (they are still scored as empty and "
+        "listed) (default: off, missing predictions exit 1)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="processes (default: %(default)s)")
+    parser.add_argument(
+        "--no-report", action="store_true", help="do not write report.html (default: off)"
+    )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="dataset with FLAIR/T1ce images for the overlays (default: --ref, when it has them)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: off)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,17 +88,11 @@ def run(args: argparse.Namespace) -> int:
         pred_convention=args.pred_convention,
         workers=args.workers,
         progress=not args.no_progress,
+        allow_missing=args.allow_missing,
     )
     written = [str(result.metrics_csv), str(result.summary_json)]
     if not args.no_report:
         written.append(str(write_report(args.out, result, images_for_overlays=args.images)))
-    if result.missing:
-        print(
-            f"{len(result.missing)} missing predictions (scored as empty): "
-            + ", ".join(result.missing[:20])
-        )
-    for case, message in result.errors.items():
-        print(f"error: {case}: {message}")
     print("written: " + ", ".join(written))
-    # cli.py: failures of some cases in a batch exit 1.
-    return 1 if result.errors else 0
+    # 1: some cases missing or failed (cascadeseg's exit policy; see evaluation.checks).
+    return int(result.summary["exit_code"])

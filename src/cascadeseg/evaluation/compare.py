@@ -7,6 +7,10 @@ reference given (into ``<out>/evaluations/<name>``).
 Outputs in ``out_dir``: ``table.md`` and ``table.csv`` (mean Dice / Sens / Spec and HD95 per
 region per method), ``boxplots.png`` and ``hd95_boxplots.png`` (CU-Net Fig. 4, methods side by
 side), ``overlays/overlay_<case>.png`` (CU-Net Fig. 3) and ``report.html``.
+
+A method with missing predictions (scored as empty) or failed cases is named in
+:attr:`ComparisonResult.warnings`, at the top of the report, and makes
+:attr:`ComparisonResult.exit_code` 1 (missing ones unless ``allow_missing``).
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cascadeseg.errors import InputError
+from cascadeseg.evaluation.checks import check_rows
 from cascadeseg.evaluation.evaluate import (
     EvaluationResult,
     evaluate,
     format_value,
     load_evaluation,
 )
+from cascadeseg.evaluation.matching import find_predictions
 from cascadeseg.evaluation.report import (
     method_table,
     method_table_markdown,
@@ -49,6 +55,20 @@ class ComparisonResult:
     report: Path
 
     @property
+    def warnings(self) -> list[str]:
+        """Every method's warnings, each prefixed with the method's name."""
+        return [
+            f"{name}: {warning}"
+            for name, res in self.results.items()
+            for warning in res.summary.get("warnings", [])
+        ]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when any method has missing (not allowed) or failed cases, else 0."""
+        return max((int(r.summary.get("exit_code", 0)) for r in self.results.values()), default=0)
+
+    @property
     def table_md(self) -> Path:
         return self.out_dir / "table.md"
 
@@ -57,8 +77,36 @@ class ComparisonResult:
         return self.out_dir / "table.csv"
 
 
+#: Files only an evaluation folder holds: one with them but without ``metrics.csv`` is broken.
+_EVALUATION_FILES = ("summary.json", "report.html")
+
+
 def _is_evaluation(folder: Path) -> bool:
     return (folder / "metrics.csv").is_file()
+
+
+def _check_run_folder(run: Path) -> None:
+    """A run folder must be an evaluation (``metrics.csv``) or hold label maps.
+
+    Raises:
+        InputError: the folder is missing, is an evaluation folder without ``metrics.csv``, or
+            holds neither ``metrics.csv`` nor NIfTI files.
+    """
+    if not run.is_dir():
+        raise InputError(f"{run}: run folder not found")
+    if _is_evaluation(run):
+        return
+    present = [name for name in _EVALUATION_FILES if (run / name).is_file()]
+    if present:
+        raise InputError(
+            f"{run}: evaluation folder without metrics.csv (has {', '.join(present)}); "
+            "evaluate again or give the prediction folder"
+        )
+    if not find_predictions(run):
+        raise InputError(
+            f"{run}: neither an evaluation folder (no metrics.csv) nor a prediction folder "
+            "(no .nii.gz label maps)"
+        )
 
 
 def load_run(
@@ -69,17 +117,27 @@ def load_run(
     ref: str | os.PathLike[str] | None = None,
     workers: int = 2,
     progress: bool = True,
+    allow_missing: bool = False,
 ) -> EvaluationResult:
     """An evaluation folder as is, or a prediction folder evaluated against ``ref``.
 
+    Args:
+        allow_missing: missing predictions do not make the run's exit code 1 (for an
+            evaluation folder too, whatever it was evaluated with).
+
     Raises:
-        InputError: the folder is missing, or is a prediction folder and ``ref`` is ``None``.
+        InputError: the folder is missing, is an evaluation folder without its ``metrics.csv``
+            (or with a broken one), holds neither ``metrics.csv`` nor label maps, or is a
+            prediction folder and ``ref`` is ``None``.
     """
     run = Path(run)
-    if not run.is_dir():
-        raise InputError(f"{run}: run folder not found")
+    _check_run_folder(run)
     if _is_evaluation(run):
-        return load_evaluation(run)
+        result = load_evaluation(run)
+        # This comparison's allow_missing decides, not the one the folder was evaluated with.
+        unmatched = result.summary.get("unmatched_predictions", [])
+        result.summary.update(check_rows(result.rows, unmatched, allow_missing=allow_missing))
+        return result
     if ref is None:
         raise InputError(
             f"{run}: no metrics.csv here; to compare a prediction folder give the references "
@@ -93,6 +151,7 @@ def load_run(
         workers=workers,
         progress=progress,
         print_table=False,
+        allow_missing=allow_missing,
     )
 
 
@@ -119,6 +178,7 @@ def compare(
     n_overlays: int = 3,
     workers: int = 2,
     progress: bool = True,
+    allow_missing: bool = False,
 ) -> ComparisonResult:
     """Compare methods side by side.
 
@@ -133,6 +193,8 @@ def compare(
         n_overlays: overlays drawn when ``cases`` is ``None``.
         workers: processes for evaluating prediction folders.
         progress: progress bars.
+        allow_missing: missing predictions do not make :attr:`ComparisonResult.exit_code` 1
+            (they are still scored as empty and reported).
 
     Returns:
         A :class:`ComparisonResult`.
@@ -141,11 +203,15 @@ def compare(
         raise InputError("compare needs at least one run")
     if names is not None and len(names) != len(runs):
         raise InputError(f"--names: {len(names)} names for {len(runs)} runs")
+    for r in runs:  # every folder checked before any is evaluated
+        _check_run_folder(Path(r))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_names = list(names) if names is not None else [Path(r).resolve().name for r in runs]
     loaded = [
-        load_run(r, n, out_dir, ref=ref, workers=workers, progress=progress)
+        load_run(
+            r, n, out_dir, ref=ref, workers=workers, progress=progress, allow_missing=allow_missing
+        )
         for r, n in zip(runs, run_names)
     ]
     results = normalize_results(loaded, run_names)

@@ -2,22 +2,24 @@
 
 Inputs:
 
-* predictions: a flat folder of ``<case_id>.nii.gz`` (or ``.nii``) integer label maps, in any
-  label convention (see :func:`detect_convention`);
+* predictions: a flat folder of ``<case_id>.nii.gz`` (or ``.nii``, or ``<case_id>-seg`` /
+  ``_seg``) integer label maps, in any label convention (see :func:`detect_convention`);
 * references: either a dataset folder in any layout the readers know
   (``cascadeseg.data.layouts.discover_cases``: BraTS 2017-2021, 2023+, MSD, nnU-Net raw) or a flat
-  folder of ``<case_id>.nii.gz`` label maps (``ref_layout="flat"``, chosen automatically when the
-  folder holds NIfTI files directly).
+  folder of label maps ``<case_id>.nii.gz`` / ``<case_id>-seg.nii.gz`` / ``<case_id>_seg.nii.gz``
+  (the official BraTS evaluation's convention), directly or one per case sub-folder.
 
-Predictions are matched to references by case id. A reference without prediction counts as an
-empty prediction (Dice 0, HD95 373.13 where the reference is non-empty) and is listed as
-``missing``; a prediction whose shape or affine differs from its reference is an ``error`` row with
-the reason (NaN metrics, left out of the summary), never a crash. Predictions without reference are
-listed as ``unmatched``.
+Predictions are matched to references by case id (file names to case ids:
+:mod:`cascadeseg.evaluation.matching`). A reference without prediction counts as an empty
+prediction (Dice 0, HD95 373.13 where the reference is non-empty) and is listed as ``missing``; a
+prediction that cannot be read, or whose shape or affine differs from its reference, is an
+``error`` row with the reason (NaN metrics, left out of the summary), never a crash. Predictions
+without reference are listed as ``unmatched``. Missing and failed cases, empty predictions and
+predictions that overlap no reference are reported first (:mod:`cascadeseg.evaluation.checks`).
 
-Outputs in ``out_dir``: ``metrics.csv`` (columns :data:`CSV_COLUMNS`), ``summary.json`` (mean, std,
-median, 25th and 75th percentiles per metric and region; counts of cases and of NaN values left
-out) and a table printed to stdout.
+Outputs in ``out_dir``: ``metrics.csv`` (columns :data:`CSV_COLUMNS`), ``summary.json`` (``status``,
+``exit_code``, ``warnings``; mean, std, median, 25th and 75th percentiles per metric and region;
+counts of cases and of NaN values left out) and a table printed to stdout.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,16 @@ import numpy as np
 from tqdm import tqdm
 
 from cascadeseg.data.labels import CONVENTIONS, to_internal
-from cascadeseg.data.nifti import is_nifti, load_nifti, strip_nifti_suffix
+from cascadeseg.data.nifti import load_nifti
 from cascadeseg.errors import InputError
+from cascadeseg.evaluation.checks import (
+    STATUS_ERROR,
+    STATUS_MISSING,
+    STATUS_OK,
+    check_rows,
+    format_warnings,
+)
+from cascadeseg.evaluation.matching import ReferenceItem, find_predictions, find_references
 from cascadeseg.evaluation.metrics import METRIC_NAMES, VOLUME_NAMES, case_metrics
 from cascadeseg.fsutil import atomic_path, write_json_atomic
 
@@ -54,36 +64,11 @@ CSV_COLUMNS: tuple[str, ...] = (
     "ref_file",
     "message",
 )
-#: Status of a row: evaluated, prediction missing (scored as empty), or not evaluated.
-STATUS_OK, STATUS_MISSING, STATUS_ERROR = "ok", "missing", "error"
 #: Statistics in ``summary.json`` and the printed table.
 STATISTICS: tuple[str, ...] = ("mean", "std", "median", "q25", "q75")
 
-# Files kept for overlays: FLAIR and T1ce (3D), or the 4D image of MSD.
-_IMAGE_KEYS = ("flair", "t1ce", "image")
 # Affines are stored as float32 in NIfTI sform/qform: allow float32 round-off, nothing visible.
 _AFFINE_ATOL_MM = 1e-3
-
-
-@dataclass(frozen=True)
-class ReferenceItem:
-    """One reference label map.
-
-    Attributes:
-        case_id: the case id predictions are matched by.
-        seg: path of the reference label map.
-        convention: its label convention, ``None`` to detect it from the values.
-        images: image files for overlays (``flair``, ``t1ce``, or ``image`` for a 4D file).
-        layout: the layout the reference came from (``flat`` or a reader's layout name).
-        channels: for a 4D ``image``, modality -> channel index (from the reader).
-    """
-
-    case_id: str
-    seg: Path
-    convention: str | None
-    images: dict[str, Path] = field(default_factory=dict)
-    layout: str = "flat"
-    channels: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -189,96 +174,6 @@ def detect_convention(values: Iterable[int], reference_convention: str | None = 
 
 
 # --------------------------------------------------------------------------------------------
-# Finding files
-
-
-def _nifti_files(folder: Path) -> dict[str, Path]:
-    """``{case_id: path}`` of the NIfTI files directly in ``folder`` (not recursive)."""
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and is_nifti(path) and not path.name.startswith("."):
-            case_id = strip_nifti_suffix(path.name)
-            if case_id in found:
-                raise InputError(f"{folder}: two files for case {case_id!r}")
-            found[case_id] = path
-    return found
-
-
-def find_predictions(pred_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """``{case_id: path}`` of the label maps ``<case_id>.nii.gz`` / ``.nii`` in ``pred_dir``.
-
-    Raises:
-        InputError: the folder does not exist.
-    """
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        raise InputError(f"{pred_dir}: prediction folder not found")
-    return _nifti_files(pred_dir)
-
-
-def find_references(
-    ref: str | os.PathLike[str],
-    *,
-    ref_layout: str | None = None,
-    ref_convention: str | None = None,
-) -> list[ReferenceItem]:
-    """The reference label maps of a dataset folder (any layout) or of a flat folder.
-
-    Args:
-        ref: a dataset folder the readers know, or a folder of ``<case_id>.nii.gz`` label maps.
-        ref_layout: ``"flat"``, a reader's layout name, or ``None``: flat when the folder holds
-            NIfTI files directly, else the readers detect the layout.
-        ref_convention: label convention of the references; ``None`` takes the layout's (flat
-            folders: detected per file by :func:`detect_convention`).
-
-    Raises:
-        InputError: the folder is missing, empty, or no case has a segmentation.
-    """
-    ref = Path(ref)
-    if not ref.is_dir():
-        raise InputError(f"{ref}: reference folder not found")
-    if ref_layout is None and _nifti_files(ref):
-        # NIfTI files directly inside: a flat folder of label maps, unless the readers recognise
-        # it as a single BraTS case folder (<case>_flair.nii.gz, ..., <case>_seg.nii.gz).
-        ref_layout = "flat"
-        try:
-            from cascadeseg.data.layouts import detect_layout
-
-            ref_layout = detect_layout(ref)
-        except (ImportError, InputError):
-            pass
-    if ref_layout == "flat":
-        items = [
-            ReferenceItem(case_id, path, ref_convention, {}, "flat")
-            for case_id, path in _nifti_files(ref).items()
-        ]
-    else:
-        try:
-            from cascadeseg.data.layouts import discover_cases
-        except ImportError as exc:  # the readers are a separate module; say so plainly
-            raise InputError(f"{ref}: dataset readers are not available ({exc})") from exc
-        items = []
-        for case_ref in discover_cases(ref, layout=ref_layout, label_convention=ref_convention):
-            seg = case_ref.files.get("seg")
-            if seg is None:  # a case without segmentation cannot be a reference
-                continue
-            images = {k: Path(v) for k, v in case_ref.files.items() if k in _IMAGE_KEYS}
-            items.append(
-                ReferenceItem(
-                    case_id=case_ref.case_id,
-                    seg=Path(seg),
-                    convention=case_ref.label_convention,
-                    images=images,
-                    layout=case_ref.layout,
-                    channels=dict(case_ref.extra.get("channels") or {}),
-                )
-            )
-    if not items:
-        raise InputError(f"{ref}: no reference label maps found")
-    return items
-
-
-# --------------------------------------------------------------------------------------------
 # One case
 
 
@@ -321,8 +216,12 @@ def evaluate_case(
         "pred_file": "" if pred_path is None else str(pred_path),
         "ref_file": str(reference.seg),
         "message": "",
+        # Not a CSV column: which file failed (a folder whose references all fail is an input
+        # error, not a batch of failed cases).
+        "error_source": "",
     }
     try:
+        row["error_source"] = "reference"
         ref_raw, ref_affine, spacing = _read_label(reference.seg)
         ref_conv = reference.convention or detect_convention(_present_values(ref_raw))
         ref_label = to_internal(ref_raw, ref_conv, source=str(reference.seg))
@@ -332,6 +231,7 @@ def evaluate_case(
             row["status"] = STATUS_MISSING
             row["message"] = "no prediction: scored as an empty label map"
         else:
+            row["error_source"] = "prediction"
             pred_raw, pred_affine, _ = _read_label(pred_path)
             if pred_raw.shape != ref_raw.shape:
                 raise InputError(
@@ -347,10 +247,12 @@ def evaluate_case(
             pred_label = to_internal(pred_raw, pred_conv, source=str(pred_path))
             row["pred_convention"] = pred_conv
         row.update(case_metrics(pred_label, ref_label, spacing))
+        row["error_source"] = ""
     except Exception as exc:  # one bad case must not stop a folder; the row says what happened
         row.update(_nan_metrics())
         row["status"] = STATUS_ERROR
-        row["message"] = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+        text = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+        row["message"] = " ".join(text.split())  # one line per case in the console and the CSV
     return row
 
 
@@ -465,14 +367,31 @@ def load_evaluation(folder: str | os.PathLike[str]) -> EvaluationResult:
     """An :class:`EvaluationResult` from a folder written by :func:`evaluate`."""
     folder = Path(folder)
     rows = read_metrics_csv(folder / "metrics.csv")
+    if not rows:
+        raise InputError(f"{folder / 'metrics.csv'}: no cases in the file")
     summary = summarize(rows)
     pred_dir = ref = None
+    saved: dict[str, Any] = {}
     summary_path = folder / "summary.json"
     if summary_path.is_file():
-        source = json.loads(summary_path.read_text()).get("source", {})
+        try:
+            saved = json.loads(summary_path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise InputError(f"{summary_path}: not a readable summary.json ({exc})") from exc
+        if not isinstance(saved, dict):
+            raise InputError(f"{summary_path}: not a summary.json (no JSON object)")
+        source = saved.get("source") or {}
         pred_dir = Path(source["pred_dir"]) if source.get("pred_dir") else None
         ref = Path(source["ref"]) if source.get("ref") else None
         summary["source"] = source
+    summary["unmatched_predictions"] = list(saved.get("unmatched_predictions") or [])
+    summary.update(
+        check_rows(
+            rows,
+            summary["unmatched_predictions"],
+            allow_missing=bool(saved.get("allow_missing", False)),
+        )
+    )
     return EvaluationResult(folder, rows, summary, pred_dir, ref)
 
 
@@ -497,6 +416,13 @@ def _format_stat(value: float) -> str:
     return "NaN" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
+def format_console_summary(summary: dict[str, Any]) -> str:
+    """What ``evaluate`` prints: warnings first, the table, then one line per failed case."""
+    parts = [format_warnings(summary), format_summary_table(summary)]
+    parts.extend(f"error: {case}: {message}" for case, message in summary["errors"].items())
+    return "\n".join(p for p in parts if p)
+
+
 # --------------------------------------------------------------------------------------------
 # The folder
 
@@ -512,12 +438,15 @@ def evaluate(
     workers: int = 2,
     progress: bool = True,
     print_table: bool = True,
+    allow_missing: bool = False,
 ) -> EvaluationResult:
     """BraTS metrics of every reference case; writes ``metrics.csv`` and ``summary.json``.
 
     Args:
-        pred_dir: folder of ``<case_id>.nii.gz`` label maps (any label convention).
-        ref: dataset folder (any layout the readers know) or flat folder of label maps.
+        pred_dir: folder of ``<case_id>.nii.gz`` label maps (any label convention; see
+            :func:`~cascadeseg.evaluation.matching.find_predictions`).
+        ref: dataset folder (any layout the readers know) or flat folder of label maps (see
+            :func:`~cascadeseg.evaluation.matching.find_references`).
         out_dir: output folder (created).
         ref_layout: see :func:`find_references`.
         ref_convention: the references' label convention (``None``: from the layout or detected).
@@ -526,13 +455,18 @@ def evaluate(
         workers: processes (the cases are independent; 2 uses both cores of a small machine;
             1 runs in this process).
         progress: show a progress bar.
-        print_table: print the summary table.
+        print_table: print the summary (warnings first, the table, failed cases).
+        allow_missing: missing predictions leave ``summary["exit_code"]`` at 0 (they are still
+            scored as empty and listed).
 
     Returns:
-        The :class:`EvaluationResult` (rows in reference order).
+        The :class:`EvaluationResult` (rows in reference order); ``summary["status"]``,
+        ``["exit_code"]`` and ``["warnings"]`` say whether it is complete
+        (:mod:`cascadeseg.evaluation.checks`).
 
     Raises:
-        InputError: a folder is missing or holds no label maps, or a convention is unknown.
+        InputError: a folder is missing or holds no label maps, no reference label map could be
+            read, or a convention is unknown.
     """
     for name in (ref_convention, pred_convention):
         if name is not None and name not in CONVENTIONS:
@@ -543,7 +477,31 @@ def evaluate(
     ref_ids = {item.case_id for item in references}
     unmatched = sorted(set(predictions) - ref_ids)
     tasks = [(predictions.get(item.case_id), item, pred_convention) for item in references]
+    rows = _evaluate_tasks(tasks, workers, progress)
+    _check_references_readable(rows, ref)
 
+    summary = {
+        **check_rows(rows, unmatched, allow_missing=allow_missing),
+        **summarize(rows),
+        "unmatched_predictions": unmatched,
+        "source": {
+            "pred_dir": str(pred_dir.resolve()),
+            "ref": str(ref.resolve()),
+            "ref_layout": references[0].layout,
+        },
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics_csv(rows, out_dir / "metrics.csv")
+    write_json_atomic(_json_safe(summary), out_dir / "summary.json")
+    if print_table:
+        print(format_console_summary(summary))
+    return EvaluationResult(out_dir, rows, summary, pred_dir, ref)
+
+
+def _evaluate_tasks(
+    tasks: list[tuple[Path | None, ReferenceItem, str | None]], workers: int, progress: bool
+) -> list[dict[str, Any]]:
+    """Rows of :func:`evaluate_case` for every task, in order, in ``workers`` processes."""
     bar = tqdm(total=len(tasks), desc="evaluate", unit="case", disable=not progress)
     rows: list[dict[str, Any]]
     if workers <= 1 or len(tasks) <= 1:
@@ -558,19 +516,17 @@ def evaluate(
                 rows.append(row)
                 bar.update()
     bar.close()
+    return rows
 
-    summary = summarize(rows)
-    summary["unmatched_predictions"] = unmatched
-    summary["source"] = {
-        "pred_dir": str(pred_dir.resolve()),
-        "ref": str(ref.resolve()),
-        "ref_layout": references[0].layout,
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_metrics_csv(rows, out_dir / "metrics.csv")
-    write_json_atomic(_json_safe(summary), out_dir / "summary.json")
-    if print_table:
-        print(format_summary_table(summary))
-        if unmatched:
-            print(f"{len(unmatched)} predictions have no reference: {', '.join(unmatched[:10])}")
-    return EvaluationResult(out_dir, rows, summary, pred_dir, ref)
+
+def _check_references_readable(rows: Sequence[dict[str, Any]], ref: Path) -> None:
+    """A reference folder none of whose label maps can be read is an input error, not a batch.
+
+    Raises:
+        InputError: every row failed on its reference file (names the first file and why).
+    """
+    if rows and all(r["error_source"] == "reference" for r in rows):
+        raise InputError(
+            f"{ref}: none of the {len(rows)} reference label maps could be read "
+            f"(first: {rows[0]['message']})"
+        )

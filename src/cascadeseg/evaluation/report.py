@@ -23,14 +23,9 @@ import numpy as np
 
 from cascadeseg.data.labels import REGIONS, to_internal
 from cascadeseg.data.nifti import load_nifti
-from cascadeseg.evaluation.evaluate import (
-    STATISTICS,
-    STATUS_ERROR,
-    EvaluationResult,
-    ReferenceItem,
-    detect_convention,
-    find_references,
-)
+from cascadeseg.evaluation.checks import STATUS_ERROR
+from cascadeseg.evaluation.evaluate import STATISTICS, EvaluationResult, detect_convention
+from cascadeseg.evaluation.matching import ReferenceItem, find_references
 from cascadeseg.evaluation.metrics import METRIC_NAMES
 from cascadeseg.evaluation.plots import boxplot_figure, overlay_figure
 from cascadeseg.fsutil import write_text_atomic
@@ -50,6 +45,8 @@ th{background:#f3f3f3}td.l,th.l{text-align:left}
 tr.bad td{background:#fff1f0}tr.missing td{background:#fffbe6}
 img{max-width:100%;border:1px solid #eee;margin:6px 0}
 .note{color:#555;font-size:.85em}code{background:#f5f5f5;padding:0 3px}
+.warn{background:#fff4e5;border-left:5px solid #d9480f;padding:6px 14px;margin:1em 0}
+.warn li{margin:3px 0}
 """
 
 
@@ -310,6 +307,22 @@ def _cases_table_html(result: EvaluationResult) -> str:
     return "\n".join(lines)
 
 
+def _warnings_html(named: Mapping[str, EvaluationResult]) -> str:
+    """The warnings of every method (missing, failed, empty, no overlap...), for the page top."""
+    items = []
+    for name, res in named.items():
+        prefix = f"<b>{html.escape(name)}</b>: " if len(named) > 1 else ""
+        status = res.summary.get("status")
+        if status and status != "ok":
+            items.append(f"<li>{prefix}status <b>{html.escape(str(status))}</b></li>")
+        items.extend(
+            f"<li>{prefix}{html.escape(str(w))}</li>" for w in res.summary.get("warnings", [])
+        )
+    if not items:
+        return ""
+    return '<div class="warn"><b>Warnings</b><ul>' + "".join(items) + "</ul></div>"
+
+
 def _counts_html(name: str, result: EvaluationResult) -> str:
     cases = result.summary["cases"]
     left_out = {m: s["n_nan"] for m, s in result.summary["metrics"].items() if s["n_nan"]}
@@ -377,6 +390,7 @@ def write_report(
         "cascadeseg. Metrics as defined in docs/metrics.md (HD95 in mm, pooled 95th "
         "percentile of border distances, 373.13 mm when one mask is empty).</p>"
     )
+    sections.append(_warnings_html(named))
     sections.append("".join(_counts_html(name, res) for name, res in named.items()))
 
     if len(named) > 1:
