@@ -58,7 +58,14 @@ from cascadeseg.data.labels import (
     get_convention,
     to_internal,
 )
-from cascadeseg.data.nifti import is_nifti, load_nifti, load_nifti_header, save_nifti
+from cascadeseg.data.nifti import (
+    NiftiInfo,
+    is_nifti,
+    load_nifti,
+    load_nifti_header,
+    read_header,
+    save_nifti,
+)
 from cascadeseg.data.nifti import strip_nifti_suffix as _strip
 from cascadeseg.data.validate import (
     as_volume,
@@ -67,6 +74,8 @@ from cascadeseg.data.validate import (
     check_same_geometry,
     require_cases,
     validate_case,
+    volume_shape,
+    warn_if_wrapped,
 )
 from cascadeseg.errors import InputError
 
@@ -608,37 +617,68 @@ def discover_cases(
 # reading
 
 
-def _read_4d(ref: CaseRef) -> tuple[np.ndarray, np.ndarray, Any]:
-    path = ref.files["image"]
-    data, affine, header = load_nifti(path)  # stored dtype; cast to float32 while copying below
-    check_channel_count(path, data.shape)
+def _read_headers(ref: CaseRef) -> dict[str, NiftiInfo]:
+    """Read and compare the headers of every file of ``ref`` before any voxel data.
+
+    Each header is checked against its file (:func:`cascadeseg.data.nifti.read_header`: affine,
+    voxel cap, size); then shapes and affines are compared across the case, so that a file whose
+    header disagrees with its siblings (a gzip bomb with a consistent header included) is rejected
+    before anything is decompressed.
+
+    Returns:
+        The :class:`NiftiInfo` of each file, by the keys of ``ref.files``.
+    """
+    infos = {key: read_header(path) for key, path in ref.files.items()}
+    if "image" in infos:
+        reference = infos["image"]
+        check_channel_count(reference.path, reference.shape)
+        grid = reference.shape[:3]
+    else:
+        reference = infos[MODALITIES[0]]
+        grid = volume_shape(reference.shape, reference.path)
+        for modality in MODALITIES[1:]:
+            info = infos[modality]
+            shape = volume_shape(info.shape, info.path)
+            check_same_geometry(
+                reference.path, grid, reference.affine, info.path, shape, info.affine
+            )
+    if "seg" in infos:
+        seg = infos["seg"]
+        shape = volume_shape(seg.shape, seg.path, what="label map")
+        check_same_geometry(
+            reference.path, grid, reference.affine, seg.path, shape, seg.affine, what="label map"
+        )
+    return infos
+
+
+def _read_4d(info: NiftiInfo, ref: CaseRef) -> tuple[np.ndarray, np.ndarray, Any]:
+    path = info.path
+    data, affine, header = load_nifti(path, info=info)  # stored dtype; cast while copying below
     channels = ref.extra.get("channels") or {m: i for i, m in enumerate(MODALITIES)}
     image = np.empty((len(MODALITIES), *data.shape[:3]), dtype=np.float32)
     for c, modality in enumerate(MODALITIES):
+        warn_if_wrapped(data[..., channels[modality]], f"{path} (channel {modality})")
         image[c] = data[..., channels[modality]]
     return image, affine, header
 
 
-def _read_3d(ref: CaseRef) -> tuple[np.ndarray, np.ndarray, Any]:
-    first = ref.files[MODALITIES[0]]
-    image = np.empty(0, dtype=np.float32)
-    affine = np.eye(4)
+def _read_3d(infos: dict[str, NiftiInfo]) -> tuple[np.ndarray, np.ndarray, Any]:
+    first = infos[MODALITIES[0]]
+    image = np.empty((len(MODALITIES), *first.shape[:3]), dtype=np.float32)
     header = None
     for c, modality in enumerate(MODALITIES):
-        path = ref.files[modality]
+        info = infos[modality]
         # Stored values (int16 for BraTS): the cast to float32 happens in the copy below, in one
         # pass with the reordering from the file's Fortran order (measured ~2x faster than
         # converting first).
-        data, file_affine, file_header = load_nifti(path)
-        data = as_volume(data, path)
+        data, _, file_header = load_nifti(info.path, info=info)
+        data = as_volume(data, info.path)
+        warn_if_wrapped(data, str(info.path))
         if c == 0:
-            image = np.empty((len(MODALITIES), *data.shape), dtype=np.float32)
-            affine, header = file_affine, file_header
-        else:
-            check_same_geometry(first, image.shape[1:], affine, path, data.shape, file_affine)
+            header = file_header
         image[c] = data
         del data
-    return image, affine, header
+    return image, first.affine.copy(), header
 
 
 def read_case(ref: CaseRef) -> Case:
@@ -651,24 +691,24 @@ def read_case(ref: CaseRef) -> Case:
         ``ref.layout`` and ``ref.label_convention``.
 
     Raises:
-        InputError: missing/duplicated files, unreadable files, shapes or affines that differ, a 4D
-            file with the wrong channel count, label values outside the convention, non-finite
-            voxels, an all-zero modality (see :mod:`cascadeseg.data.validate`).
+        InputError: missing/duplicated files, unreadable files, a header that fails
+            :func:`cascadeseg.data.nifti.read_header`'s checks (affine, voxel cap, file size),
+            shapes or affines that differ (compared on the headers, before any voxel data is
+            read), a 4D file with the wrong channel count, label values outside the convention,
+            non-finite voxels, an all-zero modality (see :mod:`cascadeseg.data.validate`).
     """
     check_ref(ref)
+    infos = _read_headers(ref)
     if "image" in ref.files:
-        image, affine, header = _read_4d(ref)
-        reference = ref.files["image"]
+        image, affine, header = _read_4d(infos["image"], ref)
     else:
-        image, affine, header = _read_3d(ref)
-        reference = ref.files[MODALITIES[0]]
+        image, affine, header = _read_3d(infos)
     shape = tuple(int(s) for s in image.shape[1:])
     label = None
     seg = ref.files.get("seg")
     if seg is not None:
-        raw, seg_affine, _ = load_nifti(seg)
+        raw, _, _ = load_nifti(seg, info=infos["seg"])
         raw = as_volume(raw, seg, what="label map")
-        check_same_geometry(reference, shape, affine, seg, raw.shape, seg_affine, what="label map")
         label = to_internal(raw, ref.label_convention, source=str(seg))
         del raw
     spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
