@@ -289,7 +289,8 @@ def _read_dataset_json(root: Path) -> tuple[dict[str, Any], Path]:
     if not path.is_file():
         raise InputError(f"{path}: file not found (needed for the channel order and labels)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: files saved by some Windows editors start with a byte order mark.
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from exc
     if not isinstance(data, dict):
@@ -367,12 +368,17 @@ def _mapping_from_labels(labels: dict[str, Any], path: Path | str) -> dict[int, 
     (used with ``regions_class_order``): a value in WT only is edema, in TC but not ET necrosis,
     in ET enhancing tumour.
     """
-    if all(str(k).strip().isdigit() for k in labels) and all(
-        isinstance(v, str) for v in labels.values()
-    ):
-        pairs = [(int(k), str(v)) for k, v in labels.items()]
+    numbered = [str(k).strip().isdigit() for k in labels]
+    if all(numbered) and all(isinstance(v, str) for v in labels.values()):
+        if all(_is_number_text(v) for v in labels.values()):
+            raise InputError(
+                f"{path}: 'labels' maps numbers to numbers ({json.dumps(labels)}); expected label "
+                f'names with their values, e.g. {{"background": 0, "edema": 1}}'
+            )
+        pairs: list[tuple[Any, str]] = [(int(k), str(v)) for k, v in labels.items()]
     else:
-        pairs = [(v, str(k)) for k, v in labels.items()]
+        # Values written as text ("0") are read as the numbers they spell.
+        pairs = [(_label_value(v, str(k), path), str(k)) for k, v in labels.items()]
     if any(isinstance(value, (list, tuple)) for value, _ in pairs) or any(
         _class_of_label_name(name) is None and _region_of_name(name) for _, name in pairs
     ):
@@ -387,6 +393,30 @@ def _mapping_from_labels(labels: dict[str, Any], path: Path | str) -> dict[int, 
             )
         mapping[value] = cls
     return mapping
+
+
+def _is_number_text(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().isdigit()
+
+
+def _label_value(value: Any, name: str, path: Path | str) -> int | list[int]:
+    """A dataset.json label value as a number (or list): ``1``, ``"1"``, ``1.0``, ``[1, "2"]``.
+
+    Raises:
+        InputError: a value that is not a whole non-negative number or a list of them.
+    """
+    if isinstance(value, list) and value:
+        return [int(_label_value(v, name, path)) for v in value]  # type: ignore[arg-type]
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if _is_number_text(value):
+        return int(value)
+    raise InputError(
+        f"{path}: label {name!r} has the value {json.dumps(value)}; expected a label number "
+        f"such as 0 or 1 (or a list of them)"
+    )
 
 
 # (in WT, in TC, in ET) -> internal class; other combinations break the nesting ET < TC < WT.
