@@ -292,6 +292,21 @@ def test_int16_wraparound_is_warned_naming_the_file(tmp_path, caplog):
     assert "int16 wrap-around" in messages[0]
 
 
+def test_inspect_prints_the_wraparound_warning_under_its_case(tmp_path, capsys):
+    case = make_tiny_case(case_id="case_000")
+    image = case.image.copy()
+    image[3] = np.where(image[3] > 0, -32768 + np.rint(image[3]), 0)  # the T2 wrapped everywhere
+    from dataclasses import replace
+
+    folder = write_case(replace(case, image=image), tmp_path, "brats2021")
+    assert main(["inspect", str(tmp_path)]) == 0  # a warning, not a failure
+    out = capsys.readouterr().out.splitlines()
+    row = out.index(next(line for line in out if line.startswith("case_000")))
+    assert out[row].endswith("WARNING")
+    assert out[row + 1].strip().startswith(f"{folder / 'case_000_t2.nii.gz'}: warning:")
+    assert out[-1] == "1 case(s): 1 ok, 1 with warnings, 0 bad"
+
+
 def test_wraparound_check_leaves_ordinary_images_alone(caplog):
     with caplog.at_level(logging.WARNING, logger="cascadeseg.data"):
         ordinary = np.arange(1000, dtype=np.int16).reshape(10, 10, 10)
