@@ -174,6 +174,21 @@ def test_gzip_bomb_as_the_reference_file_is_rejected_too(tmp_path):
     assert peak < 20
 
 
+def test_sibling_comparison_comes_before_the_voxel_cap_and_size_checks(tmp_path):
+    # A 1.5 GiB header (past the cap, and more than the small file can hold) on one modality:
+    # "shape differs" names the odd file out; the same header on every file: the cap.
+    folder = write_case(make_tiny_case(case_id="case_000"), tmp_path, "brats2021")
+    huge = _header((1024, 1024, 768), np.int16)
+    (folder / "case_000_t2.nii.gz").write_bytes(gzip.compress(huge + bytes(64)))
+    message, _ = _rejected(lambda: read_case(discover_cases(tmp_path)[0]))
+    assert "case_000_t2.nii.gz: image shape (1024, 1024, 768) differs from (32, 32, 24)" in message
+    for path in folder.iterdir():
+        path.write_bytes(gzip.compress(huge + bytes(64)))
+    message, peak = _rejected(lambda: read_case(discover_cases(tmp_path)[0]))
+    assert f"more than the cap of {DEFAULT_MAX_VOXELS}" in message
+    assert peak < 5
+
+
 def test_gzip_bomb_peak_memory_of_a_whole_process(bomb_case):
     # The same rejection measured as the process's peak resident memory (imports included).
     code = (

@@ -60,6 +60,7 @@ from cascadeseg.data.labels import (
 )
 from cascadeseg.data.nifti import (
     NiftiInfo,
+    check_limits,
     is_nifti,
     load_nifti,
     load_nifti_header,
@@ -658,7 +659,9 @@ def _read_headers(ref: CaseRef) -> dict[str, NiftiInfo]:
     Returns:
         The :class:`NiftiInfo` of each file, by the keys of ``ref.files``.
     """
-    infos = {key: read_header(path) for key, path in ref.files.items()}
+    # Headers only; the voxel cap and the size checks come after the comparison, so a gzip bomb
+    # whose (consistent) header disagrees with its siblings is reported as "shape differs".
+    infos = {key: read_header(path, limits=False) for key, path in ref.files.items()}
     if "image" in infos:
         reference = infos["image"]
         check_channel_count(reference.path, reference.shape)
@@ -678,6 +681,8 @@ def _read_headers(ref: CaseRef) -> dict[str, NiftiInfo]:
         check_same_geometry(
             reference.path, grid, reference.affine, seg.path, shape, seg.affine, what="label map"
         )
+    for info in infos.values():
+        check_limits(info)
     return infos
 
 

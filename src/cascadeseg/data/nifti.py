@@ -90,6 +90,7 @@ class NiftiInfo:
         affine: ``(4, 4)`` voxel-to-world matrix in mm (sform, else qform), already checked.
         offset: byte offset of the voxel data (``vox_offset``).
         compressed: gzip file (decided by the magic bytes, not the name).
+        file_size: bytes on disk.
     """
 
     path: Path
@@ -99,6 +100,7 @@ class NiftiInfo:
     affine: np.ndarray
     offset: int
     compressed: bool
+    file_size: int
 
     @property
     def nbytes(self) -> int:
@@ -200,9 +202,14 @@ def _parse_header(prefix: bytes, path: Path) -> nib.Nifti1Header:
     return klass(prefix[:size])
 
 
-def _check_size(info: NiftiInfo, file_size: int, cap: int) -> None:
-    """Compare what the header describes with the voxel cap and the file's size."""
-    path, shape = info.path, info.shape
+def check_limits(info: NiftiInfo) -> None:
+    """Compare what a header describes with the voxel cap (:func:`max_voxels`) and the file's size.
+
+    Raises:
+        InputError: an empty shape, more values than the cap, an implausible data offset, or more
+            data than the file can hold (truncated, or a wrong header).
+    """
+    path, shape, file_size, cap = info.path, info.shape, info.file_size, max_voxels()
     values = math.prod(shape)
     described = f"{'x'.join(str(s) for s in shape)} {info.dtype.name}"
     if values == 0:
@@ -227,10 +234,17 @@ def _check_size(info: NiftiInfo, file_size: int, cap: int) -> None:
         )
 
 
-def read_header(path: str | os.PathLike[str]) -> NiftiInfo:
+def read_header(path: str | os.PathLike[str], *, limits: bool = True) -> NiftiInfo:
     """Read and check a NIfTI file's header without reading its voxel data.
 
     Only the header's bytes are read (and, for ``.nii.gz``, decompressed).
+
+    Args:
+        path: the file.
+        limits: also apply :func:`check_limits` (voxel cap, size against the file). A reader that
+            first compares the headers of several files with each other (a case's modalities)
+            passes False and calls :func:`check_limits` after the comparison, so that a file that
+            disagrees with its siblings is reported as such.
 
     Returns:
         A :class:`NiftiInfo` (shape, dtype, affine, data offset).
@@ -260,13 +274,15 @@ def read_header(path: str | os.PathLike[str]) -> NiftiInfo:
             affine=np.array(header.get_best_affine(), dtype=np.float64),
             offset=int(header.get_data_offset()),
             compressed=compressed,
+            file_size=file_size,
         )
     except InputError:
         raise
     except _READ_ERRORS as exc:
         raise InputError(f"{path}: {_reason(exc)}") from exc
     check_affine(info.affine, path)
-    _check_size(info, file_size, max_voxels())
+    if limits:
+        check_limits(info)
     return info
 
 
@@ -289,13 +305,16 @@ def _inflate_into(info: NiftiInfo, out: np.ndarray) -> None:
                 break  # padding or other bytes after the last member: ignored, as gzip -d does
             started = True
             room = len(out) - filled
+            # At most `room` bytes while filling; past the end, chunks that are only counted.
             piece = inflater.decompress(pending, min(_CHUNK, room) if room else _CHUNK)
             pending = inflater.unconsumed_tail
-            view[filled : filled + len(piece)] = piece if len(piece) <= room else piece[:room]
-            surplus += max(0, len(piece) - room)
-            filled = min(len(out), filled + len(piece))
-            if surplus > max(len(out), 2**20):
-                raise InputError(f"{path}: holds far more data than its header describes")
+            if room:
+                view[filled : filled + len(piece)] = piece
+                filled += len(piece)
+            else:
+                surplus += len(piece)
+                if surplus > max(len(out), 2**20):
+                    raise InputError(f"{path}: holds far more data than its header describes")
             if inflater.eof:
                 pending = inflater.unused_data
                 inflater, started = zlib.decompressobj(_GZIP_WBITS), False
