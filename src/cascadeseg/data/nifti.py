@@ -368,7 +368,8 @@ def load_nifti(
         dtype: ``None`` returns the stored values (with ``scl_slope``/``scl_inter`` applied as
             nibabel does, which turns scaled integer data into floats); a floating dtype such as
             ``np.float32`` converts while reading.
-        info: the file's :class:`NiftiInfo` when the caller already read the header.
+        info: the file's :class:`NiftiInfo` when the caller already read the header (its
+            limits are checked again here).
 
     Returns:
         ``(array, affine, header)``: the voxel array in file order (``(X, Y, Z)`` or
@@ -379,7 +380,10 @@ def load_nifti(
         InputError: ``"<path>: <reason>"`` when the header fails :func:`read_header`'s checks or
             the data cannot be read (truncated or corrupt ``.nii.gz``, short ``.nii``).
     """
-    info = info if info is not None else read_header(path)
+    if info is None:
+        info = read_header(path)
+    else:
+        check_limits(info)  # no I/O: a caller's header read with limits=False is checked here
     path = info.path
     # One buffer of exactly the bytes the header describes (np.empty: pages are only committed as
     # they are written, so a stream that ends early costs what it held).
