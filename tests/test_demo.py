@@ -40,16 +40,17 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path, capsys: pytest.CaptureFixt
     printed = capsys.readouterr().out
     assert "report:" in printed and "dice_wt" in printed
     predictions = sorted((out / "predictions").glob("*.nii.gz"))
-    assert [p.name for p in predictions] == ["BraTS2021_00000.nii.gz"]
-    reference = nib.load(out / "data" / "test" / "BraTS2021_00000" / "BraTS2021_00000_seg.nii.gz")
+    assert [p.name for p in predictions] == ["SynthBraTS2021_00000.nii.gz"]
+    case_id = "SynthBraTS2021_00000"
+    reference = nib.load(out / "data" / "test" / case_id / f"{case_id}_seg.nii.gz")
     predicted = nib.load(predictions[0])
     assert predicted.shape == reference.shape
     assert (predicted.affine == reference.affine).all()
     with open(out / "evaluation" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["case"] for r in rows] == ["BraTS2021_00000"]
+    assert [r["case"] for r in rows] == ["SynthBraTS2021_00000"]
     assert 0.0 <= float(rows[0]["dice_wt"]) <= 1.0
     report = (out / "evaluation" / "report.html").read_text()
-    assert "BraTS2021_00000" in report and "data:image/png;base64," in report
+    assert "SynthBraTS2021_00000" in report and "data:image/png;base64," in report
     # The trained run is a model `cascadeseg predict --model` accepts.
     assert (out / "run" / "checkpoints").is_dir()

@@ -14,6 +14,7 @@ Finally a table of Dice and HD95 per region and the paths of the report and pred
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,12 +93,12 @@ def run_demo(
     _stage(f"1/4 synthetic data: {cases - test_cases} training + {test_cases} held-out cases")
     # Different seeds for the two folders: the held-out cases are never seen in training.
     synth = SynthConfig(shape_scale=synth_scale)
-    synthesize_dataset(
-        train_dir, cases - test_cases, seed=seed, layout="brats2021", workers=workers, config=synth
+    # The demo's own folders (overwrite): a rerun or a resumed run writes the same cases again.
+    make = functools.partial(
+        synthesize_dataset, layout="brats2021", workers=workers, config=synth, overwrite=True
     )
-    synthesize_dataset(
-        test_dir, test_cases, seed=seed + 100_000, layout="brats2021", workers=workers, config=synth
-    )
+    make(train_dir, cases - test_cases, seed=seed)
+    make(test_dir, test_cases, seed=seed + 100_000)
 
     _stage(f"2/4 training {model} for {minutes:g} min (recipe {model}_cpu)")
     # Validation cases come from the training folder: k folds, fewer when there are few cases.

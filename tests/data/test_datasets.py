@@ -179,3 +179,59 @@ def test_bias_field_augmentation_in_crops(cases: list[Preprocessed]) -> None:
         assert same(c, on[(0, i)])  # deterministic
     # the recorded mean/std of each channel is what the field acts on
     assert len(cases[0].extra["mean_over_std"]) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# the patch size against the volumes and the memory
+
+
+def test_patch_larger_than_every_volume_is_a_config_error() -> None:
+    from cascadeseg.data.datasets import check_patch_size
+    from cascadeseg.errors import ConfigError
+
+    shapes = [(120, 150, 118), (140, 172, 136)]
+    check_patch_size((128, 128, 128), shapes, available_bytes=10**12)  # larger than one: padded
+    with pytest.raises(ConfigError) as exc:
+        check_patch_size((500, 500, 500), shapes, available_bytes=10**12)
+    message = str(exc.value)
+    assert message.startswith("data.patch_size=[500, 500, 500]: larger than every preprocessed")
+    assert "axis 0 (500 > 140 voxels; volumes from 120x150x118 to 140x172x136)" in message
+    with pytest.raises(ConfigError, match=r"axis 1 \(96 > 80 voxels"):
+        check_patch_size((64, 96), [(70, 80, 60)], available_bytes=10**12)  # 2D slices
+    with pytest.raises(ConfigError, match="at least 1 voxel"):
+        check_patch_size((0, 16, 16), shapes)
+
+
+def test_patch_that_cannot_fit_in_memory_is_a_config_error() -> None:
+    from cascadeseg.data.datasets import available_memory_bytes, check_patch_size
+    from cascadeseg.errors import ConfigError
+
+    shapes = [(600, 600, 600)]
+    with pytest.raises(ConfigError) as exc:
+        check_patch_size((500, 500, 500), shapes, batch_size=2, available_bytes=13 * 10**9)
+    # 2 crops x 125e6 voxels x (4 x 4 image + 21 label/regions/mask + 64 network) = 25.25e9 bytes
+    assert "a batch of 2 such crops needs at least 25.2 GB to train, 13.0 GB" in str(exc.value)
+    check_patch_size((128, 128, 128), shapes, batch_size=2, available_bytes=13 * 10**9)
+    assert (available_memory_bytes() or 1) > 0
+
+
+def test_train_rejects_a_huge_patch_before_drawing_crops(tmp_path, monkeypatch) -> None:
+    from cascadeseg.config import Config, apply_overrides
+    from cascadeseg.data.writers import write_case
+    from cascadeseg.errors import ConfigError
+    from cascadeseg.training.trainer import train
+
+    for i in range(3):
+        write_case(make_tiny_case(seed=i, case_id=f"toy_{i:03d}"), tmp_path / "data", "brats2021")
+    cfg = apply_overrides(
+        Config(),
+        ["model.name=unet3d", "data.patch_size=[500,500,500]", "data.num_workers=0",
+         "data.folds=3", "train.tensorboard=false"],
+    )  # fmt: skip
+
+    def no_crops(*args, **kwargs):
+        raise AssertionError("a crop was drawn")
+
+    monkeypatch.setattr("cascadeseg.data.augment.crop", no_crops)
+    with pytest.raises(ConfigError, match=r"data\.patch_size=\[500, 500, 500\]: larger than every"):
+        train(cfg, tmp_path / "data", tmp_path / "run", progress=False)

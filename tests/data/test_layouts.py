@@ -335,6 +335,37 @@ def test_label_convention_from_dataset_json(labels, expected):
     assert convention_from_dataset_json({"labels": labels}, "dataset.json", ("msd",)) == expected
 
 
+@pytest.mark.parametrize("layout", ["msd", "nnunet"])
+def test_dataset_json_with_byte_order_mark_and_text_label_values(tmp_path, layout):
+    cases = _dataset(tmp_path, layout, n=1)
+    path = tmp_path / "dataset.json"
+    meta = json.loads(path.read_text())
+    if layout == "msd":  # nnU-Net v2 form with its numbers written as text
+        meta["labels"] = {"background": "0", "edema": "1", "non-enhancing": "2", "enhancing": "3"}
+    else:
+        meta["labels"] = {"background": "0", "whole tumor": ["1", "2", "3"], "tumor core": [2, 3],
+                          "enhancing tumor": "3"}  # fmt: skip
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(meta).encode("utf-8"))  # as Notepad saves
+    refs = discover_cases(tmp_path)
+    np.testing.assert_array_equal(read_case(refs[0]).label, cases[0].label)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ({"0": "1", "1": "2"}, "'labels' maps numbers to numbers"),
+        ({"background": "zero", "edema": 1}, "label 'background' has the value \"zero\""),
+        ({"background": 0, "edema": -1}, "label 'edema' has the value -1"),
+        ({"background": 0, "edema": True}, "label 'edema' has the value true"),
+    ],
+)
+def test_unusable_label_values_get_one_plain_line(labels, message):
+    with pytest.raises(InputError) as exc:
+        convention_from_dataset_json({"labels": labels}, "data/dataset.json")
+    text = str(exc.value)
+    assert text.startswith("data/dataset.json: ") and message in text and "\n" not in text
+
+
 def test_nnunet_prefers_its_own_convention_name():
     labels = {"background": 0, "edema": 1, "necrosis": 2, "enhancing": 3}
     name = convention_from_dataset_json({"labels": labels}, "d.json", ("nnunet_brats",))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -278,9 +279,14 @@ def test_multifocal_case() -> None:
 
 
 def test_case_ids_and_seeds() -> None:
-    assert case_id_for("brats2021", 0) == "BraTS2021_00000"
-    assert case_id_for("brats2023", 12) == "BraTS-GLI-00012-000"
-    assert case_id_for("msd", 3) == "BRATS_003"
+    assert case_id_for("brats2021", 0) == "SynthBraTS2021_00000"
+    assert case_id_for("brats2023", 12) == "BraTS-SYN-00012-000"
+    assert case_id_for("msd", 3) == "SYNTH_003"
+    # The layouts' naming patterns, never a real challenge id (BRATS-FACTS: BraTS2021_00000,
+    # BraTS-GLI/SSA/MET/PED/MEN-00000-000, BRATS_001 in MSD, BraTS19_/BraTS20_Training_...).
+    real = re.compile(r"^(BraTS20\d\d_\d+|BraTS-(GLI|SSA|MET|PED|MEN)-.*|BRATS_\d+|BraTS\d\d_.*)$")
+    for layout in ("brats2021", "brats2023", "msd", "nnunet"):
+        assert not real.match(case_id_for(layout, 0))
     assert case_seed(0, 1) != case_seed(0, 2) != case_seed(1, 1)
     assert case_seed(5, 3) == case_seed(5, 3)
 
@@ -309,6 +315,7 @@ def test_cli_writes_a_dataset_the_readers_read(
     )
     assert status == 0
     assert str(out.resolve()) in capsys.readouterr().out
+    assert not [p for p in out.rglob(".*")]  # no lock or temporary file left behind
     assert detect_layout(out) == layout
     refs = discover_cases(out)
     assert [r.case_id for r in refs] == [case_id_for(layout, i) for i in range(2)]
@@ -318,6 +325,41 @@ def test_cli_writes_a_dataset_the_readers_read(
         np.testing.assert_array_equal(case.image, expected.image)
         np.testing.assert_array_equal(case.label, expected.label)
         np.testing.assert_allclose(case.meta.affine, expected.meta.affine)
+
+
+@pytest.mark.parametrize("layout", ["brats2021", "msd"])
+def test_cli_refuses_to_replace_existing_files(
+    layout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "data"
+    argv = ["synth", str(out), "--cases", "2", "--layout", layout, "--scale", "0.25"]
+    argv.append("--no-progress")
+    assert cli_main(argv) == 0
+    written = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    capsys.readouterr()
+    assert cli_main([*argv[:-1], "--seed", "9", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0]
+    n_files = len(written)
+    first = sorted(written)[0] if layout == "brats2021" else out / "imagesTr" / "SYNTH_000.nii.gz"
+    assert f"{first}: exists ({n_files} of the {n_files} files synth would write exist)" in err[0]
+    assert {p: p.read_bytes() for p in written} == written  # untouched
+    assert cli_main([*argv, "--seed", "9", "--overwrite"]) == 0
+    assert {p: p.read_bytes() for p in written} != written
+
+
+def test_one_existing_file_stops_the_run_before_anything_is_written(tmp_path: Path) -> None:
+    from cascadeseg.data.synth import synthesize_dataset
+    from cascadeseg.errors import InputError
+
+    out = tmp_path / "data"
+    precious = out / "SynthBraTS2021_00001" / "SynthBraTS2021_00001_seg.nii.gz"
+    precious.parent.mkdir(parents=True)
+    precious.write_bytes(b"a user's file")
+    with pytest.raises(InputError, match=r"_00001_seg\.nii\.gz: exists \(1 of the 10 files"):
+        synthesize_dataset(out, 2, seed=0, progress=False, config=QUARTER)
+    assert precious.read_bytes() == b"a user's file"
+    assert sorted(p.name for p in out.rglob("*")) == [precious.parent.name, precious.name]
 
 
 def test_cli_rejects_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,13 +1,17 @@
 """``cascadeseg inspect DIR``: list and validate the cases of a dataset folder.
 
 Prints one row per case (id, shape, spacing in mm, label values present in the source convention,
-tumour volume in mL), one line per bad case naming the file and the problem, and a summary.
+tumour volume in mL), one line per bad case naming the file and the problem, the readers'
+warnings (e.g. int16 wrap-around) under the case they concern, and a summary.
 Exit status: 0 all cases good, 1 some cases bad, 2 unusable input (no cases, unknown layout).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +62,27 @@ def case_summary(case: Case) -> dict[str, object]:
     return row
 
 
+class _Collector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _collect_warnings() -> Iterator[list[str]]:
+    """The warnings the data readers log meanwhile (kept from stderr: printed with their case)."""
+    collector = _Collector()
+    logger = logging.getLogger("cascadeseg.data")
+    logger.addHandler(collector)
+    try:
+        yield collector.messages
+    finally:
+        logger.removeHandler(collector)
+
+
 def run(args: argparse.Namespace) -> int:
     refs = discover_cases(args.dir, args.layout, args.labels)
     layout = refs[0].layout
@@ -67,17 +92,22 @@ def run(args: argparse.Namespace) -> int:
         f"{'case':<{width}}  {'shape':<13}  {'spacing (mm)':<16}  {'labels':<9}  "
         f"{'tumour (mL)':>11}  status"
     )
-    bad = 0
+    bad = warned = 0
     for ref in tqdm(refs, desc="inspecting", unit="case", disable=None, leave=False):
-        try:
-            row = case_summary(read_case(ref))
-        except InputError as exc:
-            bad += 1
-            print(f"{ref.case_id:<{width}}  BAD: {exc}")
-            continue
+        with _collect_warnings() as messages:
+            try:
+                row = case_summary(read_case(ref))
+            except InputError as exc:
+                bad += 1
+                print(f"{ref.case_id:<{width}}  BAD: {exc}")
+                continue
         print(
             f"{row['case_id']:<{width}}  {row['shape']:<13}  {row['spacing']:<16}  "
-            f"{row['labels']:<9}  {row['tumour_ml']:>11.1f}  ok"
+            f"{row['labels']:<9}  {row['tumour_ml']:>11.1f}  {'ok' if not messages else 'WARNING'}"
         )
-    print(f"{len(refs)} case(s): {len(refs) - bad} ok, {bad} bad")
+        for message in messages:
+            print(f"{'':<{width}}  {message}")
+        warned += bool(messages)
+    note = f", {warned} with warnings" if warned else ""
+    print(f"{len(refs)} case(s): {len(refs) - bad} ok{note}, {bad} bad")
     return 1 if bad else 0

@@ -2,6 +2,9 @@
 
 Writes synthetic BraTS-geometry cases (240 x 240 x 155, 1 mm, int16 images) built on the MNI152
 anatomy, with their segmentations, in the chosen dataset layout; see :mod:`cascadeseg.data.synth`.
+Case ids follow the layout's pattern but are never real ones (``SynthBraTS2021_00000``,
+``BraTS-SYN-00000-000``, ``SYNTH_000``). Nothing is written when any of the files exists, unless
+``--overwrite`` is given (exit 2, naming the first).
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="range of the standard deviation of each modality's log bias field "
         "(default 0.02 0.1: up to about BrainWeb's strongest, 40%% INU; 0 0: no field)",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files that exist (default: refuse, writing nothing, if any does)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -69,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         config=config,
+        overwrite=args.overwrite,
     )
     shape = "x".join(str(s) for s in config.shape)
     print(

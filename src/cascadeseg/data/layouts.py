@@ -58,7 +58,15 @@ from cascadeseg.data.labels import (
     get_convention,
     to_internal,
 )
-from cascadeseg.data.nifti import is_nifti, load_nifti, load_nifti_header, save_nifti
+from cascadeseg.data.nifti import (
+    NiftiInfo,
+    check_limits,
+    is_nifti,
+    load_nifti,
+    load_nifti_header,
+    read_header,
+    save_nifti,
+)
 from cascadeseg.data.nifti import strip_nifti_suffix as _strip
 from cascadeseg.data.validate import (
     as_volume,
@@ -67,6 +75,8 @@ from cascadeseg.data.validate import (
     check_same_geometry,
     require_cases,
     validate_case,
+    volume_shape,
+    warn_if_wrapped,
 )
 from cascadeseg.errors import InputError
 
@@ -280,7 +290,8 @@ def _read_dataset_json(root: Path) -> tuple[dict[str, Any], Path]:
     if not path.is_file():
         raise InputError(f"{path}: file not found (needed for the channel order and labels)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: files saved by some Windows editors start with a byte order mark.
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: not valid JSON ({' '.join(str(exc).split())})") from exc
     if not isinstance(data, dict):
@@ -358,12 +369,17 @@ def _mapping_from_labels(labels: dict[str, Any], path: Path | str) -> dict[int, 
     (used with ``regions_class_order``): a value in WT only is edema, in TC but not ET necrosis,
     in ET enhancing tumour.
     """
-    if all(str(k).strip().isdigit() for k in labels) and all(
-        isinstance(v, str) for v in labels.values()
-    ):
-        pairs = [(int(k), str(v)) for k, v in labels.items()]
+    numbered = [str(k).strip().isdigit() for k in labels]
+    if all(numbered) and all(isinstance(v, str) for v in labels.values()):
+        if all(_is_number_text(v) for v in labels.values()):
+            raise InputError(
+                f"{path}: 'labels' maps numbers to numbers ({json.dumps(labels)}); expected label "
+                f'names with their values, e.g. {{"background": 0, "edema": 1}}'
+            )
+        pairs: list[tuple[Any, str]] = [(int(k), str(v)) for k, v in labels.items()]
     else:
-        pairs = [(v, str(k)) for k, v in labels.items()]
+        # Values written as text ("0") are read as the numbers they spell.
+        pairs = [(_label_value(v, str(k), path), str(k)) for k, v in labels.items()]
     if any(isinstance(value, (list, tuple)) for value, _ in pairs) or any(
         _class_of_label_name(name) is None and _region_of_name(name) for _, name in pairs
     ):
@@ -378,6 +394,30 @@ def _mapping_from_labels(labels: dict[str, Any], path: Path | str) -> dict[int, 
             )
         mapping[value] = cls
     return mapping
+
+
+def _is_number_text(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().isdigit()
+
+
+def _label_value(value: Any, name: str, path: Path | str) -> int | list[int]:
+    """A dataset.json label value as a number (or list): ``1``, ``"1"``, ``1.0``, ``[1, "2"]``.
+
+    Raises:
+        InputError: a value that is not a whole non-negative number or a list of them.
+    """
+    if isinstance(value, list) and value:
+        return [int(_label_value(v, name, path)) for v in value]  # type: ignore[arg-type]
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if _is_number_text(value):
+        return int(value)
+    raise InputError(
+        f"{path}: label {name!r} has the value {json.dumps(value)}; expected a label number "
+        f"such as 0 or 1 (or a list of them)"
+    )
 
 
 # (in WT, in TC, in ET) -> internal class; other combinations break the nesting ET < TC < WT.
@@ -608,37 +648,72 @@ def discover_cases(
 # reading
 
 
-def _read_4d(ref: CaseRef) -> tuple[np.ndarray, np.ndarray, Any]:
-    path = ref.files["image"]
-    data, affine, header = load_nifti(path)  # stored dtype; cast to float32 while copying below
-    check_channel_count(path, data.shape)
+def _read_headers(ref: CaseRef) -> dict[str, NiftiInfo]:
+    """Read and compare the headers of every file of ``ref`` before any voxel data.
+
+    Each header is checked against its file (:func:`cascadeseg.data.nifti.read_header`: affine,
+    voxel cap, size); then shapes and affines are compared across the case, so that a file whose
+    header disagrees with its siblings (a gzip bomb with a consistent header included) is rejected
+    before anything is decompressed.
+
+    Returns:
+        The :class:`NiftiInfo` of each file, by the keys of ``ref.files``.
+    """
+    # Headers only; the voxel cap and the size checks come after the comparison, so a gzip bomb
+    # whose (consistent) header disagrees with its siblings is reported as "shape differs".
+    infos = {key: read_header(path, limits=False) for key, path in ref.files.items()}
+    if "image" in infos:
+        reference = infos["image"]
+        check_channel_count(reference.path, reference.shape)
+        grid = reference.shape[:3]
+    else:
+        reference = infos[MODALITIES[0]]
+        grid = volume_shape(reference.shape, reference.path)
+        for modality in MODALITIES[1:]:
+            info = infos[modality]
+            shape = volume_shape(info.shape, info.path)
+            check_same_geometry(
+                reference.path, grid, reference.affine, info.path, shape, info.affine
+            )
+    if "seg" in infos:
+        seg = infos["seg"]
+        shape = volume_shape(seg.shape, seg.path, what="label map")
+        check_same_geometry(
+            reference.path, grid, reference.affine, seg.path, shape, seg.affine, what="label map"
+        )
+    for info in infos.values():
+        check_limits(info)
+    return infos
+
+
+def _read_4d(info: NiftiInfo, ref: CaseRef) -> tuple[np.ndarray, np.ndarray, Any]:
+    path = info.path
+    data, affine, header = load_nifti(path, info=info)  # stored dtype; cast while copying below
     channels = ref.extra.get("channels") or {m: i for i, m in enumerate(MODALITIES)}
     image = np.empty((len(MODALITIES), *data.shape[:3]), dtype=np.float32)
     for c, modality in enumerate(MODALITIES):
+        warn_if_wrapped(data[..., channels[modality]], f"{path} (channel {modality})")
         image[c] = data[..., channels[modality]]
     return image, affine, header
 
 
-def _read_3d(ref: CaseRef) -> tuple[np.ndarray, np.ndarray, Any]:
-    first = ref.files[MODALITIES[0]]
-    image = np.empty(0, dtype=np.float32)
-    affine = np.eye(4)
+def _read_3d(infos: dict[str, NiftiInfo]) -> tuple[np.ndarray, np.ndarray, Any]:
+    first = infos[MODALITIES[0]]
+    image = np.empty((len(MODALITIES), *first.shape[:3]), dtype=np.float32)
     header = None
     for c, modality in enumerate(MODALITIES):
-        path = ref.files[modality]
+        info = infos[modality]
         # Stored values (int16 for BraTS): the cast to float32 happens in the copy below, in one
         # pass with the reordering from the file's Fortran order (measured ~2x faster than
         # converting first).
-        data, file_affine, file_header = load_nifti(path)
-        data = as_volume(data, path)
+        data, _, file_header = load_nifti(info.path, info=info)
+        data = as_volume(data, info.path)
+        warn_if_wrapped(data, str(info.path))
         if c == 0:
-            image = np.empty((len(MODALITIES), *data.shape), dtype=np.float32)
-            affine, header = file_affine, file_header
-        else:
-            check_same_geometry(first, image.shape[1:], affine, path, data.shape, file_affine)
+            header = file_header
         image[c] = data
         del data
-    return image, affine, header
+    return image, first.affine.copy(), header
 
 
 def read_case(ref: CaseRef) -> Case:
@@ -651,24 +726,24 @@ def read_case(ref: CaseRef) -> Case:
         ``ref.layout`` and ``ref.label_convention``.
 
     Raises:
-        InputError: missing/duplicated files, unreadable files, shapes or affines that differ, a 4D
-            file with the wrong channel count, label values outside the convention, non-finite
-            voxels, an all-zero modality (see :mod:`cascadeseg.data.validate`).
+        InputError: missing/duplicated files, unreadable files, a header that fails
+            :func:`cascadeseg.data.nifti.read_header`'s checks (affine, voxel cap, file size),
+            shapes or affines that differ (compared on the headers, before any voxel data is
+            read), a 4D file with the wrong channel count, label values outside the convention,
+            non-finite voxels, an all-zero modality (see :mod:`cascadeseg.data.validate`).
     """
     check_ref(ref)
+    infos = _read_headers(ref)
     if "image" in ref.files:
-        image, affine, header = _read_4d(ref)
-        reference = ref.files["image"]
+        image, affine, header = _read_4d(infos["image"], ref)
     else:
-        image, affine, header = _read_3d(ref)
-        reference = ref.files[MODALITIES[0]]
+        image, affine, header = _read_3d(infos)
     shape = tuple(int(s) for s in image.shape[1:])
     label = None
     seg = ref.files.get("seg")
     if seg is not None:
-        raw, seg_affine, _ = load_nifti(seg)
+        raw, _, _ = load_nifti(seg, info=infos["seg"])
         raw = as_volume(raw, seg, what="label map")
-        check_same_geometry(reference, shape, affine, seg, raw.shape, seg_affine, what="label map")
         label = to_internal(raw, ref.label_convention, source=str(seg))
         del raw
     spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))

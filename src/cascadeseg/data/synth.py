@@ -56,6 +56,7 @@ from scipy.spatial.transform import Rotation
 from cascadeseg.data.case import MODALITIES, Case, Meta
 from cascadeseg.data.labels import ED, ET, NCR
 from cascadeseg.data.toy import brats_affine
+from cascadeseg.errors import InputError
 
 #: BraTS grid (voxels at 1 mm).
 BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
@@ -63,13 +64,16 @@ BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
 #: brains in BraTS files sit near the middle of the grid, spanning most of its 155 slices.
 BRATS_BRAIN_CENTRE: tuple[float, float, float] = (119.5, 121.0, 76.0)
 
-#: Layouts the generator writes, with the case-id pattern of the real datasets and the label
-#: convention of their files.
+#: Layouts the generator writes, with their case-id patterns: the shape of the real datasets' ids
+#: (so that tools expecting them work) but never a real id, so that synthetic cases cannot be
+#: mistaken for, or written over, patient data: ``SynthBraTS2021_00000`` (real:
+#: ``BraTS2021_00000``), ``BraTS-SYN-00000-000`` (real challenges: GLI, SSA, MET, PED, MEN),
+#: ``SYNTH_000`` (MSD: ``BRATS_001``).
 LAYOUT_CASE_IDS: dict[str, str] = {
-    "brats2021": "BraTS2021_{index:05d}",
-    "brats2023": "BraTS-GLI-{index:05d}-000",
-    "msd": "BRATS_{index:03d}",
-    "nnunet": "BraTS2021_{index:05d}",
+    "brats2021": "SynthBraTS2021_{index:05d}",
+    "brats2023": "BraTS-SYN-{index:05d}-000",
+    "msd": "SYNTH_{index:03d}",
+    "nnunet": "SynthBraTS2021_{index:05d}",
 }
 LAYOUT_CONVENTIONS: dict[str, str] = {
     "brats2021": "brats2021",
@@ -967,8 +971,8 @@ def _plan_record(seed: int, plan: CasePlan, brain_box: tuple[slice, ...]) -> dic
 
 
 def case_id_for(layout: str, index: int) -> str:
-    """The case id of case ``index`` in ``layout`` (``BraTS2021_00000``, ``BraTS-GLI-00000-000``,
-    ``BRATS_000``)."""
+    """The case id of case ``index`` in ``layout`` (``SynthBraTS2021_00000``,
+    ``BraTS-SYN-00000-000``, ``SYNTH_000``; see :data:`LAYOUT_CASE_IDS`)."""
     try:
         return LAYOUT_CASE_IDS[layout].format(index=index)
     except KeyError:
@@ -997,6 +1001,21 @@ def _make_and_write(
     return write_case(case, out, layout)
 
 
+def refuse_existing(out: Path, n_cases: int, layout: str) -> None:
+    """Raise :class:`InputError` if any file :func:`synthesize_dataset` would write exists."""
+    from cascadeseg.data.writers import case_paths
+
+    planned = dict.fromkeys(
+        path for i in range(n_cases) for path in case_paths(case_id_for(layout, i), out, layout)
+    )
+    existing = [path for path in planned if path.exists() or path.is_symlink()]
+    if existing:
+        raise InputError(
+            f"{existing[0]}: exists ({len(existing)} of the {len(planned)} files synth would "
+            f"write exist); pass --overwrite to replace them, or choose another folder"
+        )
+
+
 def synthesize_dataset(
     out: Path,
     n_cases: int,
@@ -1006,8 +1025,12 @@ def synthesize_dataset(
     workers: int = 1,
     progress: bool = True,
     config: SynthConfig = SynthConfig(),
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write ``n_cases`` synthetic cases to ``out`` in ``layout``.
+
+    Every file to be written is checked before anything is: without ``overwrite``, an existing
+    one stops the run (nothing written).
 
     Args:
         out: dataset folder (created).
@@ -1017,16 +1040,23 @@ def synthesize_dataset(
         workers: processes; each loads the templates once.
         progress: show a tqdm progress bar.
         config: generator knobs.
+        overwrite: replace files that exist.
 
     Returns:
         What :func:`cascadeseg.data.writers.write_case` returned per case, in case order (the
         case folders for BraTS layouts; the dataset folder for MSD).
+
+    Raises:
+        InputError: ``"<first existing file>: exists (N of the M files synth would write
+            exist); pass --overwrite to replace them"`` when ``overwrite`` is False.
     """
     from tqdm import tqdm
 
     if layout not in LAYOUT_CASE_IDS:
         raise ValueError(f"unknown layout {layout!r} (known: {', '.join(LAYOUT_CASE_IDS)})")
     out = Path(out)
+    if not overwrite:
+        refuse_existing(out, n_cases, layout)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(i, seed, case_id_for(layout, i), layout, out, config) for i in range(n_cases)]
     bar = tqdm(total=n_cases, unit="case", desc="synth", disable=not progress)

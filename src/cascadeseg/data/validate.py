@@ -5,15 +5,20 @@ the file (or folder) at fault and says what is wrong with it. The readers in
 :mod:`cascadeseg.data.layouts` call the file-level checks while loading (before arrays of different
 shapes are stacked) and :func:`validate_case` once on the assembled :class:`Case`.
 
-Checked: missing or duplicated modality files (found during discovery, reported by
-:func:`check_ref`), modalities of different shapes or affines, a 4D file with the wrong number of
-channels, a label map whose shape or affine differs from the images, label values outside the
-convention (:func:`cascadeseg.data.labels.to_internal`), non-finite voxels, an all-zero modality,
-and an empty folder (:func:`require_cases`).
+Checked: affines that are not finite, not invertible or have a zero voxel spacing
+(:func:`check_affine`, called on every file's header by :func:`cascadeseg.data.nifti.read_header`),
+missing or duplicated modality files (found during discovery, reported by :func:`check_ref`),
+modalities of different shapes or affines (compared on the headers, before any voxel data is
+read), a 4D file with the wrong number of channels, a label map whose shape or affine differs
+from the images, label values outside the convention
+(:func:`cascadeseg.data.labels.to_internal`), non-finite voxels, an all-zero modality, and an
+empty folder (:func:`require_cases`). :func:`warn_if_wrapped` logs a warning (it does not raise)
+for an integer MR image whose negative values look like int16 wrap-around.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -32,6 +37,20 @@ if TYPE_CHECKING:
 #: for "same geometry" and far below a voxel.
 AFFINE_ATOL_MM = 1e-3
 
+#: Smallest ``|det|`` of an affine's 3x3 part relative to the product of its column norms (the
+#: volume of the voxel over that of a box with the same edges): below it the axes are (nearly)
+#: parallel and the affine has no usable inverse.
+MIN_AFFINE_ORTHOGONALITY = 1e-6
+
+#: An integer MR image with a voxel at or below this value is taken for int16 wrap-around
+#: (unsigned values above 32767 stored as signed int16 become -32768..-1).
+WRAPAROUND_MIN = -16384
+#: ... or with more than this fraction of its non-zero voxels below ``WRAPAROUND_NEGATIVE``.
+WRAPAROUND_FRACTION = 0.01
+WRAPAROUND_NEGATIVE = -1000
+
+logger = logging.getLogger("cascadeseg.data")
+
 PathLike = str | os.PathLike[str]
 
 
@@ -44,6 +63,61 @@ def check_ref(ref: CaseRef) -> None:
     problems = ref.extra.get("problems", ())
     if problems:
         raise InputError(problems[0])
+
+
+def check_affine(affine: np.ndarray, path: PathLike) -> None:
+    """Require a usable voxel-to-world affine: finite, invertible, every voxel spacing > 0.
+
+    The one check every reader goes through (:func:`cascadeseg.data.nifti.read_header`,
+    :func:`validate_case`).
+
+    Args:
+        affine: ``(4, 4)`` matrix (mm).
+        path: the file (or case) named in the message.
+
+    Raises:
+        InputError: ``"<path>: affine is not finite ..."``, ``"... has a zero voxel spacing on
+            axis 2 ..."`` or ``"... is not invertible ..."``.
+    """
+    matrix = np.asarray(affine, dtype=np.float64)
+    if matrix.shape != (4, 4):
+        raise InputError(f"{path}: affine of shape {matrix.shape}, expected (4, 4)")
+    if not np.isfinite(matrix).all():
+        raise InputError(
+            f"{path}: affine is not finite (NaN or infinity in the sform/qform): the voxel grid "
+            f"has no position in space"
+        )
+    linear = matrix[:3, :3]
+    spacing = np.sqrt((linear**2).sum(axis=0))
+    for axis, value in enumerate(spacing):
+        if not value > 0:
+            raise InputError(
+                f"{path}: affine has a zero voxel spacing on axis {axis} (spacing "
+                f"{', '.join(f'{s:g}' for s in spacing)} mm): the file's geometry is broken"
+            )
+    if abs(float(np.linalg.det(linear))) <= MIN_AFFINE_ORTHOGONALITY * float(np.prod(spacing)):
+        raise InputError(
+            f"{path}: affine is not invertible (its voxel axes are parallel): the file's geometry "
+            f"is broken"
+        )
+
+
+def volume_shape(shape: Sequence[int], path: PathLike, *, what: str = "image") -> tuple[int, ...]:
+    """The 3D shape ``(X, Y, Z)`` a file of ``shape`` gives (see :func:`as_volume`).
+
+    Raises:
+        InputError: the shape is 4D with more than one channel, or not 3D at all.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 4 and shape[3] == 1:
+        return shape[:3]
+    if len(shape) == 4:
+        raise InputError(
+            f"{path}: 4D file with {shape[3]} channels where one 3D {what} was expected"
+        )
+    if len(shape) != 3:
+        raise InputError(f"{path}: {len(shape)}D {what} of shape {shape}, expected 3D")
+    return shape
 
 
 def check_same_geometry(
@@ -75,8 +149,11 @@ def check_same_geometry(
             f"{path}: {what} shape {tuple(int(s) for s in shape)} differs from "
             f"{tuple(int(s) for s in reference_shape)} of {os.path.basename(reference)}"
         )
+    for name, matrix in ((path, affine), (reference, reference_affine)):
+        if not np.isfinite(np.asarray(matrix, dtype=np.float64)).all():
+            raise InputError(f"{name}: affine is not finite (NaN or infinity in the sform/qform)")
     diff = float(np.max(np.abs(np.asarray(affine) - np.asarray(reference_affine))))
-    if not diff <= atol_mm:  # also catches NaN
+    if not diff <= atol_mm:
         raise InputError(
             f"{path}: {what} affine differs from that of {os.path.basename(reference)} by "
             f"{diff:.4g} mm (tolerance {atol_mm:g} mm): the files are not on the same voxel grid"
@@ -91,15 +168,8 @@ def as_volume(array: np.ndarray, path: PathLike, *, what: str = "image") -> np.n
     Raises:
         InputError: the file is 4D with more than one channel, or not 3D at all.
     """
-    if array.ndim == 4 and array.shape[3] == 1:
-        return array[..., 0]
-    if array.ndim == 4:
-        raise InputError(
-            f"{path}: 4D file with {array.shape[3]} channels where one 3D {what} was expected"
-        )
-    if array.ndim != 3:
-        raise InputError(f"{path}: {array.ndim}D {what} of shape {array.shape}, expected 3D")
-    return array
+    volume_shape(array.shape, path, what=what)
+    return array[..., 0] if array.ndim == 4 else array
 
 
 def check_channel_count(
@@ -129,6 +199,38 @@ def _channel_source(case: Case, channel: int, source: PathLike | None) -> str:
     if "image" in files:
         return f"{files['image']} (channel {modality})"
     return f"{source or case.case_id} ({modality})"
+
+
+def warn_if_wrapped(array: np.ndarray, name: str) -> bool:
+    """Log a warning when an integer MR image looks like int16 wrap-around; return whether it did.
+
+    MR magnitudes are not negative. Unsigned values above 32767 written as int16 wrap to
+    -32768..-1: the image then has voxels near -32768, or a large share of strongly negative
+    voxels. A few small negatives (interpolation) are left alone.
+
+    Args:
+        array: the stored values of one modality (any shape); float arrays are not checked.
+        name: the file (and channel) named in the warning.
+    """
+    if array.dtype.kind != "i" or array.size == 0:
+        return False
+    lowest = int(array.min())
+    if lowest >= WRAPAROUND_NEGATIVE:
+        return False
+    strongly_negative = int(np.count_nonzero(array < WRAPAROUND_NEGATIVE))
+    nonzero = max(1, int(np.count_nonzero(array)))
+    if lowest > WRAPAROUND_MIN and strongly_negative <= WRAPAROUND_FRACTION * nonzero:
+        return False
+    logger.warning(
+        "%s: warning: %d voxel(s) below %d (lowest %d) in an integer MR image: probably int16 "
+        "wrap-around (unsigned values above 32767 stored as signed); check how the file was "
+        "converted",
+        name,
+        strongly_negative,
+        WRAPAROUND_NEGATIVE,
+        lowest,
+    )
+    return True
 
 
 def check_finite(array: np.ndarray, name: str) -> None:
@@ -161,6 +263,7 @@ def validate_case(case: Case, *, source: PathLike | None = None) -> None:
     where = str(
         source or case.meta.files.get("flair") or case.meta.files.get("image") or case.case_id
     )
+    check_affine(case.meta.affine, where)
     image = case.image
     if image.ndim != 4 or image.shape[0] != len(MODALITIES):
         raise InputError(

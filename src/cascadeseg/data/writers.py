@@ -76,6 +76,44 @@ def _cast_image(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
+def case_paths(
+    case_id: str,
+    root: str | os.PathLike[str],
+    layout: str,
+    *,
+    labelled: bool = True,
+    compress: bool = True,
+) -> list[Path]:
+    """The files :func:`write_case` writes for one case (``dataset.json`` included), in order.
+
+    Lets a caller check every path before writing anything (``cascadeseg synth`` refuses to
+    replace existing files).
+
+    Args:
+        case_id: the case's id.
+        root: dataset folder.
+        layout: one of :data:`WRITABLE_LAYOUTS`.
+        labelled: the case has a label map.
+        compress: ``.nii.gz`` (default) or ``.nii`` files.
+    """
+    if layout not in WRITABLE_LAYOUTS:
+        raise ValueError(f"cannot write layout {layout!r} (known: {', '.join(WRITABLE_LAYOUTS)})")
+    root = Path(root)
+    ending = ".nii.gz" if compress else ".nii"
+    if layout in BRATS_FILE_NAMES:
+        sep, suffixes = BRATS_FILE_NAMES[layout]
+        keys = [*MODALITIES, "seg"] if labelled else list(MODALITIES)
+        return [root / case_id / f"{case_id}{sep}{suffixes[k]}{ending}" for k in keys]
+    images = root / ("imagesTr" if labelled else "imagesTs")
+    if layout == "msd":
+        paths = [images / f"{case_id}{ending}"]
+    else:
+        paths = [images / f"{case_id}_{i:04d}{ending}" for i in range(len(NNUNET_CHANNELS))]
+    if labelled:
+        paths.append(root / "labelsTr" / f"{case_id}{ending}")
+    return [*paths, root / "dataset.json"]
+
+
 def write_case(
     case: Case,
     root: str | os.PathLike[str],
@@ -130,20 +168,21 @@ def write_case(
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (POSIX); a no-op where ``fcntl`` is missing."""
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``folder`` itself (POSIX); a no-op where ``fcntl`` is
+    missing. Locking the folder rather than a lock file leaves nothing behind."""
     try:
         import fcntl
     except ImportError:  # Windows: sequential writers are still fine
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
 
 
 def _cases_in(folder: Path, ending: str) -> list[str]:
@@ -170,11 +209,11 @@ def update_dataset_json(
     """
     root = Path(root)
     path = root / "dataset.json"
-    with _locked(root / ".dataset.json.lock"):
+    with _locked(root):
         data: dict[str, Any] = {}
         if path.is_file():
             with contextlib.suppress(OSError, ValueError):
-                data = json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(path.read_text(encoding="utf-8-sig"))
         labelled = set(_cases_in(root / "labelsTr", ending))
         if layout == "msd":
             train = [c for c in _cases_in(root / "imagesTr", ending) if c in labelled]

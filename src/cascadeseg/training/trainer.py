@@ -398,6 +398,12 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
 
     train_cases = [loaded[c] for c in split["train"]]
     val_cases = [loaded[c] for c in val_ids]
+    # Before any crop is drawn: a patch no volume fills, or that cannot fit in memory.
+    datasets.check_patch_size(
+        cfg.data.patch_size[: 3 if spatial_dims == 3 else 2],
+        [case.shape for case in train_cases],
+        batch_size=cfg.train.batch_size,
+    )
     if spatial_dims == 3:
         dataset: Dataset[Any] = datasets.CropDataset3D(
             train_cases,
