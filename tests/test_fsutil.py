@@ -117,7 +117,7 @@ def test_lock_of_another_host_is_not_taken_over(tmp_path: Path) -> None:
     out.mkdir()
     other = {"pid": _dead_pid(), "host": "elsewhere.invalid", "started": "x", "command": "c"}
     (out / LOCK_NAME).write_text(json.dumps(other))
-    with pytest.raises(InputError, match="elsewhere.invalid"), output_lock(out):
+    with pytest.raises(InputError, match=r"elsewhere\.invalid"), output_lock(out):
         pass
     assert json.loads((out / LOCK_NAME).read_text()) == other
 
