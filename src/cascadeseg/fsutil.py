@@ -207,6 +207,7 @@ def output_lock(
         InputError: the folder is a file or not writable, or another live run holds it (the
             message names that run's pid and command).
     """
+    created = not Path(folder).exists()
     folder = check_output_folder(folder)
     key = os.path.realpath(folder)
     if key in _HELD:
@@ -240,6 +241,9 @@ def output_lock(
         if _read_lock(path).get("pid") == os.getpid():
             with contextlib.suppress(OSError):
                 path.unlink()
+        if created:  # a command that stopped before writing leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def _acquire(path: Path, record: dict[str, Any], echo: Callable[[str], None]) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 HELP = "train a model from a recipe"
+#: The folder this command writes, locked while it runs (see cascadeseg.cli).
+OUTPUT_FOLDER = "out"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
