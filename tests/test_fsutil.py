@@ -14,6 +14,7 @@ from unittest import mock
 
 import pytest
 
+from cascadeseg import fsutil
 from cascadeseg.errors import InputError
 from cascadeseg.fsutil import (
     LOCK_NAME,
@@ -156,3 +157,17 @@ def test_stale_temp_files_are_removed_under_the_lock(tmp_path: Path) -> None:
     assert not any(p.exists() for p in left)
     assert all(p.exists() for p in [*kept, fresh])
     assert notes == [f"note: removed 2 temporary file(s) left by an interrupted run in {out}"]
+
+
+def test_lock_whose_pid_now_belongs_to_a_younger_process_is_stale(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    # The parent process is alive, but it started long after this lock was taken (in 2001).
+    reused = {"pid": os.getppid(), "host": socket.gethostname(), "started_unix": 1e9}
+    (out / LOCK_NAME).write_text(json.dumps(reused))
+    if fsutil._process_start_time(os.getppid()) is None:
+        pytest.skip("no /proc here to tell a process's start time")
+    notes: list[str] = []
+    with output_lock(out, "new", echo=notes.append):
+        pass
+    assert notes and "took over" in notes[0]

@@ -139,12 +139,37 @@ def _holder_text(holder: dict[str, Any]) -> str:
     )
 
 
+def _process_start_time(pid: int) -> float | None:
+    """Unix time at which process ``pid`` started (Linux ``/proc``), or None where unknown."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+        # Field 22 (start time in clock ticks after boot) counts from after the ")" of the name.
+        ticks = int(stat_line.rsplit(")", 1)[1].split()[19])
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 def _is_stale(holder: dict[str, Any]) -> bool:
-    """A lock of a process of this host that no longer runs (or an unreadable, empty lock)."""
+    """A lock of a process of this host that no longer runs (or an unreadable, empty lock).
+
+    A live process with the holder's pid that started after the lock was taken is another
+    process that got the number again (after a reboot, say): the lock is stale then too.
+    """
     pid = holder.get("pid")
     if not isinstance(pid, int):
         return True  # a lock killed between create and write, or garbage
-    return holder.get("host") == socket.gethostname() and not _pid_alive(pid)
+    if holder.get("host") != socket.gethostname():
+        return False  # another machine's process: cannot tell
+    if not _pid_alive(pid):
+        return True
+    taken, began = holder.get("started_unix"), _process_start_time(pid)
+    return isinstance(taken, (int, float)) and began is not None and began > taken + 2.0
 
 
 def _create_lock(path: Path, record: dict[str, Any]) -> bool:
@@ -223,6 +248,7 @@ def output_lock(
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
+        "started_unix": started,
         "command": command if command is not None else " ".join(["cascadeseg", *sys.argv[1:]]),
     }
     _acquire(path, record, echo)
