@@ -229,9 +229,10 @@ def check_outputs(
         real = os.path.realpath(path)
         hit = inputs.get(real) or inodes.get(_identity(path) or (-1, -1))
         if hit is not None:
+            same = " " if Path(hit[1]) == path else f" ({hit[1]}) "
             raise InputError(
-                f"{path}: is the input file {hit[1]} of case {hit[0]}; predict never writes over "
-                "its inputs (with or without --overwrite): choose another --output folder"
+                f"{path}: is an input file{same}of case {hit[0]}; predict never writes over its "
+                "inputs, with or without --overwrite: choose another --output folder"
             )
         if real in written:
             raise InputError(
