@@ -11,20 +11,29 @@ worse succeeding, case by case:
 * :func:`check_outputs`: no planned output file may resolve to an input file of any case
   (``os.path.realpath`` and, for existing files, the inode, so symbolic and hard links are seen
   too), whatever ``--overwrite`` says; and no two planned outputs may be the same file.
+* :func:`existing_outputs`: per case, under the output lock: write, skip (outputs exist), or add
+  the asked-for maps beside a segmentation the same models made.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cascadeseg.data.case import MODALITIES, Case
 from cascadeseg.data.nifti import strip_nifti_suffix
 from cascadeseg.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from cascadeseg.data.layouts import CaseRef
+    from cascadeseg.inference.ensemble import LoadedModel
+    from cascadeseg.inference.predictor import PredictOptions
 
 
 @dataclass(frozen=True)
@@ -107,9 +116,9 @@ def case_id_of_files(files: Sequence[Path]) -> str:
 # inputs
 
 
-def _ref_files(ref: object) -> tuple[Path, ...]:
-    files = [Path(p) for p in getattr(ref, "files", {}).values()]
-    dataset_json = getattr(ref, "extra", {}).get("dataset_json")
+def _ref_files(ref: CaseRef) -> tuple[Path, ...]:
+    files = [Path(p) for p in ref.files.values()]
+    dataset_json = ref.extra.get("dataset_json")
     if dataset_json:
         files.append(Path(dataset_json))
     return tuple(files)
@@ -239,3 +248,53 @@ def check_outputs(
                 f"{path}: cases {written[real]} and {case_id} would both write this file"
             )
         written[real] = case_id
+
+
+# --------------------------------------------------------------------------------------------
+# outputs already on disk
+
+
+def existing_outputs(
+    paths: dict[str, Path], members: Sequence[LoadedModel], options: PredictOptions
+) -> tuple[str, set[str], str]:
+    """What to do with a case given the outputs already on disk.
+
+    Returns:
+        ``(action, keep, reason)``: ``write`` (nothing exists, or ``overwrite``); ``complete``
+        (the segmentation and its JSON exist, made by the same models with the same TTA, and
+        only asked-for probability or uncertainty maps are missing: they are added, the existing
+        files ``keep`` stay); ``skip`` with the reason shown to the user.
+    """
+    existing = {kind for kind, path in paths.items() if path.exists()}
+    if not existing or options.overwrite:
+        return "write", set(), ""
+    missing = set(paths) - existing
+    label = paths["label"].name
+    if not missing:
+        return "skip", existing, f"{label} exists (--overwrite replaces it)"
+    if {"label", "json"} <= existing and missing <= {"probabilities", "uncertainty"}:
+        different = _provenance_differs(paths["json"], members, options)
+        if different is None:
+            return "complete", existing - {"json"}, ""
+        maps = ", ".join(paths[k].name for k in sorted(missing))
+        return "skip", existing, f"{maps} not written: {different} (--overwrite redoes the case)"
+    first = next(path.name for kind, path in paths.items() if kind in existing)
+    return "skip", existing, f"{first} exists (--overwrite replaces it)"
+
+
+def _provenance_differs(
+    json_path: Path, members: Sequence[LoadedModel], options: PredictOptions
+) -> str | None:
+    """Why the existing segmentation may not come from these models and TTA, or None."""
+    try:
+        record = json.loads(json_path.read_text(encoding="utf-8"))
+        settings = record["settings"]
+        sources = [m["source"] for m in settings["members"]]
+        tta = bool(settings["tta"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{json_path.name} does not say which models made the segmentation"
+    if sources != [str(m.source) for m in members]:
+        return "the segmentation was made by other models"
+    if tta != options.tta:
+        return f"the segmentation was made {'with' if tta else 'without'} TTA"
+    return None

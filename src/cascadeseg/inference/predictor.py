@@ -62,7 +62,7 @@ from cascadeseg.data.preprocess import Preprocessed, preprocess_case, restore_to
 from cascadeseg.errors import CascadesegError, ConfigError, InputError
 from cascadeseg.fsutil import output_lock, write_json_atomic
 from cascadeseg.inference.ensemble import LoadedModel, ensemble_et_min_voxels
-from cascadeseg.inference.plan import Source, check_outputs, resolve_inputs
+from cascadeseg.inference.plan import Source, check_outputs, existing_outputs, resolve_inputs
 from cascadeseg.inference.plan import files_in_modality_order as files_in_modality_order
 from cascadeseg.inference.postprocess import postprocess_et
 from cascadeseg.inference.sliding import (
@@ -725,7 +725,7 @@ def predict(
         One :class:`CaseResult` per case, in input order. A case that cannot be read or
         predicted is ``failed`` and the others continue; a case whose outputs exist is
         ``skipped`` unless ``overwrite`` (or only asked-for maps are missing: see
-        :func:`existing_outputs`).
+        :func:`~cascadeseg.inference.plan.existing_outputs`).
 
     Raises:
         InputError: no case, two cases with one id, an output that is an input, an output
@@ -800,54 +800,6 @@ def _predict_source(
         result.message = _one_line(exc)
     result.seconds = round(time.perf_counter() - start, 3)
     return result
-
-
-def existing_outputs(
-    paths: dict[str, Path], members: Sequence[LoadedModel], options: PredictOptions
-) -> tuple[str, set[str], str]:
-    """What to do with a case given the outputs already on disk.
-
-    Returns:
-        ``(action, keep, reason)``: ``write`` (nothing exists, or ``overwrite``); ``complete``
-        (the segmentation and its JSON exist, made by the same models with the same TTA, and
-        only asked-for probability or uncertainty maps are missing: they are added, the existing
-        files ``keep`` stay); ``skip`` with the reason shown to the user.
-    """
-    existing = {kind for kind, path in paths.items() if path.exists()}
-    if not existing or options.overwrite:
-        return "write", set(), ""
-    missing = set(paths) - existing
-    label = paths["label"].name
-    if not missing:
-        return "skip", existing, f"{label} exists (--overwrite replaces it)"
-    if {"label", "json"} <= existing and missing <= {"probabilities", "uncertainty"}:
-        different = _provenance_differs(paths["json"], members, options)
-        if different is None:
-            return "complete", existing - {"json"}, ""
-        maps = ", ".join(paths[k].name for k in sorted(missing))
-        return "skip", existing, f"{maps} not written: {different} (--overwrite redoes the case)"
-    first = paths[sorted(existing)[0]].name
-    return "skip", existing, f"{first} exists (--overwrite replaces it)"
-
-
-def _provenance_differs(
-    json_path: Path, members: Sequence[LoadedModel], options: PredictOptions
-) -> str | None:
-    """Why the existing segmentation may not come from these models and TTA, or None."""
-    import json
-
-    try:
-        record = json.loads(json_path.read_text(encoding="utf-8"))
-        settings = record["settings"]
-        sources = [m["source"] for m in settings["members"]]
-        tta = bool(settings["tta"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return f"{json_path.name} does not say which models made the segmentation"
-    if sources != [str(m.source) for m in members]:
-        return "the segmentation was made by other models"
-    if tta != options.tta:
-        return f"the segmentation was made {'with' if tta else 'without'} TTA"
-    return None
 
 
 def complete_outputs(
