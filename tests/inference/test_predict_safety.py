@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -350,3 +351,29 @@ def test_predict_cache_reuses_preprocessing(tmp_path: Path) -> None:
     b = np.asarray(nib.load(tmp_path / "b" / "BraTS2021_00000.nii.gz").dataobj)
     assert np.array_equal(a, b)
     assert discover_cases(data)[0].case_id == "BraTS2021_00000"
+
+
+def test_after_a_killed_run_the_next_takes_over_and_cleans_up(tmp_path: Path) -> None:
+    data = dataset(tmp_path / "data", n=1)
+    out = tmp_path / "out"
+    # A run killed (SIGKILL) while it holds the lock and writes a file through atomic_path.
+    script = (
+        "import os, signal\n"
+        "from cascadeseg.fsutil import atomic_path, output_lock\n"
+        f"with output_lock({str(out)!r}, 'cascadeseg predict (killed)'):\n"
+        f"    with atomic_path({str(out / 'BraTS2021_00000.nii.gz')!r}, suffix='.nii.gz') as t:\n"
+        "        t.write_bytes(b'half')\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    assert subprocess.run([sys.executable, "-c", script], env=env, check=False).returncode < 0
+    assert (out / LOCK_NAME).exists() and len(list(out.glob(".*.tmp*"))) == 1
+    lines: list[str] = []
+    results = predict([member()], data, out, QUIET, echo=lines.append)
+    assert results[0].status == "ok"
+    assert any("took over" in line and "(killed)" in line for line in lines)
+    assert any("removed 1 temporary file" in line for line in lines)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "BraTS2021_00000.json",
+        "BraTS2021_00000.nii.gz",
+    ]
