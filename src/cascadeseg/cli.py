@@ -5,16 +5,26 @@ Each subcommand lives in ``cascadeseg/commands/<name>.py`` and defines ``HELP`` 
 explicitly; modules are imported only when their command runs (or for ``--help``), so the
 command line starts fast.
 
-Errors the user can fix (:class:`cascadeseg.errors.CascadesegError`) print one line and exit 2;
+A command that writes a folder names the argument holding it in ``OUTPUT_FOLDER`` (the
+attribute of the parsed arguments, e.g. ``"out"``); :func:`main` then holds
+:func:`cascadeseg.fsutil.output_lock` on that folder while the command runs, so a second run into
+the same folder fails at once (exit 2). ``predict`` locks inside its API function instead, after
+it has checked that no output is an input.
+
+Errors the user can fix (:class:`cascadeseg.errors.CascadesegError`) print one line and exit 2,
+as do operating-system errors (a file that cannot be read or written: the line names it);
 failures of some cases in a batch exit 1 with a summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from cascadeseg import __version__
 from cascadeseg.errors import CascadesegError
@@ -63,7 +73,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                 continue
             p = sub.add_parser(name, help=module.HELP, description=module.HELP)
             module.add_arguments(p)
-            p.set_defaults(_run=module.run)
+            p.set_defaults(_run=module.run, _output_folder=getattr(module, "OUTPUT_FOLDER", None))
         else:
             # Import lazily: the overview lists the commands without loading torch.
             sub.add_parser(name, help=_SHORT_HELP.get(name, ""), add_help=False)
@@ -99,13 +109,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cascadeseg: command {args.command!r} is not available", file=sys.stderr)
         return 2
     try:
-        return int(run(args) or 0)
+        with _output_lock(args, argv):
+            return int(run(args) or 0)
     except CascadesegError as exc:
         print(f"cascadeseg {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # A file that cannot be read or written: one line naming it, never a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"cascadeseg {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _output_lock(
+    args: argparse.Namespace, argv: Sequence[str]
+) -> contextlib.AbstractContextManager[Any]:
+    """The lock on the output folder of a command that declares one (``OUTPUT_FOLDER``).
+
+    Under torchrun only rank 0 holds it (the other ranks write nothing).
+    """
+    name = getattr(args, "_output_folder", None)
+    folder = getattr(args, name, None) if name else None
+    if folder is None or os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    from cascadeseg.fsutil import output_lock
+
+    return output_lock(folder, " ".join(["cascadeseg", *argv]))
 
 
 if __name__ == "__main__":

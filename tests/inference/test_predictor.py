@@ -357,7 +357,7 @@ def test_cli_predict_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[st
     argv = ["predict", "--model", str(ckpt), "--input", str(data), "--output", str(out)]
     assert cli.main([*argv, "--no-tta", "--no-progress", "--device", "cpu"]) == 0
     assert (out / "BraTS2021_00001.nii.gz").exists()
-    assert cli.main([*argv, "--no-tta", "--no-progress", "--device", "cpu"]) == 0  # skipped
+    assert cli.main([*argv, "--no-tta", "--no-progress", "--device", "cpu"]) == 1  # skipped
     assert "2 skipped" in capsys.readouterr().out
     (data / "BraTS2021_00000" / "BraTS2021_00000_flair.nii.gz").write_bytes(b"not a nifti")
     code = cli.main([*argv, "--no-tta", "--no-progress", "--device", "cpu", "--overwrite"])

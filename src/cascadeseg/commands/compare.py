@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 
 HELP = "compare several evaluated methods side by side (table, box plots, overlays, report)"
+#: The folder this command writes, locked while it runs (see cascadeseg.cli).
+OUTPUT_FOLDER = "out"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 from cascadeseg.demo import DEMO_CASES, DEMO_MODELS, DEMO_TEST_CASES
 
 HELP = "run the whole pipeline on synthetic data (no download, no GPU needed)"
+#: The folder this command writes, locked while it runs (see cascadeseg.cli).
+OUTPUT_FOLDER = "out"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

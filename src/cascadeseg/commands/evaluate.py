@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 
 HELP = "BraTS metrics (Dice, HD95, sensitivity, specificity) of predictions against references"
+#: The folder this command writes, locked while it runs (see cascadeseg.cli).
+OUTPUT_FOLDER = "out"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

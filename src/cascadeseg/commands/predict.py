@@ -27,7 +27,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a case folder, a dataset folder (any supported layout), or four modality files "
         "(FLAIR T1 T1ce T2; recognised by name when the names say, else in that order)",
     )
-    parser.add_argument("--output", required=True, type=Path, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--output",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="output folder; never an input's file (refused), locked while predict writes",
+    )
+    parser.add_argument(
+        "--case-id",
+        default=None,
+        metavar="ID",
+        help="case id of four modality files (default: the files' common name prefix)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep preprocessed inputs in this folder and reuse them (default: none)",
+    )
     parser.add_argument("--no-tta", action="store_true", help="no flip test-time augmentation")
     parser.add_argument(
         "--labels",
@@ -37,12 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--save-probabilities",
         action="store_true",
-        help="also write <case>_probabilities.nii.gz (4D: WT, TC, ET)",
+        help="also write <case>_probabilities.nii.gz (4D: WT, TC, ET); added to cases already "
+        "segmented by the same models, their segmentation kept",
     )
     parser.add_argument(
         "--save-uncertainty",
         action="store_true",
-        help="also write <case>_uncertainty.nii.gz (variance over TTA and ensemble members)",
+        help="also write <case>_uncertainty.nii.gz (variance over TTA and ensemble members; "
+        "a usage error with --no-tta and one model: one pass has nothing to vary over)",
     )
     parser.add_argument(
         "--sliding-window",
@@ -72,7 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-slices", type=int, default=16, help="slices per batch for 2D models"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (without it, cases with outputs are skipped: exit 1)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -94,9 +119,11 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         backend=args.backend,
         progress=not args.no_progress,
+        cache_dir=None if args.cache is None else str(args.cache),
     )
     device = resolve_device(options.device)
     models = load_models(args.model, device)
     inputs = args.input[0] if len(args.input) == 1 else args.input
-    results = predict(models, inputs, args.output, options)
-    return 1 if any(r.status == "failed" for r in results) else 0
+    results = predict(models, inputs, args.output, options, case_id=args.case_id)
+    # 0 all done; 1 some cases failed or skipped (outputs exist); usage errors raise (exit 2).
+    return 1 if any(r.status in ("failed", "skipped") for r in results) else 0

@@ -17,7 +17,12 @@ HELP = "preprocess a dataset into the cache used by training"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", type=Path, help="dataset folder (any supported layout)")
     parser.add_argument(
-        "--cache", type=Path, default=None, help="cache folder (default: DATA/.cascadeseg_cache)"
+        "--cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="cache folder (default: DATA/.cascadeseg_cache; for a read-only DATA a folder "
+        "under $XDG_CACHE_HOME/cascadeseg or ~/.cache/cascadeseg, printed)",
     )
     parser.add_argument("--layout", default=None, help="dataset layout (default: detected)")
     parser.add_argument(
@@ -46,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cascadeseg.data.cache import PreprocessCache, default_cache_dir
+    from cascadeseg.data.cache import PreprocessCache, resolve_cache_dir
     from cascadeseg.data.layouts import discover_cases
     from cascadeseg.data.preprocess import PreprocessConfig
 
@@ -57,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         crop_margin=args.crop_margin,
     )
     refs = discover_cases(args.data, layout=args.layout, label_convention=args.label_convention)
-    cache = PreprocessCache(args.cache or default_cache_dir(args.data), cfg)
+    cache = PreprocessCache(resolve_cache_dir(args.data, args.cache), cfg)
     result = cache.warm(refs, workers=args.workers, progress=not args.no_progress)
     print(
         f"{len(result.built)} built, {len(result.reused)} up to date, "

@@ -14,6 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 HELP = "write synthetic BraTS-like cases (MNI152 anatomy, glioma with edema, ET, necrosis)"
+#: The folder this command writes, locked while it runs (see cascadeseg.cli).
+OUTPUT_FOLDER = "out"
 
 LAYOUTS = ("brats2021", "brats2023", "msd")
 

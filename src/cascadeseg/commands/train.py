@@ -7,11 +7,14 @@ Multi-GPU: ``torchrun --nproc_per_node=N -m cascadeseg train ...`` (rank 0 print
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 HELP = "train a model from a recipe"
+#: The folder this command writes, locked while it runs (see cascadeseg.cli).
+OUTPUT_FOLDER = "out"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="run directory to create")
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt"
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="preprocessing cache folder (data.cache_dir; default: DATA/.cascadeseg_cache, or a "
+        "folder under ~/.cache/cascadeseg when DATA is read-only)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -58,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     from cascadeseg.training.trainer import read_summary, train
 
     cfg = load_config(args.config, args.overrides)
+    if args.cache is not None:
+        cfg = dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, cache_dir=str(args.cache))
+        )
     run_dir = train(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

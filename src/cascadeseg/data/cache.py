@@ -31,7 +31,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +60,59 @@ _CHUNK = 1 << 20
 def default_cache_dir(data_root: str | Path) -> Path:
     """The cache folder used when none is given: ``<data_root>/.cascadeseg_cache``."""
     return Path(data_root) / ".cascadeseg_cache"
+
+
+def user_cache_dir() -> Path:
+    """The user's cache folder for cascadeseg: ``$XDG_CACHE_HOME/cascadeseg`` or
+    ``~/.cache/cascadeseg``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cascadeseg"
+
+
+def _can_write(folder: Path) -> bool:
+    """Whether files can be made in ``folder``, or ``folder`` in its nearest existing parent."""
+    target = folder.absolute()
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    return target.is_dir() and os.access(target, os.W_OK | os.X_OK)
+
+
+def resolve_cache_dir(
+    data_root: str | Path,
+    cache_dir: str | Path | None = None,
+    *,
+    echo: Callable[[str], None] = print,
+) -> Path:
+    """The preprocessing cache folder of a dataset.
+
+    Args:
+        data_root: the dataset folder.
+        cache_dir: the folder the user chose (``--cache``, ``data.cache_dir``), used as is.
+        echo: where the note about a fallback goes.
+
+    Returns:
+        ``cache_dir`` when given; else ``<data_root>/.cascadeseg_cache`` when it can be written;
+        else (a read-only dataset) a folder of :func:`user_cache_dir` named after the dataset
+        and keyed by a digest of its real path, announced through ``echo``.
+
+    Raises:
+        InputError: ``cache_dir`` is a file or cannot be written.
+    """
+    if cache_dir is not None:
+        chosen = Path(cache_dir)
+        if not _can_write(chosen):
+            raise InputError(f"{chosen}: the cache folder is not a writable folder")
+        return chosen
+    default = default_cache_dir(data_root)
+    if _can_write(default):
+        return default
+    real = os.path.realpath(data_root)
+    fallback = user_cache_dir() / f"{Path(real).name or 'data'}-{_digest(real)[:12]}"
+    echo(
+        f"note: {data_root} is not writable; preprocessed cases are cached in {fallback} "
+        "(--cache DIR chooses another folder)"
+    )
+    return fallback
 
 
 def _digest(data: bytes | str) -> str:

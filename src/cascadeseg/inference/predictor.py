@@ -33,11 +33,12 @@ in the output folder and renamed into place, so it appears whole or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
-import os
 import re
+import sys
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -49,7 +50,7 @@ import numpy as np
 import torch
 
 from cascadeseg import __version__
-from cascadeseg.data.case import MODALITIES, Case, Meta
+from cascadeseg.data.case import Case, Meta
 from cascadeseg.data.labels import (
     CONVENTIONS,
     ET,
@@ -59,8 +60,10 @@ from cascadeseg.data.labels import (
 )
 from cascadeseg.data.preprocess import Preprocessed, preprocess_case, restore_to_source
 from cascadeseg.errors import CascadesegError, ConfigError, InputError
-from cascadeseg.fsutil import write_json_atomic
+from cascadeseg.fsutil import output_lock, write_json_atomic
 from cascadeseg.inference.ensemble import LoadedModel, ensemble_et_min_voxels
+from cascadeseg.inference.plan import Source, check_outputs, existing_outputs, resolve_inputs
+from cascadeseg.inference.plan import files_in_modality_order as files_in_modality_order
 from cascadeseg.inference.postprocess import postprocess_et
 from cascadeseg.inference.sliding import (
     POLICIES,
@@ -101,7 +104,9 @@ class PredictOptions:
         labels: label convention of written label maps; ``None`` keeps the input's.
         save_probabilities: also write ``<case_id>_probabilities.nii.gz``.
         save_uncertainty: also write ``<case_id>_uncertainty.nii.gz``.
-        overwrite: replace existing outputs (otherwise such cases are skipped).
+        overwrite: replace existing outputs (otherwise such cases are skipped, except that
+            asked-for probability or uncertainty maps missing beside a segmentation of the same
+            models are added).
         backend: ``torch`` or ``onnx`` (ONNX Runtime).
         memory_budget_gb: memory a whole-volume pass may use before ``auto`` picks the sliding
             window (``None``: 70% of the free memory of the device).
@@ -122,6 +127,9 @@ class PredictOptions:
             rounds differently: probabilities moved by at most 0.008 there, and at most 207 of
             8.9 million voxels per case changed label.
         progress: show a progress bar and a line per case.
+        cache_dir: folder of a preprocessing cache (:mod:`cascadeseg.data.cache`): a case
+            predicted again (other models of the same recipe, added maps) is not preprocessed
+            again; ``None`` (default) keeps nothing.
     """
 
     tta: bool = True
@@ -142,6 +150,7 @@ class PredictOptions:
     channels_last: bool | None = None
     flips_per_call: int | None = None
     progress: bool = True
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.sliding_window not in POLICIES:
@@ -269,7 +278,10 @@ def member_moments_3d(
     Returns:
         ``(mean, mean_sq, info)``; CPU float32 tensors and a dict with the mode used.
     """
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    array = np.ascontiguousarray(image, dtype=np.float32)
+    if not array.flags.writeable:  # memory-mapped from the preprocessing cache
+        array = array.copy()
+    x = torch.from_numpy(array)[None]
     x, pads = pad_to_multiple(x, member.size_divisor)
     # Flips and TTA sums happen where the network runs (ONNX Runtime takes CPU tensors).
     if isinstance(member.network, torch.nn.Module):
@@ -526,7 +538,13 @@ def predict_case(
     options = options or PredictOptions()
     models = _members_for_backend(models, options.backend)
     start = time.perf_counter()
-    pre = preprocess_case(case.with_label(None), models[0].preprocess)
+    if options.cache_dir is not None:
+        from cascadeseg.data.cache import PreprocessCache
+
+        cache = PreprocessCache(options.cache_dir, models[0].preprocess)
+        pre = cache.get_case(case.with_label(None))
+    else:
+        pre = preprocess_case(case.with_label(None), models[0].preprocess)
     t_pre = time.perf_counter() - start
     mean, variance, info = predict_preprocessed(pre, models, options)
     t_net = time.perf_counter() - start - t_pre
@@ -573,74 +591,7 @@ def predict_case(
 # inputs
 
 
-@dataclass(frozen=True)
-class _Source:
-    """One case to read: its id (for output names before reading) and how to read it."""
-
-    case_id: str
-    read: Callable[[], Case]
-
-
-def _modality_of_file(path: Path) -> str | None:
-    from cascadeseg.data.layouts import modality_from_name
-    from cascadeseg.data.nifti import strip_nifti_suffix
-
-    stem = strip_nifti_suffix(path.name)
-    token = re.split(r"[_\-.]", stem)[-1]
-    return modality_from_name(token)
-
-
-def files_in_modality_order(files: Sequence[Path]) -> list[Path]:
-    """Four modality files in the order FLAIR, T1, T1ce, T2.
-
-    When every file name ends in a recognisable modality (``_flair``, ``-t2f``, ``_t1ce``,
-    ``-t1c``, ...) and the four differ, the names decide; otherwise the given order is taken as
-    FLAIR, T1, T1ce, T2.
-    """
-    named = [_modality_of_file(p) for p in files]
-    if all(named) and len(set(named)) == len(MODALITIES):
-        by_modality = dict(zip(named, files))
-        return [by_modality[m] for m in MODALITIES]
-    return list(files)
-
-
-def resolve_inputs(inputs: Path | str | Sequence[Path | str]) -> list[_Source]:
-    """The cases an ``--input`` names: case folder(s), dataset folder(s) or four files.
-
-    Raises:
-        InputError: nothing readable was named (the message says what is accepted).
-    """
-    from cascadeseg.data.layouts import discover_cases, read_case, read_files
-
-    paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
-    if not paths:
-        raise InputError("no input given")
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        raise InputError(f"{missing[0]}: no such file or folder")
-    if all(p.is_file() for p in paths):
-        if len(paths) != len(MODALITIES):
-            raise InputError(
-                f"{paths[0]}: give a case folder, a dataset folder or four modality files "
-                f"(FLAIR, T1, T1ce, T2); got {len(paths)} file(s)"
-            )
-        ordered = files_in_modality_order(paths)
-        from cascadeseg.data.layouts import _case_id_from_file
-
-        case_id = _case_id_from_file(ordered[0])
-        return [
-            _Source(
-                case_id,
-                lambda: read_files(flair=ordered[0], t1=ordered[1], t1ce=ordered[2], t2=ordered[3]),
-            )
-        ]
-    sources: list[_Source] = []
-    for path in paths:
-        if not path.is_dir():
-            raise InputError(f"{path}: mixes files and folders; give folders or four files")
-        for ref in discover_cases(path):
-            sources.append(_Source(ref.case_id, functools.partial(read_case, ref)))
-    return sources
+# The inputs are resolved by :mod:`cascadeseg.inference.plan` (checked before any inference).
 
 
 # --------------------------------------------------------------------------------------------
@@ -696,12 +647,12 @@ def write_prediction(
     if "uncertainty" in paths and prediction.uncertainty is not None:
         written.append(_write_4d(prediction.uncertainty, case.meta, paths["uncertainty"]))
     convention = options.labels or case.meta.label_convention
-    label_path = write_label_map(
-        prediction.label, case.meta, paths["label"].parent, convention=convention
+    # The writer names the file after meta.case_id: make that the planned name, so that no other
+    # path (possibly an input's, which the plan did not check) is ever written.
+    meta = dataclasses.replace(case.meta, case_id=paths["label"].name[: -len(".nii.gz")])
+    written.append(
+        write_label_map(prediction.label, meta, paths["label"].parent, convention=convention)
     )
-    if label_path != paths["label"]:  # the writer names files after meta.case_id
-        os.replace(label_path, paths["label"])
-    written.append(paths["label"])
     voxel_ml = voxel_volume_ml(case.meta.spacing)
     record = {
         "case_id": prediction.case_id,
@@ -728,7 +679,39 @@ def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if isinstance(exc, CascadesegError):
         return text or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or text}"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _lock_command() -> str:
+    """The command line shown to a second run into the same folder."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if name in ("__main__.py", "cascadeseg"):
+        name = "cascadeseg"
+    return " ".join([name, *sys.argv[1:]])
+
+
+def check_uncertainty(options: PredictOptions, models: Sequence[LoadedModel]) -> None:
+    """``save_uncertainty`` with a single pass has nothing to vary over: a :class:`ConfigError`."""
+    if options.save_uncertainty and not options.tta and len(models) == 1:
+        raise ConfigError(
+            "--save-uncertainty: one model without TTA makes one pass, so there is nothing to "
+            "vary over; drop --no-tta, or give several models (or a run with snapshots)"
+        )
+
+
+def plan_outputs(
+    sources: Sequence[Source], output_dir: Path, options: PredictOptions
+) -> dict[str, dict[str, Path]]:
+    """Output files of every case whose id is a safe file name (others fail when their turn
+    comes), checked against the inputs (:func:`cascadeseg.inference.plan.check_outputs`)."""
+    planned: dict[str, dict[str, Path]] = {}
+    for source in sources:
+        with contextlib.suppress(InputError):
+            planned[source.case_id] = output_paths(source.case_id, output_dir, options)
+    check_outputs(planned, sources)
+    return planned
 
 
 def predict(
@@ -738,8 +721,15 @@ def predict(
     options: PredictOptions | None = None,
     *,
     echo: Callable[[str], None] | None = None,
+    case_id: str | None = None,
 ) -> list[CaseResult]:
     """Segment every case of ``inputs`` and write the results to ``output_dir``.
+
+    Before any inference: the inputs are resolved (one id per case, over all inputs), every
+    output path is checked not to be an input file (:mod:`cascadeseg.inference.plan`), the
+    output folder is checked to be a writable folder and locked against a second run
+    (:func:`cascadeseg.fsutil.output_lock`, which also removes an interrupted run's temporary
+    files).
 
     Args:
         models: ensemble members (:func:`cascadeseg.inference.load_models`).
@@ -750,73 +740,114 @@ def predict(
         options: prediction options.
         echo: where the per-case line and the summary go (default: ``tqdm.write`` under the
             progress bar, else ``print``).
+        case_id: the case id of four modality files (default: the files' common prefix).
 
     Returns:
         One :class:`CaseResult` per case, in input order. A case that cannot be read or
-        predicted is ``failed`` and the others continue.
+        predicted is ``failed`` and the others continue; a case whose outputs exist is
+        ``skipped`` unless ``overwrite`` (or only asked-for maps are missing: see
+        :func:`~cascadeseg.inference.plan.existing_outputs`).
 
     Raises:
-        InputError: the inputs name no case at all.
+        InputError: no case, two cases with one id, an output that is an input, an output
+            folder that is a file, not writable or locked by another run.
+        ConfigError: ``save_uncertainty`` with a single pass.
     """
     from tqdm import tqdm
 
     options = options or PredictOptions()
     output_dir = Path(output_dir)
-    sources = resolve_inputs(inputs)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    sources = resolve_inputs(inputs, case_id)
+    check_uncertainty(options, models)
+    planned = plan_outputs(sources, output_dir, options)
+    say = echo or (tqdm.write if options.progress else print)
     device = resolve_device(options.device)
     tune_device(device)
-    # Converted once here (ONNX export in memory); predict_case leaves converted members as is.
-    members = _members_for_backend(models, options.backend)
-    case_options = dataclasses.replace(options, device=str(device))
-    say = echo or (tqdm.write if options.progress else print)
-    _, precision_note = effective_precision(options.precision, device)
-    if precision_note:
-        say(f"note: {precision_note}")
     results: list[CaseResult] = []
-    bar = tqdm(sources, desc="predicting", unit="case", disable=not options.progress)
-    for source in bar:
-        start = time.perf_counter()
-        result = CaseResult(case_id=source.case_id, status="failed")
-        try:
-            paths = output_paths(source.case_id, output_dir, options)
-            existing = [p for p in paths.values() if p.exists()]
-            if existing and not options.overwrite:
-                result.status = "skipped"
-                result.message = f"{existing[0].name} exists (use --overwrite to replace)"
-            else:
-                case = source.read()
-                if case.case_id != source.case_id:  # the reader named it differently
-                    result.case_id = case.case_id
-                    paths = output_paths(case.case_id, output_dir, options)
-                    existing = [p for p in paths.values() if p.exists()]
-                    if existing and not options.overwrite:
-                        raise InputError(f"{existing[0]} exists (use --overwrite to replace)")
-                prediction = predict_case(case, members, case_options)
-                result.outputs = write_prediction(prediction, case, paths, options)
-                result.status = "ok"
-                result.volumes_ml = prediction.volumes_ml
-                del case, prediction
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:
-            result.status = "failed"
-            result.message = _one_line(exc)
-        if result.status == "failed":
-            free_memory(device)
-        result.seconds = round(time.perf_counter() - start, 3)
-        results.append(result)
-        say(format_result(result))
+    with output_lock(output_dir, _lock_command(), echo=say):
+        # Converted once here (ONNX export in memory); predict_case leaves them as they are.
+        members = _members_for_backend(models, options.backend)
+        case_options = dataclasses.replace(options, device=str(device))
+        _, precision_note = effective_precision(options.precision, device)
+        if precision_note:
+            say(f"note: {precision_note}")
+        bar = tqdm(sources, desc="predicting", unit="case", disable=not options.progress)
+        for source in bar:
+            paths = planned.get(source.case_id)
+            result = _predict_source(source, paths, output_dir, members, case_options)
+            if result.status == "failed":
+                free_memory(device)
+            results.append(result)
+            say(format_result(result))
     for line in summary_lines(results, output_dir):
         say(line)
     return results
+
+
+def _predict_source(
+    source: Source,
+    paths: dict[str, Path] | None,
+    output_dir: Path,
+    members: Sequence[LoadedModel],
+    options: PredictOptions,
+) -> CaseResult:
+    """Read, predict and write one case (or skip it); never raises for a case's own fault."""
+    start = time.perf_counter()
+    result = CaseResult(case_id=source.case_id, status="failed")
+    try:
+        paths = paths or output_paths(source.case_id, output_dir, options)
+        action, keep, reason = existing_outputs(paths, members, options)
+        if action == "skip":
+            result.status, result.message = "skipped", reason
+        else:
+            case = source.read()
+            if case.case_id != source.case_id:  # the reader named it differently
+                raise InputError(
+                    f"{source.files[0]}: read as case {case.case_id!r}, not "
+                    f"{source.case_id!r}; nothing written"
+                )
+            prediction = predict_case(case, members, options)
+            if action == "complete":
+                result.outputs = complete_outputs(prediction, case, paths, keep)
+                names = ", ".join(p.name for p in result.outputs[:-1])
+                result.message = f"{paths['label'].name} kept; added {names}"
+            else:
+                result.outputs = write_prediction(prediction, case, paths, options)
+            result.status = "ok"
+            result.volumes_ml = prediction.volumes_ml
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        result.status = "failed"
+        result.message = _one_line(exc)
+    result.seconds = round(time.perf_counter() - start, 3)
+    return result
+
+
+def complete_outputs(
+    prediction: Prediction, case: Case, paths: dict[str, Path], keep: set[str]
+) -> list[Path]:
+    """Write the maps of ``paths`` not in ``keep``, and list them in the case's JSON record
+    (whose volumes and settings describe the kept segmentation and stay as they are)."""
+    import json
+
+    written: list[Path] = []
+    maps = {"probabilities": prediction.probabilities, "uncertainty": prediction.uncertainty}
+    for kind, array in maps.items():
+        if kind in paths and kind not in keep and array is not None:
+            written.append(_write_4d(array, case.meta, paths[kind]))
+    record = json.loads(paths["json"].read_text(encoding="utf-8"))
+    record.setdefault("outputs", {}).update({k: p.name for k, p in paths.items() if k != "json"})
+    written.append(write_json_atomic(record, paths["json"], indent=1))
+    return written
 
 
 def format_result(result: CaseResult) -> str:
     """The console line of one case."""
     if result.status == "ok":
         vols = "  ".join(f"{k} {v:8.2f} mL" for k, v in result.volumes_ml.items())
-        return f"{result.case_id}  {vols}  ({result.seconds:.1f} s)"
+        note = f"  [{result.message}]" if result.message else ""
+        return f"{result.case_id}  {vols}  ({result.seconds:.1f} s){note}"
     return f"{result.case_id}  {result.status.upper()}: {result.message}"
 
 

@@ -33,6 +33,9 @@ Run directory layout written by the trainer (``RUN_DIR``)::
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +81,33 @@ def make_checkpoint(
     return ckpt
 
 
+# torch names the object a pickle wants to build ("Unsupported global: GLOBAL os.system ...").
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _load_failure(exc: Exception) -> str:
+    """One line of our own on why ``torch.load(weights_only=True)`` refused a file.
+
+    torch's own message advises retrying with ``weights_only=False``, which runs whatever code
+    the file holds: never repeated here.
+    """
+    text = str(exc)
+    if "Weights only load failed" in text or isinstance(exc, pickle.UnpicklingError):
+        match = _UNSAFE_GLOBAL.search(text)
+        what = (
+            f" (it asks to build {match.group(1) or 'operand ' + match.group(2)})" if match else ""
+        )
+        return (
+            "refused: loading this file would run code it contains"
+            f"{what}; cascadeseg loads only checkpoints of plain tensors and values, as it "
+            "writes them"
+        )
+    first = " ".join(text.split()) or type(exc).__name__
+    if len(first) > 160:
+        first = first[:157] + "..."
+    return f"not a loadable cascadeseg checkpoint ({first})"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``: no code runs while loading).
 
@@ -89,10 +119,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise ModelError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickles it did not write, pointing at weights_only: our message
+            # below says what matters.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle errors, truncated zip, unsafe globals...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: not a loadable cascadeseg checkpoint ({first})") from None
+        raise ModelError(f"{path}: {_load_failure(exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ModelError(f"{path}: not a cascadeseg checkpoint (missing format {FORMAT!r})")
     for key in ("model_name", "model_args", "model"):

@@ -360,7 +360,7 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
     no concurrent writes).
     """
     from cascadeseg.data import datasets, layouts
-    from cascadeseg.data.cache import PreprocessCache, default_cache_dir
+    from cascadeseg.data.cache import PreprocessCache, resolve_cache_dir
     from cascadeseg.data.preprocess import PreprocessConfig
 
     data = Path(data)
@@ -383,7 +383,8 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
             "data.bias_field_prob: the bias-field augmentation is for 3D crops; "
             f"model {cfg.model.name!r} trains on 2D slices"
         )
-    cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(data)
+    note = print if info.is_main else (lambda _: None)
+    cache_root = resolve_cache_dir(data, cfg.data.cache_dir, echo=note)
     cache = PreprocessCache(cache_root, PreprocessConfig.from_data_config(cfg.data))
     val_ids = split["val"][: cfg.train.val_cases] if cfg.train.val_cases else split["val"]
     needed = [by_id[c] for c in split["train"] + val_ids]
