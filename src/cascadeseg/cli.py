@@ -9,7 +9,9 @@ A command that writes a folder names the argument holding it in ``OUTPUT_FOLDER`
 attribute of the parsed arguments, e.g. ``"out"``); :func:`main` then holds
 :func:`cascadeseg.fsutil.output_lock` on that folder while the command runs, so a second run into
 the same folder fails at once (exit 2). ``predict`` locks inside its API function instead, after
-it has checked that no output is an input.
+it has checked that no output is an input; under torchrun or with ``--part`` each share of its
+cases takes a lock of its own (:mod:`cascadeseg.inference.shards`), so shares writing into one
+folder do not stop each other.
 
 Errors the user can fix (:class:`cascadeseg.errors.CascadesegError`) print one line and exit 2,
 as do operating-system errors (a file that cannot be read or written: the line names it);

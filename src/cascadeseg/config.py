@@ -228,7 +228,8 @@ class InferenceConfig:
         et_min_voxels: ET smaller than this becomes necrosis (two-stage sec. 3.4); 0 = off.
         sliding_window: ``auto`` (fallback when memory is short), ``always`` or ``never``.
         overlap: sliding-window overlap.
-        precision: ``fp32`` or ``bf16``.
+        precision: ``auto`` (bf16 where the device computes it natively, else fp32), ``fp32``
+            or ``bf16``.
     """
 
     tta: bool = True
@@ -236,7 +237,7 @@ class InferenceConfig:
     et_min_voxels: int = 0
     sliding_window: str = "auto"
     overlap: float = 0.5
-    precision: str = "bf16"
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,7 @@ def _create_lock(path: Path, record: dict[str, Any]) -> bool:
 
 def _take_over_stale(path: Path, holder: dict[str, Any]) -> bool:
     """Move a stale lock aside; False when another process changed it meanwhile."""
-    aside = path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
+    aside = path.with_name(f"{path.name}.stale-{os.getpid()}")
     try:
         os.replace(path, aside)
     except FileNotFoundError:
@@ -208,6 +208,7 @@ def output_lock(
     *,
     echo: Callable[[str], None] = print,
     clean_temp: bool = True,
+    name: str = LOCK_NAME,
 ) -> Iterator[Path]:
     """Hold the exclusive right to write into ``folder`` (created when missing).
 
@@ -224,6 +225,9 @@ def output_lock(
         command: the command line shown to a second run (default: this process's argv).
         echo: where notes go (stale lock taken over, temporary files removed).
         clean_temp: remove stale temporary files under the folder.
+        name: the lock file's name; several processes that each write their own share of one
+            folder (``predict --part``, torchrun ranks) hold one name each
+            (``.cascadeseg.lock.part-1-of-4``), with ``clean_temp=False``.
 
     Yields:
         The folder.
@@ -242,7 +246,7 @@ def output_lock(
         finally:
             _HELD[key] -= 1
         return
-    path = folder / LOCK_NAME
+    path = folder / name
     started = time.time()
     record = {
         "pid": os.getpid(),
@@ -270,6 +274,23 @@ def output_lock(
         if created:  # a command that stopped before writing leaves no empty folder behind
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+def live_holder(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The record of the live run holding lock file ``path``, or ``None`` (no lock, or stale)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    holder = _read_lock(path)
+    if not holder:
+        time.sleep(0.05)  # created but not yet written by its holder
+        holder = _read_lock(path)
+    return None if _is_stale(holder) else holder
+
+
+def holder_text(holder: dict[str, Any]) -> str:
+    """One line naming a lock's holder: pid, host, start time and command."""
+    return _holder_text(holder)
 
 
 def _acquire(path: Path, record: dict[str, Any], echo: Callable[[str], None]) -> None:

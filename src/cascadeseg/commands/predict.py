@@ -1,4 +1,14 @@
-"""``cascadeseg predict``: segment cases with one or more trained models."""
+"""``cascadeseg predict``: segment cases with one or more trained models.
+
+One source of truth for the recipe's inference settings: ``--tta/--no-tta``, ``--sliding-window``,
+``--overlap``, ``--precision`` and ``--threshold`` override the ``inference.*`` values stored
+with the model only when given; otherwise the stored value is used, else the built-in default
+(:func:`cascadeseg.inference.predictor.options_from_recipe`). Each case's JSON says which.
+
+Scaling (:mod:`cascadeseg.inference.shards`): under ``torchrun`` the ranks split the cases
+(``cuda:LOCAL_RANK`` each, or ``cores / LOCAL_WORLD_SIZE`` CPU threads), rank 0 prints the summary
+of all cases; ``--part i/n`` (``i`` from 1) predicts the ``i``-th of ``n`` shares, for job arrays.
+"""
 
 from __future__ import annotations
 
@@ -47,7 +57,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="keep preprocessed inputs in this folder and reuse them (default: none)",
     )
-    parser.add_argument("--no-tta", action="store_true", help="no flip test-time augmentation")
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip test-time augmentation (default: the recipe's inference.tta, else on)",
+    )
+    parser.add_argument(
+        "--ensemble-mode",
+        choices=["paired", "product"],
+        default="paired",
+        help="snapshots of a run: paired (default; snapshot i with flip i, 8 passes for 8 "
+        "snapshots, as the two-stage paper) or product (every flip on every snapshot, 64)",
+    )
+    parser.add_argument(
+        "--part",
+        default=None,
+        metavar="I/N",
+        help="predict only the I-th of N shares of the cases (I from 1; round-robin over the "
+        "sorted case ids), e.g. --part ${SLURM_ARRAY_TASK_ID}/N in a job array",
+    )
     parser.add_argument(
         "--labels",
         choices=["brats2021", "brats2023"],
@@ -68,17 +97,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sliding-window",
         choices=["auto", "always", "never"],
-        default="auto",
-        help="auto: whole volume, sliding window when memory is short (default)",
+        default=None,
+        help="auto: whole volume, sliding window when memory is short (default: the recipe's "
+        "inference.sliding_window, else auto)",
     )
     parser.add_argument(
-        "--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)"
+        "--overlap",
+        type=float,
+        default=None,
+        help="sliding-window overlap (default: the recipe's inference.overlap, else 0.5)",
     )
     parser.add_argument(
         "--precision",
-        choices=["fp32", "bf16"],
-        default="fp32",
-        help="bf16 autocast where the device supports it natively (default fp32)",
+        choices=["auto", "fp32", "bf16"],
+        default=None,
+        help="auto: bf16 autocast where the device computes bf16 natively, else fp32; bf16 "
+        "falls back to fp32 where not native (default: the recipe's inference.precision, "
+        "else auto)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="probability threshold of each region (default: the recipe's "
+        "inference.threshold, else 0.5)",
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
@@ -102,15 +144,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cascadeseg.inference import PredictOptions, load_models, predict
-    from cascadeseg.inference.predictor import resolve_device
+    from cascadeseg.inference import load_models, predict
+    from cascadeseg.inference.predictor import options_from_recipe, resolve_device
+    from cascadeseg.inference.shards import (
+        env_int,
+        join_ranks,
+        leave_ranks,
+        setup_rank_device,
+        share_from_env,
+    )
 
-    options = PredictOptions(
-        tta=not args.no_tta,
-        sliding_window=args.sliding_window,
-        overlap=args.overlap,
-        precision=args.precision,
-        device=args.device,
+    share = share_from_env(args.part)
+    device = resolve_device(args.device, env_int("LOCAL_RANK", 0))
+    setup_rank_device(share, device)
+    models = load_models(args.model, device)
+    given = {
+        "tta": args.tta,
+        "sliding_window": args.sliding_window,
+        "overlap": args.overlap,
+        "precision": args.precision,
+        "threshold": args.threshold,
+    }
+    options = options_from_recipe(
+        models,
+        given,
+        device=str(device),
         batch_slices=args.batch_slices,
         et_min_voxels=args.et_min_voxels,
         labels=args.labels,
@@ -118,12 +176,16 @@ def run(args: argparse.Namespace) -> int:
         save_uncertainty=args.save_uncertainty,
         overwrite=args.overwrite,
         backend=args.backend,
-        progress=not args.no_progress,
+        # One progress bar per terminal: under torchrun rank 0 shows it, the others print lines.
+        progress=not args.no_progress and share.rank == 0,
         cache_dir=None if args.cache is None else str(args.cache),
+        ensemble_mode=args.ensemble_mode,
     )
-    device = resolve_device(options.device)
-    models = load_models(args.model, device)
     inputs = args.input[0] if len(args.input) == 1 else args.input
-    results = predict(models, inputs, args.output, options, case_id=args.case_id)
+    joined = join_ranks(share)
+    try:
+        results = predict(models, inputs, args.output, options, case_id=args.case_id, share=share)
+    finally:
+        leave_ranks(joined)
     # 0 all done; 1 some cases failed or skipped (outputs exist); usage errors raise (exit 2).
     return 1 if any(r.status in ("failed", "skipped") for r in results) else 0

@@ -10,6 +10,12 @@ What a ``--model`` argument may be (:func:`expand_model_paths`):
 * several of these together: one ensemble (e.g. the k run directories of a k-fold
   cross-validation, the two-stage paper's "ensemble of 5-fold").
 
+The snapshots of one run form a *snapshot ensemble* (:func:`flip_plan`): by default
+(``paired``) snapshot ``i`` runs flip ``i`` only, as the two-stage paper does (8 snapshots, 8
+flips, 8 passes; other counts: :func:`cascadeseg.inference.tta.paired_flip_indices`);
+``product`` runs every flip on every snapshot (64 passes for 8 snapshots). Every other member
+(a ``best.pt``, a lone checkpoint, an ONNX file) runs all flips in both modes.
+
 Checkpoints are read with ``torch.load(weights_only=True)``
 (:func:`cascadeseg.training.checkpoint.load_checkpoint`), so a file from an untrusted source cannot
 execute code. Members must agree on the spatial dimensionality and the preprocessing recipe and
@@ -35,6 +41,9 @@ from cascadeseg.errors import ConfigError, ModelError
 from cascadeseg.training.checkpoint import load_checkpoint
 
 OUTPUT_KINDS: tuple[str, ...] = ("regions", "labels", "cunet", "probabilities")
+
+#: How the snapshots of one run share the TTA flips (see :func:`flip_plan`).
+ENSEMBLE_MODES: tuple[str, ...] = ("paired", "product")
 
 #: Down-sampling factor assumed when a model does not say (``size_divisor`` attribute): 16 covers
 #: four stride-2 levels (CU-Net) and three (two-stage, 8).
@@ -179,6 +188,35 @@ def stored_et_min_voxels(ckpt: dict[str, Any], run_dir: Path | None) -> int | No
     if isinstance(recipe, int) and recipe > 0:
         return recipe
     return None
+
+
+#: Recipe values (``inference.*``) that ``predict`` takes from the model when no flag is given.
+RECIPE_INFERENCE_KEYS: tuple[str, ...] = (
+    "tta",
+    "sliding_window",
+    "overlap",
+    "precision",
+    "threshold",
+)
+
+
+def recipe_inference_values(members: Sequence[LoadedModel]) -> tuple[dict[str, Any], str]:
+    """The ``inference.*`` values stored with the models' recipe, and where they come from.
+
+    The first member that stores a recipe decides (folds and snapshots of one recipe agree;
+    an ensemble mixing recipes takes its first model's, named in the second value). Only the
+    keys of :data:`RECIPE_INFERENCE_KEYS` are read; ONNX exports store no recipe.
+
+    Returns:
+        ``(values, source)``: e.g. ``({"tta": True, "precision": "bf16"}, "run/checkpoints/
+        snapshot_0.pt")``; ``({}, "")`` when no member stores one.
+    """
+    for member in members:
+        section = _section(member.config, "inference")
+        values = {k: section[k] for k in RECIPE_INFERENCE_KEYS if k in section}
+        if values:
+            return values, str(member.source)
+    return {}, ""
 
 
 def size_divisor_of(network: Any) -> int:
@@ -350,6 +388,55 @@ def load_models(
         members.append(member)
     check_compatible(members)
     return members
+
+
+# --------------------------------------------------------------------------------------------
+# snapshot ensembles
+
+
+def is_snapshot(member: LoadedModel) -> bool:
+    """Whether ``member`` is a training snapshot (``RUN/checkpoints/snapshot_*.pt``)."""
+    name = member.source.name
+    return member.run_dir is not None and name.startswith("snapshot_") and name.endswith(".pt")
+
+
+def flip_plan(
+    members: Sequence[LoadedModel], mode: str = "paired", tta: bool = True
+) -> list[list[tuple[int, ...]]]:
+    """The TTA flips each member runs.
+
+    Args:
+        members: the ensemble, in ``--model`` order (a run's snapshots sorted by name).
+        mode: ``paired``: the snapshots of each run directory share the flips out
+            (:func:`cascadeseg.inference.tta.paired_flip_indices`: snapshot ``i`` with flip
+            ``i`` for 8 snapshots, the two-stage paper's procedure); ``product``: every member
+            runs every flip.
+        tta: without TTA every member runs the identity only (one pass each), in both modes.
+
+    Returns:
+        One list of flips (items of :func:`cascadeseg.inference.tta.flip_combinations`) per
+        member. The ensemble mean gives every member the same weight, each member's map being
+        the mean over its own passes (so with 3 snapshots and 8 flips, each snapshot weighs 1/3
+        whether it ran 3 flips or 2).
+    """
+    from cascadeseg.inference.tta import flip_combinations, paired_flip_indices
+
+    if mode not in ENSEMBLE_MODES:
+        raise ConfigError(f"ensemble mode must be one of {ENSEMBLE_MODES}, got {mode!r}")
+    identity: list[tuple[int, ...]] = [()]
+    plan = [flip_combinations(m.spatial_dims) if tta else list(identity) for m in members]
+    if mode == "product" or not tta:
+        return plan
+    runs: dict[Path, list[int]] = {}
+    for index, member in enumerate(members):
+        if is_snapshot(member):
+            assert member.run_dir is not None
+            runs.setdefault(member.run_dir.resolve(), []).append(index)
+    for indices in runs.values():
+        flips = flip_combinations(members[indices[0]].spatial_dims)
+        for index, share in zip(indices, paired_flip_indices(len(indices), len(flips))):
+            plan[index] = [flips[j] for j in share]
+    return plan
 
 
 # --------------------------------------------------------------------------------------------

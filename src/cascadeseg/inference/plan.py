@@ -297,4 +297,11 @@ def _provenance_differs(
         return "the segmentation was made by other models"
     if tta != options.tta:
         return f"the segmentation was made {'with' if tta else 'without'} TTA"
+    from cascadeseg.inference.ensemble import flip_plan
+
+    recorded = [m.get("flips") for m in settings["members"]]
+    planned = [[list(f) for f in flips] for flips in flip_plan(members, options.ensemble_mode, tta)]
+    if all(r is not None for r in recorded) and recorded != planned:
+        mode = settings.get("ensemble_mode", "another")
+        return f"the segmentation was made with the {mode} snapshot ensemble"
     return None

@@ -16,7 +16,9 @@ Per case (:func:`predict_case`):
      outputs of branch1 and branch2").
 3. **Flip TTA** (8 flips in 3D, 4 in-plane flips in 2D) and the **ensemble average** of the region
    probabilities ``[WT, TC, ET]``; the voxel-wise variance over all passes of all members is the
-   uncertainty map.
+   uncertainty map. The snapshots of one run share the flips out by default (snapshot ``i`` with
+   flip ``i``: 8 passes for 8 snapshots, as the two-stage paper does; ``ensemble_mode``,
+   :func:`cascadeseg.inference.ensemble.flip_plan`).
 4. **Restore** the probabilities to the exact source grid
    (:func:`cascadeseg.data.preprocess.restore_to_source`, linear where the recipe resampled, as
    nnU-Net resamples probabilities rather than labels), **threshold** at 0.5 with ET inside TC
@@ -41,7 +43,7 @@ import re
 import sys
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,11 +62,19 @@ from cascadeseg.data.labels import (
 )
 from cascadeseg.data.preprocess import Preprocessed, preprocess_case, restore_to_source
 from cascadeseg.errors import CascadesegError, ConfigError, InputError
-from cascadeseg.fsutil import output_lock, write_json_atomic
-from cascadeseg.inference.ensemble import LoadedModel, ensemble_et_min_voxels
+from cascadeseg.fsutil import write_json_atomic
+from cascadeseg.inference.ensemble import (
+    ENSEMBLE_MODES,
+    RECIPE_INFERENCE_KEYS,
+    LoadedModel,
+    ensemble_et_min_voxels,
+    flip_plan,
+    recipe_inference_values,
+)
 from cascadeseg.inference.plan import Source, check_outputs, existing_outputs, resolve_inputs
 from cascadeseg.inference.plan import files_in_modality_order as files_in_modality_order
 from cascadeseg.inference.postprocess import postprocess_et
+from cascadeseg.inference.shards import Share, env_int, folder_lock, gather
 from cascadeseg.inference.sliding import (
     POLICIES,
     AdaptiveForward,
@@ -94,8 +104,15 @@ class PredictOptions:
         sliding_window: ``auto`` (whole volume, sliding window when memory is short), ``always``
             or ``never``.
         overlap: sliding-window overlap (fraction of the window).
-        precision: ``fp32`` or ``bf16`` (autocast; falls back to fp32 with a warning where the
-            device has no fast bf16 convolutions, e.g. CPUs without AVX-512).
+        precision: ``auto`` (default: bf16 autocast where the device computes bf16 natively,
+            :func:`cascadeseg.runtime.native_bf16`, i.e. CUDA GPUs with bf16 and CPUs with
+            AVX512-BF16 or AMX; fp32 elsewhere), ``fp32`` or ``bf16`` (autocast; falls back to
+            fp32 with a note where the device has no native bf16).
+        ensemble_mode: how the snapshots of one run share the TTA flips
+            (:func:`cascadeseg.inference.ensemble.flip_plan`): ``paired`` (default: snapshot
+            ``i`` runs flip ``i``, the two-stage paper's 8 passes for 8 snapshots; other counts:
+            :func:`cascadeseg.inference.tta.paired_flip_indices`) or ``product`` (every flip on
+            every snapshot: 64 passes for 8). Other members run every flip in both modes.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
         batch_slices: axial slices per network call for 2D models.
         threshold: probability threshold of each region.
@@ -130,12 +147,15 @@ class PredictOptions:
         cache_dir: folder of a preprocessing cache (:mod:`cascadeseg.data.cache`): a case
             predicted again (other models of the same recipe, added maps) is not preprocessed
             again; ``None`` (default) keeps nothing.
+        settings_origin: where ``tta``, ``sliding_window``, ``overlap``, ``precision`` and
+            ``threshold`` came from (``option``, ``recipe`` or ``default``), recorded in each
+            case's JSON; set by :func:`options_from_recipe`.
     """
 
     tta: bool = True
     sliding_window: str = "auto"
     overlap: float = 0.5
-    precision: str = "fp32"
+    precision: str = "auto"
     device: str = "auto"
     batch_slices: int = 16
     threshold: float = 0.5
@@ -151,6 +171,8 @@ class PredictOptions:
     flips_per_call: int | None = None
     progress: bool = True
     cache_dir: str | None = None
+    ensemble_mode: str = "paired"
+    settings_origin: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.sliding_window not in POLICIES:
@@ -159,6 +181,10 @@ class PredictOptions:
             )
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.ensemble_mode not in ENSEMBLE_MODES:
+            raise ConfigError(
+                f"ensemble_mode must be one of {ENSEMBLE_MODES}, got {self.ensemble_mode!r}"
+            )
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if not 0.0 <= self.overlap < 1.0:
@@ -175,6 +201,43 @@ class PredictOptions:
             raise ConfigError(
                 f"labels must be one of {', '.join(sorted(CONVENTIONS))}, got {self.labels!r}"
             )
+
+
+def options_from_recipe(
+    models: Sequence[LoadedModel], given: Mapping[str, Any], **other: Any
+) -> PredictOptions:
+    """Prediction options with one source of truth for the recipe's ``inference.*`` values.
+
+    For each of ``tta``, ``sliding_window``, ``overlap``, ``precision`` and ``threshold``: the
+    value in ``given`` when it is not ``None`` (a command-line flag), else the value stored
+    with the models' recipe (:func:`cascadeseg.inference.ensemble.recipe_inference_values`),
+    else :class:`PredictOptions`' default. Where each came from is kept in
+    ``settings_origin`` (and each case's JSON).
+
+    Args:
+        models: the loaded ensemble.
+        given: explicit values by field name; ``None`` means "not given".
+        other: the remaining :class:`PredictOptions` fields.
+
+    Raises:
+        ConfigError: an explicit or stored value is invalid (a stored one names the checkpoint).
+    """
+    stored, where = recipe_inference_values(models)
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    base = PredictOptions(**other)
+    for key in RECIPE_INFERENCE_KEYS:
+        if given.get(key) is not None:
+            values[key], origin[key] = given[key], "option"
+        elif key in stored:
+            try:
+                dataclasses.replace(base, **{key: stored[key]})
+            except (ConfigError, TypeError) as exc:
+                raise ConfigError(f"{where}: stored recipe value inference.{key}: {exc}") from None
+            values[key], origin[key] = stored[key], "recipe"
+        else:
+            origin[key] = "default"
+    return dataclasses.replace(base, **values, settings_origin=origin)
 
 
 @dataclass(frozen=True, eq=False)
@@ -265,6 +328,7 @@ def member_moments_3d(
     options: PredictOptions,
     device: torch.device,
     precision: str,
+    flips: Sequence[tuple[int, ...]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Mean and mean-of-squares ``(3, x, y, z)`` of one 3D member over its TTA passes.
 
@@ -274,6 +338,8 @@ def member_moments_3d(
         options: prediction options.
         device: where the network runs.
         precision: effective precision.
+        flips: the flips this member runs (:func:`~cascadeseg.inference.ensemble.flip_plan`);
+            ``None``: all with ``options.tta``, the identity without.
 
     Returns:
         ``(mean, mean_sq, info)``; CPU float32 tensors and a dict with the mode used.
@@ -294,11 +360,15 @@ def member_moments_3d(
         per_voxel = _bytes_per_voxel(member, device)
         if precision == "bf16":
             per_voxel /= 2
-    flips = options.flips_per_call
-    if flips is None:
-        flips = default_flips_per_call(options.tta, device, per_voxel, x.shape[2:], budget)
+    n_flips = len(flips) if flips is not None else (8 if options.tta else 1)
+    per_call = options.flips_per_call
+    if per_call is None:
+        per_call = default_flips_per_call(n_flips > 1, device, per_voxel, x.shape[2:], budget)
+    per_call = min(per_call, n_flips)
     estimate = (
-        None if per_voxel is None else functools.partial(estimate_forward_bytes, per_voxel, flips)
+        None
+        if per_voxel is None
+        else functools.partial(estimate_forward_bytes, per_voxel, per_call)
     )
     roi = member.patch_size if len(member.patch_size) == 3 else (128, 128, 128)
     forward = AdaptiveForward(
@@ -313,7 +383,7 @@ def member_moments_3d(
     )
     with torch.inference_mode():
         mean, mean_sq, passes = flip_tta_moments(
-            forward, x, spatial_dims=3, tta=options.tta, flips_per_call=flips
+            forward, x, spatial_dims=3, tta=options.tta, flips_per_call=per_call, flips=flips
         )
     mean = crop_padding(mean, pads)[0].cpu()
     mean_sq = crop_padding(mean_sq, pads)[0].cpu()
@@ -322,7 +392,7 @@ def member_moments_3d(
         "mode": forward.mode,
         "fallbacks": forward.fallbacks,
         "channels_last": channels_last,
-        "flips_per_call": flips,
+        "flips_per_call": per_call,
     }
     return mean, mean_sq, info
 
@@ -395,11 +465,13 @@ def member_moments_2d(
     options: PredictOptions,
     device: torch.device,
     precision: str,
+    flips: Sequence[tuple[int, ...]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Mean and mean-of-squares ``(3, x, y, z)`` of one 2D member, slice by slice.
 
     Batches of ``options.batch_slices`` axial slices go through the network with in-plane flip
-    TTA; on an out-of-memory error the batch is halved and the slices retried.
+    TTA (``flips``, as for :func:`member_moments_3d`); on an out-of-memory error the batch is
+    halved and the slices retried.
     """
     depth = image.shape[-1]
     spatial = image.shape[1:3]
@@ -417,7 +489,9 @@ def member_moments_2d(
             x, pads = pad_to_multiple(x, member.size_divisor)
             oom = False
             try:
-                m, m2, passes = flip_tta_moments(fn, x, spatial_dims=2, tta=options.tta)
+                m, m2, passes = flip_tta_moments(
+                    fn, x, spatial_dims=2, tta=options.tta, flips=flips
+                )
             except Exception as exc:
                 if not is_out_of_memory(exc) or batch == 1:
                     raise
@@ -476,10 +550,11 @@ def predict_preprocessed(
     total: np.ndarray | None = None
     total_sq: np.ndarray | None = None
     members_info = []
-    for member in models:
+    plan = flip_plan(models, options.ensemble_mode, options.tta)
+    for member, flips in zip(models, plan):
         run = member_moments_3d if member.spatial_dims == 3 else member_moments_2d
         try:
-            mean_t, mean_sq_t, info = run(member, pre.image, options, device, precision)
+            mean_t, mean_sq_t, info = run(member, pre.image, options, device, precision, flips)
         except Exception as exc:
             # Out of memory outside the network call (TTA sums, the padded input): retry the
             # member with sliding windows only; if that fails too, the case fails, not the run.
@@ -491,7 +566,7 @@ def predict_preprocessed(
         if retry:
             free_memory(device)
             fallback = dataclasses.replace(options, sliding_window="always")
-            mean_t, mean_sq_t, info = run(member, pre.image, fallback, device, precision)
+            mean_t, mean_sq_t, info = run(member, pre.image, fallback, device, precision, flips)
             info["fallbacks"] = ["out of memory: member retried with sliding windows"]
         mean, mean_sq = mean_t.numpy(), mean_sq_t.numpy()
         # 2D members (CU-Net and the 2D U-Net) are trained on brain pixels only (LWS / brain-
@@ -503,6 +578,7 @@ def predict_preprocessed(
             mean_sq = mean_sq * pre.brain_mask[None]
             info["brain_mask_fused"] = True
         info["source"] = str(member.source)
+        info["flips"] = [list(f) for f in flips]
         members_info.append(info)
         if total is None or total_sq is None:
             total, total_sq = mean.copy(), mean_sq.copy()
@@ -516,7 +592,11 @@ def predict_preprocessed(
     info_all = {
         "device": str(device),
         "precision": precision,
+        "precision_requested": options.precision,
         "precision_note": note,
+        "ensemble_mode": options.ensemble_mode,
+        # Network passes over the whole case, all members (8 for a paired run of 8 snapshots).
+        "passes": int(sum(m["passes"] for m in members_info)),
         "members": members_info,
     }
     return mean_all.astype(np.float32), variance.astype(np.float32), info_all
@@ -566,6 +646,8 @@ def predict_case(
             else ("stored" if stored is not None else "default (off)"),
             "et_replaced_by_necrosis": bool(et_before and not np.any(label == 3)),
             "sliding_window": options.sliding_window,
+            "overlap": options.overlap,
+            "settings_origin": dict(options.settings_origin),
             "backend": options.backend,
             "preprocessing": models[0].preprocess.to_dict(),
             # The grid the network ran on (brain crop, target spacing), before padding.
@@ -722,6 +804,7 @@ def predict(
     *,
     echo: Callable[[str], None] | None = None,
     case_id: str | None = None,
+    share: Share | None = None,
 ) -> list[CaseResult]:
     """Segment every case of ``inputs`` and write the results to ``output_dir``.
 
@@ -741,9 +824,15 @@ def predict(
         echo: where the per-case line and the summary go (default: ``tqdm.write`` under the
             progress bar, else ``print``).
         case_id: the case id of four modality files (default: the files' common prefix).
+        share: predict only this process's share of the cases (``--part i/n`` and/or a
+            torchrun rank; :mod:`cascadeseg.inference.shards`); ``None``: every case. Every
+            case is still checked first; a share holds a lock of its own on ``output_dir``.
+            Under torchrun (a joined process group) the ranks wait for each other at the end,
+            rank 0 prints the summary of all cases, and every rank returns all ranks' results.
 
     Returns:
-        One :class:`CaseResult` per case, in input order. A case that cannot be read or
+        One :class:`CaseResult` per case of the share (all ranks' cases under torchrun), in
+        input order. A case that cannot be read or
         predicted is ``failed`` and the others continue; a case whose outputs exist is
         ``skipped`` unless ``overwrite`` (or only asked-for maps are missing: see
         :func:`~cascadeseg.inference.plan.existing_outputs`).
@@ -760,18 +849,22 @@ def predict(
     sources = resolve_inputs(inputs, case_id)
     check_uncertainty(options, models)
     planned = plan_outputs(sources, output_dir, options)
+    share = share or Share()
+    mine = share.select(sources, key=lambda s: s.case_id)
     say = echo or (tqdm.write if options.progress else print)
-    device = resolve_device(options.device)
+    if not share.whole:
+        say(f"{share.tag}: {len(mine)} of {len(sources)} case(s)")
+    device = resolve_device(options.device, env_int("LOCAL_RANK", 0))
     tune_device(device)
     results: list[CaseResult] = []
-    with output_lock(output_dir, _lock_command(), echo=say):
+    with folder_lock(output_dir, share, _lock_command(), say):
         # Converted once here (ONNX export in memory); predict_case leaves them as they are.
         members = _members_for_backend(models, options.backend)
         case_options = dataclasses.replace(options, device=str(device))
         _, precision_note = effective_precision(options.precision, device)
         if precision_note:
             say(f"note: {precision_note}")
-        bar = tqdm(sources, desc="predicting", unit="case", disable=not options.progress)
+        bar = tqdm(mine, desc="predicting", unit="case", disable=not options.progress)
         for source in bar:
             paths = planned.get(source.case_id)
             result = _predict_source(source, paths, output_dir, members, case_options)
@@ -779,6 +872,11 @@ def predict(
                 free_memory(device)
             results.append(result)
             say(format_result(result))
+    if share.world_size > 1:  # wait for every rank, then rank 0 reports all cases
+        order = {s.case_id: i for i, s in enumerate(sources)}
+        results = sorted(gather(results, share), key=lambda r: order.get(r.case_id, -1))
+        if share.rank != 0:
+            return results
     for line in summary_lines(results, output_dir):
         say(line)
     return results

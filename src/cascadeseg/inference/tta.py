@@ -9,7 +9,7 @@ the same spatial shape, so they are independent of the model, the backend and th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import combinations
 
 import torch
@@ -40,6 +40,7 @@ def flip_tta_moments(
     spatial_dims: int,
     tta: bool = True,
     flips_per_call: int = 1,
+    flips: Sequence[tuple[int, ...]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """First and second moments of ``fn`` over the flips of ``x``.
 
@@ -57,6 +58,9 @@ def flip_tta_moments(
             one slowly (PyTorch's CPU 3D convolutions of narrow layers); ``k`` times the memory
             of one pass. The sums are the same up to floating-point rounding (a back-end may
             pick another kernel for another batch size).
+        flips: the flips to run (items of :func:`flip_combinations`); ``None``: all of them
+            with ``tta``, the identity alone without (a snapshot of a paired snapshot ensemble
+            runs its own share, see :func:`paired_flip_indices`).
 
     Returns:
         ``(mean, mean_of_squares, passes)``: float32 ``(B, K, *spatial)`` tensors and the number
@@ -64,7 +68,10 @@ def flip_tta_moments(
     """
     if flips_per_call < 1:
         raise ValueError(f"flips_per_call must be >= 1, got {flips_per_call}")
-    flips = flip_combinations(spatial_dims) if tta else [()]
+    if flips is None:
+        flips = flip_combinations(spatial_dims) if tta else [()]
+    if not flips:
+        raise ValueError("flips must name at least one flip")
     total: torch.Tensor | None = None
     total_sq: torch.Tensor | None = None
     batch = x.shape[0]
@@ -88,6 +95,37 @@ def flip_tta_moments(
     assert total is not None and total_sq is not None
     n = len(flips)
     return total / n, total_sq / n, n
+
+
+def paired_flip_indices(n_snapshots: int, n_flips: int) -> list[list[int]]:
+    """Which flips each snapshot runs in the paired snapshot ensemble.
+
+    The two-stage paper (sec. 3.3) averages eight maps: "for each snapshot, the input images
+    are used different flipping", i.e. 8 snapshots x 8 flips paired one to one, 8 passes.
+    For other counts the rule here is: pass ``k`` for ``k = 0 .. max(n_snapshots, n_flips) - 1``
+    runs snapshot ``k mod n_snapshots`` with flip ``k mod n_flips``. So every snapshot and every
+    flip is used at least once, and there are ``max(n_snapshots, n_flips)`` passes:
+
+    * ``n_snapshots == n_flips``: snapshot ``i`` with flip ``i`` (the paper);
+    * fewer snapshots (3 with 8 flips): the flips are dealt out in turn, snapshot 0 gets
+      flips 0, 3, 6, snapshot 1 flips 1, 4, 7, snapshot 2 flips 2, 5 (8 passes);
+    * more snapshots (10 with 8 flips): snapshot ``i`` gets flip ``i mod 8`` (10 passes).
+
+    Args:
+        n_snapshots: snapshots of one run (>= 1).
+        n_flips: flips available (``len(flip_combinations(d))``, or 1 without TTA).
+
+    Returns:
+        For each snapshot, the indices into the flip list it runs (ascending).
+    """
+    if n_snapshots < 1 or n_flips < 1:
+        raise ValueError(f"need >= 1 snapshot and flip, got {n_snapshots} and {n_flips}")
+    out: list[list[int]] = [[] for _ in range(n_snapshots)]
+    for k in range(max(n_snapshots, n_flips)):
+        flip = k % n_flips
+        if flip not in out[k % n_snapshots]:
+            out[k % n_snapshots].append(flip)
+    return [sorted(indices) for indices in out]
 
 
 def flip_tta(fn: ProbabilityFn, x: torch.Tensor, *, spatial_dims: int) -> torch.Tensor:
