@@ -79,7 +79,7 @@ def run_demo(
     from cascadeseg.evaluation.evaluate import evaluate
     from cascadeseg.evaluation.report import write_report
     from cascadeseg.inference.ensemble import load_models
-    from cascadeseg.inference.predictor import PredictOptions, predict
+    from cascadeseg.inference.predictor import options_from_recipe, predict
     from cascadeseg.training.trainer import train
 
     if model not in DEMO_MODELS:
@@ -114,7 +114,9 @@ def run_demo(
     _stage("3/4 predicting the held-out cases with 8-flip TTA")
     predictions = out / "predictions"
     models = load_models([run_dir])
-    predict(models, test_dir, predictions, PredictOptions(tta=True, overwrite=True))
+    # The recipe's inference settings (precision, threshold, ...), as `cascadeseg predict` does.
+    options = options_from_recipe(models, {"tta": True}, overwrite=True)
+    predict(models, test_dir, predictions, options)
 
     _stage("4/4 evaluating")
     result = evaluate(predictions, test_dir, out / "evaluation", workers=workers)

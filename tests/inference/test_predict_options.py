@@ -1,0 +1,125 @@
+"""One source of truth for inference settings: flag > recipe stored with the model > default;
+``--precision auto`` is the default."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_snapshot_ensemble import TinyConv, write_checkpoint
+
+from cascadeseg import cli
+from cascadeseg.data.preprocess import PreprocessConfig
+from cascadeseg.data.toy import make_tiny_case
+from cascadeseg.data.writers import write_case
+from cascadeseg.errors import ConfigError
+from cascadeseg.inference.ensemble import LoadedModel, recipe_inference_values
+from cascadeseg.inference.predictor import PredictOptions, options_from_recipe
+from cascadeseg.runtime import native_bf16
+
+NONE_GIVEN: dict[str, Any] = {
+    "tta": None,
+    "sliding_window": None,
+    "overlap": None,
+    "precision": None,
+    "threshold": None,
+}
+STORED = {
+    "tta": False,
+    "sliding_window": "always",
+    "overlap": 0.25,
+    "precision": "fp32",
+    "threshold": 0.4,
+    "et_min_voxels": 3,  # not one of the resolved keys (its own rule: tune-postprocess)
+}
+
+
+def member(config: dict[str, Any], source: str = "m.pt") -> LoadedModel:
+    return LoadedModel(
+        network=TinyConv(0),
+        name="tiny",
+        spatial_dims=3,
+        output_kind="probabilities",
+        in_channels=4,
+        slice_context=0,
+        preprocess=PreprocessConfig(),
+        patch_size=(16, 16, 16),
+        size_divisor=8,
+        et_min_voxels=None,
+        source=Path(source),
+        config=config,
+    )
+
+
+def test_precision_auto_is_the_default() -> None:
+    assert PredictOptions().precision == "auto"
+    assert PredictOptions().ensemble_mode == "paired"
+
+
+def test_recipe_values_used_when_no_flag_given() -> None:
+    models = [member({"inference": STORED}, "a.pt"), member({"inference": {"tta": True}}, "b.pt")]
+    values, where = recipe_inference_values(models)
+    assert where == "a.pt" and "et_min_voxels" not in values  # the first recipe decides
+    options = options_from_recipe(models, NONE_GIVEN, device="cpu")
+    assert (options.tta, options.sliding_window, options.overlap) == (False, "always", 0.25)
+    assert (options.precision, options.threshold) == ("fp32", 0.4)
+    assert set(options.settings_origin.values()) == {"recipe"}
+
+
+def test_flag_overrides_recipe_and_default_fills_the_rest() -> None:
+    models = [member({"inference": {"tta": False, "precision": "fp32"}})]
+    given = {**NONE_GIVEN, "tta": True, "threshold": 0.6}
+    options = options_from_recipe(models, given, device="cpu", overwrite=True)
+    assert options.tta is True and options.threshold == 0.6  # flags
+    assert options.precision == "fp32"  # recipe
+    assert (options.sliding_window, options.overlap) == ("auto", 0.5)  # built-in defaults
+    assert options.overwrite is True  # other fields pass through
+    assert dict(options.settings_origin) == {
+        "tta": "option",
+        "sliding_window": "default",
+        "overlap": "default",
+        "precision": "recipe",
+        "threshold": "option",
+    }
+    # No recipe at all (an ONNX export): defaults, precision auto.
+    bare = options_from_recipe([member({})], NONE_GIVEN)
+    assert bare.precision == "auto" and bare.tta is True
+    assert set(bare.settings_origin.values()) == {"default"}
+
+
+def test_bad_stored_value_names_the_checkpoint() -> None:
+    models = [member({"inference": {"overlap": 1.5}}, "run/checkpoints/best.pt")]
+    with pytest.raises(ConfigError, match=r"run/checkpoints/best.pt.*inference.overlap"):
+        options_from_recipe(models, NONE_GIVEN)
+    # ... unless a flag replaces it.
+    assert options_from_recipe(models, {**NONE_GIVEN, "overlap": 0.5}).overlap == 0.5
+
+
+def test_cli_reads_the_recipe_and_flags_override(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_case(make_tiny_case(seed=0, case_id="BraTS2021_00000"), data, "brats2021")
+    ckpt = write_checkpoint(
+        tmp_path / "m.pt", 0, ("inference.tta=false", "inference.threshold=0.45")
+    )
+    base = ["predict", "--model", str(ckpt), "--input", str(data), "--no-progress"]
+    base += ["--device", "cpu"]
+
+    def settings(out: Path, *flags: str) -> dict[str, Any]:
+        assert cli.main([*base, "--output", str(out), *flags]) == 0
+        return json.loads((out / "BraTS2021_00000.json").read_text())["settings"]  # type: ignore[no-any-return]
+
+    stored = settings(tmp_path / "a")
+    assert stored["tta"] is False and stored["passes"] == 1 and stored["threshold"] == 0.45
+    assert stored["settings_origin"]["tta"] == "recipe"
+    # precision: the recipe default is auto -> bf16 where native, else fp32
+    assert stored["precision_requested"] == "auto"
+    assert stored["precision"] == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
+    flagged = settings(tmp_path / "b", "--tta", "--threshold", "0.3", "--precision", "fp32")
+    assert flagged["tta"] is True and flagged["passes"] == 8 and flagged["threshold"] == 0.3
+    assert flagged["precision"] == "fp32"
+    assert flagged["settings_origin"]["tta"] == "option"
+    assert replace(PredictOptions(), tta=False).tta is False
