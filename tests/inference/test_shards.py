@@ -165,3 +165,15 @@ def test_torchrun_two_cpu_ranks_split_the_cases(tmp_path: Path) -> None:
     assert "rank-1-of-2: 1 of 3 case(s)" in done.stdout
     assert done.stdout.count("3 case(s): 3 written") == 1
     assert not list(out.glob(f"{LOCK_NAME}*"))
+
+
+def test_cpu_threads_per_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cascadeseg.inference.shards import cpu_threads_per_rank
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert cpu_threads_per_rank() == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert cpu_threads_per_rank() == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert cpu_threads_per_rank() == 16

@@ -168,3 +168,19 @@ def test_cli_ensemble_mode_and_passes_in_case_json(tmp_path: Path) -> None:
             [3, 3, 2] if mode is None else [8, 8, 8]
         )
     assert passes == {"paired": 8, "product": 24}
+
+
+def test_maps_are_not_added_to_a_segmentation_of_the_other_mode(tmp_path: Path) -> None:
+    from cascadeseg.inference.predictor import predict
+
+    data = tmp_path / "data"
+    write_case(make_tiny_case(seed=0, case_id="c1"), data, "brats2021")
+    members = [snapshot_member(tmp_path / "run", i) for i in range(2)]
+    out = tmp_path / "out"
+    assert predict(members, data, out, QUIET)[0].status == "ok"
+    product = replace(QUIET, ensemble_mode="product", save_probabilities=True)
+    result = predict(members, data, out, product)[0]
+    assert result.status == "skipped" and "paired snapshot ensemble" in result.message
+    paired = replace(QUIET, save_probabilities=True)
+    assert predict(members, data, out, paired)[0].status == "ok"  # same mode: map added
+    assert (out / "c1_probabilities.nii.gz").exists()

@@ -2,10 +2,12 @@
 
 Typical use::
 
-    from cascadeseg.inference import PredictOptions, load_models, predict
+    from cascadeseg.inference import PredictOptions, load_models, options_from_recipe, predict
 
     models = load_models(["runs/two_stage_fold0"], device="cpu")
     results = predict(models, "data/BraTS2021_val", "predictions", PredictOptions(tta=True))
+    # or with the settings stored in the models' recipe (what `cascadeseg predict` does):
+    options = options_from_recipe(models, {"tta": None}, device="cpu")
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from cascadeseg.inference.predictor import (
     CaseResult,
     Prediction,
     PredictOptions,
+    options_from_recipe,
     predict,
     predict_case,
 )
@@ -37,6 +40,7 @@ __all__ = [
     "flip_tta",
     "fuse_brain_mask",
     "load_models",
+    "options_from_recipe",
     "pad_to_multiple",
     "postprocess_et",
     "predict",
