@@ -89,7 +89,8 @@ def test_snapshots_export_as_one_averaged_graph(tmp_path: Path) -> None:
 
 
 def _case_options(backend: str, **kw: Any) -> PredictOptions:
-    return PredictOptions(progress=False, device="cpu", backend=backend, **kw)
+    # fp32 on both sides (auto would run bf16 autocast in PyTorch on a CPU with native bf16).
+    return PredictOptions(progress=False, device="cpu", backend=backend, precision="fp32", **kw)
 
 
 def test_predict_with_onnx_backend_matches_torch(tmp_path: Path, tiny_case: Case) -> None:

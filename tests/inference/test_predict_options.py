@@ -123,3 +123,24 @@ def test_cli_reads_the_recipe_and_flags_override(tmp_path: Path) -> None:
     assert flagged["precision"] == "fp32"
     assert flagged["settings_origin"]["tta"] == "option"
     assert replace(PredictOptions(), tta=False).tta is False
+
+
+def test_onnx_backend_reports_fp32() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from cascadeseg.inference.predictor import predict_preprocessed
+
+    pre: Any = SimpleNamespace(
+        image=np.zeros((4, 8, 8, 8), np.float32), brain_mask=np.ones((8, 8, 8), bool)
+    )
+    for requested in ("auto", "bf16"):
+        options = PredictOptions(
+            backend="onnx", precision=requested, device="cpu", sliding_window="never", tta=False
+        )
+        _, _, info = predict_preprocessed(pre, [member({})], options)
+        assert info["precision"] == "fp32"
+        assert ("onnx" in info["precision_note"]) == (
+            requested == "bf16" and native_bf16(torch.device("cpu"))
+        )

@@ -35,7 +35,7 @@ from cascadeseg.inference.predictor import (
 from cascadeseg.models.registry import build_model
 from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
 
-QUIET = PredictOptions(progress=False, device="cpu")
+QUIET = PredictOptions(progress=False, device="cpu", precision="fp32")
 
 
 class IntensityNet(nn.Module):

@@ -547,6 +547,11 @@ def predict_preprocessed(
         raise ConfigError("no model given")
     device = device or resolve_device(options.device)
     precision, note = effective_precision(options.precision, device)
+    if options.backend == "onnx" and precision != "fp32":
+        # ONNX Runtime runs the exported fp32 graph; autocast has no effect there.
+        if options.precision == "bf16":
+            note = "the onnx backend runs the exported fp32 graph: fp32 used"
+        precision = "fp32"
     total: np.ndarray | None = None
     total_sq: np.ndarray | None = None
     members_info = []
