@@ -46,9 +46,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cascadeseg import __version__
-from cascadeseg.config import Config, from_dict, save_config, to_dict
+from cascadeseg.config import (
+    OPTIMIZERS,
+    Config,
+    from_dict,
+    save_config,
+    to_dict,
+)
+from cascadeseg.config import validate as validate_config
 from cascadeseg.data.labels import REGIONS, label_to_regions
-from cascadeseg.errors import CascadesegError, ConfigError, InputError
+from cascadeseg.errors import CascadesegError, ConfigError, InputError, ModelError
 from cascadeseg.runtime import autocast, resolve_precision
 from cascadeseg.training import distributed as dist_utils
 from cascadeseg.training.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
@@ -63,9 +70,7 @@ class SimulatedKill(BaseException):
     """Raised by the ``_stop_after_steps`` test hook of :func:`train` to imitate a kill."""
 
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 STEPS_HEADER = "step,epoch,lr,loss\n"
-OPTIMIZERS = ("adam", "adamw", "sgd")
 # Keys that may differ between the saved config and the one given on ``--resume``: they change
 # how long or where a run goes, not what it computes.
 RESUMABLE_KEYS = (
@@ -84,39 +89,12 @@ RESUMABLE_KEYS = (
 
 
 def check_config(cfg: Config) -> None:
-    """Reject settings the trainer cannot run with (one-line :class:`ConfigError`)."""
-    if cfg.train.precision not in PRECISIONS:
-        raise ConfigError(f"train.precision={cfg.train.precision!r}: expected one of {PRECISIONS}")
-    if cfg.optim.name.lower() not in OPTIMIZERS:
-        raise ConfigError(f"optim.name={cfg.optim.name!r}: expected one of {OPTIMIZERS}")
-    if cfg.train.epochs < 1:
-        raise ConfigError(f"train.epochs={cfg.train.epochs}: must be >= 1")
-    if cfg.train.batch_size < 1:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: must be >= 1")
-    if cfg.train.iters_per_epoch is not None and cfg.train.iters_per_epoch < 1:
-        raise ConfigError(f"train.iters_per_epoch={cfg.train.iters_per_epoch}: must be >= 1")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr={cfg.optim.lr}: must be > 0")
-    if cfg.train.max_minutes is not None and cfg.train.max_minutes <= 0:
-        raise ConfigError(f"train.max_minutes={cfg.train.max_minutes}: must be > 0")
-    if cfg.data.split not in ("kfold", "cunet"):
-        raise ConfigError(f"data.split={cfg.data.split!r}: expected kfold or cunet")
-    if not 0.0 <= cfg.train.stage1_first < 1.0:
-        raise ConfigError(f"train.stage1_first={cfg.train.stage1_first}: must be in [0, 1)")
-    if not 0.0 <= cfg.data.crop_overhang <= 0.5:
-        raise ConfigError(f"data.crop_overhang={cfg.data.crop_overhang}: must be in [0, 0.5]")
-    if not 0.0 <= cfg.data.bias_field_prob <= 1.0:
-        raise ConfigError(f"data.bias_field_prob={cfg.data.bias_field_prob}: must be in [0, 1]")
-    low, high = cfg.data.bias_field_strength
-    if not 0.0 <= low <= high:
-        raise ConfigError(
-            f"data.bias_field_strength={list(cfg.data.bias_field_strength)}: "
-            "expected [low, high] with 0 <= low <= high"
-        )
-    if cfg.data.bias_field_spacing_mm <= 0:
-        raise ConfigError(
-            f"data.bias_field_spacing_mm={cfg.data.bias_field_spacing_mm}: must be > 0"
-        )
+    """Reject settings the trainer cannot run with (one-line :class:`ConfigError`).
+
+    Every :class:`Config` is checked when it is built (:func:`cascadeseg.config.validate`);
+    this re-runs those checks for configs built around them.
+    """
+    validate_config(cfg)
 
 
 def build_optimizer(params: Any, optim_cfg: Any) -> torch.optim.Optimizer:
@@ -462,7 +440,7 @@ def build_training_model(cfg: Config) -> nn.Module:
     ``4 * (2c + 1)`` input channels (the others).
 
     Raises:
-        ConfigError: an option the model does not support. ModelError: bad ``model.args``.
+        ConfigError: an option the model does not support, or ``model.args`` the model rejects.
     """
     from cascadeseg.models import build_model, model_defaults
 
@@ -479,8 +457,11 @@ def build_training_model(cfg: Config) -> nn.Module:
             args.setdefault("slice_context", cfg.data.slice_context)
         else:
             args.setdefault("in_channels", 4 * (2 * cfg.data.slice_context + 1))
-    # Unknown or rejected arguments raise a ModelError naming the valid ones.
-    return build_model(cfg.model.name, **args)
+    try:
+        return build_model(cfg.model.name, **args)
+    except ModelError as exc:
+        # Unknown or rejected arguments: name the recipe key they came from.
+        raise ConfigError(f"model.args: {exc}") from None
 
 
 def saved_model_args(model: nn.Module) -> dict[str, Any]:
