@@ -15,8 +15,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["data", "metrics", "inference", "training", "all"],
         help="which suite to run (default: all)",
     )
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="device to measure on"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results.json"), help="results JSON to write"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes: a smoke test that runs in seconds"
     )
