@@ -14,7 +14,11 @@ What happens, in order (rank 0 alone writes files and shows progress):
 5. checkpoints (``checkpoints/last.pt`` every epoch and optionally every N iterations,
    ``best.pt`` on the best mean validation Dice, ``snapshot_EEEE.pt`` for the last N epochs),
    ``metrics.csv`` per epoch, ``steps.csv`` per iteration, TensorBoard when installed, and
-   ``curves.png`` plus ``summary.json`` at the end.
+   ``curves.png`` plus ``summary.json`` at the end. ``metrics.csv`` columns: ``epoch, step,
+   lr, train_loss`` (the mean loss back-propagated), ``train_loss_<part>`` (the mean loss of one
+   output, e.g. ``train_loss_stage1``, ``train_loss_branch2``; losses, not Dice scores),
+   ``train_aux_weight`` (CU-Net's omega), ``skipped, minutes, it_per_s`` and, on validated
+   epochs, ``val_loss, dice_WT, dice_TC, dice_ET, dice_mean, val_cases``.
 
 Reproducibility and resume. The per-iteration randomness never depends on how the run got there:
 the sampler's order is drawn from ``(seed, epoch)``, datasets draw each item's augmentation from
@@ -1197,8 +1201,10 @@ def _epoch_row(
         "lr": optimizer.param_groups[0]["lr"],
         "train_loss": sums.get("loss", math.nan) / n if sums.get("n") else math.nan,
     }
+    # The loss's parts are named for what they hold (``loss_stage1`` is stage 1's loss, not a
+    # Dice): columns ``train_loss_stage1``, ``train_aux_weight``... (losses/composite.py).
     for key, value in sums.items():
-        if key not in ("loss", "n", "skipped"):
+        if key not in ("loss", "n", "skipped", "total"):
             row[f"train_{key}"] = value / n
     row["skipped"] = sums.get("skipped", 0.0)
     row["minutes"] = state.elapsed_s / 60
