@@ -152,7 +152,9 @@ def test_cunet_total_from_parts_and_gradients() -> None:
     )
     total, parts = CUNetLoss(generator=generator)(output, batch, epoch=12.5)
     assert parts["aux_weight"] == pytest.approx(0.01)
-    expected = parts["loss_branch1"] + parts["loss_branch2"] + parts["aux_weight"] * parts["loss_aux"]
+    expected = (
+        parts["loss_branch1"] + parts["loss_branch2"] + parts["aux_weight"] * parts["loss_aux"]
+    )
     assert total.item() == pytest.approx(expected, rel=1e-6)
     assert parts["total"] == pytest.approx(expected, rel=1e-6)
     total.backward()
