@@ -112,7 +112,7 @@ def build_for_info(name: str, items: list[str]) -> tuple[Any, list[int] | None, 
     cfg = load_config(recipe, dotted)
     with torch.device("meta"):
         model = build_training_model(cfg)
-    dims = int(model.spatial_dims)
+    dims = cast(int, model.spatial_dims)
     crop = [int(s) for s in cfg.data.patch_size[:dims]]
     return model, crop, f"recipe: {name} ({recipe}), model: {cfg.model.name}"
 
