@@ -116,3 +116,12 @@ def test_missing_recipe_file_and_data_folder_are_one_line(
         == 2
     )
     assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_readme_states_the_safety_rules_and_exit_codes() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    safety = readme.split("## Safety", 1)[1].split("\n## ", 1)[0]
+    for phrase in ("--overwrite", ".cascadeseg.lock", "atomically", "headers", "weights_only"):
+        assert phrase in safety
+    for code in ("| 0 |", "| 1 |", "| 2 |"):
+        assert code in safety
