@@ -50,13 +50,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cascadeseg import __version__
-from cascadeseg.config import (
-    OPTIMIZERS,
-    Config,
-    from_dict,
-    save_config,
-    to_dict,
-)
+from cascadeseg.config import OPTIMIZERS, Config, from_dict, save_config, to_dict
 from cascadeseg.config import validate as validate_config
 from cascadeseg.data.labels import REGIONS, label_to_regions
 from cascadeseg.errors import CascadesegError, ConfigError, InputError, ModelError
