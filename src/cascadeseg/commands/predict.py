@@ -81,7 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bf16 autocast where the device supports it natively (default fp32)",
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="run checkpoints with PyTorch, or exported .onnx models with ONNX Runtime",
+    )
     parser.add_argument(
         "--et-min-voxels",
         type=int,
