@@ -13,9 +13,9 @@ it has checked that no output is an input; under torchrun or with ``--part`` eac
 cases takes a lock of its own (:mod:`cascadeseg.inference.shards`), so shares writing into one
 folder do not stop each other.
 
-Errors the user can fix (:class:`cascadeseg.errors.CascadesegError`) print one line and exit 2,
-as do operating-system errors (a file that cannot be read or written: the line names it);
-failures of some cases in a batch exit 1 with a summary.
+Errors the user can fix (:class:`cascadeseg.errors.CascadesegError`, and :class:`OSError`: a
+missing, unreadable or unwritable file) print one line naming the file and exit 2; failures of
+some cases in a batch exit 1 with a summary; anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -57,6 +57,28 @@ def _load(name: str):
         raise
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless it has none (``None``, a flag's
+    ``False``) or the help already says it; the choices of an option are listed too."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.choices is not None and action.metavar is not None and "choices" not in text:
+            text += f" (choices: {', '.join(map(str, action.choices))})"
+        default = action.default
+        if (
+            not action.option_strings
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+            or "default" in text
+        ):
+            return text
+        if isinstance(default, (list, tuple)):
+            return f"{text} (default: {' '.join(map(str, default))})"
+        return f"{text} (default: {default})"
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser; only the chosen subcommand's module is imported."""
     parser = argparse.ArgumentParser(
@@ -73,7 +95,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
             if module is None:
                 sub.add_parser(name, help="(not available in this version)")
                 continue
-            p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+            p = sub.add_parser(
+                name, help=module.HELP, description=module.HELP, formatter_class=HelpFormatter
+            )
             module.add_arguments(p)
             p.set_defaults(_run=module.run, _output_folder=getattr(module, "OUTPUT_FOLDER", None))
         else:
@@ -98,6 +122,15 @@ _SHORT_HELP = {
 }
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for an :class:`OSError`: the file(s) it names and the system's reason."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    if not names:
+        return reason
+    return f"{' -> '.join(names)}: {reason}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cascadeseg`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -117,9 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cascadeseg {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        # A file that cannot be read or written: one line naming it, never a traceback.
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"cascadeseg {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        # A file the user named or pointed at cannot be read or written (missing, no
+        # permission, a folder where a file belongs, disk full): one line naming it. Other
+        # exceptions are bugs and keep their traceback for the report.
+        print(f"cascadeseg {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -15,6 +15,7 @@ Finally a table of Dice and HD95 per region and the paths of the report and pred
 from __future__ import annotations
 
 import functools
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,19 @@ def run_demo(
         raise ConfigError(f"--model {model!r}: choose one of {', '.join(DEMO_MODELS)}")
     if test_cases < 1 or cases - test_cases < 2:
         raise ConfigError("--cases must leave at least 2 training cases and 1 held-out case")
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"--minutes must be a positive number, got {minutes}")
+    if not (math.isfinite(synth_scale) and synth_scale > 0):
+        raise ConfigError(f"--scale must be a positive number, got {synth_scale}")
+    if workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {workers}")
+    # The recipe first: a bad budget or override stops the demo before minutes of data making.
+    # Validation cases come from the training folder: k folds, fewer when there are few cases.
+    folds = max(2, min(5, cases - test_cases))
+    cfg = load_config(
+        f"{model}_cpu",
+        [f"train.max_minutes={minutes}", f"seed={seed}", f"data.folds={folds}", *overrides],
+    )
     start = time.perf_counter()
     out = Path(out)
     train_dir, test_dir = out / "data" / "train", out / "data" / "test"
@@ -101,12 +115,6 @@ def run_demo(
     make(test_dir, test_cases, seed=seed + 100_000)
 
     _stage(f"2/4 training {model} for {minutes:g} min (recipe {model}_cpu)")
-    # Validation cases come from the training folder: k folds, fewer when there are few cases.
-    folds = max(2, min(5, cases - test_cases))
-    cfg = load_config(
-        f"{model}_cpu",
-        [f"train.max_minutes={minutes}", f"seed={seed}", f"data.folds={folds}", *overrides],
-    )
     # A demo interrupted during training continues from its last checkpoint.
     resume = (out / "run" / "checkpoints" / "last.pt").is_file()
     run_dir = train(cfg, train_dir, out / "run", resume=resume)

@@ -62,11 +62,11 @@ def test_two_stage_loss_hand_computed() -> None:
     )
     total, parts = TwoStageLoss(interp_decoder_weight=0.5)(output, {"regions": regions})
     assert total.item() == pytest.approx(2.25, abs=1e-4)
-    assert parts["dice_stage1"] == pytest.approx(0.0, abs=2e-5)
-    assert parts["dice_stage2"] == pytest.approx(1.5, rel=1e-5)
-    assert parts["dice_stage2_interp"] == pytest.approx(1.5, rel=1e-5)
+    assert parts["loss_stage1"] == pytest.approx(0.0, abs=2e-5)
+    assert parts["loss_stage2"] == pytest.approx(1.5, rel=1e-5)
+    assert parts["loss_stage2_interp"] == pytest.approx(1.5, rel=1e-5)
     total_from_parts = (
-        parts["dice_stage1"] + parts["dice_stage2"] + 0.5 * parts["dice_stage2_interp"]
+        parts["loss_stage1"] + parts["loss_stage2"] + 0.5 * parts["loss_stage2_interp"]
     )
     assert parts["total"] == pytest.approx(total_from_parts, rel=1e-6)
     # The target may come from the label map alone.
@@ -79,7 +79,7 @@ def test_two_stage_loss_plain_output_and_gradients() -> None:
     logits = torch.zeros(1, 3, 2, 2, 2, requires_grad=True)
     total, parts = TwoStageLoss()(logits, {"label": label})
     assert total.item() == pytest.approx(1.5, rel=1e-5)
-    assert set(parts) == {"dice"}
+    assert set(parts) == {"total"}
     region_only, _ = RegionDiceLoss()(logits, {"label": label})
     assert region_only.item() == pytest.approx(1.5, rel=1e-5)
 
@@ -91,7 +91,7 @@ def test_two_stage_loss_plain_output_and_gradients() -> None:
     # Without the interpolation decoder (eval-mode style) only two terms remain.
     out = FakeTwoStageOutput(stages[0], stages[1], None)
     total2, parts2 = TwoStageLoss()(out, {"label": label})
-    assert "dice_stage2_interp" not in parts2
+    assert "loss_stage2_interp" not in parts2
     expected = region_dice_loss(stages[0], regions_from_label(label)) + region_dice_loss(
         stages[1], regions_from_label(label)
     )
@@ -129,13 +129,13 @@ def test_cunet_loss_eq4_hand_computed(lws: bool) -> None:
     loss = CUNetLoss(lws=lws, generator=torch.Generator().manual_seed(0))
     batch = _cunet_batch()
     total, parts = loss(_zero_cunet_output(), batch, epoch=0)
-    assert parts["ce_branch1"] == pytest.approx(LN2, rel=1e-6)
-    assert parts["ce_branch2"] == pytest.approx(2 * LN2, rel=1e-6)
-    assert parts["aux"] == pytest.approx(12 * LN2, rel=1e-6)
-    assert parts["omega"] == pytest.approx(0.1)
+    assert parts["loss_branch1"] == pytest.approx(LN2, rel=1e-6)
+    assert parts["loss_branch2"] == pytest.approx(2 * LN2, rel=1e-6)
+    assert parts["loss_aux"] == pytest.approx(12 * LN2, rel=1e-6)
+    assert parts["aux_weight"] == pytest.approx(0.1)
     assert total.item() == pytest.approx(4.2 * LN2, rel=1e-6)
     total25, parts25 = loss(_zero_cunet_output(), batch, epoch=25)
-    assert parts25["omega"] == pytest.approx(1e-3)
+    assert parts25["aux_weight"] == pytest.approx(1e-3)
     assert total25.item() == pytest.approx(3.012 * LN2, rel=1e-6)
 
 
@@ -151,8 +151,10 @@ def test_cunet_total_from_parts_and_gradients() -> None:
         ),
     )
     total, parts = CUNetLoss(generator=generator)(output, batch, epoch=12.5)
-    assert parts["omega"] == pytest.approx(0.01)
-    expected = parts["ce_branch1"] + parts["ce_branch2"] + parts["omega"] * parts["aux"]
+    assert parts["aux_weight"] == pytest.approx(0.01)
+    expected = (
+        parts["loss_branch1"] + parts["loss_branch2"] + parts["aux_weight"] * parts["loss_aux"]
+    )
     assert total.item() == pytest.approx(expected, rel=1e-6)
     assert parts["total"] == pytest.approx(expected, rel=1e-6)
     total.backward()
@@ -192,9 +194,9 @@ def test_cunet_without_lws_is_brain_masked_cross_entropy() -> None:
     brain = batch["brain_mask"].float()
     l1 = weighted_cross_entropy(output.branch1, (batch["label"] > 0).long(), brain)
     l2 = weighted_cross_entropy(output.branch2, batch["label"], brain)
-    assert parts["ce_branch1"] == pytest.approx(l1.item(), rel=1e-6)
+    assert parts["loss_branch1"] == pytest.approx(l1.item(), rel=1e-6)
     assert total.item() == pytest.approx((l1 + l2).item(), rel=1e-6)
-    assert "aux" not in parts  # eval-mode output: no auxiliary heads
+    assert "loss_aux" not in parts  # eval-mode output: no auxiliary heads
 
 
 def test_cunet_aux_with_wrong_channels_raises() -> None:
@@ -213,7 +215,7 @@ def test_label_ce_loss(lws: bool) -> None:
         torch.zeros(2, 4, 32, 32), batch
     )
     assert loss.item() == pytest.approx(2 * LN2, rel=1e-6)
-    assert parts["ce"] == pytest.approx(2 * LN2, rel=1e-6)
+    assert parts["total"] == pytest.approx(2 * LN2, rel=1e-6)
     # Missing brain mask: every pixel counts.
     logits = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(1))
     plain, _ = LabelCELoss()(logits, {"label": batch["label"]})

@@ -321,8 +321,10 @@ def test_stage1_first_trains_stage_one_then_the_cascade(toy_data: Path, tmp_path
         rows = list(csv.DictReader(fh))
     assert [float(r["stage1_only"]) for r in rows] == [1.0, 1.0, 0.0, 0.0]
     # The loss of stage 1 alone in the first phase, the cascade's parts in the second.
-    assert all(r["train_dice"] and not r["train_dice_stage2"] for r in rows[:2])
-    assert all(r["train_dice_stage2"] and not r["train_dice"] for r in rows[2:])
+    # Columns say what they hold: train_loss_stage1 is stage 1's loss (not a Dice score).
+    assert not any(k.startswith("train_dice") for k in rows[0])
+    assert all(r["train_loss"] and not r["train_loss_stage2"] for r in rows[:2])
+    assert all(r["train_loss_stage1"] and r["train_loss_stage2"] for r in rows[2:])
     # Snapshots and best.pt come from the end-to-end epochs only.
     snapshots = sorted(p.name for p in (out / "checkpoints").glob("snapshot_*.pt"))
     assert snapshots == ["snapshot_0002.pt", "snapshot_0003.pt"]

@@ -16,8 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="which suite to run; all = data, metrics, inference, training; gpu = the GPU "
         "check of benchmarks/gpu_check.sh (default: all)",
     )
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="device to measure on"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results.json"), help="results JSON to write"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="tiny sizes: a smoke test that runs in seconds"
     )

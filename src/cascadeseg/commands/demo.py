@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=DEMO_MODELS,
         help="model to train with its small CPU recipe",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
+    parser.add_argument("--workers", type=int, default=2, help="parallel processes")
     parser.add_argument(
         "--scale",
         type=float,

@@ -123,7 +123,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "inference.threshold, else 0.5)",
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    parser.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="run checkpoints with PyTorch, or exported .onnx models with ONNX Runtime",
+    )
     parser.add_argument(
         "--et-min-voxels",
         type=int,

@@ -24,9 +24,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cache folder (default: DATA/.cascadeseg_cache; for a read-only DATA a folder "
         "under $XDG_CACHE_HOME/cascadeseg or ~/.cache/cascadeseg, printed)",
     )
-    parser.add_argument("--layout", default=None, help="dataset layout (default: detected)")
+    from cascadeseg.data.labels import CONVENTIONS
+    from cascadeseg.data.layouts import LAYOUTS
+
     parser.add_argument(
-        "--label-convention", default=None, help="label convention of the seg files"
+        "--layout",
+        choices=[name for name in LAYOUTS if name != "files"],
+        default=None,
+        help="dataset layout (default: detected)",
+    )
+    parser.add_argument(
+        "--label-convention",
+        choices=sorted(CONVENTIONS),
+        default=None,
+        metavar="CONV",
+        help="label convention of the seg files (default: the layout's)",
     )
     parser.add_argument(
         "--spacing",

@@ -1,4 +1,4 @@
-"""``cascadeseg train CONFIG --data DIR --out RUN_DIR [--resume] [key=value ...]``.
+"""``cascadeseg train CONFIG --data DIR --out RUN_DIR [--minutes M] [--resume] [key=value ...]``.
 
 CONFIG is a recipe file or a shipped recipe's name (``two_stage_cpu``, ``cunet_brats17``...).
 Multi-GPU: ``torchrun --nproc_per_node=N -m cascadeseg train ...`` (rank 0 prints and writes).
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="preprocessing cache folder (data.cache_dir; default: DATA/.cascadeseg_cache, or a "
         "folder under ~/.cache/cascadeseg when DATA is read-only)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--minutes",
+        type=_positive_minutes,
+        default=None,
+        metavar="M",
+        help="training time budget in minutes (sets train.max_minutes, and "
+        "train.time_schedule=true so the learning-rate decay ends with the budget, unless "
+        "given; default: the recipe's)",
+    )
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (one line per epoch is printed either way)",
+    )
     parser.add_argument(
         "overrides",
         nargs="*",
@@ -44,6 +59,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="config overrides, e.g. optim.lr=3e-4 train.epochs=10 data.patch_size=[64,64,64]",
     )
     _collect_trailing_overrides(parser)
+
+
+def _positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text!r}")
+    return value
+
+
+def budget_overrides(minutes: float | None, overrides: list[str]) -> list[str]:
+    """``overrides`` plus what ``--minutes`` sets (after them, so the flag wins)."""
+    if minutes is None:
+        return list(overrides)
+    extra = [f"train.max_minutes={minutes}"]
+    if not any(o.split("=", 1)[0] == "train.time_schedule" for o in overrides):
+        extra.append("train.time_schedule=true")
+    return [*overrides, *extra]
 
 
 def _collect_trailing_overrides(parser: argparse.ArgumentParser) -> None:
@@ -65,14 +100,16 @@ def _collect_trailing_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cascadeseg.config import load_config
+    from cascadeseg.config import load_config, resolve_recipe
     from cascadeseg.training.trainer import read_summary, train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, budget_overrides(args.minutes, args.overrides))
     if args.cache is not None:
         cfg = dataclasses.replace(
             cfg, data=dataclasses.replace(cfg.data, cache_dir=str(args.cache))
         )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"recipe: {args.config} ({resolve_recipe(args.config)})", file=sys.stderr)
     run_dir = train(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

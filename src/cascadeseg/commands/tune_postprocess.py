@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-tta", action="store_true", help="tune without flip TTA")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="inference precision"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -8,7 +8,11 @@ Every loss is called as ``loss(output, batch, epoch=e) -> (total, parts)``:
   float ``[WT, TC, ET]`` masks (3D datasets; derived from ``"label"`` when absent) and
   ``"brain_mask"`` ``(B, ...)`` bool (2D; the whole image counts as brain when absent).
 - ``epoch``: the (possibly fractional) epoch, for the CU-Net auxiliary weight omega.
-- ``total``: scalar tensor to back-propagate; ``parts``: named float values for logging.
+- ``total``: scalar tensor to back-propagate; ``parts``: named float values for logging, named
+  for what they hold: ``total`` (the loss back-propagated), ``loss_<component>`` (the whole
+  loss of one output, e.g. ``loss_stage1``: its Dice plus any cross-entropy term, not a Dice
+  score) and other quantities by their own name (``aux_weight``). The trainer logs them as
+  ``train_<name>`` columns of ``metrics.csv``.
 
 :func:`build_loss` picks the loss from ``model.output_kind`` and a :class:`LossConfig`.
 """
@@ -66,7 +70,7 @@ class RegionDiceLoss:
         self, output: Tensor, batch: Batch, *, epoch: float = 0
     ) -> tuple[Tensor, dict[str, float]]:
         loss = region_dice_loss(output, _region_target(batch), eps=self.eps)
-        return loss, {"dice": float(loss.detach())}
+        return loss, {"total": float(loss.detach())}
 
 
 class TwoStageLoss:
@@ -125,16 +129,16 @@ class TwoStageLoss:
         target = _region_target(batch)
         if not hasattr(output, "stage2"):
             loss = self.region_loss(output, target)
-            return loss, {"dice": float(loss.detach())}
+            return loss, {"total": float(loss.detach())}
         stage1 = self.region_loss(output.stage1, target)
         stage2 = self.region_loss(output.stage2, target)
         total = stage1 + stage2
-        parts = {"dice_stage1": float(stage1.detach()), "dice_stage2": float(stage2.detach())}
+        parts = {"loss_stage1": float(stage1.detach()), "loss_stage2": float(stage2.detach())}
         interp_out = getattr(output, "stage2_interp", None)
         if interp_out is not None and self.interp_decoder_weight != 0:
             interp = self.region_loss(interp_out, target)
             total = total + self.interp_decoder_weight * interp
-            parts["dice_stage2_interp"] = float(interp.detach())
+            parts["loss_stage2_interp"] = float(interp.detach())
         parts["total"] = float(total.detach())
         return total, parts
 
@@ -273,7 +277,7 @@ class CUNetLoss:
         l1 = weighted_cross_entropy(output.branch1, whole_tumour, w1)
         l2 = weighted_cross_entropy(output.branch2, label, w2)
         total = l1 + l2
-        parts = {"ce_branch1": float(l1.detach()), "ce_branch2": float(l2.detach())}
+        parts = {"loss_branch1": float(l1.detach()), "loss_branch2": float(l2.detach())}
         aux_outputs = tuple(getattr(output, "aux", ()) or ())
         if aux_outputs:
             aux_losses = []
@@ -290,8 +294,8 @@ class CUNetLoss:
             aux_sum = torch.stack(aux_losses).sum()
             omega = self.omega_at(epoch)
             total = total + omega * aux_sum
-            parts["aux"] = float(aux_sum.detach())
-            parts["omega"] = omega
+            parts["loss_aux"] = float(aux_sum.detach())
+            parts["aux_weight"] = omega
         parts["total"] = float(total.detach())
         return total, parts
 
@@ -336,7 +340,7 @@ class LabelCELoss:
             generator=self.generator,
         )
         loss = weighted_cross_entropy(output, label, weights)
-        return loss, {"ce": float(loss.detach())}
+        return loss, {"total": float(loss.detach())}
 
 
 Loss = RegionDiceLoss | TwoStageLoss | CUNetLoss | LabelCELoss

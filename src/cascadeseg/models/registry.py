@@ -10,12 +10,17 @@ arguments, all with defaults (the papers' sizes), and has the class attributes `
 
 from __future__ import annotations
 
+import collections.abc
+import contextlib
 import inspect
+import types
+import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from torch import nn
 
+from cascadeseg.config import model_arg_problem
 from cascadeseg.errors import ModelError
 
 M = TypeVar("M", bound=type[nn.Module])
@@ -82,7 +87,9 @@ def build_model(name: str, **overrides: Any) -> nn.Module:
 
     Raises:
         ModelError: unknown model name (the message lists the names) or unknown argument
-            (the message lists the valid ones), or arguments the model rejects.
+            (the message lists the valid ones), a value of the wrong type or range (sizes must be
+            positive, numbers finite: :func:`cascadeseg.config.model_arg_problem`), arguments
+            the constructor rejects, or arguments that leave a layer without parameters.
     """
     cls = _get(name)
     args = model_defaults(name)
@@ -92,15 +99,82 @@ def build_model(name: str, **overrides: Any) -> nn.Module:
             f"model {name!r} has no argument(s) {', '.join(unknown)} "
             f"(valid: {', '.join(sorted(args))})"
         )
-    args.update({k: _plain(v) for k, v in overrides.items()})
+    hints = _argument_types(cls)
+    for key, value in overrides.items():
+        args[key] = _checked_argument(name, key, _plain(value), hints.get(key))
+    given = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "its defaults"
     try:
         model = cls(**args)
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"model {name!r}: invalid arguments ({exc})") from None
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, IndexError) as exc:
+        # Constructors check what they can; whatever else they trip over is still the user's
+        # arguments, not a bug: one line naming them.
+        raise ModelError(f"model {name!r} rejects {given}: {exc}") from None
+    empty = next((n for n, p in model.named_parameters() if p.numel() == 0), None)
+    if empty is not None:
+        raise ModelError(f"model {name!r} with {given} has an empty layer ({empty})")
     # nn.Module.__setattr__ is typed for tensors and modules only; plain values are fine at runtime.
     model.model_args = dict(args)  # type: ignore[assignment]
     model.model_name = name  # type: ignore[assignment]
     return model
+
+
+def _argument_types(cls: type[nn.Module]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls.__init__)
+    except (NameError, TypeError):  # an annotation that cannot be resolved: no type checks
+        return {}
+
+
+def _checked_argument(model: str, key: str, value: Any, hint: Any) -> Any:
+    """``value`` as the constructor's annotation ``hint`` wants it, or a :class:`ModelError`.
+
+    Numbers written as strings (YAML 1.1 reads ``1e-4`` and ``nan`` as strings) become floats
+    where a float is expected, as config values do.
+    """
+    options = typing.get_args(hint) if typing.get_origin(hint) in _UNIONS else (hint,)
+    if float in options and isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    fits = (
+        hint is None
+        or (value is None and type(None) in options)
+        or any(_fits(value, option) for option in options if option is not type(None))
+    )
+    if not fits:
+        raise ModelError(f"model {model!r}: {key} must be {_type_text(hint)}, got {value!r}")
+    problem = model_arg_problem(key, value)
+    if problem:
+        raise ModelError(f"model {model!r}: {key} {problem}")
+    return value
+
+
+_UNIONS = (typing.Union, types.UnionType)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint) or hint
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (list, tuple, collections.abc.Sequence):
+        inner = typing.get_args(hint)[:1]
+        return isinstance(value, (list, tuple)) and all(_fits(v, inner[0]) for v in value if inner)
+    return not isinstance(origin, type) or isinstance(value, origin)
+
+
+def _type_text(hint: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    options = typing.get_args(hint) if typing.get_origin(hint) in _UNIONS else (hint,)
+    texts = [
+        "null" if o is type(None) else names.get(o, "a list" if typing.get_origin(o) else str(o))
+        for o in options
+    ]
+    return " or ".join(texts)
 
 
 def _load_builtin_models() -> None:

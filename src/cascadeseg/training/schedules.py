@@ -121,3 +121,35 @@ def lr_at(epoch: float, optim_cfg: OptimConfig, epochs: int) -> float:
             f"unknown optim.schedule {schedule!r} (expected 'poly', 'step' or 'constant')"
         )
     return max(lr, optim_cfg.min_lr)
+
+
+def budget_fraction(
+    step: int, elapsed_s: float, budget_s: float, step_s: float | None = None
+) -> float:
+    """Share of a time-budgeted run done when step ``step`` (0-based) runs, in ``[0, 1)``.
+
+    A run that a time budget ends (``train.max_minutes`` with ``train.time_schedule``) decays
+    its learning rate over the number of steps expected within the budget, not over the wall
+    clock: ``step / (step + remaining_s / step_s)``, with ``step_s`` the measured wall time of a
+    step (validation and checkpoints included, the first step's startup not). A slow start
+    (data-loader workers, kernel selection on the first step) then costs the run the steps it
+    could have made but does not advance the decay by itself; a clock fraction let a 45-second
+    run spend its warm-up and decay in its first steps and reach lr 0 at step 9. The estimate
+    is re-made at every step, so a machine that slows down moves the end of the decay with it.
+
+    Until a step time is measured (the first steps of a session) the spent share of the budget
+    stands in. The share stays below ``step / (step + 1)``: the step being taken is never the
+    end of the decay, so the learning rate is never 0 before the budget is spent.
+
+    Args:
+        step: steps done before this one (over all sessions of the run).
+        elapsed_s: training time spent so far (s).
+        budget_s: the budget (s), > 0.
+        step_s: seconds per training step, ``None`` when not measured yet.
+    """
+    remaining_s = max(0.0, budget_s - elapsed_s)
+    if step_s is None or step_s <= 0:
+        fraction = 1.0 - remaining_s / budget_s
+    else:
+        fraction = step / (step + remaining_s / step_s) if step > 0 else 0.0
+    return min(fraction, step / (step + 1))

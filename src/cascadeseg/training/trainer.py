@@ -14,7 +14,11 @@ What happens, in order (rank 0 alone writes files and shows progress):
 5. checkpoints (``checkpoints/last.pt`` every epoch and optionally every N iterations,
    ``best.pt`` on the best mean validation Dice, ``snapshot_EEEE.pt`` for the last N epochs),
    ``metrics.csv`` per epoch, ``steps.csv`` per iteration, TensorBoard when installed, and
-   ``curves.png`` plus ``summary.json`` at the end.
+   ``curves.png`` plus ``summary.json`` at the end. ``metrics.csv`` columns: ``epoch, step,
+   lr, train_loss`` (the mean loss back-propagated), ``train_loss_<part>`` (the mean loss of one
+   output, e.g. ``train_loss_stage1``, ``train_loss_branch2``; losses, not Dice scores),
+   ``train_aux_weight`` (CU-Net's omega), ``skipped, minutes, it_per_s`` and, on validated
+   epochs, ``val_loss, dice_WT, dice_TC, dice_ET, dice_mean, val_cases``.
 
 Reproducibility and resume. The per-iteration randomness never depends on how the run got there:
 the sampler's order is drawn from ``(seed, epoch)``, datasets draw each item's augmentation from
@@ -46,9 +50,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cascadeseg import __version__
-from cascadeseg.config import Config, from_dict, save_config, to_dict
+from cascadeseg.config import OPTIMIZERS, Config, from_dict, save_config, to_dict
+from cascadeseg.config import validate as validate_config
 from cascadeseg.data.labels import REGIONS, label_to_regions
-from cascadeseg.errors import CascadesegError, ConfigError, InputError
+from cascadeseg.errors import CascadesegError, ConfigError, InputError, ModelError
 from cascadeseg.runtime import autocast, resolve_precision, tune_device
 from cascadeseg.training import distributed as dist_utils
 from cascadeseg.training.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
@@ -63,14 +68,13 @@ class SimulatedKill(BaseException):
     """Raised by the ``_stop_after_steps`` test hook of :func:`train` to imitate a kill."""
 
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 STEPS_HEADER = "step,epoch,lr,loss\n"
-OPTIMIZERS = ("adam", "adamw", "sgd")
 # Keys that may differ between the saved config and the one given on ``--resume``: they change
 # how long or where a run goes, not what it computes.
 RESUMABLE_KEYS = (
     "train.epochs",
     "train.max_minutes",
+    "train.time_schedule",
     "train.device",
     "train.checkpoint_every",
     "train.tensorboard",
@@ -84,39 +88,12 @@ RESUMABLE_KEYS = (
 
 
 def check_config(cfg: Config) -> None:
-    """Reject settings the trainer cannot run with (one-line :class:`ConfigError`)."""
-    if cfg.train.precision not in PRECISIONS:
-        raise ConfigError(f"train.precision={cfg.train.precision!r}: expected one of {PRECISIONS}")
-    if cfg.optim.name.lower() not in OPTIMIZERS:
-        raise ConfigError(f"optim.name={cfg.optim.name!r}: expected one of {OPTIMIZERS}")
-    if cfg.train.epochs < 1:
-        raise ConfigError(f"train.epochs={cfg.train.epochs}: must be >= 1")
-    if cfg.train.batch_size < 1:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: must be >= 1")
-    if cfg.train.iters_per_epoch is not None and cfg.train.iters_per_epoch < 1:
-        raise ConfigError(f"train.iters_per_epoch={cfg.train.iters_per_epoch}: must be >= 1")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr={cfg.optim.lr}: must be > 0")
-    if cfg.train.max_minutes is not None and cfg.train.max_minutes <= 0:
-        raise ConfigError(f"train.max_minutes={cfg.train.max_minutes}: must be > 0")
-    if cfg.data.split not in ("kfold", "cunet"):
-        raise ConfigError(f"data.split={cfg.data.split!r}: expected kfold or cunet")
-    if not 0.0 <= cfg.train.stage1_first < 1.0:
-        raise ConfigError(f"train.stage1_first={cfg.train.stage1_first}: must be in [0, 1)")
-    if not 0.0 <= cfg.data.crop_overhang <= 0.5:
-        raise ConfigError(f"data.crop_overhang={cfg.data.crop_overhang}: must be in [0, 0.5]")
-    if not 0.0 <= cfg.data.bias_field_prob <= 1.0:
-        raise ConfigError(f"data.bias_field_prob={cfg.data.bias_field_prob}: must be in [0, 1]")
-    low, high = cfg.data.bias_field_strength
-    if not 0.0 <= low <= high:
-        raise ConfigError(
-            f"data.bias_field_strength={list(cfg.data.bias_field_strength)}: "
-            "expected [low, high] with 0 <= low <= high"
-        )
-    if cfg.data.bias_field_spacing_mm <= 0:
-        raise ConfigError(
-            f"data.bias_field_spacing_mm={cfg.data.bias_field_spacing_mm}: must be > 0"
-        )
+    """Reject settings the trainer cannot run with (one-line :class:`ConfigError`).
+
+    Every :class:`Config` is checked when it is built (:func:`cascadeseg.config.validate`);
+    this re-runs those checks for configs built around them.
+    """
+    validate_config(cfg)
 
 
 def build_optimizer(params: Any, optim_cfg: Any) -> torch.optim.Optimizer:
@@ -155,16 +132,27 @@ def schedule_epoch(
     epochs: int,
     elapsed_s: float = 0.0,
     budget_s: float | None = None,
+    step: int | None = None,
+    step_s: float | None = None,
 ) -> float:
     """The fractional epoch at which the learning-rate schedule is evaluated.
 
     ``epoch + iteration / iters_per_epoch`` (the schedule moves every iteration, so warm-up is
-    smooth); with a time budget (``train.time_schedule``) the larger of that and
-    ``epochs * elapsed / budget``, so a run cut short by its budget still ends its decay.
+    smooth); with a time budget (``train.time_schedule``) the larger of that and ``epochs`` times
+    the share of the budget done, so a run cut short by its budget still ends its decay. Given
+    ``step`` (steps done), the share counts the steps expected within the budget from the
+    measured step time ``step_s`` (:func:`cascadeseg.training.schedules.budget_fraction`); else
+    it is the share of the time spent.
     """
+    from cascadeseg.training.schedules import budget_fraction
+
     progress = epoch + iteration_in_epoch / max(1, iters_per_epoch)
     if budget_s:
-        progress = max(progress, epochs * min(1.0, elapsed_s / budget_s))
+        if step is None:
+            fraction = min(1.0, elapsed_s / budget_s)
+        else:
+            fraction = budget_fraction(step, elapsed_s, budget_s, step_s)
+        progress = max(progress, epochs * fraction)
     return float(progress)
 
 
@@ -469,7 +457,7 @@ def build_training_model(cfg: Config) -> nn.Module:
     ``4 * (2c + 1)`` input channels (the others).
 
     Raises:
-        ConfigError: an option the model does not support. ModelError: bad ``model.args``.
+        ConfigError: an option the model does not support, or ``model.args`` the model rejects.
     """
     from cascadeseg.models import build_model, model_defaults
 
@@ -486,8 +474,11 @@ def build_training_model(cfg: Config) -> nn.Module:
             args.setdefault("slice_context", cfg.data.slice_context)
         else:
             args.setdefault("in_channels", 4 * (2 * cfg.data.slice_context + 1))
-    # Unknown or rejected arguments raise a ModelError naming the valid ones.
-    return build_model(cfg.model.name, **args)
+    try:
+        return build_model(cfg.model.name, **args)
+    except ModelError as exc:
+        # Unknown or rejected arguments: name the recipe key they came from.
+        raise ConfigError(f"model.args: {exc}") from None
 
 
 def saved_model_args(model: nn.Module) -> dict[str, Any]:
@@ -923,6 +914,13 @@ class _Session:
         self.part_keys: list[str] | None = None
         #: Training time at the last step, from rank 0's clock (the same on every rank).
         self.last_elapsed_s: float | None = None
+        #: Wall seconds per training step on this rank (None at first; :meth:`measure_step`),
+        #: for the number of steps a time budget holds (schedules.budget_fraction).
+        self.step_s: float | None = None
+        self.first_step_end: float | None = None
+        self.steps_measured = 0
+        #: ``step_s`` of rank 0 as shared at the last step (the same on every rank).
+        self.last_step_s: float | None = None
 
         self.steps_csv = out / "steps.csv"
         self.steps_fh: Any = None
@@ -935,6 +933,9 @@ class _Session:
         self.board = _TensorBoard(
             out / "tensorboard", self.main and cfg.train.tensorboard, self.state.step
         )
+        if self.main:
+            for line in _start_lines(self):
+                print(line, file=sys.stderr, flush=True)
         self.session_start = time.monotonic()
         self.elapsed_at_start = self.state.elapsed_s
 
@@ -1002,6 +1003,8 @@ class _Session:
                 epochs=cfg.train.epochs,
                 elapsed_s=elapsed,
                 budget_s=self.budget_s if cfg.train.time_schedule else None,
+                step=state.step,
+                step_s=self.last_step_s,
             )
             stage1_only = progress < cfg.train.stage1_first * cfg.train.epochs
             if stage1_only != state.stage1_only:
@@ -1032,6 +1035,7 @@ class _Session:
                 float(total.detach()) if finite else 0.0,
                 0.0 if finite else 1.0,
                 elapsed if info.is_main else 0.0,
+                (self.step_s or 0.0) if info.is_main else 0.0,
                 *[float(parts.get(k, 0.0)) if finite else 0.0 for k in keys],
             ],
             dtype=torch.float64,
@@ -1039,7 +1043,7 @@ class _Session:
         reduced = dist_utils.all_reduce_sum(local, info).cpu().tolist()
         nonfinite = reduced[1] > 0
         loss_value = math.nan if nonfinite else reduced[0] / info.world_size
-        part_values = [v / info.world_size for v in reduced[3:]]
+        part_values = [v / info.world_size for v in reduced[4:]]
         elapsed = reduced[2]
         progress_epoch = schedule_epoch(
             epoch,
@@ -1048,8 +1052,11 @@ class _Session:
             epochs=cfg.train.epochs,
             elapsed_s=elapsed,
             budget_s=self.budget_s if cfg.train.time_schedule else None,
+            step=state.step,
+            step_s=reduced[3] or None,
         )
         self.last_elapsed_s = elapsed
+        self.last_step_s = reduced[3] or None
         lr = _lr_at(progress_epoch, cfg)
         set_lr(self.optimizer, lr)
         sums = state.epoch_sums
@@ -1082,10 +1089,25 @@ class _Session:
         state.step += 1
         state.iter_in_epoch += 1
         state.elapsed_s = self.elapsed_at_start + time.monotonic() - self.session_start
+        self.measure_step()
         if bar is not None:
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
             bar.update(1)
         return self.budget_s is not None and elapsed >= self.budget_s
+
+    def measure_step(self) -> None:
+        """Update ``step_s``, the wall time a step costs, after a step ends.
+
+        The mean over this session's steps after its first: validation, checkpoints and the
+        waits for data are included (they recur, so they shorten the run a budget holds), the
+        first step's startup (loader workers, kernel selection) is not.
+        """
+        now = time.monotonic()
+        if self.first_step_end is None:
+            self.first_step_end = now
+        else:
+            self.steps_measured += 1
+            self.step_s = (now - self.first_step_end) / self.steps_measured
 
     def end_epoch(self, epoch: int, out_of_time: bool, iterations: int, seconds: float) -> None:
         """Log, validate, decide whether to stop, and write the checkpoints of ``epoch``."""
@@ -1137,8 +1159,7 @@ class _Session:
                 self.save_weights(self.ckpt_dir / f"snapshot_{epoch:04d}.pt", extra)
                 _prune_snapshots(self.ckpt_dir, cfg.train.snapshots)
             self.save_last()
-            if self.progress:
-                _print_epoch(row, state)
+            _print_epoch(row, state, cfg.train.epochs)
         dist_utils.barrier(self.info)
 
     # ---------------------------------------------------------------- checkpoints
@@ -1224,8 +1245,10 @@ def _epoch_row(
         "lr": optimizer.param_groups[0]["lr"],
         "train_loss": sums.get("loss", math.nan) / n if sums.get("n") else math.nan,
     }
+    # The loss's parts are named for what they hold (``loss_stage1`` is stage 1's loss, not a
+    # Dice): columns ``train_loss_stage1``, ``train_aux_weight``... (losses/composite.py).
     for key, value in sums.items():
-        if key not in ("loss", "n", "skipped"):
+        if key not in ("loss", "n", "skipped", "total"):
             row[f"train_{key}"] = value / n
     row["skipped"] = sums.get("skipped", 0.0)
     row["minutes"] = state.elapsed_s / 60
@@ -1249,14 +1272,51 @@ def _progress_bar(n_iters: int, done: int, epoch: int, cfg: Config, enabled: boo
     )
 
 
-def _print_epoch(row: dict[str, float], state: RunState) -> None:
-    text = f"epoch {int(row['epoch']) + 1}: loss {row['train_loss']:.4f}"
+def _start_lines(session: _Session) -> list[str]:
+    """What a run is about to do: model and size, cases and split, device, precision, budget."""
+    cfg, split = session.cfg, session.data.split
+    n_params = sum(p.numel() for p in session.plain_model.parameters())
+    n_cases = sum(len(ids) for ids in split.values())
+    split_text = f"train {len(split['train'])}, validation {len(split['val'])}"
+    if len(session.data.val_cases) < len(split["val"]):
+        split_text += f" (validated on {len(session.data.val_cases)})"
+    if split.get("test"):
+        split_text += f", test {len(split['test'])} (held out)"
+    schedule = f"{cfg.train.epochs} epochs x {session.iters_per_epoch} iterations"
+    if session.budget_s is None:
+        budget = f"{schedule}, no time limit"
+    else:
+        decay = (
+            "learning-rate decay ends with the budget"
+            if cfg.train.time_schedule
+            else "learning rate follows the epochs (train.time_schedule=false)"
+        )
+        budget = f"{session.budget_s / 60:g} min or {schedule}, whichever ends first; {decay}"
+    lines = [
+        f"model: {cfg.model.name}, {n_params:,} parameters",
+        f"cases: {n_cases} labelled; {split_text} (data.split={cfg.data.split})",
+        f"device: {session.info.device}"
+        + (f" x {session.info.world_size} processes" if session.info.distributed else ""),
+        f"precision: {session.precision} (train.precision={cfg.train.precision})",
+        f"budget: {budget}",
+    ]
+    if session.state.step:
+        lines.append(f"resuming at epoch {session.state.epoch + 1}, step {session.state.step}")
+    return lines
+
+
+def _print_epoch(row: dict[str, float], state: RunState, epochs: int) -> None:
+    """One line per epoch (with or without progress bars): the log of a batch job."""
+    text = (
+        f"epoch {int(row['epoch']) + 1}/{epochs}: step {int(row['step'])}"
+        f"  loss {row['train_loss']:.4f}"
+    )
     if "dice_mean" in row:
         text += (
             f"  val Dice WT {row['dice_WT']:.3f} TC {row['dice_TC']:.3f} ET {row['dice_ET']:.3f}"
             f" (mean {row['dice_mean']:.3f})"
         )
-    text += f"  [{row['minutes']:.1f} min]"
+    text += f"  lr {row['lr']:.3g}  [{row['minutes']:.1f} min]"
     if state.finished and state.stop_reason != "epochs":
         text += f"  stopped: {state.stop_reason}"
     print(text, file=sys.stderr, flush=True)
