@@ -124,18 +124,18 @@ def test_cunet_loss_eq4_hand_computed(lws: bool) -> None:
     # Zero logits: every pixel's CE is ln 2 (2 classes) or ln 4 = 2 ln 2 (4 classes), and Eq. 1's
     # normalised weighted mean of a constant is that constant whatever the weights.
     # L1 = ln 2, L2 = 2 ln 2, aux = 4 ln 2 + 4 * 2 ln 2 = 12 ln 2.
-    # Epoch 0: omega = 0.1 -> total = 3 ln 2 + 1.2 ln 2 = 4.2 ln 2.
-    # Epoch 25: omega = 0.1 * 0.1^2 = 1e-3 (the floor) -> 3 ln 2 + 0.012 ln 2.
+    # Epoch 0: aux_weight = 0.1 -> total = 3 ln 2 + 1.2 ln 2 = 4.2 ln 2.
+    # Epoch 25: aux_weight = 0.1 * 0.1^2 = 1e-3 (the floor) -> 3 ln 2 + 0.012 ln 2.
     loss = CUNetLoss(lws=lws, generator=torch.Generator().manual_seed(0))
     batch = _cunet_batch()
     total, parts = loss(_zero_cunet_output(), batch, epoch=0)
     assert parts["ce_branch1"] == pytest.approx(LN2, rel=1e-6)
     assert parts["ce_branch2"] == pytest.approx(2 * LN2, rel=1e-6)
     assert parts["aux"] == pytest.approx(12 * LN2, rel=1e-6)
-    assert parts["omega"] == pytest.approx(0.1)
+    assert parts["aux_weight"] == pytest.approx(0.1)
     assert total.item() == pytest.approx(4.2 * LN2, rel=1e-6)
     total25, parts25 = loss(_zero_cunet_output(), batch, epoch=25)
-    assert parts25["omega"] == pytest.approx(1e-3)
+    assert parts25["aux_weight"] == pytest.approx(1e-3)
     assert total25.item() == pytest.approx(3.012 * LN2, rel=1e-6)
 
 
@@ -151,8 +151,8 @@ def test_cunet_total_from_parts_and_gradients() -> None:
         ),
     )
     total, parts = CUNetLoss(generator=generator)(output, batch, epoch=12.5)
-    assert parts["omega"] == pytest.approx(0.01)
-    expected = parts["ce_branch1"] + parts["ce_branch2"] + parts["omega"] * parts["aux"]
+    assert parts["aux_weight"] == pytest.approx(0.01)
+    expected = parts["ce_branch1"] + parts["ce_branch2"] + parts["aux_weight"] * parts["aux"]
     assert total.item() == pytest.approx(expected, rel=1e-6)
     assert parts["total"] == pytest.approx(expected, rel=1e-6)
     total.backward()
@@ -227,7 +227,7 @@ def test_build_loss_dispatch() -> None:
     assert isinstance(two_stage, TwoStageLoss) and two_stage.interp_decoder_weight == 0.25
     cunet = build_loss(SimpleNamespace(output_kind="cunet"), cfg)
     assert isinstance(cunet, CUNetLoss)
-    assert (cunet.alpha, cunet.beta, cunet.omega, cunet.lws) == (3.0, 2.0, 0.2, True)
+    assert (cunet.alpha, cunet.beta, cunet.aux_weight, cunet.lws) == (3.0, 2.0, 0.2, True)
     labels = build_loss(SimpleNamespace(output_kind="labels"), LossConfig(lws=False))
     assert isinstance(labels, LabelCELoss) and labels.lws is False
     with pytest.raises(ModelError, match="output_kind"):
