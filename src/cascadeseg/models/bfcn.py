@@ -10,8 +10,9 @@ jointly. Choices where that description is silent (each a constructor argument, 
 value of the recipe):
 
 * Shared encoder: ``levels`` VGG-style levels of ``convs_per_level`` 3x3 conv-BN-ReLU layers,
-  ``base_width * 2**i`` channels at level ``i`` (64/128/256/512, VGG's widths), 2x2 max pooling between levels
-  (an FCN down-sampling path). Inputs are zero-padded to multiples of ``2**(levels - 1)``.
+  ``base_width * 2**i`` channels at level ``i`` (64/128/256/512, VGG's widths), 2x2 max
+  pooling between levels (an FCN down-sampling path). Inputs are zero-padded to multiples of
+  ``2**(levels - 1)``.
 * Branches (FCN-style multi-level up-sampling): for each branch, every one of the deepest
   ``side_levels`` encoder levels gets a 3x3 conv-BN-ReLU to ``branch_width`` channels, a
   transposed convolution with kernel = stride = the level's down-sampling factor back to the
@@ -122,7 +123,9 @@ class BFCN(nn.Module):
         for i, width in enumerate(widths):
             cin = in_channels if i == 0 else widths[i - 1]
             layers = [ConvNormAct(cin, width, spatial_dims=2)]
-            layers += [ConvNormAct(width, width, spatial_dims=2) for _ in range(convs_per_level - 1)]
+            layers += [
+                ConvNormAct(width, width, spatial_dims=2) for _ in range(convs_per_level - 1)
+            ]
             self.encoder.append(nn.Sequential(*layers))
         self.first_side = levels - side_levels
         side_widths = widths[self.first_side :]

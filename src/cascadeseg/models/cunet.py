@@ -33,7 +33,7 @@ Section 2.1 and Fig. 1 of the CU-Net paper. Choices where the text is silent (ea
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -165,7 +165,7 @@ class CUNet(nn.Module):
     spatial_dims = 2
     output_kind = "cunet"
     #: Checkpoints written before ``aux_from`` existed had their heads on the decoding layers.
-    saved_defaults = {"aux_from": "decoders"}
+    saved_defaults: ClassVar[dict[str, Any]] = {"aux_from": "decoders"}
 
     def __init__(
         self,

@@ -34,9 +34,7 @@ def dilated_conv_bn_relu(
 ) -> nn.Sequential:
     """``3x3 conv (dilation d, padding d) -> BatchNorm -> ReLU``; output size = input size."""
     layers: list[nn.Module] = [
-        nn.Conv2d(
-            in_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False
-        ),
+        nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False),
         nn.BatchNorm2d(out_channels),
     ]
     if relu:

@@ -3,8 +3,8 @@
 Names are looked up in a dict filled by the decorator (as timm and segmentation_models.pytorch do);
 nothing is found by reflection from strings. Every registered class takes keyword-only constructor
 arguments, all with defaults (the papers' sizes), and has the class attributes ``spatial_dims``
-(2 or 3) and ``output_kind`` (``"regions"``, ``"labels"``, ``"cunet"`` or ``"bfcn"``) and the attribute
-``in_channels``. :func:`build_model` stores the full keyword arguments on the model as
+(2 or 3) and ``output_kind`` (``"regions"``, ``"labels"``, ``"cunet"`` or ``"bfcn"``) and the
+attribute ``in_channels``. :func:`build_model` stores the full keyword arguments on the model as
 ``model_args``, so ``build_model(name, **model.model_args)`` rebuilds it (checkpoints rely on it).
 """
 
