@@ -17,7 +17,9 @@ HELP = "parameter count, FLOPs and layer table of a model"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="registered model name (two_stage, cunet, unet3d, unet2d)")
+    parser.add_argument(
+        "model", help="registered model name (two_stage, cunet, unet3d, unet2d, bfcn, drn)"
+    )
     parser.add_argument(
         "overrides",
         nargs="*",

@@ -46,6 +46,15 @@ def available_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def model_class(name: str) -> type[nn.Module]:
+    """The class registered as ``name`` (its ``spatial_dims``, ``output_kind``...).
+
+    Raises:
+        ModelError: unknown name (the message lists the names).
+    """
+    return _get(name)
+
+
 def _get(name: str) -> type[nn.Module]:
     _load_builtin_models()
     try:
