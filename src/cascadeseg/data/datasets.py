@@ -326,34 +326,6 @@ class SliceDataset2D(Dataset):
                 out[i * channels : (i + 1) * channels] = case.image[..., z + offset]
         return out
 
-    def crop_start(self, rng: np.random.Generator, case_index: int) -> tuple[int, ...]:
-        """Start corner of the next crop of case ``case_index``, in its preprocessed grid.
-
-        With ``crop_region="volume"`` the start is drawn (by :func:`augment.draw_crop_start`,
-        without overhang) in the grid before the brain crop, then shifted by the crop box, so it
-        may lie outside the preprocessed volume (that part of the crop is background padding).
-        """
-        case = self.cases[case_index]
-        foreground = self._foreground_of(case_index) if self.foreground_prob > 0 else None
-        if self.crop_region == "brain":
-            return augment.draw_crop_start(
-                rng,
-                case.shape,
-                self.patch_size,
-                foreground=foreground,
-                foreground_prob=self.foreground_prob,
-                overhang=self.crop_overhang,
-            )
-        offset = np.array([a for a, _ in case.geometry.crop_box], dtype=np.int64)
-        start = augment.draw_crop_start(
-            rng,
-            case.geometry.resampled_shape,
-            self.patch_size,
-            foreground=None if foreground is None else foreground + offset,
-            foreground_prob=self.foreground_prob,
-        )
-        return tuple(int(s) for s in np.asarray(start) - offset)
-
     def __getitem__(self, key: Index) -> dict[str, torch.Tensor]:
         epoch, index = _split_index(key, self.epoch)
         rng = item_rng(self.seed, epoch, index)

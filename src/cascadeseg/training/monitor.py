@@ -76,14 +76,14 @@ def validation_objective(
             kept = [z for z in range(label.shape[-1]) if bool(brain[..., z].any())]
             for start in range(0, len(kept), slice_batch):
                 zs = kept[start : start + slice_batch]
-                x = np.concatenate(
+                stack = np.concatenate(
                     [slice_stack(case.image, z, z + 1, cfg.data.slice_context) for z in zs]
                 )
                 batch = {
                     "label": label[..., zs].permute(2, 0, 1).contiguous().to(device),
                     "brain_mask": brain[..., zs].permute(2, 0, 1).contiguous().to(device),
                 }
-                out = _forward_with_aux(plain, torch.from_numpy(x).to(device))
+                out = _forward_with_aux(plain, torch.from_numpy(stack).to(device))
                 total, _ = loss_fn(to_float32(out), batch, epoch=epoch)
                 sums += torch.tensor([float(total) * len(zs), float(len(zs))], dtype=torch.float64)
     if info.distributed:

@@ -462,7 +462,7 @@ def make_train_loader(
 def _model_spatial_dims(cfg: Config) -> int:
     from cascadeseg.models.registry import model_class
 
-    return int(model_class(cfg.model.name).spatial_dims)
+    return int(getattr(model_class(cfg.model.name), "spatial_dims", 3))
 
 
 # --------------------------------------------------------------------------------------------
