@@ -114,3 +114,21 @@ def test_inference_parameter_count_excludes_aux_heads() -> None:
     )
     assert aux > 0
     assert count_parameters(model, training=True) - count_parameters(model, training=False) == aux
+
+
+def test_checkpoints_from_before_aux_from_still_load() -> None:
+    from cascadeseg.models.registry import build_saved_model
+
+    # Saved arguments of a checkpoint written when the heads sat on the decoding layers.
+    old = build_model("cunet", aux_from="decoders", unet2_image_input=True, **TINY)
+    saved = {k: v for k, v in old.model_args.items() if k != "aux_from"}
+    again = build_saved_model("cunet", saved)
+    again.load_state_dict(old.state_dict(), strict=True)
+    assert again.model_args["aux_from"] == "decoders"
+    # New checkpoints store aux_from and get what they say.
+    assert build_saved_model("cunet", build_model("cunet", **TINY).model_args).aux_stages == [
+        0,
+        1,
+        2,
+        3,
+    ]
