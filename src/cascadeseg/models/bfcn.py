@@ -1,13 +1,15 @@
 """BFCN: a boundary-aware fully convolutional network (Shen, Wang, Zhang and McKenna, MICCAI 2017).
 
-One of the five methods of the CU-Net paper's Table 1. What the BFCN paper publishes (its
-abstract and the CU-Net paper's summary: "two branches to learn two tasks separately, one for
-tumor tissue classification and the other for tumor boundary classification"): a 2D FCN on
-multi-modal axial slices whose shared down-sampling path feeds two up-sampling branches, a tissue
-branch supervised by the label map and a boundary branch supervised by the boundaries of the label
-map, both branches' outputs combined into the final segmentation; the three outputs are trained
-jointly. Choices where that description is silent (each a constructor argument, or a ``loss.``
-value of the recipe):
+One of the five methods of the CU-Net paper's Table 1. What the sources at hand state: the CU-Net
+paper's summary ("two branches to learn two tasks separately, one for tumor tissue
+classification and the other for tumor boundary classification", and that it keeps the
+traditional FCN's "series of up-samplings after convolution"), and the BFCN paper's introduction
+(a 2D FCN on multi-modal MRI slices, trained end to end, up-sampling or deconvolution layers back
+to the input size). The BFCN paper's method section was not available, so everything below that
+goes beyond those sentences is a choice, each a constructor argument or a ``loss.`` value of the
+recipe: a shared FCN down-sampling path feeding a tissue branch supervised by the label map and a
+boundary branch supervised by the label map's boundaries, the boundary branch refining the
+tissue prediction through a fusion layer, all three outputs trained jointly.
 
 * Shared encoder: ``levels`` VGG-style levels of ``convs_per_level`` 3x3 conv-BN-ReLU layers,
   ``base_width * 2**i`` channels at level ``i`` (64/128/256/512, VGG's widths), 2x2 max

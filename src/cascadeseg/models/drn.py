@@ -21,6 +21,9 @@ silent (each a constructor argument, so a recipe can change it):
   cost of full resolution the CU-Net paper points out.
 * Output: a 1x1 convolution to the 4 internal labels (softmax cross-entropy over the brain, as
   the other 2D baselines of the comparison, ``output_kind = "labels"``).
+* Training data: the DRN paper trains on class-balanced patches; the recipes (``drn_cpu``,
+  ``drn_brats17``) train it on whole slices like the other methods of the CU-Net comparison (the
+  network is fully convolutional, so patches or slices are a recipe choice, not a model one).
 """
 
 from __future__ import annotations
