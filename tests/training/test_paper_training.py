@@ -235,6 +235,9 @@ def test_volume_crops_cover_the_whole_original_grid(tiny_cases: list[Preprocesse
     np.testing.assert_array_equal(starts.max(axis=0), high)
     item = volume[0]
     assert item["image"].shape == (4, *size)
+    # Tumour-centred crops still centre on tumour voxels of the case (shifted into the grid).
+    centred = CropDataset3D([case], patch_size=size, crop_region="volume", foreground_prob=1.0)
+    assert all(int((centred[i]["label"] > 0).sum()) > 0 for i in range(20))
     with pytest.raises(ValueError, match="crop_region"):
         CropDataset3D([case], patch_size=size, crop_region="box")
 
