@@ -648,6 +648,8 @@ def stage_one_spec() -> tuple[str, list[str], str]:
 #: run key -> (table name, recipe, overrides). "stage1" is resolved by :func:`stage_one_spec`.
 RUNS: dict[str, tuple[str, str, list[str]]] = {
     "unet2d": ("U-Net (2D)", "unet2d_cpu", []),
+    "bfcn": ("BFCN", "bfcn_cpu", []),
+    "drn": ("DRN", "drn_cpu", []),
     "cunet_nolws": ("CUN", "cunet_cpu", ["loss.lws=false"]),
     "cunet_lws": ("CUN+LWS", "cunet_cpu", ["loss.lws=true"]),
     # The demo recipe keeps one snapshot (its time budget goes to training); the study keeps 3

@@ -59,7 +59,13 @@ class DataConfig:
         num_workers: data-loader worker processes.
         folds: number of cross-validation folds (two-stage paper: 5).
         fold: which fold is the validation fold.
-        split: ``"kfold"`` or ``"cunet"`` (3:1:1 train/val/test as the CU-Net paper).
+        split: ``"kfold"``, ``"cunet"`` (3:1:1 train/val/test as the CU-Net paper) or ``"all"``
+            (every case trains, no validation: fixed epochs, snapshots still taken; the
+            two-stage paper's 7 all-data models of its 12-model ensemble).
+        crop_region: where 3D crops are drawn: ``"brain"`` (inside the preprocessed,
+            brain-cropped volume, with ``crop_overhang``) or ``"volume"`` (uniformly over the
+            original image grid, e.g. 240 x 240 x 155 for BraTS, as the two-stage paper crops;
+            the parts outside the brain box are background padding).
     """
 
     layout: str | None = None
@@ -83,6 +89,7 @@ class DataConfig:
     folds: int = 5
     fold: int = 0
     split: str = "kfold"
+    crop_region: str = "brain"
 
 
 @dataclass(frozen=True)
@@ -108,10 +115,12 @@ class LossConfig:
         lws_alpha: contour weight alpha (CU-Net: 2).
         lws_beta: positive/negative balance beta (CU-Net: 1.5).
         contour_width: width of the tumour contour region S4 in pixels (CU-Net: about 10).
-        aux_weight: initial omega of the auxiliary losses (CU-Net Eq. 4: 0.1).
-        aux_decay: factor applied to omega every ``aux_decay_every`` epochs (0.1).
+        aux_weight: initial weight of the auxiliary losses (CU-Net Eq. 4's omega: 0.1).
+        aux_decay: factor applied to ``aux_weight`` every ``aux_decay_every`` epochs (0.1).
         aux_decay_every: epochs between decays (10).
-        aux_min: floor of omega (1e-3).
+        aux_min: floor of the auxiliary weight (1e-3).
+        boundary_weight: BFCN: weight of the boundary branch's cross-entropy (1).
+        boundary_width: BFCN: width in pixels of the label-boundary target (even, 2).
     """
 
     interp_decoder_weight: float = 1.0
@@ -127,6 +136,8 @@ class LossConfig:
     aux_decay: float = 0.1
     aux_decay_every: int = 10
     aux_min: float = 1e-3
+    boundary_weight: float = 1.0
+    boundary_width: int = 2
 
 
 @dataclass(frozen=True)
@@ -180,6 +191,10 @@ class TrainConfig:
         early_stop_patience: stop when the validation loss has not reached a new minimum for N
             validations in a row (CU-Net sec. 3.2: "until there is an obvious uptrend in the
             validation loss"; patience as in Keras/Lightning ``EarlyStopping``); 0 = off.
+        monitor: what early stopping watches on the validation cases: ``dice`` (the soft-Dice
+            loss of the predicted region probabilities) or ``objective`` (the training loss
+            itself, e.g. CU-Net's Eq. 4, computed on the validation slices: the paper's
+            "validation loss").
         skip_nonfinite: skip steps with a non-finite loss instead of stopping.
         max_minutes: wall-clock budget of training (summed over resumed sessions); training stops
             cleanly after the current iteration when it is spent and still writes checkpoints
@@ -210,6 +225,7 @@ class TrainConfig:
     val_every: int = 1
     val_cases: int | None = None
     early_stop_patience: int = 0
+    monitor: str = "dice"
     skip_nonfinite: bool = False
     max_minutes: float | None = None
     time_schedule: bool = False
@@ -318,7 +334,7 @@ def one_of(*choices: str) -> Rule:
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("poly", "step", "constant")
-SPLITS = ("kfold", "cunet")
+SPLITS = ("kfold", "cunet", "all")
 
 RULES: dict[str, Rule] = {
     "data.target_spacing": optional(each(POSITIVE, (3,))),
@@ -343,6 +359,7 @@ RULES: dict[str, Rule] = {
     "data.folds": ("an integer >= 2", lambda v: _is_int(v) and v >= 2),
     "data.fold": NON_NEGATIVE_INT,
     "data.split": one_of(*SPLITS),
+    "data.crop_region": one_of("brain", "volume"),
     "model.name": ("a model name", lambda v: isinstance(v, str) and v.strip() != ""),
     "loss.interp_decoder_weight": NON_NEGATIVE,
     "loss.dice_eps": NON_NEGATIVE,
@@ -352,6 +369,8 @@ RULES: dict[str, Rule] = {
     "loss.lws_beta": POSITIVE,
     "loss.contour_width": NON_NEGATIVE_INT,
     "loss.aux_weight": NON_NEGATIVE,
+    "loss.boundary_weight": NON_NEGATIVE,
+    "loss.boundary_width": POSITIVE_INT,
     "loss.aux_decay": FACTOR,
     "loss.aux_decay_every": POSITIVE_INT,
     "loss.aux_min": NON_NEGATIVE,
@@ -377,6 +396,7 @@ RULES: dict[str, Rule] = {
     "train.max_minutes": optional(POSITIVE),
     "train.checkpoint_every": NON_NEGATIVE_INT,
     "train.stage1_first": FRACTION_BELOW_ONE,
+    "train.monitor": one_of("dice", "objective"),
     "train.device": (
         "auto, cpu, cuda or cuda:N",
         lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,

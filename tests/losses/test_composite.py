@@ -124,8 +124,8 @@ def test_cunet_loss_eq4_hand_computed(lws: bool) -> None:
     # Zero logits: every pixel's CE is ln 2 (2 classes) or ln 4 = 2 ln 2 (4 classes), and Eq. 1's
     # normalised weighted mean of a constant is that constant whatever the weights.
     # L1 = ln 2, L2 = 2 ln 2, aux = 4 ln 2 + 4 * 2 ln 2 = 12 ln 2.
-    # Epoch 0: omega = 0.1 -> total = 3 ln 2 + 1.2 ln 2 = 4.2 ln 2.
-    # Epoch 25: omega = 0.1 * 0.1^2 = 1e-3 (the floor) -> 3 ln 2 + 0.012 ln 2.
+    # Epoch 0: aux_weight = 0.1 -> total = 3 ln 2 + 1.2 ln 2 = 4.2 ln 2.
+    # Epoch 25: aux_weight = 0.1 * 0.1^2 = 1e-3 (the floor) -> 3 ln 2 + 0.012 ln 2.
     loss = CUNetLoss(lws=lws, generator=torch.Generator().manual_seed(0))
     batch = _cunet_batch()
     total, parts = loss(_zero_cunet_output(), batch, epoch=0)
@@ -229,7 +229,7 @@ def test_build_loss_dispatch() -> None:
     assert isinstance(two_stage, TwoStageLoss) and two_stage.interp_decoder_weight == 0.25
     cunet = build_loss(SimpleNamespace(output_kind="cunet"), cfg)
     assert isinstance(cunet, CUNetLoss)
-    assert (cunet.alpha, cunet.beta, cunet.omega, cunet.lws) == (3.0, 2.0, 0.2, True)
+    assert (cunet.alpha, cunet.beta, cunet.aux_weight, cunet.lws) == (3.0, 2.0, 0.2, True)
     labels = build_loss(SimpleNamespace(output_kind="labels"), LossConfig(lws=False))
     assert isinstance(labels, LabelCELoss) and labels.lws is False
     with pytest.raises(ModelError, match="output_kind"):

@@ -18,15 +18,16 @@ def test_between_net_connections() -> None:
     model = build_model("cunet", base_width=8)
     widths = [8, 16, 32, 64, 128]
     enc2 = model.unet2.encoders
-    # U-Net 2's first encoding layer: image (4) + U-Net 1's last decoding layer (8).
-    assert enc2[0].conv1.in_channels == 4 + 8
+    # U-Net 2's first encoding layer: U-Net 1's last decoding layer (8) only, as the paper.
+    assert enc2[0].conv1.in_channels == 8
     # Encoding layers 2-4: U-Net 2's own pooled features + U-Net 1's decoding layer of that width.
     for level in (1, 2, 3):
         assert enc2[level].conv1.in_channels == widths[level - 1] + widths[level]
     # The bottom has no between-net connection.
     assert enc2[4].conv1.in_channels == widths[3]
-    no_image = build_model("cunet", base_width=8, unet2_image_input=False)
-    assert no_image.unet2.encoders[0].conv1.in_channels == 8
+    # The option beyond the paper: the image (4 channels) goes into U-Net 2 as well.
+    with_image = build_model("cunet", base_width=8, unet2_image_input=True)
+    assert with_image.unet2.encoders[0].conv1.in_channels == 4 + 8
 
 
 def test_between_net_connections_carry_gradient() -> None:
@@ -56,11 +57,45 @@ def test_outputs_train_and_eval() -> None:
     assert ev.branch1.shape == (2, 2, 32, 32) and ev.branch2.shape == (2, 4, 32, 32)
 
 
-def test_aux_heads_upsample_by_their_factor() -> None:
+def _aux_input_sizes(model: torch.nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
+    sizes: list[tuple[int, ...]] = []
+    hooks = [
+        head.register_forward_hook(lambda _m, inp, _o: sizes.append(tuple(inp[0].shape[1:])))
+        for head in [*model.aux1, *model.aux2]
+    ]
+    model.train()(x)
+    for hook in hooks:
+        hook.remove()
+    return sizes
+
+
+def test_aux_heads_attach_below_full_resolution_and_upsample() -> None:
+    # Paper (sec. 2.1, Fig. 1): every auxiliary supervision up-samples with a deconvolution, so
+    # the 4 heads per net attach to the bottom (H/16) and the decoding layers at H/8, H/4, H/2.
     model = build_model("cunet", **TINY)
+    factors = [h.up.stride[0] for h in [*model.aux1, *model.aux2]]
+    assert factors == [16, 8, 4, 2] * 2
+    assert model.aux2[0].out.out_channels == 4 and model.aux1[0].out.out_channels == 2
+    sizes = _aux_input_sizes(model, torch.randn(1, 4, 32, 32))
+    widths = [64, 32, 16, 8]  # base 4: bottom 64, decoding layers 32, 16, 8
+    assert sizes == [(w, 32 // f, 32 // f) for w, f in zip(widths, [16, 8, 4, 2])] * 2
+    # None of them is a copy of the branch head (a 1x1 conv on the full-resolution layer).
+    assert all(h.up is not None for h in [*model.aux1, *model.aux2])
+
+
+def test_aux_heads_on_decoding_layers_option() -> None:
+    model = build_model("cunet", aux_from="decoders", **TINY)
     factors = [h.up.stride[0] if h.up is not None else 1 for h in model.aux1]
     assert factors == [8, 4, 2, 1]  # decoding layers at H/8, H/4, H/2, H
-    assert model.aux2[0].out.out_channels == 4 and model.aux1[0].out.out_channels == 2
+    sizes = _aux_input_sizes(model, torch.randn(1, 4, 32, 32))
+    assert [s[1] for s in sizes] == [4, 8, 16, 32] * 2
+
+
+def test_aux_outputs_on_request_in_eval_mode() -> None:
+    model = build_model("cunet", **TINY).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 4, 16, 16), aux=True)
+    assert len(out.aux) == 8 and all(a.shape[2:] == (16, 16) for a in out.aux)
 
 
 def test_slice_context_and_odd_sizes() -> None:
@@ -79,3 +114,21 @@ def test_inference_parameter_count_excludes_aux_heads() -> None:
     )
     assert aux > 0
     assert count_parameters(model, training=True) - count_parameters(model, training=False) == aux
+
+
+def test_checkpoints_from_before_aux_from_still_load() -> None:
+    from cascadeseg.models.registry import build_saved_model
+
+    # Saved arguments of a checkpoint written when the heads sat on the decoding layers.
+    old = build_model("cunet", aux_from="decoders", unet2_image_input=True, **TINY)
+    saved = {k: v for k, v in old.model_args.items() if k != "aux_from"}
+    again = build_saved_model("cunet", saved)
+    again.load_state_dict(old.state_dict(), strict=True)
+    assert again.model_args["aux_from"] == "decoders"
+    # New checkpoints store aux_from and get what they say.
+    assert build_saved_model("cunet", build_model("cunet", **TINY).model_args).aux_stages == [
+        0,
+        1,
+        2,
+        3,
+    ]

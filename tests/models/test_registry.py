@@ -31,6 +31,8 @@ TINY: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
     "unet3d": ({"base_width": 8, "depth": 2}, (2, 4, 8, 8, 8)),
     "cunet": ({"base_width": 4}, (2, 4, 16, 16)),
     "unet2d": ({"base_width": 4}, (2, 4, 16, 16)),
+    "bfcn": ({"base_width": 4, "branch_width": 4}, (2, 4, 16, 16)),
+    "drn": ({"stem_width": 4, "widths": [4, 8], "dilations": [1, 2]}, (2, 4, 16, 16)),
 }
 
 
@@ -41,7 +43,15 @@ def _tensors(out: Any) -> list[torch.Tensor]:
 
 
 def test_all_models_registered() -> None:
-    assert available_models() == ["cunet", "two_stage", "two_stage_stage1", "unet2d", "unet3d"]
+    assert available_models() == [
+        "bfcn",
+        "cunet",
+        "drn",
+        "two_stage",
+        "two_stage_stage1",
+        "unet2d",
+        "unet3d",
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
@@ -71,7 +81,7 @@ def test_build_model_overrides_and_model_args() -> None:
 
 
 def test_unknown_model_lists_names() -> None:
-    names = r"cunet, two_stage, two_stage_stage1, unet2d, unet3d"
+    names = r"bfcn, cunet, drn, two_stage, two_stage_stage1, unet2d, unet3d"
     with pytest.raises(ModelError, match=rf"unknown model 'vnet'.*{names}"):
         build_model("vnet")
 

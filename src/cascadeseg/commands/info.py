@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model",
         metavar="MODEL_OR_RECIPE",
-        help="registered model name (two_stage, cunet, unet3d, unet2d) or recipe (two_stage_cpu, "
-        "a YAML file)",
+        help="registered model name (two_stage, cunet, unet3d, unet2d, bfcn, drn) or recipe "
+        "(two_stage_cpu, a YAML file)",
     )
     parser.add_argument(
         "overrides",

@@ -11,7 +11,7 @@ Recipes:
 
 * two-stage cascaded U-Net (sec. 3.1): intensity shift in [-0.1, 0.1] standard deviations and
   scale in [0.9, 1.1] per channel, random 128^3 crops, a flip with p = 0.5 on each axis;
-* CU-Net (sec. 4): random rotation and random flip of 2D slices.
+* CU-Net (sec. 3.1): random rotation and random flip of 2D slices.
 
 Beyond the papers, an optional smooth multiplicative bias field (:func:`draw_bias_field`,
 :func:`apply_bias_field`; MONAI's ``RandBiasField`` and TorchIO's ``RandomBiasField`` do the same

@@ -168,6 +168,10 @@ class CropDataset3D(Dataset):
             crops as in the paper; nnU-Net uses 1/3).
         crop_overhang: fraction of the crop that may reach past each border of the volume
             (:func:`augment.draw_crop_start`; 0.5: crop centres uniform over the volume).
+        crop_region: ``"brain"``: crops are drawn in the preprocessed (brain-cropped) volume,
+            widened by ``crop_overhang``; ``"volume"``: crops are drawn uniformly over the whole
+            grid the volume was cropped from (``case.geometry.resampled_shape``, e.g. 240 x 240 x
+            155 for BraTS at 1 mm: the two-stage paper's random crops), see :meth:`crop_start`.
         augment: apply flips and intensity augmentation.
         seed: base seed.
         samples_per_epoch: items per epoch (``None``: one per case).
@@ -190,6 +194,7 @@ class CropDataset3D(Dataset):
         patch_size: Sequence[int],
         foreground_prob: float = 0.0,
         crop_overhang: float = 0.0,
+        crop_region: str = "brain",
         augment: bool = True,
         seed: int = 0,
         samples_per_epoch: int | None = None,
@@ -210,6 +215,9 @@ class CropDataset3D(Dataset):
         self.patch_size = tuple(int(s) for s in patch_size)
         self.foreground_prob = float(foreground_prob)
         self.crop_overhang = float(crop_overhang)
+        if crop_region not in ("brain", "volume"):
+            raise ValueError(f"crop_region must be 'brain' or 'volume', got {crop_region!r}")
+        self.crop_region = crop_region
         self.augment = augment
         self.seed = int(seed)
         self.samples_per_epoch = samples_per_epoch
@@ -236,21 +244,41 @@ class CropDataset3D(Dataset):
             self._foreground[case_index] = augment.foreground_coordinates(label)
         return self._foreground[case_index]
 
+    def crop_start(self, rng: np.random.Generator, case_index: int) -> tuple[int, ...]:
+        """Start corner of the next crop of case ``case_index``, in its preprocessed grid.
+
+        With ``crop_region="volume"`` the start is drawn (by :func:`augment.draw_crop_start`,
+        without overhang) in the grid before the brain crop, then shifted by the crop box, so it
+        may lie outside the preprocessed volume (that part of the crop is background padding).
+        """
+        case = self.cases[case_index]
+        foreground = self._foreground_of(case_index) if self.foreground_prob > 0 else None
+        if self.crop_region == "brain":
+            return augment.draw_crop_start(
+                rng,
+                case.shape,
+                self.patch_size,
+                foreground=foreground,
+                foreground_prob=self.foreground_prob,
+                overhang=self.crop_overhang,
+            )
+        offset = np.array([a for a, _ in case.geometry.crop_box], dtype=np.int64)
+        start = augment.draw_crop_start(
+            rng,
+            case.geometry.resampled_shape,
+            self.patch_size,
+            foreground=None if foreground is None else foreground + offset,
+            foreground_prob=self.foreground_prob,
+        )
+        return tuple(int(s) for s in np.asarray(start) - offset)
+
     def __getitem__(self, key: Index) -> dict[str, torch.Tensor]:
         epoch, index = _split_index(key, self.epoch)
         rng = item_rng(self.seed, epoch, index)
         case_index = index % len(self.cases)
         case = self.cases[case_index]
         assert case.label is not None
-        foreground = self._foreground_of(case_index) if self.foreground_prob > 0 else None
-        start = augment.draw_crop_start(
-            rng,
-            case.shape,
-            self.patch_size,
-            foreground=foreground,
-            foreground_prob=self.foreground_prob,
-            overhang=self.crop_overhang,
-        )
+        start = self.crop_start(rng, case_index)
         image = augment.crop(case.image, start, self.patch_size)
         label = augment.crop(case.label, start, self.patch_size)
         brain_mask = augment.crop(case.brain_mask, start, self.patch_size)
@@ -283,7 +311,7 @@ class CropDataset3D(Dataset):
 
 
 class SliceDataset2D(Dataset):
-    """Axial slices (index along the last axis, z) of preprocessed cases (CU-Net paper, sec. 4).
+    """Axial slices (index along the last axis, z) of preprocessed cases (CU-Net paper, sec. 3.1).
 
     Every slice with tumour is used each epoch; of the tumour-free slices a fraction
     ``drop_empty`` is left out, redrawn each epoch (CU-Net: "about 30% scans that don't contain

@@ -9,7 +9,7 @@ The pipeline of :func:`preprocess_case`, in order:
    nearest neighbour for labels (``scipy.ndimage.zoom`` on voxel centres, ``grid_mode=True``).
 3. **Brain mask**: voxels non-zero in any modality (BraTS images are skull-stripped, background 0).
 4. **Crop** to the brain bounding box plus :attr:`PreprocessConfig.crop_margin` voxels.
-5. **N4 bias-field correction** (optional; the CU-Net paper, sec. 4, corrects every input with
+5. **N4 bias-field correction** (optional; the CU-Net paper, sec. 3.1, corrects every input with
    N4-ITK): SimpleITK's ``N4BiasFieldCorrectionImageFilter`` estimates the field on the cropped
    image shrunk by :attr:`PreprocessConfig.n4_shrink_factor` inside the brain mask; the field is
    then evaluated and divided out on the cropped grid (the recipe of SimpleITK's N4 example).
@@ -54,7 +54,7 @@ class PreprocessConfig:
     Attributes:
         target_spacing: resample to this voxel size in mm along the canonical (RAS) axes;
             ``None`` keeps the source spacing (BraTS data are already 1 mm isotropic).
-        n4: N4 bias-field correction before normalisation (CU-Net paper, sec. 4).
+        n4: N4 bias-field correction before normalisation (CU-Net paper, sec. 3.1).
         crop_margin: voxels kept on each side of the brain bounding box.
         orientation: axis codes of the canonical orientation (nibabel convention, ``"RAS"``:
             array axes run towards Right, Anterior, Superior).

@@ -90,7 +90,7 @@ def holdout_split(
     *,
     groups: Mapping[str, str] | None = None,
 ) -> dict[str, list[str]]:
-    """Train/validation/test hold-out split (CU-Net paper, sec. 4: 3:1:1, 126/42/42 cases).
+    """Train/validation/test hold-out split (CU-Net paper, sec. 3.1: 3:1:1, 126/42/42 cases).
 
     With groups, the sizes are counted in groups.
 

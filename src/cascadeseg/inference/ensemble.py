@@ -40,7 +40,7 @@ from cascadeseg.data.preprocess import PreprocessConfig
 from cascadeseg.errors import ConfigError, ModelError
 from cascadeseg.training.checkpoint import load_checkpoint
 
-OUTPUT_KINDS: tuple[str, ...] = ("regions", "labels", "cunet", "probabilities")
+OUTPUT_KINDS: tuple[str, ...] = ("regions", "labels", "cunet", "bfcn", "probabilities")
 
 #: How the snapshots of one run share the TTA flips (see :func:`flip_plan`).
 ENSEMBLE_MODES: tuple[str, ...] = ("paired", "product")
@@ -307,7 +307,7 @@ def ensemble_et_min_voxels(members: Sequence[LoadedModel]) -> int | None:
 
 def load_checkpoint_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
     """One :class:`LoadedModel` from a cascadeseg ``.pt`` checkpoint (no code runs on load)."""
-    from cascadeseg.models.registry import build_model
+    from cascadeseg.models.registry import build_saved_model
 
     device = torch.device(device)
     ckpt = load_checkpoint(path, map_location="cpu")
@@ -316,7 +316,7 @@ def load_checkpoint_model(path: Path, device: torch.device | str = "cpu") -> Loa
     if not isinstance(model_args, dict):
         raise ModelError(f"{path}: model_args must be a mapping")
     try:
-        network = build_model(name, **model_args)
+        network = build_saved_model(name, model_args)
     except ModelError as exc:
         raise ModelError(f"{path}: {exc}") from None
     except (TypeError, ValueError, KeyError) as exc:

@@ -9,12 +9,14 @@
 from __future__ import annotations
 
 from cascadeseg.losses.composite import (
+    BFCNLoss,
     CUNetLoss,
     LabelCELoss,
     Loss,
     RegionDiceLoss,
     TwoStageLoss,
     build_loss,
+    label_boundaries,
     regions_from_label,
 )
 from cascadeseg.losses.dice import region_dice_loss, soft_dice_per_region
@@ -29,6 +31,7 @@ from cascadeseg.losses.lws import (
 )
 
 __all__ = [
+    "BFCNLoss",
     "CUNetLoss",
     "LabelCELoss",
     "Loss",
@@ -37,6 +40,7 @@ __all__ = [
     "benchmark_lws",
     "build_loss",
     "contour_band",
+    "label_boundaries",
     "lws_probabilities",
     "lws_regions",
     "lws_weights",

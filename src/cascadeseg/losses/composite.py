@@ -7,7 +7,7 @@ Every loss is called as ``loss(output, batch, epoch=e) -> (total, parts)``:
 - ``batch``: dict with ``"label"`` ``(B, ...)`` int64 internal labels, ``"regions"`` ``(B, 3, ...)``
   float ``[WT, TC, ET]`` masks (3D datasets; derived from ``"label"`` when absent) and
   ``"brain_mask"`` ``(B, ...)`` bool (2D; the whole image counts as brain when absent).
-- ``epoch``: the (possibly fractional) epoch, for the CU-Net auxiliary weight omega.
+- ``epoch``: the (possibly fractional) epoch, for the CU-Net auxiliary weight ``aux_weight``.
 - ``total``: scalar tensor to back-propagate; ``parts``: named float values for logging, named
   for what they hold: ``total`` (the loss back-propagated), ``loss_<component>`` (the whole
   loss of one output, e.g. ``loss_stage1``: its Dice plus any cross-entropy term, not a Dice
@@ -188,7 +188,8 @@ def sample_matrices(
 class CUNetLoss:
     """CU-Net deep-supervision loss with loss weighted sampling (Liu et al. 2017, Eq. 4).
 
-    ``total = L1 + L2 + omega(epoch) * sum_{i=1..8} La_i`` (the regulariser ``lambda * psi`` of
+    ``total = L1 + L2 + aux_weight(epoch) * sum_{i=1..8} La_i`` (``aux_weight`` is Eq. 4's
+    omega, the recipe's ``loss.aux_weight``; the regulariser ``lambda * psi`` of
     Eq. 4 is the optimiser's weight decay). ``L1`` and aux 1-4 are U-Net 1's weighted
     cross-entropies (Eq. 1) against whole tumour vs rest (2 classes), sampled with U-Net 1's
     probabilities (Eq. 3, contour weight ``alpha``); ``L2`` and aux 5-8 are U-Net 2's against the
@@ -205,10 +206,10 @@ class CUNetLoss:
         beta: Eq. 3 balance of brain vs tumour samples (paper: 1.5).
         contour_width: width of the contour band S4 in pixels (paper: about 10).
         lws: loss weighted sampling on/off.
-        omega: initial auxiliary weight (paper: 0.1).
-        omega_decay: factor applied every ``omega_every`` epochs (paper: 0.1).
-        omega_every: epochs between decays (paper: 10).
-        omega_min: floor of omega (paper: 1e-3).
+        aux_weight: initial auxiliary weight, Eq. 4's omega (paper: 0.1).
+        aux_decay: factor applied every ``aux_decay_every`` epochs (paper: 0.1).
+        aux_decay_every: epochs between decays (paper: 10).
+        aux_min: floor of the auxiliary weight (paper: 1e-3).
         unet2_alpha: U-Net 2's contour weight (paper: alpha_2 = 1).
         per_sample: count LWS regions per slice instead of per batch (see ``losses.lws``).
         generator: random source of the sampling (``None``: torch's global generator).
@@ -221,10 +222,10 @@ class CUNetLoss:
         beta: float = 1.5,
         contour_width: int = 10,
         lws: bool = True,
-        omega: float = 0.1,
-        omega_decay: float = 0.1,
-        omega_every: int = 10,
-        omega_min: float = 1e-3,
+        aux_weight: float = 0.1,
+        aux_decay: float = 0.1,
+        aux_decay_every: int = 10,
+        aux_min: float = 1e-3,
         unet2_alpha: float = 1.0,
         per_sample: bool = False,
         generator: torch.Generator | None = None,
@@ -233,25 +234,25 @@ class CUNetLoss:
         self.beta = beta
         self.contour_width = contour_width
         self.lws = lws
-        self.omega = omega
-        self.omega_decay = omega_decay
-        self.omega_every = omega_every
-        self.omega_min = omega_min
+        self.aux_weight = aux_weight
+        self.aux_decay = aux_decay
+        self.aux_decay_every = aux_decay_every
+        self.aux_min = aux_min
         self.unet2_alpha = unet2_alpha
         self.per_sample = per_sample
         self.generator = generator
 
-    def omega_at(self, epoch: float) -> float:
-        """Auxiliary weight omega at ``epoch`` (CU-Net sec. 3.2)."""
+    def aux_weight_at(self, epoch: float) -> float:
+        """Auxiliary weight (Eq. 4's omega) at ``epoch`` (CU-Net sec. 3.2)."""
         # Imported here: cascadeseg.training's package imports the trainer, which imports losses.
-        from cascadeseg.training.schedules import aux_weight
+        from cascadeseg.training.schedules import aux_weight_at
 
-        return aux_weight(
+        return aux_weight_at(
             epoch,
-            initial=self.omega,
-            decay=self.omega_decay,
-            every=self.omega_every,
-            floor=self.omega_min,
+            aux_weight=self.aux_weight,
+            decay=self.aux_decay,
+            every=self.aux_decay_every,
+            floor=self.aux_min,
         )
 
     def weights(self, label: Tensor, brain_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -292,10 +293,10 @@ class CUNetLoss:
                         f"(expected 2 for U-Net 1 or {NUM_CLASSES} for U-Net 2)"
                     )
             aux_sum = torch.stack(aux_losses).sum()
-            omega = self.omega_at(epoch)
-            total = total + omega * aux_sum
+            aux_weight = self.aux_weight_at(epoch)
+            total = total + aux_weight * aux_sum
             parts["loss_aux"] = float(aux_sum.detach())
-            parts["aux_weight"] = omega
+            parts["aux_weight"] = aux_weight
         parts["total"] = float(total.detach())
         return total, parts
 
@@ -343,7 +344,64 @@ class LabelCELoss:
         return loss, {"total": float(loss.detach())}
 
 
-Loss = RegionDiceLoss | TwoStageLoss | CUNetLoss | LabelCELoss
+def label_boundaries(label: Tensor, width: int = 2) -> Tensor:
+    """``(B, H, W)`` int64 boundary map (1 = boundary) of a ``(B, H, W)`` internal label map.
+
+    A pixel is a boundary pixel when its ``(width + 1) x (width + 1)`` neighbourhood (inside the
+    image) holds more than one label, so a straight edge between two labels gets a band
+    ``width`` pixels wide, half on each side; every label change counts (tumour vs background
+    and between the substructures). BFCN's boundary target (Shen et al. 2017); max pooling of
+    the labels and of their negation gives the neighbourhood's largest and smallest label.
+
+    Raises:
+        ValueError: ``width`` is not a positive even number.
+    """
+    if width < 2 or width % 2:
+        raise ValueError(f"boundary width must be a positive even number, got {width}")
+    x = label.float().unsqueeze(1)
+    # max_pool2d pads with -inf, so the image border is not a boundary.
+    high = F.max_pool2d(x, width + 1, stride=1, padding=width // 2)
+    low = -F.max_pool2d(-x, width + 1, stride=1, padding=width // 2)
+    return (high != low).squeeze(1).long()
+
+
+class BFCNLoss:
+    """BFCN loss (Shen et al. 2017): tissue, boundary and fused cross-entropies.
+
+    ``total = CE(tissue) + boundary_weight * CE(boundary) + CE(fused)``, each
+    :func:`cascadeseg.losses.lws.weighted_cross_entropy` over the brain (non-brain excluded, as
+    for the other 2D models of the CU-Net comparison); the boundary target is
+    :func:`label_boundaries` of the label map, ``boundary_width`` pixels wide.
+    """
+
+    def __init__(self, *, boundary_weight: float = 1.0, boundary_width: int = 2) -> None:
+        if boundary_width < 2 or boundary_width % 2:
+            raise ModelError(
+                f"loss.boundary_width={boundary_width}: must be a positive even number"
+            )
+        self.boundary_weight = boundary_weight
+        self.boundary_width = boundary_width
+
+    def __call__(
+        self, output: Any, batch: Batch, *, epoch: float = 0
+    ) -> tuple[Tensor, dict[str, float]]:
+        label = batch["label"].long()
+        weights = (_brain_mask(batch) | (label > 0)).float()
+        boundary = label_boundaries(label, self.boundary_width)
+        tissue = weighted_cross_entropy(output.tissue, label, weights)
+        edge = weighted_cross_entropy(output.boundary, boundary, weights)
+        fused = weighted_cross_entropy(output.fused, label, weights)
+        total = tissue + self.boundary_weight * edge + fused
+        parts = {
+            "loss_tissue": float(tissue.detach()),
+            "loss_boundary": float(edge.detach()),
+            "loss_fused": float(fused.detach()),
+            "total": float(total.detach()),
+        }
+        return total, parts
+
+
+Loss = RegionDiceLoss | TwoStageLoss | CUNetLoss | LabelCELoss | BFCNLoss
 
 
 def build_loss(model: Any, loss_cfg: LossConfig) -> Loss:
@@ -351,7 +409,7 @@ def build_loss(model: Any, loss_cfg: LossConfig) -> Loss:
 
     ``"regions"`` -> :class:`TwoStageLoss` (reduces to the region Dice for a plain tensor output,
     so it serves ``two_stage`` and ``unet3d``); ``"cunet"`` -> :class:`CUNetLoss`; ``"labels"`` ->
-    :class:`LabelCELoss` (LWS as ``loss_cfg.lws``).
+    :class:`LabelCELoss` (LWS as ``loss_cfg.lws``); ``"bfcn"`` -> :class:`BFCNLoss`.
 
     Raises:
         ModelError: the model has no known ``output_kind``.
@@ -371,10 +429,14 @@ def build_loss(model: Any, loss_cfg: LossConfig) -> Loss:
             beta=loss_cfg.lws_beta,
             contour_width=loss_cfg.contour_width,
             lws=loss_cfg.lws,
-            omega=loss_cfg.aux_weight,
-            omega_decay=loss_cfg.aux_decay,
-            omega_every=loss_cfg.aux_decay_every,
-            omega_min=loss_cfg.aux_min,
+            aux_weight=loss_cfg.aux_weight,
+            aux_decay=loss_cfg.aux_decay,
+            aux_decay_every=loss_cfg.aux_decay_every,
+            aux_min=loss_cfg.aux_min,
+        )
+    if kind == "bfcn":
+        return BFCNLoss(
+            boundary_weight=loss_cfg.boundary_weight, boundary_width=loss_cfg.boundary_width
         )
     if kind == "labels":
         return LabelCELoss(
@@ -385,5 +447,5 @@ def build_loss(model: Any, loss_cfg: LossConfig) -> Loss:
         )
     raise ModelError(
         f"model {type(model).__name__} has output_kind {kind!r}; "
-        "expected 'regions', 'cunet' or 'labels'"
+        "expected 'regions', 'cunet', 'labels' or 'bfcn'"
     )

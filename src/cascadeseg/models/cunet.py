@@ -13,20 +13,27 @@ Section 2.1 and Fig. 1 of the CU-Net paper. Choices where the text is silent (ea
   a shortcut; see there for the post-activation choice).
 * Between-net connections: decoding layer ``k`` of U-Net 1 (at H/2^(k-1)) is concatenated into
   encoding layer ``k`` of U-Net 2 at the same resolution (section 2.1). For ``k = 1`` this is
-  U-Net 2's input: U-Net 1's last decoder features, together with the image when
-  ``unet2_image_input`` (default on: the raw intensities, T1ce above all, are what separates the
-  substructures, and they cost 4 channels; auto-context as in the two-stage paper).
-* Supervision: 8 auxiliary heads, one per decoding layer of both nets, each a transposed conv with
-  kernel = stride = the layer's downsampling factor (up to the input resolution, ``aux_width``
-  channels), then a 1x1 conv to the target's channels (Fig. 1 caption). The full-resolution
-  decoding layer needs no upsampling: its head is the 1x1 conv alone. Two branch outputs: 1x1
-  convs on each net's last decoding layer. U-Net 1 predicts whole tumour vs rest (2 channels),
-  U-Net 2 the internal labels 0-3 (4 channels). Aux outputs exist only in training mode.
+  U-Net 2's input: U-Net 1's last decoder features. The paper sends U-Net 2 only "the extracted
+  features" of U-Net 1; ``unet2_image_input`` (default off, as the paper) also concatenates the
+  image into U-Net 2's input (4 more channels; auto-context as in the two-stage paper), an option
+  beyond the paper.
+* Supervision (section 2.1 and the Fig. 1 caption): 2 branch supervisions, 1x1 convs on each
+  net's last (full-resolution) decoding layer, and 8 auxiliary supervisions, 4 per net, each "a
+  deconvolution ... to up-sample the feature maps to the same resolution as input" then a 1x1
+  conv. Every auxiliary head thus up-samples, so with ``aux_from="coarse"`` (default) the 4 heads
+  of a net attach to its 4 coarser-than-input stages where decoding happens: the bottom unit
+  (H/16, where the expanding path starts) and the decoding layers at H/8, H/4 and H/2, each a
+  transposed conv with kernel = stride = 16, 8, 4, 2 (``aux_width`` channels), then a 1x1 conv
+  to the target's channels; the full-resolution decoding layer is supervised by its branch
+  output only. ``aux_from="decoders"`` attaches them to the 4 decoding layers instead (H/8 ...
+  H; the full-resolution head is then a 1x1 conv alone, a second copy of the branch head).
+  U-Net 1 predicts whole tumour vs rest (2 channels), U-Net 2 the internal labels 0-3 (4
+  channels). Aux outputs exist in training mode only (or when ``forward(x, aux=True)``).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -50,9 +57,9 @@ class CUNetOutput(NamedTuple):
     Attributes:
         branch1: ``(B, 2, H, W)`` logits of U-Net 1 (channel 1 = whole tumour).
         branch2: ``(B, 4, H, W)`` logits of U-Net 2 over internal labels 0..3.
-        aux: training mode: 8 logits at input resolution, aux 1-4 from U-Net 1's decoding
-            layers (``(B, 2, H, W)``, deepest first), aux 5-8 from U-Net 2's
-            (``(B, 4, H, W)``); eval mode: ``()``.
+        aux: training mode: 8 logits at input resolution, aux 1-4 from U-Net 1's stages
+            (``(B, 2, H, W)``, deepest first), aux 5-8 from U-Net 2's (``(B, 4, H, W)``);
+            eval mode: ``()``.
     """
 
     branch1: torch.Tensor
@@ -90,8 +97,9 @@ class UNet2D(nn.Module):
         extra_channels: channels concatenated into encoding layers 2..len(widths)-1 (between-net
             connections; 0 = none), shallowest first.
 
-    ``forward(x, extras)`` returns the decoding layers' features, deepest first:
-    ``[(B, widths[-2], H/8, W/8), ..., (B, widths[0], H, W)]`` for 5 widths.
+    ``forward(x, extras)`` returns the bottom unit's and the decoding layers' features, deepest
+    first: ``[(B, widths[-1], H/16, W/16), (B, widths[-2], H/8, W/8), ..., (B, widths[0], H, W)]``
+    for 5 widths.
     """
 
     def __init__(
@@ -125,7 +133,7 @@ class UNet2D(nn.Module):
                     x = torch.cat([x, extras[level - 1]], dim=1)
             x = encoder(x)
             skips.append(x)
-        decoded = []
+        decoded = [x]
         for i, (up, decoder) in enumerate(zip(self.ups, self.decoders)):
             x = decoder(torch.cat([up(x), skips[self.depth - 1 - i]], dim=1))
             decoded.append(x)
@@ -145,14 +153,19 @@ class CUNet(nn.Module):
         depth: downsampling steps per U-Net (4); inputs are padded to multiples of ``2**depth``.
         wt_channels: U-Net 1's output channels (2: rest, whole tumour).
         label_channels: U-Net 2's output channels (4: internal labels 0..3).
-        unet2_image_input: U-Net 2's first layer also sees the image (see the module docstring).
+        unet2_image_input: U-Net 2's first layer also sees the image (not in the paper; see the
+            module docstring).
         aux_width: channels of the auxiliary heads' transposed convs (``None``: ``base_width``).
+        aux_from: ``"coarse"`` (the bottom unit and the decoding layers at H/8..H/2, each head
+            up-sampling, as the paper) or ``"decoders"`` (the 4 decoding layers, H/8..H).
 
     Input ``(B, in_channels, H, W)``; output :class:`CUNetOutput` (``aux=()`` in eval mode).
     """
 
     spatial_dims = 2
     output_kind = "cunet"
+    #: Checkpoints written before ``aux_from`` existed had their heads on the decoding layers.
+    saved_defaults: ClassVar[dict[str, Any]] = {"aux_from": "decoders"}
 
     def __init__(
         self,
@@ -162,17 +175,20 @@ class CUNet(nn.Module):
         depth: int = 4,
         wt_channels: int = 2,
         label_channels: int = 4,
-        unet2_image_input: bool = True,
+        unet2_image_input: bool = False,
         aux_width: int | None = None,
+        aux_from: str = "coarse",
     ) -> None:
         super().__init__()
         if slice_context < 0 or depth < 1:
             raise ValueError("slice_context must be >= 0 and depth >= 1")
+        if aux_from not in ("coarse", "decoders"):
+            raise ValueError(f"aux_from must be 'coarse' or 'decoders', got {aux_from!r}")
         self.in_channels = _MODALITIES * (2 * slice_context + 1)
         self.unet2_image_input = unet2_image_input
         self.size_multiple = 2**depth
         widths = [base_width * 2**i for i in range(depth + 1)]
-        decoder_widths = widths[depth - 1 :: -1]  # deepest decoding layer first
+        stage_widths = widths[::-1]  # bottom unit, then the decoding layers, deepest first
         self.unet1 = UNet2D(in_channels=self.in_channels, widths=widths)
         # Between-net connections: U-Net 1's decoding layers 2..depth feed U-Net 2's encoding
         # layers at the same resolution; its full-resolution layer is U-Net 2's input.
@@ -184,32 +200,38 @@ class CUNet(nn.Module):
         self.branch1 = conv(2, widths[0], wt_channels, 1)
         self.branch2 = conv(2, widths[0], label_channels, 1)
         head_width = aux_width or base_width
-        factors = [2 ** (depth - 1 - i) for i in range(depth)]  # deepest first
+        # Stage i of the features (deepest first) is at H / 2**(depth - i).
+        self.aux_stages = list(range(depth)) if aux_from == "coarse" else list(range(1, depth + 1))
+        factors = [2 ** (depth - i) for i in self.aux_stages]
         self.aux1 = nn.ModuleList(
-            AuxHead(w, wt_channels, factor=f, width=head_width)
-            for w, f in zip(decoder_widths, factors)
+            AuxHead(stage_widths[i], wt_channels, factor=f, width=head_width)
+            for i, f in zip(self.aux_stages, factors)
         )
         self.aux2 = nn.ModuleList(
-            AuxHead(w, label_channels, factor=f, width=head_width)
-            for w, f in zip(decoder_widths, factors)
+            AuxHead(stage_widths[i], label_channels, factor=f, width=head_width)
+            for i, f in zip(self.aux_stages, factors)
         )
 
     def training_only_modules(self) -> list[nn.Module]:
         """Modules used only in training mode (the auxiliary heads)."""
         return [self.aux1, self.aux2]
 
-    def forward(self, x: torch.Tensor) -> CUNetOutput:
+    def forward(self, x: torch.Tensor, *, aux: bool | None = None) -> CUNetOutput:
+        """``aux``: compute the 8 auxiliary outputs (``None``: in training mode only)."""
         x, crop = pad_to_multiple(x, self.size_multiple)
-        decoded1 = self.unet1(x)
-        first = torch.cat([x, decoded1[-1]], dim=1) if self.unet2_image_input else decoded1[-1]
-        # decoded1 is deepest first; encoding layers 2..depth of U-Net 2 take them shallowest first.
-        extras = decoded1[-2::-1]
-        decoded2 = self.unet2(first, extras)
-        branch1 = crop_to(self.branch1(decoded1[-1]), crop)
-        branch2 = crop_to(self.branch2(decoded2[-1]), crop)
-        aux: tuple[torch.Tensor, ...] = ()
-        if self.training:
-            aux = tuple(crop_to(head(f), crop) for head, f in zip(self.aux1, decoded1)) + tuple(
-                crop_to(head(f), crop) for head, f in zip(self.aux2, decoded2)
+        stages1 = self.unet1(x)
+        first = torch.cat([x, stages1[-1]], dim=1) if self.unet2_image_input else stages1[-1]
+        # Deepest first; U-Net 2's encoding layers 2..depth take the decoding layers at
+        # H/2..H/2^(depth-1), shallowest first.
+        extras = stages1[-2:0:-1]
+        stages2 = self.unet2(first, extras)
+        branch1 = crop_to(self.branch1(stages1[-1]), crop)
+        branch2 = crop_to(self.branch2(stages2[-1]), crop)
+        aux_out: tuple[torch.Tensor, ...] = ()
+        if self.training if aux is None else aux:
+            aux_out = tuple(
+                crop_to(head(stages[i]), crop)
+                for heads, stages in ((self.aux1, stages1), (self.aux2, stages2))
+                for head, i in zip(heads, self.aux_stages)
             )
-        return CUNetOutput(branch1, branch2, aux)
+        return CUNetOutput(branch1, branch2, aux_out)

@@ -13,6 +13,7 @@ from torch import nn
 
 from cascadeseg.data.labels import ET, NCR
 from cascadeseg.errors import ModelError
+from cascadeseg.models.bfcn import BFCNOutput
 from cascadeseg.models.cunet import CUNetOutput
 from cascadeseg.models.two_stage import TwoStageOutput
 
@@ -32,6 +33,7 @@ def region_probabilities(output: Any, output_kind: str) -> torch.Tensor:
               tumour pixels only (CU-Net section 2.2: p1 = p2 = 0), so its background channel is
               ignored: with ``q = softmax`` over branch2's tumour channels (NCR, ED, ET),
               TC = WT * (q_NCR + q_ET) and ET = WT * q_ET, keeping ET <= TC <= WT.
+            * ``"bfcn"``: :class:`BFCNOutput`; its ``fused`` logits as ``"labels"``.
 
     Raises:
         ModelError: unknown ``output_kind`` or an output of the wrong type or channel count.
@@ -40,6 +42,10 @@ def region_probabilities(output: Any, output_kind: str) -> torch.Tensor:
         logits = output.stage2 if isinstance(output, TwoStageOutput) else output
         _check_channels(logits, 3, output_kind)
         return torch.sigmoid(logits)
+    if output_kind == "bfcn":
+        if not isinstance(output, BFCNOutput):
+            raise ModelError(f"output kind 'bfcn' needs a BFCNOutput, got {type(output).__name__}")
+        return region_probabilities(output.fused, "labels")
     if output_kind == "labels":
         _check_channels(output, 4, output_kind)
         p = torch.softmax(output, dim=1)
@@ -58,7 +64,7 @@ def region_probabilities(output: Any, output_kind: str) -> torch.Tensor:
         tc = wt * (q_ncr + q_et)
         et = wt * q_et
         return torch.stack([wt, tc, et], dim=1)
-    raise ModelError(f"unknown output kind {output_kind!r} (known: regions, labels, cunet)")
+    raise ModelError(f"unknown output kind {output_kind!r} (known: regions, labels, cunet, bfcn)")
 
 
 def _check_channels(x: Any, channels: int, what: str) -> None:

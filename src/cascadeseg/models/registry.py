@@ -3,8 +3,8 @@
 Names are looked up in a dict filled by the decorator (as timm and segmentation_models.pytorch do);
 nothing is found by reflection from strings. Every registered class takes keyword-only constructor
 arguments, all with defaults (the papers' sizes), and has the class attributes ``spatial_dims``
-(2 or 3) and ``output_kind`` (``"regions"``, ``"labels"`` or ``"cunet"``) and the attribute
-``in_channels``. :func:`build_model` stores the full keyword arguments on the model as
+(2 or 3) and ``output_kind`` (``"regions"``, ``"labels"``, ``"cunet"`` or ``"bfcn"``) and the
+attribute ``in_channels``. :func:`build_model` stores the full keyword arguments on the model as
 ``model_args``, so ``build_model(name, **model.model_args)`` rebuilds it (checkpoints rely on it).
 """
 
@@ -26,7 +26,7 @@ from cascadeseg.errors import ModelError
 M = TypeVar("M", bound=type[nn.Module])
 
 _MODELS: dict[str, type[nn.Module]] = {}
-OUTPUT_KINDS = ("regions", "labels", "cunet")
+OUTPUT_KINDS = ("regions", "labels", "cunet", "bfcn")
 
 
 def register(name: str) -> Callable[[M], M]:
@@ -49,6 +49,15 @@ def available_models() -> list[str]:
     """Registered model names, sorted."""
     _load_builtin_models()
     return sorted(_MODELS)
+
+
+def model_class(name: str) -> type[nn.Module]:
+    """The class registered as ``name`` (its ``spatial_dims``, ``output_kind``...).
+
+    Raises:
+        ModelError: unknown name (the message lists the names).
+    """
+    return _get(name)
 
 
 def _get(name: str) -> type[nn.Module]:
@@ -177,7 +186,18 @@ def _type_text(hint: Any) -> str:
     return " or ".join(texts)
 
 
+def build_saved_model(name: str, model_args: dict[str, Any]) -> nn.Module:
+    """Rebuild model ``name`` from the ``model_args`` stored in a checkpoint.
+
+    An argument added to a model after a checkpoint was written is missing from its saved
+    arguments; the class attribute ``saved_defaults`` (optional) gives the value such old
+    checkpoints were trained with, so they keep loading (e.g. ``cunet``'s ``aux_from``).
+    """
+    legacy = dict(getattr(_get(name), "saved_defaults", {}))
+    return build_model(name, **{**legacy, **model_args})
+
+
 def _load_builtin_models() -> None:
     # The built-in networks register themselves on import; importing them here (not at the top,
     # which would be circular) makes the registry complete however it is reached.
-    from cascadeseg.models import cunet, two_stage, unet  # noqa: F401
+    from cascadeseg.models import bfcn, cunet, drn, two_stage, unet  # noqa: F401

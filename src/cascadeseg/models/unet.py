@@ -5,8 +5,9 @@
   no cropping of skips) and BatchNorm after each convolution.
 * ``unet3d``: a plain 3D U-Net (Çiçek et al. 2016 layout: two conv-norm-ReLU per level, max-pool
   down, transposed-conv up, concatenated skips) starting at stage 1's 16 channels, with
-  GroupNorm(8) as stage 1. Depth 4 (16/32/64/128/256) gives 5.6 M parameters and 0.24 TFLOP per
-  128^3 forward, against stage 1's 4.7 M and 0.19 TFLOP (depth 3 would have only 1.4 M).
+  GroupNorm(8) as stage 1. Depth 4 (16/32/64/128/256) gives 5.6 M parameters and 0.244 TFLOP per
+  128^3 forward, against stage 1's 4.7 M and 0.298 TFLOP (``cascadeseg info unet3d`` and
+  ``cascadeseg info two_stage_stage1``; depth 3 would have only 1.4 M).
 """
 
 from __future__ import annotations

@@ -65,22 +65,23 @@ def step_lr(
     return max(base_lr * gamma**steps, min_lr)
 
 
-def aux_weight(
+def aux_weight_at(
     epoch: float,
     *,
-    initial: float = 0.1,
+    aux_weight: float = 0.1,
     decay: float = 0.1,
     every: int = 10,
     floor: float = 1e-3,
 ) -> float:
-    """CU-Net auxiliary-loss weight omega (Eq. 4, sec. 3.2).
+    """CU-Net auxiliary-loss weight at ``epoch`` (Eq. 4's omega, sec. 3.2).
 
-    Paper: 0.1 "decreased by a factor of 10 every ten epochs until a minimum threshold of 1e-3".
+    ``aux_weight`` is the initial weight (the recipe's ``loss.aux_weight``). Paper: 0.1
+    "decreased by a factor of 10 every ten epochs until a minimum threshold of 1e-3".
     """
     if every <= 0:
         raise ValueError(f"every must be positive, got {every}")
     steps = math.floor(max(epoch, 0.0) / every)
-    return max(initial * decay**steps, floor)
+    return max(aux_weight * decay**steps, floor)
 
 
 def lr_at(epoch: float, optim_cfg: OptimConfig, epochs: int) -> float:

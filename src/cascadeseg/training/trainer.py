@@ -10,7 +10,9 @@ What happens, in order (rank 0 alone writes files and shows progress):
    schedule (``training.schedules.lr_at`` at the fractional epoch); forward under autocast,
    loss in float32, backward (through a GradScaler for fp16), optional gradient clipping, step;
 4. every ``val_every`` epochs: per-region Dice ``[WT, TC, ET]`` on whole validation volumes
-   (3D: one padded forward per case; 2D: slice by slice) and a soft-Dice validation loss;
+   (3D: one padded forward per case; 2D: slice by slice) and a soft-Dice validation loss, plus
+   the training objective on them with ``train.monitor: objective`` (``training.monitor``);
+   early stopping watches the one ``train.monitor`` names (``data.split: all``: no validation);
 5. checkpoints (``checkpoints/last.pt`` every epoch and optionally every N iterations,
    ``best.pt`` on the best mean validation Dice, ``snapshot_EEEE.pt`` for the last N epochs),
    ``metrics.csv`` per epoch, ``steps.csv`` per iteration, TensorBoard when installed, and
@@ -39,6 +41,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +61,7 @@ from cascadeseg.runtime import autocast, resolve_precision, tune_device
 from cascadeseg.training import distributed as dist_utils
 from cascadeseg.training.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
 from cascadeseg.training.distributed import DistInfo
+from cascadeseg.training.monitor import validation_objective, warn_lws_coverage
 
 
 class TrainingError(CascadesegError):
@@ -332,10 +336,13 @@ def split_case_ids(ids: Sequence[str], cfg: Config) -> dict[str, list[str]]:
     """Train/val(/test) case ids from ``data.split``.
 
     ``kfold``: fold ``data.fold`` of ``data.folds`` (two-stage paper: 5-fold); ``cunet``: the
-    3:1:1 train/val/test hold-out of the CU-Net paper.
+    3:1:1 train/val/test hold-out of the CU-Net paper; ``all``: every case trains, none
+    validates (the two-stage paper's all-data models: fixed epochs, no early stopping).
     """
     from cascadeseg.data import splits
 
+    if cfg.data.split == "all":
+        return {"train": sorted(ids), "val": []}
     if cfg.data.split == "cunet":
         return splits.holdout_split(ids, ratios=(3, 1, 1), seed=cfg.seed)
     return splits.kfold_split(ids, k=cfg.data.folds, fold=cfg.data.fold, seed=cfg.seed)
@@ -399,6 +406,7 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
             patch_size=tuple(cfg.data.patch_size[:3]),
             foreground_prob=cfg.data.foreground_prob,
             crop_overhang=cfg.data.crop_overhang,
+            crop_region=cfg.data.crop_region,
             seed=cfg.seed,
             bias_field_prob=cfg.data.bias_field_prob,
             bias_field_strength=cfg.data.bias_field_strength,
@@ -443,7 +451,9 @@ def make_train_loader(
 
 
 def _model_spatial_dims(cfg: Config) -> int:
-    return 2 if cfg.model.name in ("cunet", "unet2d") else 3
+    from cascadeseg.models.registry import model_class
+
+    return int(getattr(model_class(cfg.model.name), "spatial_dims", 3))
 
 
 # --------------------------------------------------------------------------------------------
@@ -910,6 +920,8 @@ class _Session:
             world_size=info.world_size,
         )
         self.loader = make_train_loader(dataset, self.sampler, cfg, device)
+        if self.main and not resume:
+            _check_paper_conditions(cfg, self.data, self.iters_per_epoch * world_batch / n_items)
         self.budget_s = cfg.train.max_minutes * 60 if cfg.train.max_minutes else None
         self.part_keys: list[str] | None = None
         #: Training time at the last step, from rank 0's clock (the same on every rank).
@@ -1126,11 +1138,16 @@ class _Session:
             row.update(
                 validate(self.model, self.data.val_cases, cfg, self.info, precision=self.precision)
             )
+            if cfg.train.monitor == "objective":
+                row["val_objective"] = validation_objective(
+                    self.model, self.loss_fn, self.data.val_cases, cfg, self.info, epoch=epoch
+                )
             self.model.train()
         # A budget-stopped epoch that is later resumed replaces its row.
         state.history = [r for r in state.history if r["epoch"] != epoch] + [row]
+        monitored = "val_objective" if cfg.train.monitor == "objective" else "val_loss"
         val_losses = [
-            r["val_loss"] for r in state.history if "val_loss" in r and not r.get("stage1_only")
+            r[monitored] for r in state.history if monitored in r and not r.get("stage1_only")
         ]
         stop_early = (
             cascade_epoch
@@ -1201,6 +1218,20 @@ class _Session:
             iteration=self.state.step,
         )
         atomic_torch_save(weights, path)
+
+
+def _check_paper_conditions(cfg: Config, data: TrainingData, passes_per_epoch: float) -> None:
+    """Warnings about a recipe that cannot do what the paper's procedure needs (rank 0)."""
+    train_cases = getattr(data.train_dataset, "cases", [])
+    if train_cases:
+        warn_lws_coverage(cfg, train_cases, cfg.train.epochs * passes_per_epoch)
+    if not data.val_cases and cfg.train.early_stop_patience > 0:
+        warnings.warn(
+            f"train.early_stop_patience={cfg.train.early_stop_patience}: no validation cases "
+            f"(data.split={cfg.data.split}), so training runs all {cfg.train.epochs} epochs",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def seed_everything(seed: int) -> None:
