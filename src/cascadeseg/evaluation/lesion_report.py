@@ -55,6 +55,16 @@ def method_columns(summary: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def align_columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give every method row every lesion column (NaN where a run lacks it), in one order."""
+    extra = [k for row in rows for k in row if k.startswith("lesion")]
+    ordered = list(dict.fromkeys(sorted(extra, key=lambda k: (k.startswith("lesion23"), k))))
+    for row in rows:
+        for key in ordered:
+            row.setdefault(key, math.nan)
+    return rows
+
+
 def _table_layout(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, list[str]]]:
     """``[(rule set, region, [columns])]`` for the rule sets and regions present in ``rows``."""
     keys = {k for row in rows for k in row}

@@ -98,7 +98,7 @@ def method_table(results: Mapping[str, EvaluationResult]) -> list[dict[str, Any]
         row["n"] = len(result.scored_rows())
         row.update(lesion_report.method_columns(result.summary))
         rows.append(row)
-    return rows
+    return lesion_report.align_columns(rows)
 
 
 def method_table_markdown(rows: Sequence[dict[str, Any]]) -> str:
