@@ -29,7 +29,7 @@ import numpy as np
 
 from cascadeseg.data.labels import ED, ET, NCR
 from cascadeseg.errors import InputError
-from cascadeseg.evaluation.lesions import challenge_parameters, lesion_matching
+from cascadeseg.evaluation.lesions import Lesion, challenge_parameters, lesion_matching_regions
 from cascadeseg.fsutil import atomic_path
 
 #: Lesion-wise figures per region, in column order.
@@ -167,36 +167,37 @@ def case_lesion_figures(
     """
     figures: dict[str, float] = {}
     records: list[dict[str, Any]] = []
-    for region in regions_for(ref_convention):
-        p = region_mask(region, pred, pred_raw, pred_convention or ref_convention)
-        r = region_mask(region, ref, ref_raw, ref_convention)
-        for rule in rules:
-            result = lesion_matching(p, r, spacing, rules=rule, challenge=challenge, affine=affine)
+    regions = regions_for(ref_convention)
+    preds = {r: region_mask(r, pred, pred_raw, pred_convention or ref_convention) for r in regions}
+    refs = {r: region_mask(r, ref, ref_raw, ref_convention) for r in regions}
+    for rule in rules:
+        results = lesion_matching_regions(
+            preds, refs, spacing, rules=rule, challenge=challenge, affine=affine
+        )
+        for region, result in results.items():
             values = (result.tp, result.fp, result.fn, result.f1, result.dice, result.hd95)
             for figure, value in zip(LESION_FIGURES, values):
                 figures[lesion_column(rule, figure, region)] = float(value)
-            for les in result.lesions:
-                records.append(
-                    {
-                        "rules": rule,
-                        "region": region,
-                        "source": les.source,
-                        "lesion_id": les.id,
-                        "voxels": les.voxels,
-                        "volume_ml": les.volume_ml,
-                        **dict(zip(("centroid_i", "centroid_j", "centroid_k"), les.centroid_voxel)),
-                        **dict(
-                            zip(
-                                ("centroid_x_mm", "centroid_y_mm", "centroid_z_mm"), les.centroid_mm
-                            )
-                        ),
-                        "status": les.status,
-                        "dice": les.dice,
-                        "hd95": les.hd95,
-                        "partners": " ".join(str(i) for i in les.partners),
-                    }
-                )
+            records.extend(_record(rule, region, les) for les in result.lesions)
     return figures, records
+
+
+def _record(rule: str, region: str, les: Lesion) -> dict[str, Any]:
+    """One ``lesions.csv`` row (without ``case``)."""
+    return {
+        "rules": rule,
+        "region": region,
+        "source": les.source,
+        "lesion_id": les.id,
+        "voxels": les.voxels,
+        "volume_ml": les.volume_ml,
+        **dict(zip(("centroid_i", "centroid_j", "centroid_k"), les.centroid_voxel)),
+        **dict(zip(("centroid_x_mm", "centroid_y_mm", "centroid_z_mm"), les.centroid_mm)),
+        "status": les.status,
+        "dice": les.dice,
+        "hd95": les.hd95,
+        "partners": " ".join(str(i) for i in les.partners),
+    }
 
 
 def clear_lesion_figures(row: dict[str, Any]) -> None:
