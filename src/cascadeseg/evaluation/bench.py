@@ -253,8 +253,10 @@ def benchmark_lesions(
     six groups, global Dice/NSD/HD95 and lesion-wise Dice/NSD/HD95), in the same process.
 
     Returns:
-        ``{"seconds_per_case": {name: median}, "seconds": {name: [...]}, "lesions": [...],
-        "max_disagreement": {figure: value}, "notes": [...]}``.
+        ``{"seconds_per_case": {name: median wall time}, "cpu_seconds_per_case": {name: median
+        process CPU time per call (warm-up included), the figure that a busy machine distorts
+        least}, "seconds": {name: [...]}, "reference_lesions_wt": [...], "max_disagreement":
+        {figure: value}, "notes": [...]}``.
     """
     from cascadeseg.evaluation.lesion_eval import case_lesion_figures
 
@@ -283,13 +285,16 @@ def benchmark_lesions(
     else:
         notes.append("BraTS-evaluation not installed (pip install 'cascadeseg[oracle]'): left out")
     seconds: dict[str, list[float]] = {name: [] for name in runners}
+    cpu: dict[str, list[float]] = {name: [] for name in runners}
     counts, worst = [], {"tp_fp_fn": 0.0, "dice": 0.0, "hd95": 0.0}
     for i in range(n_cases):
         pred, ref = make_lesion_benchmark_case(seed + i, shape, n_lesions)
         counts.append(int(ndimage.label(ref > 0, structure=np.ones((3, 3, 3)))[1]))
         values = {}
         for name, fn in runners.items():
+            start = time.process_time()
             elapsed, values[name] = _time(functools.partial(fn, pred, ref), repeats)
+            cpu[name].append((time.process_time() - start) / (repeats + 1))
             seconds[name].append(elapsed)
         if official is not None:
             _lesion_disagreement(
@@ -301,6 +306,7 @@ def benchmark_lesions(
         "reference_lesions_wt": counts,
         "seconds": seconds,
         "seconds_per_case": {name: float(np.median(s)) for name, s in seconds.items()},
+        "cpu_seconds_per_case": {name: float(np.median(s)) for name, s in cpu.items()},
         "max_disagreement": worst if official is not None else {},
         "notes": notes,
     }
