@@ -185,3 +185,28 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="3D masks"):
         lesion_matching(m, m[:-1])
     assert challenge_parameters("BraTS-MET") == (1, 2.0)
+
+
+@pytest.mark.parametrize("rules", ["panoptica", "brats2023"])
+@pytest.mark.parametrize("seed", range(4))
+def test_clusters_give_the_figures_of_one_pass_over_the_whole_grid(rules, seed):
+    """Scoring lesion clusters on their own boxes equals scoring the whole grid at once."""
+    from lesion_cases import make_lesion_case
+
+    from cascadeseg.evaluation import lesions
+
+    ref, pred = make_lesion_case(seed, shape=(96, 80, 64))
+    p, r = np.isin(pred, (1, 2, 3)), np.isin(ref, (1, 2, 3))
+    fast = lesion_matching(p, r, (1.0, 1.2, 0.9), rules=rules)
+    args = (p, r, (1.0, 1.2, 0.9), (0, 0, 0), None)
+    whole = (
+        lesions._panoptica_part(*args)
+        if rules == "panoptica"
+        else lesions._brats2023_part(*args, 3, 50.0)
+    )
+    slow = lesions._combine(rules, [whole])
+    assert (fast.tp, fast.fp, fast.fn) == (slow.tp, slow.fp, slow.fn)
+    assert fast.dice == pytest.approx(slow.dice, nan_ok=True)
+    assert fast.hd95 == pytest.approx(slow.hd95, nan_ok=True)
+    key = lambda les: (les.source, les.voxels, tuple(round(c, 6) for c in les.centroid_voxel))  # noqa: E731
+    assert sorted(map(key, fast.lesions)) == sorted(map(key, slow.lesions))

@@ -418,19 +418,21 @@ def _combine(rules: str, parts: Sequence[_Part]) -> LesionResult:
 
 def _clusters(
     preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], reach: int
-) -> tuple[tuple[slice, ...] | None, np.ndarray, list[tuple[slice, ...]]]:
+) -> tuple[tuple[slice, ...] | None, np.ndarray, list[tuple[list[int], tuple[slice, ...]]]]:
     """Groups of voxels no lesion-wise rule looks across, shared by every region of a case.
 
-    A cluster is a 26-connected component of ``OR(all masks) | dilate(OR(reference masks),
-    reach)``. Every component of every region lies in one cluster (regions are subsets of the
-    union), overlapping components share one, and with ``reach`` = the BraTS 2023 dilation so do
-    the dilated reference lesions and the components touching them: each cluster can be scored
-    on its own small box, which is what makes the evaluation of a large grid fast.
+    Clusters are the 26-connected components of ``OR(all masks)``: every component of every
+    region lies in one (regions are subsets of the union) and overlapping components share one.
+    For the BraTS 2023 rules (``reach`` = its dilation) clusters whose boxes, each grown by
+    ``reach + 1``, intersect are grouped: clusters in different groups are more than
+    ``2 reach + 2`` voxels apart along an axis, so no dilated lesion joins them and no component
+    touches a lesion of another group. Each group is scored on its own small box, which is what
+    makes the evaluation of a large grid fast (grouping more than needed is harmless).
 
     Returns:
-        ``(box of the union, cluster labels on that box, [cluster boxes within it])``; each
-        cluster box is grown by ``reach + 1`` voxels (clipped) so erosions, distance transforms
-        and dilations on it are exact.
+        ``(box of the union, cluster labels on that box, [(cluster ids, group box)])``; a group
+        box holds its clusters' boxes grown by ``reach + 1`` voxels (clipped), so erosions,
+        distance transforms and dilations on it equal the full-grid ones.
     """
     union = np.zeros(preds[0].shape, dtype=bool)
     for mask in (*preds, *refs):
@@ -438,19 +440,28 @@ def _clusters(
     box = bounding_box(union, pad=reach + 1)
     if box is None:
         return None, np.zeros((0, 0, 0), dtype=np.int32), []
-    u = union[box]
-    if reach:
-        ref_union = np.zeros(u.shape, dtype=bool)
-        for mask in refs:
-            ref_union |= mask[box]
-        u = u | ndimage.binary_dilation(ref_union, structure=_BALL18, iterations=reach)
-    labels, _ = label_components(u)
-    boxes = [
-        _union_box(b, shape=u.shape, pad=reach + 1)
-        for b in ndimage.find_objects(labels)
+    labels, _ = label_components(union[box])
+    boxes = {
+        c: _union_box(b, shape=labels.shape, pad=reach + 1)
+        for c, b in enumerate(ndimage.find_objects(labels), start=1)
         if b is not None
-    ]
-    return box, labels, boxes
+    }
+    if not reach:
+        return box, labels, [([c], b) for c, b in boxes.items()]
+    groups: list[tuple[list[int], tuple[slice, ...]]] = []
+    for c, b in boxes.items():  # absorb every group whose box meets this one, until none does
+        ids, merged = [c], b
+        while any(_meets(g[1], merged) for g in groups):
+            for group in [g for g in groups if _meets(g[1], merged)]:
+                groups.remove(group)
+                ids += group[0]
+                merged = _union_box(merged, group[1], shape=labels.shape, pad=0)
+        groups.append((ids, merged))
+    return box, labels, groups
+
+
+def _meets(a: tuple[slice, ...], b: tuple[slice, ...]) -> bool:
+    return all(x.start < y.stop and y.start < x.stop for x, y in zip(a, b))
 
 
 def lesion_matching_regions(
@@ -492,14 +503,14 @@ def lesion_matching_regions(
     dil = dil if dilation is None else int(dilation)
     thresh = thresh if min_volume is None else float(min_volume)
     reach = dil if rules == "brats2023" else 0
-    box, labels, boxes = _clusters(p_masks, r_masks, reach)
+    box, labels, groups = _clusters(p_masks, r_masks, reach)
     results = {}
     for name, p_full, r_full in zip(names, p_masks, r_masks):
         parts = []
         if box is not None:
             p_box, r_box = p_full[box], r_full[box]
-            for c, sub in enumerate(boxes, start=1):
-                inside = labels[sub] == c
+            for ids, sub in groups:
+                inside = labels[sub] == ids[0] if len(ids) == 1 else np.isin(labels[sub], ids)
                 p, r = p_box[sub] & inside, r_box[sub] & inside
                 if not (p.any() or r.any()):
                     continue
