@@ -555,15 +555,14 @@ def evaluate(
             1 runs in this process).
         progress: show a progress bar.
         print_table: print the summary table.
-        lesion_rules: lesion-wise rules: ``panoptica`` (the official package, default),
-            ``brats2023`` (the BraTS 2023 ranking code), ``both`` or ``none``.
+        lesion_rules: ``panoptica`` (official package, default), ``brats2023``, ``both``, ``none``.
         challenge: the BraTS 2023 challenge (GLI, SSA, PED, MEN, MET) for ``brats2023``.
 
     Returns:
         The :class:`EvaluationResult` (rows in reference order).
 
     Raises:
-        InputError: a folder is missing or holds no label maps, or a convention is unknown.
+        InputError: a folder is missing or empty, or a convention or lesion option is unknown.
     """
     for name in (ref_convention, pred_convention):
         if name is not None and name not in CONVENTIONS:
@@ -571,15 +570,10 @@ def evaluate(
     pred_dir, ref, out_dir = Path(pred_dir), Path(ref), Path(out_dir)
     references = find_references(ref, ref_layout=ref_layout, ref_convention=ref_convention)
     predictions = find_predictions(pred_dir)
-    ref_ids = {item.case_id for item in references}
-    unmatched = sorted(set(predictions) - ref_ids)
-    # Unknown lesion rules or challenge stop here, before any work.
-    if lesion_eval.rule_sets(lesion_rules):
-        lesion_eval.check_challenge(challenge)
-    tasks = [
-        (predictions.get(item.case_id), item, pred_convention, lesion_rules, challenge)
-        for item in references
-    ]
+    unmatched = sorted(set(predictions) - {item.case_id for item in references})
+    lesion_eval.check_options(lesion_rules, challenge)  # before any work
+    extra = (pred_convention, lesion_rules, challenge)
+    tasks = [(predictions.get(item.case_id), item, *extra) for item in references]
 
     bar = tqdm(total=len(tasks), desc="evaluate", unit="case", disable=not progress)
     rows: list[dict[str, Any]]
@@ -595,7 +589,7 @@ def evaluate(
                 rows.append(row)
                 bar.update()
     bar.close()
-    lesion_records = lesion_eval.pop_records(rows)
+    lesion_records = lesion_eval.pop_records(rows)  # written to lesions.csv below
 
     summary = summarize(rows)
     summary["unmatched_predictions"] = unmatched
@@ -607,8 +601,7 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics_csv(rows, out_dir / "metrics.csv")
     write_json_atomic(_json_safe(summary), out_dir / "summary.json")
-    if lesion_eval.rule_sets(lesion_rules):
-        lesion_eval.write_lesions_csv(lesion_records, out_dir / "lesions.csv")
+    lesion_eval.write_lesions_csv(lesion_records, out_dir / "lesions.csv", lesion_rules)
     if print_table:
         print(format_summary_table(summary))
         if unmatched:

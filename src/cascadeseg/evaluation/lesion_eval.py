@@ -89,8 +89,10 @@ def rule_sets(choice: str) -> tuple[str, ...]:
     return () if choice == "none" else (choice,)
 
 
-def check_challenge(challenge: str) -> None:
-    """Raise :class:`InputError` for a challenge the BraTS 2023 rules do not know."""
+def check_options(lesion_rules: str, challenge: str) -> None:
+    """Raise :class:`InputError` for unknown lesion rules, or a challenge the rules do not know."""
+    if not rule_sets(lesion_rules):
+        return
     try:
         challenge_parameters(challenge)
     except ValueError as exc:
@@ -238,8 +240,17 @@ def with_lesion_columns(
     return base[:at] + extra + base[at:]
 
 
-def write_lesions_csv(records: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Write ``lesions.csv`` (columns :data:`LESIONS_CSV_COLUMNS`) atomically."""
+def write_lesions_csv(
+    records: Sequence[dict[str, Any]],
+    path: str | os.PathLike[str],
+    lesion_rules: str = DEFAULT_LESION_RULES,
+) -> Path | None:
+    """Write ``lesions.csv`` (columns :data:`LESIONS_CSV_COLUMNS`) atomically.
+
+    Nothing is written (``None``) when ``lesion_rules`` is ``none``.
+    """
+    if not rule_sets(lesion_rules):
+        return None
     path = Path(path)
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)

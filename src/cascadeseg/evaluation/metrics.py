@@ -300,12 +300,74 @@ def _sparse_border_distances(
     return np.asarray(to_ref, dtype=np.float64), np.asarray(to_pred, dtype=np.float64)
 
 
+def _region_hd95(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    either: tuple[np.ndarray, ...],
+    pred_values: np.ndarray,
+    ref_values: np.ndarray,
+    labels: Sequence[int],
+    spacing: Sequence[float],
+) -> float:
+    """HD95 of one region of two non-empty label crops (``either``: their non-zero voxels)."""
+    if either[0].size * _KDTREE_RATIO < pred.size:
+        # Tumour voxels spread thin over a large box: work on their coordinates.
+        to_ref, to_pred = _sparse_border_distances(
+            pred, ref, np.stack(either, axis=1), pred_values, ref_values, labels, spacing
+        )
+        return float(np.percentile(np.concatenate([to_ref, to_pred]), 95))
+    return hd95(_labels_mask(pred, labels), _labels_mask(ref, labels), spacing)
+
+
 def _labels_mask(label: np.ndarray, labels: Sequence[int]) -> np.ndarray:
     """``label in labels`` by comparisons (no int64 copy of the volume)."""
     mask = label == labels[0]
     for value in labels[1:]:
         mask |= label == value
     return mask
+
+
+def _confusion(
+    pred_label: np.ndarray, ref_label: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """Crops, their non-zero voxels and the 4 x 4 confusion counts of two internal label maps.
+
+    Returns:
+        ``(pred_crop, ref_crop, either, pred_values, ref_values, confusion)``: uint8 crops to the
+        box of ``pred | ref`` grown by one voxel, the indices of the voxels where either is
+        non-zero and the two maps' values there, and ``confusion[p, r]`` voxel counts over the
+        crop (background outside it is not counted; callers derive true negatives from the
+        grid size).
+
+    Raises:
+        ValueError: a label is outside 0-3.
+    """
+    # Every tumour voxel of either map lies in this box; outside it both maps are background.
+    # uint8 OR is non-zero wherever either label is, in one cheap pass.
+    box = bounding_box(
+        np.bitwise_or(
+            pred_label.astype(np.uint8, copy=False), ref_label.astype(np.uint8, copy=False)
+        ),
+        pad=1,
+    )
+    if box is None:
+        pred_crop = np.zeros((1,) * pred_label.ndim, dtype=np.uint8)
+        ref_crop = pred_crop
+    else:
+        pred_crop, ref_crop = pred_label[box], ref_label[box]
+    for name, crop in (("prediction", pred_crop), ("reference", ref_crop)):
+        if crop.size and (crop.min() < 0 or crop.max() >= NUM_CLASSES):
+            raise ValueError(f"{name} label values must be internal labels 0-{NUM_CLASSES - 1}")
+    pred_crop = pred_crop.astype(np.uint8, copy=False)
+    ref_crop = ref_crop.astype(np.uint8, copy=False)
+    # confusion[p, r] = number of voxels with prediction label p and reference label r. Only the
+    # voxels where either map is non-zero are counted; the rest are (0, 0) by arithmetic.
+    either = np.nonzero(pred_crop | ref_crop)
+    pred_values, ref_values = pred_crop[either], ref_crop[either]
+    codes = pred_values.astype(np.intp) * NUM_CLASSES + ref_values
+    confusion = np.bincount(codes, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+    confusion[0, 0] += pred_crop.size - codes.size
+    return pred_crop, ref_crop, either, pred_values, ref_values, confusion
 
 
 def case_metrics(
@@ -339,31 +401,9 @@ def case_metrics(
     n_total = int(pred_label.size)
     voxel_ml = float(np.prod(spacing)) / 1000.0
 
-    # Every tumour voxel of either map lies in this box; outside it both maps are background.
-    # uint8 OR is non-zero wherever either label is, in one cheap pass.
-    box = bounding_box(
-        np.bitwise_or(
-            pred_label.astype(np.uint8, copy=False), ref_label.astype(np.uint8, copy=False)
-        ),
-        pad=1,
+    pred_crop, ref_crop, either, pred_values, ref_values, confusion = _confusion(
+        pred_label, ref_label
     )
-    if box is None:
-        pred_crop = np.zeros((1,) * pred_label.ndim, dtype=np.uint8)
-        ref_crop = pred_crop
-    else:
-        pred_crop, ref_crop = pred_label[box], ref_label[box]
-    for name, crop in (("prediction", pred_crop), ("reference", ref_crop)):
-        if crop.size and (crop.min() < 0 or crop.max() >= NUM_CLASSES):
-            raise ValueError(f"{name} label values must be internal labels 0-{NUM_CLASSES - 1}")
-    pred_crop = pred_crop.astype(np.uint8, copy=False)
-    ref_crop = ref_crop.astype(np.uint8, copy=False)
-    # confusion[p, r] = number of voxels with prediction label p and reference label r. Only the
-    # voxels where either map is non-zero are counted; the rest are (0, 0) by arithmetic.
-    either = np.nonzero(pred_crop | ref_crop)
-    pred_values, ref_values = pred_crop[either], ref_crop[either]
-    codes = pred_values.astype(np.intp) * NUM_CLASSES + ref_values
-    confusion = np.bincount(codes, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
-    confusion[0, 0] += pred_crop.size - codes.size
 
     out: dict[str, float] = {}
     volumes: dict[str, float] = {}
@@ -383,18 +423,9 @@ def case_metrics(
         elif tp + fp == 0 or tp + fn == 0:
             out[f"hd95_{key}"] = float(empty_hd95)
         else:
-            sparse = codes.size * _KDTREE_RATIO < pred_crop.size
-            if sparse:  # tumour voxels spread thin over a large box: work on their coordinates
-                points = np.stack(either, axis=1)
-                to_ref, to_pred = _sparse_border_distances(
-                    pred_crop, ref_crop, points, pred_values, ref_values, labels, spacing
-                )
-                pooled = np.concatenate([to_ref, to_pred])
-                out[f"hd95_{key}"] = float(np.percentile(pooled, 95))
-            else:
-                out[f"hd95_{key}"] = hd95(
-                    _labels_mask(pred_crop, labels), _labels_mask(ref_crop, labels), spacing
-                )
+            out[f"hd95_{key}"] = _region_hd95(
+                pred_crop, ref_crop, either, pred_values, ref_values, labels, spacing
+            )
         volumes[f"vol_{key}_pred_ml"] = (tp + fp) * voxel_ml
         volumes[f"vol_{key}_ref_ml"] = (tp + fn) * voxel_ml
     ordered = {name: out[name] for name in METRIC_NAMES}
