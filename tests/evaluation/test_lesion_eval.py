@@ -64,6 +64,8 @@ def test_columns_values_and_lesions_csv_for_brats2024_maps(tmp_path):
         expect = lesion_matching(np.isin(pred, (1, 3)), np.isin(ref, (1, 3)), rules="panoptica")
         assert row["lesion_dice_tc"] == pytest.approx(expect.dice, nan_ok=True)
         assert row["lesion_tp_tc"] == expect.tp
+        assert row["lesion_nsd_tc"] == pytest.approx(expect.nsd, nan_ok=True)
+        assert "lesion23_nsd_tc" not in row
         expect23 = lesion_matching(
             np.isin(pred, (1, 2, 3)), np.isin(ref, (1, 2, 3)), rules="brats2023"
         )
@@ -107,7 +109,7 @@ def test_brats2021_maps_have_the_three_regions_only_and_none_switches_off(tmp_pa
     cols = {k for k in result.rows[0] if k.startswith("lesion")}
     assert cols == {
         f"lesion_{f}_{r}"
-        for f in ("tp", "fp", "fn", "f1", "dice", "hd95")
+        for f in ("tp", "fp", "fn", "f1", "dice", "hd95", "nsd")
         for r in ("wt", "tc", "et")
     }
     assert (tmp_path / "out" / "lesions.csv").is_file()

@@ -7,7 +7,7 @@ and summarises the columns.
 Columns of ``metrics.csv`` (after the volumes), per region ``r`` in ``wt, tc, et`` (and ``netc,
 snfh`` for BraTS 2023+ label maps, ``rc`` for BraTS 2024 post-treatment maps):
 
-* ``lesion_{tp,fp,fn,f1,dice,hd95}_<r>``: the official package's rules (``panoptica``);
+* ``lesion_{tp,fp,fn,f1,dice,hd95,nsd}_<r>``: the official package's rules (``panoptica``);
 * ``lesion23_{tp,fp,fn,f1,dice,hd95}_<r>``: the BraTS 2023 ranking rules (``brats2023``).
 
 ``--lesion-rules`` picks ``panoptica`` (default: the rules of the current official package,
@@ -33,7 +33,7 @@ from cascadeseg.evaluation.lesions import Lesion, challenge_parameters, lesion_m
 from cascadeseg.fsutil import atomic_path
 
 #: Lesion-wise figures per region, in column order.
-LESION_FIGURES: tuple[str, ...] = ("tp", "fp", "fn", "f1", "dice", "hd95")
+LESION_FIGURES: tuple[str, ...] = ("tp", "fp", "fn", "f1", "dice", "hd95", "nsd")
 #: Column prefix of each rule set.
 RULE_PREFIX: dict[str, str] = {"panoptica": "lesion", "brats2023": "lesion23"}
 #: Values of ``--lesion-rules``.
@@ -64,7 +64,7 @@ LESIONS_CSV_COLUMNS: tuple[str, ...] = (
     "hd95",
     "partners",
 )
-_COLUMN_RE = re.compile(r"^(lesion|lesion23)_(tp|fp|fn|f1|dice|hd95)_([a-z]+)$")
+_COLUMN_RE = re.compile(r"^(lesion|lesion23)_(tp|fp|fn|f1|dice|hd95|nsd)_([a-z]+)$")
 _FLOAT_FIELDS: tuple[str, ...] = (
     "volume_ml",
     "centroid_i",
@@ -180,6 +180,8 @@ def case_lesion_figures(
             values = (result.tp, result.fp, result.fn, result.f1, result.dice, result.hd95)
             for figure, value in zip(LESION_FIGURES, values):
                 figures[lesion_column(rule, figure, region)] = float(value)
+            if rule == "panoptica":  # the package reports NSD; the 2023 code has none
+                figures[lesion_column(rule, "nsd", region)] = float(result.nsd)
             records.extend(_record(rule, region, les) for les in result.lesions)
     return figures, records
 
@@ -308,7 +310,7 @@ def format_lesion_table(lesion_summary: dict[str, dict[str, Any]]) -> str:
     lines = [f"{'lesion-wise':<16}{'Dice':>8}{'HD95':>9}{'F1':>8}{'TP':>6}{'FP':>6}{'FN':>6}"]
     for rule, prefix in RULE_PREFIX.items():
         for region in ALL_REGIONS:
-            keys = {fig: f"{prefix}_{fig}_{region.lower()}" for fig in LESION_FIGURES}
+            keys = {fig: f"{prefix}_{fig}_{region.lower()}" for fig in LESION_FIGURES[:6]}
             if any(k not in lesion_summary for k in keys.values()):
                 continue
             stats = {fig: lesion_summary[k] for fig, k in keys.items()}
