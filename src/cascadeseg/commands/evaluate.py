@@ -65,6 +65,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="exit 0 although predictions are missing (they are still scored as empty and "
         "listed) (default: off, missing predictions exit 1)",
     )
+    parser.add_argument(
+        "--lesion-rules",
+        choices=("panoptica", "brats2023", "both", "none"),
+        default="panoptica",
+        help="lesion-wise metrics: 'panoptica' = the official BraTS-evaluation package "
+        "(default; columns lesion_*), 'brats2023' = the BraTS 2023 ranking code (columns "
+        "lesion23_*), 'both', or 'none'; see docs/metrics.md",
+    )
+    parser.add_argument(
+        "--challenge",
+        default="GLI",
+        help="BraTS 2023 challenge for --lesion-rules brats2023: GLI, SSA, PED (3 dilations, "
+        "50 mm^3), MEN (1, 50), MET (1, 2) (default: GLI)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes (default: %(default)s)")
     parser.add_argument(
         "--no-report", action="store_true", help="do not write report.html (default: off)"
@@ -91,8 +105,12 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         allow_missing=args.allow_missing,
+        lesion_rules=args.lesion_rules,
+        challenge=args.challenge,
     )
     written = [str(result.metrics_csv), str(result.summary_json)]
+    if args.lesion_rules != "none":
+        written.append(str(result.out_dir / "lesions.csv"))
     if not args.no_report:
         written.append(str(write_report(args.out, result, images_for_overlays=args.images)))
     print("written: " + ", ".join(written))
