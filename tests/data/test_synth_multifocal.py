@@ -145,3 +145,11 @@ def test_cli_rejects_bad_multifocal_options(
 ) -> None:
     assert cli_main(["synth", str(tmp_path / "x"), "--scale", "0.25", *extra]) == 2
     assert extra[0] in capsys.readouterr().err
+
+
+def test_demo_rejects_bad_multifocal_share(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main(["demo", "--out", str(tmp_path / "d"), "--multifocal-prob", "2"]) == 2
+    assert "--multifocal-prob" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "data").exists()
