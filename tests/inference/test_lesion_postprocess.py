@@ -265,3 +265,28 @@ def test_cli_tune_postprocess_stores_lesion_thresholds_load_models_reads(tmp_pat
     assert cli.main([*argv, "0", "--no-lesion-tuning"]) == 0
     assert "min_lesion_voxels" not in json.loads((run / "postprocess.json").read_text())
     assert cli.main([*argv, "0", "--challenge", "XYZ"]) == 2
+
+
+def test_checkpoint_extra_and_onnx_export_carry_the_thresholds(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from cascadeseg.config import Config, apply_overrides, to_dict
+    from cascadeseg.inference.ensemble import load_models
+    from cascadeseg.inference.export import export_onnx, load_onnx_model
+    from cascadeseg.models.registry import build_model
+    from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
+
+    model = build_model("unet3d", base_width=4, depth=1, norm_groups=2)
+    thresholds = {"wt": 40, "tc": 12, "et": 3}
+    ckpt = make_checkpoint(
+        model_name="unet3d",
+        model_args=model.model_args,
+        model_state=model.state_dict(),
+        config=to_dict(apply_overrides(Config(), ["model.name=unet3d"])),
+        epoch=1,
+        extra={"min_lesion_voxels": thresholds},
+    )
+    atomic_torch_save(ckpt, tmp_path / "m.pt")
+    members = load_models([tmp_path / "m.pt"])
+    assert members[0].min_lesion_voxels == thresholds
+    path = export_onnx(members, tmp_path / "m.onnx")
+    assert load_onnx_model(path).min_lesion_voxels == thresholds
