@@ -25,6 +25,7 @@ from cascadeseg.inference.ensemble import (
 from cascadeseg.inference.lesion_postprocess import (
     lesion_summary,
     parse_min_lesion_voxels,
+    postprocess_lesions,
     remove_small_lesions,
     resolve_min_lesion_voxels,
     tune_min_lesion_voxels,
@@ -83,6 +84,18 @@ def test_threshold_is_strict_26_connected_and_off_below_two() -> None:
     assert remove_small_lesions(label, {"wt": 4})[3, 3, 3] == 0
     for off in ({"wt": 0}, {"wt": 1}, {}):
         np.testing.assert_array_equal(remove_small_lesions(label, off), label)
+
+
+def test_postprocess_lesions_records_what_it_removed() -> None:
+    label = _volume()
+    label[1:9, 1:9, 1:9] = ED
+    label[2:5, 2:5, 2:5] = NCR
+    label[7, 7, 7] = ET  # a one-voxel core inside the edema
+    label[12, 12, 12] = label[14, 14, 14] = ED  # two specks
+    out, info = postprocess_lesions(label, {"wt": 2, "tc": 5}, {"et": 0})
+    np.testing.assert_array_equal(out, remove_small_lesions(label, {"wt": 2, "tc": 5}))
+    assert info["lesions_removed"] == {"wt": 2, "tc": 1, "et": 0}
+    assert info["min_lesion_voxels_source"]["et"] == "option"
 
 
 def test_lesion_summary_counts_and_volumes() -> None:

@@ -69,12 +69,17 @@ def region_mask(label: np.ndarray, region: str) -> np.ndarray:
 
 def small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     """Voxels of the 26-connected components of ``mask`` with fewer than ``min_voxels`` voxels."""
+    return _small_components(mask, min_voxels)[0]
+
+
+def _small_components(mask: np.ndarray, min_voxels: int) -> tuple[np.ndarray, int]:
+    """:func:`small_components` and how many components it holds."""
+    if min_voxels <= 1 or not np.any(mask):
+        return np.zeros(np.shape(mask), dtype=bool), 0
     labels, n = ndimage.label(np.asarray(mask, dtype=bool), structure=_CONN26)
-    if n == 0 or min_voxels <= 1:
-        return np.zeros(np.shape(mask), dtype=bool)
     small = np.bincount(labels.ravel(), minlength=n + 1) < min_voxels
     small[0] = False
-    return small[labels]
+    return small[labels], int(np.count_nonzero(small))
 
 
 #: What a removed component of each region becomes (see the module docstring).
@@ -227,11 +232,10 @@ def postprocess_lesions(
     ``min_lesion_voxels``, ``min_lesion_voxels_source`` and the components removed per region."""
     values, sources = resolve_min_lesion_voxels(stored, override)
     removed: dict[str, int] = {}
-    out = np.asarray(label)
-    for region in LESION_REGIONS:
-        small = small_components(region_mask(out, region), values[region])
-        removed[region] = int(ndimage.label(small, structure=_CONN26)[1]) if small.any() else 0
-        out = remove_small_lesions(out, {region: values[region]})
+    out = np.array(label, copy=True)
+    for region in LESION_REGIONS:  # as remove_small_lesions, counting what goes
+        small, removed[region] = _small_components(region_mask(out, region), values[region])
+        out[small] = _REPLACEMENT[region]
     info = {
         "min_lesion_voxels": values,
         "min_lesion_voxels_source": sources,
