@@ -226,12 +226,37 @@ def write_doc(args: argparse.Namespace, record: dict[str, Any]) -> None:
     for region, scores in pp.get("mean_lesion_score", {}).items():
         cells = " | ".join("n/a" if v is None else f"{v:.3f}" for v in scores.values())
         lines.append(f"| {region.upper()} | {cells} |")
+    lines += _earlier_variant(args.out)
     lines += ["", "Commands:", "", "```bash"]
     lines += list(record["commands"].values())
     lines += ["```", ""]
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     args.doc.write_text("\n".join(lines))
     print(f"wrote {args.doc}")
+
+
+def _earlier_variant(out: Path) -> list[str]:
+    """The table of the first version of the tuning, kept in ``<out>`` when it was replaced:
+    the WT threshold judged on WT alone (same model, same ``before`` predictions)."""
+    path = out / "lesion_postprocess_wt_only.json"
+    if not path.is_file():
+        return []
+    earlier = read_json(path)
+    pp = earlier["postprocess"]
+    chosen = ", ".join(f"{k.upper()} {v}" for k, v in pp.get("min_lesion_voxels", {}).items())
+    return [
+        "",
+        "## The first version of the tuning: each threshold judged on its own region",
+        "",
+        "Same model, same validation cases, same `before` predictions, run "
+        f"{earlier['environment']['date_utc']}. The WT threshold was chosen on WT's lesion-wise "
+        f"Dice alone: {chosen}. It took small whole tumours (satellites outside the main tumour) "
+        "with their cores: WT gained a little, TC and ET lost a lesion per case. The tuning now "
+        "judges a region's threshold on every region its removal changes (WT on WT, TC, ET; TC "
+        "on TC, ET), which gave the table above.",
+        "",
+        *table(earlier["rows"]),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from cascadeseg.inference.ensemble import (
 from cascadeseg.inference.lesion_postprocess import (
     lesion_summary,
     parse_min_lesion_voxels,
+    region_mask,
     postprocess_lesions,
     remove_small_lesions,
     resolve_min_lesion_voxels,
@@ -159,6 +160,32 @@ def test_tune_per_region_core_specks_inside_the_edema() -> None:
     assert result.best == {"wt": 0, "tc": 2, "et": 0}
     with pytest.raises(ValueError):
         tune_min_lesion_voxels([], brats2023_dice)
+
+
+def test_wt_threshold_is_judged_on_the_cores_it_removes_too() -> None:
+    """A small satellite tumour segmented loosely in WT (Dice 0.39) but exactly in TC: removing
+    it with a false positive would raise WT's lesion-wise Dice (0.46 -> 0.5) and halve TC's, so
+    the WT threshold, judged on WT, TC and ET together, keeps it."""
+    ref = np.zeros((48, 48, 48), dtype=np.uint8)
+    ref[2:12, 2:12, 2:12] = ED
+    ref[4:10, 4:10, 4:10] = NCR  # main tumour
+    ref[30:36, 30:36, 2:8] = ED
+    ref[31:35, 31:35, 3:7] = NCR  # satellite: 216 voxels, core 64
+    pred = ref.copy()
+    pred[30:36, 30:36, 2:8] = 0  # the satellite's core exactly, its WT leaking along z
+    pred[31:35, 31:35, 3:7] = NCR
+    pred[31:35, 31:35, 7:15] = ED
+    pred[2:7, 40:45, 40:44] = ED  # a 100-voxel false positive, no core
+    assert np.count_nonzero(pred[28:38, 28:38, :20]) == 192
+    case = [(pred, ref, (1.0, 1.0, 1.0))]
+    wt_alone = [
+        brats2023_dice(region_mask(remove_small_lesions(pred, {"wt": c}), "wt"), ref > 0, (1, 1, 1))
+        for c in (0, 300)
+    ]
+    assert wt_alone[1] > wt_alone[0]  # WT alone would take the satellite out
+    result = tune_min_lesion_voxels(case, brats2023_dice, (0, 300))
+    assert result.best["wt"] == 0
+    assert result.mean_score["wt"][0] > result.mean_score["wt"][300]
 
 
 # ----------------------------------------------------------------------- stored and applied
