@@ -25,8 +25,8 @@ from cascadeseg.inference.ensemble import (
 from cascadeseg.inference.lesion_postprocess import (
     lesion_summary,
     parse_min_lesion_voxels,
-    region_mask,
     postprocess_lesions,
+    region_mask,
     remove_small_lesions,
     resolve_min_lesion_voxels,
     tune_min_lesion_voxels,

@@ -5,7 +5,8 @@ Two settings, stored in ``RUN_DIR/postprocess.json`` and used by ``predict``:
 * ``min_lesion_voxels``: per region (WT, TC, ET), predicted components below this size are
   removed (:mod:`cascadeseg.inference.lesion_postprocess`); chosen to maximise the BraTS 2023
   lesion-wise Dice (:func:`cascadeseg.evaluation.lesions.lesion_matching`, ``brats2023`` rules),
-  where every false-positive component counts as a lesion with Dice 0. (The official package's
+  where every false-positive component counts as a lesion with Dice 0, averaged over the regions
+  a threshold changes (WT's over WT, TC and ET). (The official package's
   ``sq_dsc`` averages matched lesions only, so removing false positives cannot raise it: it
   cannot choose such a threshold.)
 * ``et_min_voxels``: ET smaller than this becomes necrosis (two-stage paper, sec. 3.4), chosen by
@@ -72,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cascadeseg.errors import InputError
+    from cascadeseg.inference.lesion_postprocess import AFFECTED_REGIONS
     from cascadeseg.inference.postprocess import DEFAULT_ET_CANDIDATES, tune_postprocess
     from cascadeseg.inference.predictor import PredictOptions
 
@@ -98,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
         for region, scores in result.lesion.mean_score.items():
             for threshold, value in scores.items():
                 mark = "  <- chosen" if threshold == result.lesion.best[region] else ""
+                over = "/".join(r.upper() for r in AFFECTED_REGIONS[region])
                 print(
                     f"min_lesion_voxels {region} {threshold:5d}: "
-                    f"mean lesion-wise Dice {value:.4f}{mark}"
+                    f"mean lesion-wise Dice over {over} {value:.4f}{mark}"
                 )
     for threshold, et_dice in result.mean_dice.items():
         mark = "  <- chosen" if threshold == result.best else ""
