@@ -37,6 +37,7 @@ EXPECTED = {
     "metrics": [
         "12 metrics, one 48x48x32 case, one core: cascadeseg",
         "12 metrics, one 48x48x32 case, one core: monai",
+        "global + lesion-wise, one 64x64x48 case with ",
         "evaluate a folder of 2 48x48x32 cases, 2 workers",
     ],
     "inference": [

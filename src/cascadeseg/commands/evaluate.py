@@ -31,6 +31,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="label convention of the predictions, e.g. brats2021, brats2023, msd "
         "(default: detected from the values; MSD/nnU-Net predictions must be named)",
     )
+    parser.add_argument(
+        "--lesion-rules",
+        choices=("panoptica", "brats2023", "both", "none"),
+        default="panoptica",
+        help="lesion-wise metrics: 'panoptica' = the official BraTS-evaluation package "
+        "(default; columns lesion_*), 'brats2023' = the BraTS 2023 ranking code (columns "
+        "lesion23_*), 'both', or 'none'; see docs/metrics.md",
+    )
+    parser.add_argument(
+        "--challenge",
+        default="GLI",
+        help="BraTS 2023 challenge for --lesion-rules brats2023: GLI, SSA, PED (3 dilations, "
+        "50 mm^3), MEN (1, 50), MET (1, 2) (default: GLI)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="processes (default: 2)")
     parser.add_argument("--no-report", action="store_true", help="do not write report.html")
     parser.add_argument("--images", type=Path, help="dataset with FLAIR/T1ce for overlays")
@@ -50,8 +64,12 @@ def run(args: argparse.Namespace) -> int:
         pred_convention=args.pred_convention,
         workers=args.workers,
         progress=not args.no_progress,
+        lesion_rules=args.lesion_rules,
+        challenge=args.challenge,
     )
     written = [str(result.metrics_csv), str(result.summary_json)]
+    if args.lesion_rules != "none":
+        written.append(str(result.out_dir / "lesions.csv"))
     if not args.no_report:
         written.append(str(write_report(args.out, result, images_for_overlays=args.images)))
     if result.missing:

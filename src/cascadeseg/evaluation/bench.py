@@ -192,3 +192,150 @@ def benchmark_metrics(
         "max_disagreement": worst,
         "notes": notes,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Lesion-wise metrics beside the official package
+
+
+def make_lesion_benchmark_case(
+    seed: int, shape: tuple[int, int, int] = (240, 240, 155), n_lesions: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """A multi-lesion ``(prediction, reference)`` pair of internal label maps (uint8, ``shape``).
+
+    ``n_lesions`` reference lesions of radius 2-14 voxels (edema with a necrotic and enhancing
+    core when large enough), spread over the grid; the prediction shifts each by one voxel,
+    misses one, splits one in two, and adds two small false positives far from every lesion.
+    """
+    rng = np.random.default_rng(seed)
+    ref = np.zeros(shape, dtype=np.uint8)
+    pred = np.zeros(shape, dtype=np.uint8)
+    margin = np.array([20, 20, 20])
+    for k in range(n_lesions):
+        radius = float(rng.uniform(2.0, 14.0))
+        centre = rng.uniform(margin, np.array(shape) - margin)
+        box = tuple(
+            slice(max(int(c - radius - 2), 0), min(int(c + radius + 3), n))
+            for c, n in zip(centre, shape)
+        )
+        grid = np.ogrid[box]
+        dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre)))
+        lesion = np.zeros(dist.shape, dtype=np.uint8)
+        lesion[dist < radius] = 2
+        lesion[dist < radius * 0.6] = 3
+        lesion[dist < radius * 0.33] = 1
+        ref[box] = np.maximum(ref[box], lesion)
+        if k == 0:
+            continue  # missed
+        moved = np.roll(lesion, 1, axis=k % 3)
+        if k == 1:  # split in two
+            moved[moved.shape[0] // 2 - 1 : moved.shape[0] // 2 + 1] = 0
+        pred[box] = np.maximum(pred[box], moved)
+    for corner in ((5, 5, 5), (shape[0] - 9, 5, shape[2] - 9)):
+        pred[tuple(slice(c, c + 3) for c in corner)] = 2
+    return pred, ref
+
+
+def benchmark_lesions(
+    n_cases: int = 3,
+    *,
+    shape: tuple[int, int, int] = (240, 240, 155),
+    n_lesions: int = 10,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per-case time of the whole evaluation (12 global metrics + lesion-wise figures).
+
+    cascadeseg: :func:`case_metrics` plus the lesion-wise figures of the five BraTS 2023 regions
+    (WT, TC, ET, NETC, SNFH) under the official package's rules, and under both rule sets when
+    MONAI is importable. The official package (``BraTS-evaluation`` + panoptica, when
+    installed): ``Panoptica_Evaluator`` with its ``config_gli.yaml`` on the same arrays (its
+    six groups, global Dice/NSD/HD95 and lesion-wise Dice/NSD/HD95), in the same process.
+
+    Returns:
+        ``{"seconds_per_case": {name: median wall time}, "cpu_seconds_per_case": {name: median
+        process CPU time per call (warm-up included), the figure that a busy machine distorts
+        least}, "seconds": {name: [...]}, "reference_lesions_wt": [...], "max_disagreement":
+        {figure: value}, "notes": [...]}``.
+    """
+    from cascadeseg.evaluation.lesion_eval import case_lesion_figures
+
+    def ours(pred: np.ndarray, ref: np.ndarray, rules: tuple[str, ...]) -> dict[str, float]:
+        out = case_metrics(pred, ref)
+        out.update(
+            case_lesion_figures(pred, ref, (1, 1, 1), rules=rules, ref_convention="brats2023")[0]
+        )
+        return out
+
+    runners: dict[str, Callable[[np.ndarray, np.ndarray], Any]] = {
+        "cascadeseg (official rules)": lambda p, r: ours(p, r, ("panoptica",)),
+    }
+    notes = []
+    try:
+        import monai.metrics.utils  # noqa: F401
+
+        runners["cascadeseg (both rule sets)"] = lambda p, r: ours(p, r, ("panoptica", "brats2023"))
+    except ImportError:
+        notes.append("MONAI not importable: the brats2023 rules (surfel areas) left out")
+    official = _official_evaluator()
+    if official is not None:
+        runners["BraTS-evaluation (panoptica)"] = lambda p, r: official.evaluate(
+            p, r, voxelspacing=(1.0, 1.0, 1.0), verbose=False
+        )
+    else:
+        notes.append("BraTS-evaluation not installed (pip install 'cascadeseg[oracle]'): left out")
+    seconds: dict[str, list[float]] = {name: [] for name in runners}
+    cpu: dict[str, list[float]] = {name: [] for name in runners}
+    counts, worst = [], {"tp_fp_fn": 0.0, "dice": 0.0, "hd95": 0.0}
+    for i in range(n_cases):
+        pred, ref = make_lesion_benchmark_case(seed + i, shape, n_lesions)
+        counts.append(int(ndimage.label(ref > 0, structure=np.ones((3, 3, 3)))[1]))
+        values = {}
+        for name, fn in runners.items():
+            start = time.process_time()
+            elapsed, values[name] = _time(functools.partial(fn, pred, ref), repeats)
+            cpu[name].append((time.process_time() - start) / (repeats + 1))
+            seconds[name].append(elapsed)
+        if official is not None:
+            _lesion_disagreement(
+                values["cascadeseg (official rules)"], values["BraTS-evaluation (panoptica)"], worst
+            )
+    return {
+        "n_cases": n_cases,
+        "shape": list(shape),
+        "reference_lesions_wt": counts,
+        "seconds": seconds,
+        "seconds_per_case": {name: float(np.median(s)) for name, s in seconds.items()},
+        "cpu_seconds_per_case": {name: float(np.median(s)) for name, s in cpu.items()},
+        "max_disagreement": worst if official is not None else {},
+        "notes": notes,
+    }
+
+
+def _official_evaluator() -> Any:
+    try:
+        from importlib.resources import files
+
+        from panoptica import Panoptica_Evaluator
+    except ImportError:
+        return None
+    config = files("brats_evaluation") / "configs" / "config_gli.yaml"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Panoptica_Evaluator.load_from_config(str(config))
+
+
+def _lesion_disagreement(ours: dict[str, float], official: Any, worst: dict[str, float]) -> None:
+    for group in ("wt", "tc", "et", "netc", "snfh"):
+        res = official[group].to_dict()
+        counts = (res["tp"], res["fp"], res["fn"])
+        mine = tuple(ours[f"lesion_{f}_{group}"] for f in ("tp", "fp", "fn"))
+        worst["tp_fp_fn"] = max(worst["tp_fp_fn"], max(abs(a - b) for a, b in zip(counts, mine)))
+        for figure, key in (("dice", "sq_dsc"), ("hd95", "sq_hd95")):
+            theirs = res[key]
+            if theirs is not None and math.isinf(theirs):
+                theirs = 373.0
+            mine_v = ours[f"lesion_{figure}_{group}"]
+            if theirs is None or math.isnan(theirs) or math.isnan(mine_v):
+                continue
+            worst[figure] = max(worst[figure], abs(theirs - mine_v))

@@ -15,9 +15,10 @@ empty prediction (Dice 0, HD95 373.13 where the reference is non-empty) and is l
 the reason (NaN metrics, left out of the summary), never a crash. Predictions without reference are
 listed as ``unmatched``.
 
-Outputs in ``out_dir``: ``metrics.csv`` (columns :data:`CSV_COLUMNS`), ``summary.json`` (mean, std,
-median, 25th and 75th percentiles per metric and region; counts of cases and of NaN values left
-out) and a table printed to stdout.
+Outputs in ``out_dir``: ``metrics.csv`` (columns :data:`CSV_COLUMNS`, with the lesion-wise
+columns of :mod:`cascadeseg.evaluation.lesion_eval` after the volumes), ``summary.json`` (mean,
+std, median, 25th and 75th percentiles per metric and region; counts of cases and of NaN values
+left out), ``lesions.csv`` (one row per lesion) and a table printed to stdout.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from tqdm import tqdm
 from cascadeseg.data.labels import CONVENTIONS, to_internal
 from cascadeseg.data.nifti import is_nifti, load_nifti, strip_nifti_suffix
 from cascadeseg.errors import InputError
+from cascadeseg.evaluation import lesion_eval
 from cascadeseg.evaluation.metrics import METRIC_NAMES, VOLUME_NAMES, case_metrics
 from cascadeseg.fsutil import atomic_path, write_json_atomic
 
@@ -92,10 +94,12 @@ class EvaluationResult:
 
     Attributes:
         out_dir: the output folder (``metrics.csv``, ``summary.json``).
-        rows: one dict per case with the keys of :data:`CSV_COLUMNS` (metrics as floats).
+        rows: one dict per case with the keys of :data:`CSV_COLUMNS` (metrics as floats) and
+            the lesion-wise columns.
         summary: the content of ``summary.json``.
         pred_dir: the prediction folder (``None`` when loaded from a CSV without it).
         ref: the reference folder.
+        lesions: the rows of ``lesions.csv`` (one per lesion, region and rule set).
     """
 
     out_dir: Path
@@ -103,6 +107,7 @@ class EvaluationResult:
     summary: dict[str, Any]
     pred_dir: Path | None = None
     ref: Path | None = None
+    lesions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def metrics_csv(self) -> Path:
@@ -301,6 +306,8 @@ def evaluate_case(
     pred_path: Path | None,
     reference: ReferenceItem,
     pred_convention: str | None = None,
+    lesion_rules: str = lesion_eval.DEFAULT_LESION_RULES,
+    challenge: str = "GLI",
 ) -> dict[str, Any]:
     """One row of ``metrics.csv``: read, convert, check geometry, compute :func:`case_metrics`.
 
@@ -311,6 +318,8 @@ def evaluate_case(
         pred_path: the prediction file, or ``None`` when it is missing (scored as empty).
         reference: the reference.
         pred_convention: the prediction's convention, or ``None`` to detect it.
+        lesion_rules: lesion-wise rule sets (``panoptica``, ``brats2023``, ``both``, ``none``).
+        challenge: BraTS 2023 challenge whose dilation and size threshold the brats2023 rules use.
     """
     row: dict[str, Any] = {
         "case": reference.case_id,
@@ -327,6 +336,7 @@ def evaluate_case(
         ref_conv = reference.convention or detect_convention(_present_values(ref_raw))
         ref_label = to_internal(ref_raw, ref_conv, source=str(reference.seg))
         row["ref_convention"] = ref_conv
+        pred_raw: np.ndarray | None = None
         if pred_path is None:
             pred_label = np.zeros_like(ref_label)
             row["status"] = STATUS_MISSING
@@ -347,14 +357,24 @@ def evaluate_case(
             pred_label = to_internal(pred_raw, pred_conv, source=str(pred_path))
             row["pred_convention"] = pred_conv
         row.update(case_metrics(pred_label, ref_label, spacing))
+        rules = lesion_eval.rule_sets(lesion_rules)
+        if rules:
+            figures, records = lesion_eval.case_lesion_figures(
+                pred_label, ref_label, spacing, rules=rules, ref_convention=ref_conv,
+                pred_convention=row["pred_convention"] or None, challenge=challenge,
+                pred_raw=pred_raw, ref_raw=ref_raw, affine=ref_affine,
+            )  # fmt: skip
+            row.update(figures)
+            row[lesion_eval.RECORDS_KEY] = records
     except Exception as exc:  # one bad case must not stop a folder; the row says what happened
         row.update(_nan_metrics())
+        lesion_eval.clear_lesion_figures(row)
         row["status"] = STATUS_ERROR
         row["message"] = str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
     return row
 
 
-def _evaluate_task(task: tuple[Path | None, ReferenceItem, str | None]) -> dict[str, Any]:
+def _evaluate_task(task: tuple[Path | None, ReferenceItem, str | None, str, str]) -> dict[str, Any]:
     return evaluate_case(*task)
 
 
@@ -393,6 +413,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {
         "metrics": {name: _stats(column(name)) for name in METRIC_NAMES},
         "volumes": {name: _stats(column(name)) for name in VOLUME_NAMES},
+        "lesions": lesion_eval.summarize_lesions(scored, _stats),
         "cases": {
             "n": len(rows),
             "ok": sum(r["status"] == STATUS_OK for r in rows),
@@ -425,11 +446,12 @@ def format_value(value: Any) -> str:
 def write_metrics_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Write rows with :data:`CSV_COLUMNS` (NaN written as ``NaN``), atomically."""
     path = Path(path)
+    columns = lesion_eval.with_lesion_columns(CSV_COLUMNS, rows, after=VOLUME_NAMES[-1])
     with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(columns)
         for row in rows:
-            writer.writerow([format_value(row.get(col, "")) for col in CSV_COLUMNS])
+            writer.writerow([format_value(row.get(col, "")) for col in columns])
     return path
 
 
@@ -451,7 +473,8 @@ def read_metrics_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         rows = []
         for raw in reader:
             row: dict[str, Any] = dict(raw)
-            for name in (*METRIC_NAMES, *VOLUME_NAMES):
+            lesion_cols = [k for k in row if lesion_eval.is_lesion_column(k)]
+            for name in (*METRIC_NAMES, *VOLUME_NAMES, *lesion_cols):
                 if name in row:
                     text = row[name]
                     row[name] = math.nan if text in ("", "NaN", "nan") else float(text)
@@ -473,7 +496,8 @@ def load_evaluation(folder: str | os.PathLike[str]) -> EvaluationResult:
         pred_dir = Path(source["pred_dir"]) if source.get("pred_dir") else None
         ref = Path(source["ref"]) if source.get("ref") else None
         summary["source"] = source
-    return EvaluationResult(folder, rows, summary, pred_dir, ref)
+    lesions = lesion_eval.read_lesions_csv(folder / "lesions.csv")
+    return EvaluationResult(folder, rows, summary, pred_dir, ref, lesions)
 
 
 def format_summary_table(summary: dict[str, Any]) -> str:
@@ -485,6 +509,8 @@ def format_summary_table(summary: dict[str, Any]) -> str:
     for name, stats in summary["metrics"].items():
         cells = "".join(f"{_format_stat(stats[s]):>10}" for s in STATISTICS)
         lines.append(f"{name:<10}{cells}{stats['n']:>6}{stats['n_nan']:>6}")
+    if summary.get("lesions"):
+        lines.append(lesion_eval.format_lesion_table(summary["lesions"]))
     cases = summary["cases"]
     lines.append(
         f"cases: {cases['n']} ({cases['ok']} evaluated, {cases['missing']} missing predictions "
@@ -512,6 +538,8 @@ def evaluate(
     workers: int = 2,
     progress: bool = True,
     print_table: bool = True,
+    lesion_rules: str = lesion_eval.DEFAULT_LESION_RULES,
+    challenge: str = "GLI",
 ) -> EvaluationResult:
     """BraTS metrics of every reference case; writes ``metrics.csv`` and ``summary.json``.
 
@@ -527,6 +555,9 @@ def evaluate(
             1 runs in this process).
         progress: show a progress bar.
         print_table: print the summary table.
+        lesion_rules: lesion-wise rules: ``panoptica`` (the official package, default),
+            ``brats2023`` (the BraTS 2023 ranking code), ``both`` or ``none``.
+        challenge: the BraTS 2023 challenge (GLI, SSA, PED, MEN, MET) for ``brats2023``.
 
     Returns:
         The :class:`EvaluationResult` (rows in reference order).
@@ -542,7 +573,13 @@ def evaluate(
     predictions = find_predictions(pred_dir)
     ref_ids = {item.case_id for item in references}
     unmatched = sorted(set(predictions) - ref_ids)
-    tasks = [(predictions.get(item.case_id), item, pred_convention) for item in references]
+    # Unknown lesion rules or challenge stop here, before any work.
+    if lesion_eval.rule_sets(lesion_rules):
+        lesion_eval.check_challenge(challenge)
+    tasks = [
+        (predictions.get(item.case_id), item, pred_convention, lesion_rules, challenge)
+        for item in references
+    ]
 
     bar = tqdm(total=len(tasks), desc="evaluate", unit="case", disable=not progress)
     rows: list[dict[str, Any]]
@@ -558,6 +595,7 @@ def evaluate(
                 rows.append(row)
                 bar.update()
     bar.close()
+    lesion_records = lesion_eval.pop_records(rows)
 
     summary = summarize(rows)
     summary["unmatched_predictions"] = unmatched
@@ -569,8 +607,10 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics_csv(rows, out_dir / "metrics.csv")
     write_json_atomic(_json_safe(summary), out_dir / "summary.json")
+    if lesion_eval.rule_sets(lesion_rules):
+        lesion_eval.write_lesions_csv(lesion_records, out_dir / "lesions.csv")
     if print_table:
         print(format_summary_table(summary))
         if unmatched:
             print(f"{len(unmatched)} predictions have no reference: {', '.join(unmatched[:10])}")
-    return EvaluationResult(out_dir, rows, summary, pred_dir, ref)
+    return EvaluationResult(out_dir, rows, summary, pred_dir, ref, lesion_records)

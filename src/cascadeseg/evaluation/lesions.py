@@ -46,25 +46,25 @@ by side with a worked example):
   the larger of the two;
 * ``f1`` (the 2023 code reports none) is computed with the panoptica formula from its tp/fp/fn.
 
-Speed: both masks are cropped to the box of ``pred | dilated ref`` first; components are labelled
-once per mask (:func:`scipy.ndimage.label`, 26-connectivity); overlaps are counted with one
-``numpy.unique`` over the voxels where both masks are set; distances are computed per lesion on the
-lesion's own box (see :func:`cascadeseg.evaluation.metrics.bounding_box` for why a one-voxel pad
-keeps erosions and distance transforms exact).
+Speed: the union of every region's masks (for brats2023 with the dilated reference) is labelled
+once per case (:func:`lesion_matching_regions`); its 26-connected clusters hold every component,
+every overlap and every dilated lesion, so each cluster is scored on its own small box, grown by
+``dilation + 1`` voxels so that erosions, distance transforms and dilations there equal the
+full-grid ones. The cost follows the lesions, not the grid.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
+from cascadeseg.evaluation.lesion_distances import pair_metrics_panoptica, surfel_hd95
 from cascadeseg.evaluation.metrics import bounding_box
 
 Rules = Literal["panoptica", "brats2023"]
@@ -85,7 +85,6 @@ CHALLENGES: dict[str, tuple[int, float]] = {
 }
 
 _FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
-_CROSS = ndimage.generate_binary_structure(3, 1)  # 6-connected erosion for borders
 _BALL18 = ndimage.generate_binary_structure(3, 2)  # the 2023 code's dilation element
 
 LesionStatus = Literal["matched", "missed", "false_positive", "below_threshold", "near_small"]
@@ -171,10 +170,6 @@ def _union_box(
     return tuple(slice(max(a - pad, 0), min(b + pad, n)) for a, b, n in zip(lo, hi, shape))
 
 
-def _shift(box: tuple[slice, ...], offset: Sequence[int]) -> tuple[slice, ...]:
-    return tuple(slice(s.start + o, s.stop + o) for s, o in zip(box, offset))
-
-
 def _component_records(
     labels: np.ndarray,
     n: int,
@@ -183,28 +178,32 @@ def _component_records(
     offset: Sequence[int],
     affine: np.ndarray | None,
 ) -> list[dict]:
-    """Voxel count and centroid of components ``1..n`` (``labels`` is a crop at ``offset``)."""
+    """Voxel count and centroid of components ``1..n`` (``labels`` is a crop at ``offset``).
+
+    Each component is measured inside its own bounding box (``find_objects``), so the cost is the
+    sum of the lesions' boxes, not the size of the crop.
+    """
     if n == 0:
         return []
-    index = np.arange(1, n + 1)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    centres = ndimage.center_of_mass(np.ones(labels.shape, dtype=np.uint8), labels, index)
     voxel_ml = float(np.prod(spacing)) / 1000.0
+    a = None if affine is None else np.asarray(affine, dtype=np.float64)
     out = []
-    for i in range(n):
-        c = tuple(float(v) + o for v, o in zip(centres[i], offset))
-        if affine is not None:
-            mm = tuple(
-                float(v) for v in (np.asarray(affine)[:3, :3] @ c + np.asarray(affine)[:3, 3])
-            )
+    for i, box in enumerate(ndimage.find_objects(labels, max_label=n)):
+        if box is None:
+            continue
+        idx = np.nonzero(labels[box] == i + 1)
+        count = int(idx[0].size)
+        c = tuple(float(v.mean()) + s.start + o for v, s, o in zip(idx, box, offset))
+        if a is not None:
+            mm = tuple(float(v) for v in a[:3, :3] @ np.asarray(c) + a[:3, 3])
         else:
-            mm = tuple(v * s for v, s in zip(c, spacing))
+            mm = tuple(v * sp for v, sp in zip(c, spacing))
         out.append(
             {
                 "id": i + 1,
                 "source": source,
-                "voxels": int(counts[i]),
-                "volume_ml": int(counts[i]) * voxel_ml,
+                "voxels": count,
+                "volume_ml": count * voxel_ml,
                 "centroid_voxel": c,
                 "centroid_mm": mm,
             }
@@ -245,113 +244,6 @@ def _spacing3(spacing: Sequence[float]) -> tuple[float, float, float]:
     return values[0], values[1], values[2]
 
 
-# --------------------------------------------------------------------------- distances (panoptica)
-
-
-def _border_distances(
-    a: np.ndarray, b: np.ndarray, spacing: tuple[float, float, float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Border-to-border distances of two non-empty masks on a shared padded crop (medpy style)."""
-    border_a = a ^ ndimage.binary_erosion(a, structure=_CROSS)
-    border_b = b ^ ndimage.binary_erosion(b, structure=_CROSS)
-    a_to_b = ndimage.distance_transform_edt(~border_b, sampling=spacing)[border_a]
-    b_to_a = ndimage.distance_transform_edt(~border_a, sampling=spacing)[border_b]
-    return np.asarray(a_to_b, dtype=np.float64), np.asarray(b_to_a, dtype=np.float64)
-
-
-def _pair_metrics_panoptica(
-    ref: np.ndarray, pred: np.ndarray, spacing: tuple[float, float, float]
-) -> tuple[float, float, float]:
-    """``(dice, hd95, nsd)`` of two non-empty masks cropped with a one-voxel pad."""
-    inter = int(np.count_nonzero(ref & pred))
-    dice = 2.0 * inter / (int(np.count_nonzero(ref)) + int(np.count_nonzero(pred)))
-    ref_to_pred, pred_to_ref = _border_distances(ref, pred, spacing)
-    hd95 = float(np.percentile(np.concatenate([ref_to_pred, pred_to_ref]), 95))
-    tol = min(spacing)
-    # panoptica's _nsd_from_pair: (tp_a + tp_b) / (tp_a + tp_b + fp + fn) with fractions per
-    # surface, i.e. the mean of the two within-tolerance fractions.
-    frac_a = np.count_nonzero(pred_to_ref <= tol) / pred_to_ref.size
-    frac_b = np.count_nonzero(ref_to_pred <= tol) / ref_to_pred.size
-    nsd = float((frac_a + frac_b) / (frac_a + frac_b + (1 - frac_a) + (1 - frac_b)))
-    return dice, hd95, nsd
-
-
-# ------------------------------------------------------------------------ distances (brats2023)
-
-
-@lru_cache(maxsize=8)
-def _surfel_area_table(spacing: tuple[float, float, float]) -> np.ndarray:
-    """Area (mm^2) of the surface element of each of the 256 2x2x2 neighbour codes.
-
-    DeepMind's surface-distance table (the one the BraTS 2023 code ships), as MONAI carries it
-    (``create_table_neighbour_code_to_surface_area``, "adapted from deepmind/surface-distance");
-    taken from MONAI rather than copied here. Imported lazily: only the brats2023 HD95 needs it.
-    """
-    from monai.metrics.utils import create_table_neighbour_code_to_surface_area
-
-    table, _ = create_table_neighbour_code_to_surface_area(spacing)
-    return np.asarray(table.cpu().numpy(), dtype=np.float64)
-
-
-# The 2023 code's neighbour-code kernel (DeepMind surface-distance, ``compute_surface_distances``).
-_CODE_KERNEL = np.array([[[128, 64], [32, 16]], [[8, 4], [2, 1]]], dtype=np.int32)
-
-
-def _surfels(mask: np.ndarray, areas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Surface-element positions (bool grid) and their areas, on a crop padded by one at the end."""
-    codes = ndimage.correlate(mask.astype(np.int32), _CODE_KERNEL, mode="constant", cval=0)
-    border = (codes != 0) & (codes != 255)
-    return border, areas[codes[border]]
-
-
-def _robust_percentile(distances: np.ndarray, areas: np.ndarray, percent: float) -> float:
-    """DeepMind's ``compute_robust_hausdorff`` for one direction: the area-weighted percentile."""
-    if distances.size == 0:
-        return math.inf
-    order = np.argsort(distances, kind="stable")
-    cum = np.cumsum(areas[order]) / np.sum(areas)
-    idx = int(np.searchsorted(cum, percent / 100.0))
-    return float(distances[order][min(idx, distances.size - 1)])
-
-
-def surfel_hd95(
-    ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float], percent: float = 95.0
-) -> float:
-    """HD95 of the BraTS 2023 code (DeepMind ``compute_robust_hausdorff``); ``inf`` if one is empty.
-
-    Surface elements live on the voxel-corner grid (2x2x2 neighbour codes), each weighted by its
-    area; the ``percent`` percentile is taken per direction and the larger one returned.
-
-    Args:
-        ref: binary mask ``(X, Y, Z)``.
-        pred: binary mask of the same shape.
-        spacing: voxel size in mm.
-    """
-    spacing3 = _spacing3(spacing)
-    ref = np.asarray(ref, dtype=bool)
-    pred = np.asarray(pred, dtype=bool)
-    box = bounding_box(ref | pred, pad=0)
-    if box is None:
-        return math.inf
-    # DeepMind pads the tight box with one zero voxel at the high end of each axis.
-    shape = tuple(s.stop - s.start + 1 for s in box)
-    crops = []
-    for m in (ref, pred):
-        c = np.zeros(shape, dtype=bool)
-        c[:-1, :-1, :-1] = m[box]
-        crops.append(c)
-    areas = _surfel_area_table(spacing3)
-    border_r, area_r = _surfels(crops[0], areas)
-    border_p, area_p = _surfels(crops[1], areas)
-    if not border_r.any() or not border_p.any():
-        return math.inf
-    r_to_p = ndimage.distance_transform_edt(~border_p, sampling=spacing3)[border_r]
-    p_to_r = ndimage.distance_transform_edt(~border_r, sampling=spacing3)[border_p]
-    return max(
-        _robust_percentile(r_to_p, area_r, percent), _robust_percentile(p_to_r, area_p, percent)
-    )
-
-
 # ----------------------------------------------------------------------------------- matching
 
 
@@ -385,40 +277,36 @@ def _match_panoptica(
     return pairs, ref_sizes, pred_sizes
 
 
-def _work_box(pred: np.ndarray, ref: np.ndarray, pad: int) -> tuple[slice, ...] | None:
-    boxes = [bounding_box(pred, pad=0), bounding_box(ref, pad=0)]
-    if boxes[0] is None and boxes[1] is None:
-        return None
-    return _union_box(*boxes, shape=pred.shape, pad=pad)
+@dataclass
+class _Part:
+    """Figures of one cluster of lesions (ids local to the cluster)."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    scores: list[tuple[float, ...]] = field(default_factory=list)
+    records: list[Lesion] = field(default_factory=list)
 
 
-def _panoptica(
+def _panoptica_part(
     pred: np.ndarray,
     ref: np.ndarray,
     spacing: tuple[float, float, float],
+    offset: Sequence[int],
     affine: np.ndarray | None,
-) -> LesionResult:
-    box = _work_box(pred, ref, pad=1)
-    if box is None:
-        return LesionResult("panoptica", 0, 0, 0, math.nan, math.nan, math.nan, math.nan)
-    offset = [s.start for s in box]
-    ref_lab, n_ref = label_components(ref[box])
-    pred_lab, n_pred = label_components(pred[box])
+) -> _Part:
+    """panoptica's rules on one cluster crop (masks padded by at least one voxel)."""
+    ref_lab, n_ref = label_components(ref)
+    pred_lab, n_pred = label_components(pred)
     pairs, _, _ = _match_panoptica(ref_lab, n_ref, pred_lab, n_pred)
     ref_boxes, pred_boxes = ndimage.find_objects(ref_lab), ndimage.find_objects(pred_lab)
     scores: dict[tuple[int, int], tuple[float, float, float]] = {}
     for r_id, p_id in pairs:
         sub = _union_box(ref_boxes[r_id - 1], pred_boxes[p_id - 1], shape=ref_lab.shape, pad=1)
-        scores[(r_id, p_id)] = _pair_metrics_panoptica(
+        scores[(r_id, p_id)] = pair_metrics_panoptica(
             ref_lab[sub] == r_id, pred_lab[sub] == p_id, spacing
         )
     tp = len(pairs)
-    fp, fn = n_pred - tp, n_ref - tp
-    if tp:
-        values = np.array(list(scores.values()))
-        dice, hd95, nsd = (float(v) for v in values.mean(axis=0))
-    else:  # panoptica's zero-TP edge cases (config_gli.yaml); INF is reported as 373
-        dice, nsd, hd95 = 0.0, 0.0, PANOPTICA_INF_HD95
     ref_partner = {r: p for r, p in pairs}
     pred_partner = {p: r for r, p in pairs}
     records: list[Lesion] = []
@@ -432,35 +320,30 @@ def _panoptica(
         d, h, _ = scores[(partner, rec["id"])] if partner else (0.0, math.nan, 0.0)
         status = "matched" if partner else "false_positive"
         records.append(Lesion(**rec, status=status, dice=d, hd95=h, partners=_ids(partner)))
-    return LesionResult(
-        "panoptica", tp, fp, fn, recognition_f1(tp, fp, fn), dice, hd95, nsd, tuple(records)
-    )
+    return _Part(tp, n_pred - tp, n_ref - tp, list(scores.values()), records)
 
 
 def _ids(*values: int | None) -> tuple[int, ...]:
     return tuple(int(v) for v in values if v)
 
 
-def _brats2023(
+def _brats2023_part(
     pred: np.ndarray,
     ref: np.ndarray,
     spacing: tuple[float, float, float],
+    offset: Sequence[int],
     affine: np.ndarray | None,
     dilation: int,
     min_volume: float,
-) -> LesionResult:
-    box = _work_box(pred, ref, pad=dilation + 1)
-    if box is None:
-        return LesionResult("brats2023", 0, 0, 0, math.nan, 1.0, 0.0, math.nan)
-    offset = [s.start for s in box]
-    p, r = pred[box], ref[box]
-    pred_lab, n_pred = label_components(p)
-    if r.any():
-        dil = ndimage.binary_dilation(r, structure=_BALL18, iterations=dilation)
+) -> _Part:
+    """The BraTS 2023 rules on one cluster crop (padded by at least ``dilation + 1`` voxels)."""
+    pred_lab, n_pred = label_components(pred)
+    if ref.any():
+        dil = ndimage.binary_dilation(ref, structure=_BALL18, iterations=dilation)
         dil_lab, n_les = label_components(dil)
     else:
-        dil_lab, n_les = np.zeros(r.shape, dtype=np.int32), 0
-    les_lab = np.where(r, dil_lab, 0).astype(np.int32)  # lesion = reference voxels of one group
+        dil_lab, n_les = np.zeros(ref.shape, dtype=np.int32), 0
+    les_lab = np.where(ref, dil_lab, 0).astype(np.int32)  # lesion = reference voxels of a group
     touching: dict[int, list[int]] = {g: [] for g in range(1, n_les + 1)}
     if n_les and n_pred:
         g_ids, p_ids, _ = _pair_counts(dil_lab, n_les, pred_lab, n_pred)
@@ -468,13 +351,9 @@ def _brats2023(
             touching[g].append(q)
     voxel_mm3 = float(np.prod(spacing))
     les_boxes, pred_boxes = ndimage.find_objects(les_lab), ndimage.find_objects(pred_lab)
-    les_records = _component_records(les_lab, n_les, "reference", spacing, offset, affine)
-    kept_dice: list[float] = []
-    kept_hd: list[float] = []
+    part = _Part()
     pred_status: dict[int, tuple[str, float, float, list[int]]] = {}
-    records: list[Lesion] = []
-    tp = fn = 0
-    for rec in les_records:
+    for rec in _component_records(les_lab, n_les, "reference", spacing, offset, affine):
         g, preds = rec["id"], touching[rec["id"]]
         dice, hd = _lesion_scores_2023(les_lab, g, pred_lab, preds, les_boxes, pred_boxes, spacing)
         small = rec["voxels"] * voxel_mm3 <= min_volume
@@ -482,9 +361,8 @@ def _brats2023(
             status = "below_threshold"
         else:
             status = "matched" if preds else "missed"
-            tp, fn = tp + bool(preds), fn + (not preds)
-            kept_dice.append(dice)
-            kept_hd.append(hd)
+            part.tp, part.fn = part.tp + bool(preds), part.fn + (not preds)
+            part.scores.append((dice, hd))
         for q in preds:
             old = pred_status.get(q)
             label = "near_small" if small else "matched"
@@ -496,21 +374,153 @@ def _brats2023(
                 pred_status[q] = (label, dice, hd, (old[3] if old else []) + [g])
             else:
                 old[3].append(g)
-        records.append(Lesion(**rec, status=status, dice=dice, hd95=hd, partners=tuple(preds)))
-    fp = 0
+        part.records.append(Lesion(**rec, status=status, dice=dice, hd95=hd, partners=tuple(preds)))
     for rec in _component_records(pred_lab, n_pred, "prediction", spacing, offset, affine):
         st = pred_status.get(rec["id"])
         if st is None:
-            fp += 1
+            part.fp += 1
             st = ("false_positive", 0.0, BRATS2023_FP_HD95, [])
-        records.append(
+        part.records.append(
             Lesion(**rec, status=st[0], dice=st[1], hd95=st[2], partners=tuple(sorted(st[3])))
         )
-    count = len(kept_dice) + fp
-    lw_dice = sum(kept_dice) / count if count else 1.0
-    lw_hd95 = (sum(kept_hd) + BRATS2023_FP_HD95 * fp) / count if count else 0.0
+    return part
+
+
+def _combine(rules: str, parts: Sequence[_Part]) -> LesionResult:
+    """One region's result from its clusters: sums, means, lesion ids numbered across clusters."""
+    tp, fp, fn = (sum(getattr(p, k) for p in parts) for k in ("tp", "fp", "fn"))
+    scores = [s for p in parts for s in p.scores]
     f1 = recognition_f1(tp, fp, fn)
-    return LesionResult("brats2023", tp, fp, fn, f1, lw_dice, lw_hd95, math.nan, tuple(records))
+    if rules == "panoptica":
+        if scores:
+            dice, hd95, nsd = (float(v) for v in np.mean(np.array(scores), axis=0))
+        elif fp + fn:  # panoptica's zero-TP edge cases (config_gli.yaml); INF reported as 373
+            dice, hd95, nsd = 0.0, PANOPTICA_INF_HD95, 0.0
+        else:  # no lesion on either side: panoptica's no_instances_result
+            dice = hd95 = nsd = math.nan
+    else:
+        count = len(scores) + fp
+        dice = sum(s[0] for s in scores) / count if count else 1.0
+        hd95 = (sum(s[1] for s in scores) + BRATS2023_FP_HD95 * fp) / count if count else 0.0
+        nsd = math.nan
+    refs: list[Lesion] = []
+    preds: list[Lesion] = []
+    for part in parts:
+        n_ref, n_pred = len(refs), len(preds)
+        for les in part.records:
+            mine, theirs = (n_ref, n_pred) if les.source == "reference" else (n_pred, n_ref)
+            renumbered = replace(
+                les, id=les.id + mine, partners=tuple(i + theirs for i in les.partners)
+            )
+            (refs if les.source == "reference" else preds).append(renumbered)
+    return LesionResult(rules, tp, fp, fn, f1, dice, hd95, nsd, tuple(refs + preds))
+
+
+def _clusters(
+    preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], reach: int
+) -> tuple[tuple[slice, ...] | None, np.ndarray, list[tuple[list[int], tuple[slice, ...]]]]:
+    """Groups of voxels no lesion-wise rule looks across, shared by every region of a case.
+
+    Clusters are the 26-connected components of ``OR(all masks)``: every component of every
+    region lies in one (regions are subsets of the union) and overlapping components share one.
+    For the BraTS 2023 rules (``reach`` = its dilation) clusters whose boxes, each grown by
+    ``reach + 1``, intersect are grouped: clusters in different groups are more than
+    ``2 reach + 2`` voxels apart along an axis, so no dilated lesion joins them and no component
+    touches a lesion of another group. Each group is scored on its own small box, which is what
+    makes the evaluation of a large grid fast (grouping more than needed is harmless).
+
+    Returns:
+        ``(box of the union, cluster labels on that box, [(cluster ids, group box)])``; a group
+        box holds its clusters' boxes grown by ``reach + 1`` voxels (clipped), so erosions,
+        distance transforms and dilations on it equal the full-grid ones.
+    """
+    union = np.zeros(preds[0].shape, dtype=bool)
+    for mask in (*preds, *refs):
+        union |= mask
+    box = bounding_box(union, pad=reach + 1)
+    if box is None:
+        return None, np.zeros((0, 0, 0), dtype=np.int32), []
+    labels, _ = label_components(union[box])
+    boxes = {
+        c: _union_box(b, shape=labels.shape, pad=reach + 1)
+        for c, b in enumerate(ndimage.find_objects(labels), start=1)
+        if b is not None
+    }
+    if not reach:
+        return box, labels, [([c], b) for c, b in boxes.items()]
+    groups: list[tuple[list[int], tuple[slice, ...]]] = []
+    for c, b in boxes.items():  # absorb every group whose box meets this one, until none does
+        ids, merged = [c], b
+        while any(_meets(g[1], merged) for g in groups):
+            for group in [g for g in groups if _meets(g[1], merged)]:
+                groups.remove(group)
+                ids += group[0]
+                merged = _union_box(merged, group[1], shape=labels.shape, pad=0)
+        groups.append((ids, merged))
+    return box, labels, groups
+
+
+def _meets(a: tuple[slice, ...], b: tuple[slice, ...]) -> bool:
+    return all(x.start < y.stop and y.start < x.stop for x, y in zip(a, b))
+
+
+def lesion_matching_regions(
+    preds: Mapping[str, np.ndarray],
+    refs: Mapping[str, np.ndarray],
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    *,
+    rules: str = "panoptica",
+    challenge: str = "GLI",
+    affine: np.ndarray | None = None,
+    dilation: int | None = None,
+    min_volume: float | None = None,
+    offset: Sequence[int] = (0, 0, 0),
+) -> dict[str, LesionResult]:
+    """:func:`lesion_matching` for several regions of one case at once (faster than one by one).
+
+    Args:
+        preds: region name -> ``(X, Y, Z)`` binary prediction mask.
+        refs: region name -> reference mask (same names, same shape).
+        offset: voxel position of the arrays' first voxel in the full grid (for centroids when
+            the caller passes crops).
+        spacing, rules, challenge, affine, dilation, min_volume: see :func:`lesion_matching`.
+
+    Returns:
+        region name -> :class:`LesionResult`.
+    """
+    names = list(preds)
+    if set(names) != set(refs) or not names:
+        raise ValueError("preds and refs need the same, non-empty set of regions")
+    p_masks = [np.asarray(preds[n]).astype(bool, copy=False) for n in names]
+    r_masks = [np.asarray(refs[n]).astype(bool, copy=False) for n in names]
+    shape = p_masks[0].shape
+    if len(shape) != 3 or any(m.shape != shape for m in (*p_masks, *r_masks)):
+        raise ValueError(f"need 3D masks of one shape, got {[m.shape for m in p_masks + r_masks]}")
+    spacing3 = _spacing3(spacing)
+    if rules not in RULES:
+        raise ValueError(f"unknown lesion rules {rules!r} (known: {', '.join(RULES)})")
+    dil, thresh = challenge_parameters(challenge)
+    dil = dil if dilation is None else int(dilation)
+    thresh = thresh if min_volume is None else float(min_volume)
+    reach = dil if rules == "brats2023" else 0
+    box, labels, groups = _clusters(p_masks, r_masks, reach)
+    results = {}
+    for name, p_full, r_full in zip(names, p_masks, r_masks):
+        parts = []
+        if box is not None:
+            p_box, r_box = p_full[box], r_full[box]
+            for ids, sub in groups:
+                inside = labels[sub] == ids[0] if len(ids) == 1 else np.isin(labels[sub], ids)
+                p, r = p_box[sub] & inside, r_box[sub] & inside
+                if not (p.any() or r.any()):
+                    continue
+                at = [o + b.start + s.start for o, b, s in zip(offset, box, sub)]
+                if rules == "panoptica":
+                    parts.append(_panoptica_part(p, r, spacing3, at, affine))
+                else:
+                    parts.append(_brats2023_part(p, r, spacing3, at, affine, dil, thresh))
+        results[name] = _combine(rules, parts)
+    return results
 
 
 def _lesion_scores_2023(
@@ -567,24 +577,16 @@ def lesion_matching(
     Raises:
         ValueError: shapes differ, the arrays are not 3D, or an unknown rule set / challenge.
     """
-    pred = np.asarray(pred).astype(bool, copy=False)
-    ref = np.asarray(ref).astype(bool, copy=False)
-    if pred.shape != ref.shape or pred.ndim != 3:
-        raise ValueError(f"need two 3D masks of one shape, got {pred.shape} and {ref.shape}")
-    spacing3 = _spacing3(spacing)
-    if rules == "panoptica":
-        return _panoptica(pred, ref, spacing3, affine)
-    if rules != "brats2023":
-        raise ValueError(f"unknown lesion rules {rules!r} (known: {', '.join(RULES)})")
-    dil, thresh = challenge_parameters(challenge)
-    return _brats2023(
-        pred,
-        ref,
-        spacing3,
-        affine,
-        dil if dilation is None else int(dilation),
-        thresh if min_volume is None else float(min_volume),
-    )
+    return lesion_matching_regions(
+        {"region": pred},
+        {"region": ref},
+        spacing,
+        rules=rules,
+        challenge=challenge,
+        affine=affine,
+        dilation=dilation,
+        min_volume=min_volume,
+    )["region"]
 
 
 def challenge_parameters(challenge: str) -> tuple[int, float]:

@@ -27,7 +27,9 @@ Speed: :func:`case_metrics` crops to the bounding box of ``pred | ref`` (plus on
 erosions and distance transforms on the crop equal those on the full grid, see
 :func:`bounding_box`), counts all confusions of the 4 x 4 internal labels with one
 ``numpy.bincount``, derives the true negatives arithmetically from the full volume's size, and runs
-distance transforms only for regions where both masks are non-empty, on each region's own box.
+distance transforms only for regions where both masks are non-empty, on each region's own box;
+where the masks are spread thin over a large box (lesions far apart), nearest border distances
+come from a k-d tree over the border voxels instead (same exact values, cost by border size).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from cascadeseg.data.labels import NUM_CLASSES, REGION_LABELS, REGIONS
 
@@ -54,6 +57,10 @@ METRIC_NAMES: tuple[str, ...] = tuple(
 VOLUME_NAMES: tuple[str, ...] = tuple(
     f"vol_{region.lower()}_{side}_ml" for region in REGIONS for side in ("pred", "ref")
 )
+
+# Box voxels per border voxel above which surface_distances uses a k-d tree instead of two
+# distance transforms (both exact; measured break-even on a 240 x 240 x 155 grid about 10-50).
+_KDTREE_RATIO = 30
 
 # 6-connected (cross) structuring element: connectivity 1 in medpy's and panoptica's defaults,
 # and the default structure of scipy's binary_erosion used by MONAI's get_mask_edges.
@@ -137,10 +144,30 @@ def bounding_box(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def erode_cross(mask: np.ndarray) -> np.ndarray:
+    """Binary erosion with the 6-connected cross, outside the array counted as background.
+
+    Equal to ``scipy.ndimage.binary_erosion(mask, generate_binary_structure(ndim, 1))`` (the
+    tests check it), written as six shifted ANDs because that is about 5x faster than scipy's
+    general erosion on a 240 x 240 x 155 grid, and borders are needed for every HD95.
+
+    Args:
+        mask: bool array of any number of dimensions.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    out = mask.copy()
+    for axis in range(mask.ndim):
+        o, m = np.moveaxis(out, axis, 0), np.moveaxis(mask, axis, 0)  # views: writes go to out
+        o[1:] &= m[:-1]
+        o[:-1] &= m[1:]
+        o[0] = False
+        o[-1] = False
+    return out
+
+
 def _border(mask: np.ndarray) -> np.ndarray:
     """Surface voxels: ``mask XOR erode(mask)`` with the 6-connected cross (medpy, panoptica)."""
-    structure = _CROSS if mask.ndim == 3 else ndimage.generate_binary_structure(mask.ndim, 1)
-    return mask ^ ndimage.binary_erosion(mask, structure=structure)
+    return mask ^ erode_cross(mask)
 
 
 def surface_distances(
@@ -170,6 +197,18 @@ def surface_distances(
     p, r = p[box], r[box]
     sampling = None if spacing is None else tuple(float(s) for s in spacing)
     border_p, border_r = _border(p), _border(r)
+    n_border = int(np.count_nonzero(border_p)) + int(np.count_nonzero(border_r))
+    if n_border * _KDTREE_RATIO < p.size:
+        # Masks spread over a large box (lesions far apart, distant false positives): a k-d
+        # tree over the border voxels costs O(n log n) in the number of border voxels, where
+        # two distance transforms cost the volume of the box. Both give the exact Euclidean
+        # distance to the nearest border voxel of the other mask.
+        scale = np.ones(p.ndim) if sampling is None else np.asarray(sampling, dtype=np.float64)
+        points_p = np.argwhere(border_p) * scale
+        points_r = np.argwhere(border_r) * scale
+        to_ref = cKDTree(points_r).query(points_p)[0]
+        to_pred = cKDTree(points_p).query(points_r)[0]
+        return np.asarray(to_ref, dtype=np.float64), np.asarray(to_pred, dtype=np.float64)
     # scipy's EDT measures the distance to the nearest zero, hence the complement of the border.
     to_ref = ndimage.distance_transform_edt(~border_r, sampling=sampling)[border_p]
     to_pred = ndimage.distance_transform_edt(~border_p, sampling=sampling)[border_r]
@@ -208,6 +247,65 @@ def hd95(
         return float(empty_value)
     to_ref, to_pred = surface_distances(p, r, spacing)
     return float(np.percentile(np.concatenate([to_ref, to_pred]), percentile))
+
+
+def _sparse_borders(
+    label: np.ndarray, points: np.ndarray, values: np.ndarray, labels: Sequence[int]
+) -> np.ndarray:
+    """Border voxels (cross erosion, outside = background) of ``label in labels``, sparsely.
+
+    Args:
+        label: ``(X, Y, Z)`` uint8 label crop.
+        points: ``(N, 3)`` voxel indices of every non-zero voxel that may be in the region.
+        values: ``label`` at ``points``.
+        labels: the region's label values.
+
+    Returns:
+        ``(M, 3)`` indices of the region's voxels with a 6-neighbour outside the region (or
+        outside the array): the voxels ``mask XOR erode(mask)`` selects.
+    """
+    inside = np.isin(values, labels)
+    pts = points[inside]
+    border = np.zeros(len(pts), dtype=bool)
+    upper = np.asarray(label.shape) - 1
+    for axis in range(pts.shape[1]):
+        for step in (-1, 1):
+            nb = pts.copy()
+            nb[:, axis] += step
+            off = (nb[:, axis] < 0) | (nb[:, axis] > upper[axis])
+            nb[off, axis] = pts[off, axis]  # any valid index; these are borders anyway
+            border |= off | ~np.isin(label[tuple(nb.T)], labels)
+    return pts[border]
+
+
+def _sparse_border_distances(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    points: np.ndarray,
+    pred_values: np.ndarray,
+    ref_values: np.ndarray,
+    labels: Sequence[int],
+    spacing: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`surface_distances` of one region from the coordinates of the non-zero voxels.
+
+    Exact (the same borders, the same Euclidean distances through a k-d tree) at a cost set by
+    the number of tumour voxels instead of the volume of the box around them.
+    """
+    scale = np.asarray(spacing, dtype=np.float64)
+    border_p = _sparse_borders(pred, points, pred_values, labels) * scale
+    border_r = _sparse_borders(ref, points, ref_values, labels) * scale
+    to_ref = cKDTree(border_r).query(border_p)[0]
+    to_pred = cKDTree(border_p).query(border_r)[0]
+    return np.asarray(to_ref, dtype=np.float64), np.asarray(to_pred, dtype=np.float64)
+
+
+def _labels_mask(label: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """``label in labels`` by comparisons (no int64 copy of the volume)."""
+    mask = label == labels[0]
+    for value in labels[1:]:
+        mask |= label == value
+    return mask
 
 
 def case_metrics(
@@ -250,18 +348,22 @@ def case_metrics(
         pad=1,
     )
     if box is None:
-        pred_crop = np.zeros((1,) * pred_label.ndim, dtype=np.int64)
+        pred_crop = np.zeros((1,) * pred_label.ndim, dtype=np.uint8)
         ref_crop = pred_crop
     else:
-        pred_crop = pred_label[box].astype(np.int64)
-        ref_crop = ref_label[box].astype(np.int64)
+        pred_crop, ref_crop = pred_label[box], ref_label[box]
     for name, crop in (("prediction", pred_crop), ("reference", ref_crop)):
         if crop.size and (crop.min() < 0 or crop.max() >= NUM_CLASSES):
             raise ValueError(f"{name} label values must be internal labels 0-{NUM_CLASSES - 1}")
-    # confusion[p, r] = number of voxels with prediction label p and reference label r.
-    confusion = np.bincount(
-        (pred_crop * NUM_CLASSES + ref_crop).ravel(), minlength=NUM_CLASSES**2
-    ).reshape(NUM_CLASSES, NUM_CLASSES)
+    pred_crop = pred_crop.astype(np.uint8, copy=False)
+    ref_crop = ref_crop.astype(np.uint8, copy=False)
+    # confusion[p, r] = number of voxels with prediction label p and reference label r. Only the
+    # voxels where either map is non-zero are counted; the rest are (0, 0) by arithmetic.
+    either = np.nonzero(pred_crop | ref_crop)
+    pred_values, ref_values = pred_crop[either], ref_crop[either]
+    codes = pred_values.astype(np.intp) * NUM_CLASSES + ref_values
+    confusion = np.bincount(codes, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+    confusion[0, 0] += pred_crop.size - codes.size
 
     out: dict[str, float] = {}
     volumes: dict[str, float] = {}
@@ -281,8 +383,18 @@ def case_metrics(
         elif tp + fp == 0 or tp + fn == 0:
             out[f"hd95_{key}"] = float(empty_hd95)
         else:
-            lut = inside.astype(bool)
-            out[f"hd95_{key}"] = hd95(lut[pred_crop], lut[ref_crop], spacing)
+            sparse = codes.size * _KDTREE_RATIO < pred_crop.size
+            if sparse:  # tumour voxels spread thin over a large box: work on their coordinates
+                points = np.stack(either, axis=1)
+                to_ref, to_pred = _sparse_border_distances(
+                    pred_crop, ref_crop, points, pred_values, ref_values, labels, spacing
+                )
+                pooled = np.concatenate([to_ref, to_pred])
+                out[f"hd95_{key}"] = float(np.percentile(pooled, 95))
+            else:
+                out[f"hd95_{key}"] = hd95(
+                    _labels_mask(pred_crop, labels), _labels_mask(ref_crop, labels), spacing
+                )
         volumes[f"vol_{key}_pred_ml"] = (tp + fp) * voxel_ml
         volumes[f"vol_{key}_ref_ml"] = (tp + fn) * voxel_ml
     ordered = {name: out[name] for name in METRIC_NAMES}

@@ -23,6 +23,7 @@ import numpy as np
 
 from cascadeseg.data.labels import REGIONS, to_internal
 from cascadeseg.data.nifti import load_nifti
+from cascadeseg.evaluation import lesion_report
 from cascadeseg.evaluation.evaluate import (
     STATISTICS,
     STATUS_ERROR,
@@ -95,8 +96,9 @@ def method_table(results: Mapping[str, EvaluationResult]) -> list[dict[str, Any]
                 col = f"{metric}_{region.lower()}"
                 row[col] = result.summary["metrics"][col]["mean"]
         row["n"] = len(result.scored_rows())
+        row.update(lesion_report.method_columns(result.summary))
         rows.append(row)
-    return rows
+    return lesion_report.align_columns(rows)
 
 
 def method_table_markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -116,7 +118,8 @@ def method_table_markdown(rows: Sequence[dict[str, Any]]) -> str:
     for row in rows:
         cells = [_fmt(row[c], 2 if c.startswith("hd95") else 3) for c in cols]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {row['n']} |")
-    return "\n".join(lines) + "\n"
+    lesion_table = lesion_report.method_table_markdown(rows)
+    return "\n".join(lines) + "\n" + (f"\n{lesion_table}" if lesion_table else "")
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -261,6 +264,7 @@ def _summary_table_html(result: EvaluationResult) -> str:
             f'<tr><td class="l">{name}</td>{cells}'
             f"<td>{stats['n']}</td><td>{stats['n_nan']}</td></tr>"
         )
+    lines.extend(lesion_report.summary_rows_html(result.summary, STATISTICS))
     lines.append("</table>")
     return "\n".join(lines)
 
@@ -381,7 +385,9 @@ def write_report(
 
     if len(named) > 1:
         sections.append("<h2>Methods (mean per region)</h2>")
-        sections.append(_method_table_html(method_table(named)))
+        table = method_table(named)
+        sections.append(_method_table_html(table))
+        sections.append(lesion_report.method_table_html(table))
     for name, res in named.items():
         sections.append(f"<h2>Summary: {html.escape(name)}</h2>")
         sections.append(_summary_table_html(res))
@@ -403,6 +409,10 @@ def write_report(
         for name, res in named.items():
             sections.append(f"<h2>Cases, worst first: {html.escape(name)}</h2>")
             sections.append(_cases_table_html(res))
+            if res.lesions:
+                sections.append(f"<h2>Lesions per case: {html.escape(name)}</h2>")
+                order = [r["case"] for r in worst_cases(res)]
+                sections.append(lesion_report.cases_html(res.lesions, order))
 
         cases = (
             list(overlay_cases)
