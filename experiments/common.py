@@ -458,7 +458,8 @@ def predict_and_evaluate(
 ) -> Condition:
     """Predict the held-out cases with ``run`` (last weights or snapshot ensemble) and evaluate.
 
-    The ET threshold is always passed explicitly (0 = off), so nothing stored with a run by
+    The ET threshold is always passed explicitly (0 = off), and the lesion-aware component
+    removal is off (``--min-lesion-voxels 0``), so nothing stored with a run by
     ``tune-postprocess`` changes a condition behind the reader's back. ``max_snapshots > 0``
     keeps only the last that many snapshots (a cost cap on CPU; the tables say how many).
     ``fuse_brain_mask`` other than ``None`` sets :class:`PredictOptions.fuse_brain_mask`, which
@@ -477,7 +478,8 @@ def predict_and_evaluate(
     for ckpt in checkpoints:
         argv += ["--model", ckpt]
     argv += ["--input", settings.test_dir, "--output", pred_dir]
-    argv += ["--et-min-voxels", et_min_voxels, "--device", "cpu", "--overwrite"]
+    argv += ["--et-min-voxels", et_min_voxels, "--min-lesion-voxels", "0"]
+    argv += ["--device", "cpu", "--overwrite"]
     if not tta:
         argv.append("--no-tta")
     if not settings.progress:
@@ -526,6 +528,7 @@ def _predict_api(settings: Settings, cond: Condition, fuse_brain_mask: bool) -> 
     options = PredictOptions(
         tta=cond.tta,
         et_min_voxels=cond.et_min_voxels,
+        min_lesion_voxels={"wt": 0, "tc": 0, "et": 0},
         device="cpu",
         overwrite=True,
         fuse_brain_mask=fuse_brain_mask,

@@ -33,6 +33,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="grid scale of the synthetic cases (1: BraTS 240x240x155 at 1 mm; 0.25: smoke run)",
     )
+    parser.add_argument(
+        "--multifocal-prob",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of multi-focal synthetic cases (several tumours, satellites; default 0)",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
 
 
@@ -49,5 +56,6 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         synth_scale=args.scale,
         overrides=tuple(args.overrides),
+        multifocal_prob=args.multifocal_prob,
     )
     return 0

@@ -138,6 +138,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "model by tune-postprocess, else off)",
     )
     parser.add_argument(
+        "--min-lesion-voxels",
+        default=None,
+        metavar="wt=N,tc=N,et=N",
+        help="remove predicted components below N voxels per region (a small WT component "
+        "becomes background, TC edema, ET necrosis); any subset, or N for all three "
+        "(default: the values stored with the model by tune-postprocess, else off)",
+    )
+    parser.add_argument(
         "--batch-slices", type=int, default=16, help="slices per batch for 2D models"
     )
     parser.add_argument(
@@ -150,6 +158,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cascadeseg.inference import load_models, predict
+    from cascadeseg.inference.lesion_postprocess import parse_min_lesion_voxels
     from cascadeseg.inference.predictor import options_from_recipe, resolve_device
     from cascadeseg.inference.shards import (
         env_int,
@@ -176,6 +185,9 @@ def run(args: argparse.Namespace) -> int:
         device=str(device),
         batch_slices=args.batch_slices,
         et_min_voxels=args.et_min_voxels,
+        min_lesion_voxels=None
+        if args.min_lesion_voxels is None
+        else parse_min_lesion_voxels(args.min_lesion_voxels),
         labels=args.labels,
         save_probabilities=args.save_probabilities,
         save_uncertainty=args.save_uncertainty,

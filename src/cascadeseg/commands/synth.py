@@ -1,4 +1,5 @@
-"""``cascadeseg synth OUT --cases N --seed S --layout {brats2021,brats2023,msd} [--workers W]``.
+"""``cascadeseg synth OUT --cases N --seed S --layout {brats2021,brats2023,msd} [--workers W]
+[--multifocal-prob P --max-lesions N]``.
 
 Writes synthetic BraTS-geometry cases (240 x 240 x 155, 1 mm, int16 images) built on the MNI152
 anatomy, with their segmentations, in the chosen dataset layout; see :mod:`cascadeseg.data.synth`.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 HELP = "write synthetic BraTS-like cases (MNI152 anatomy, glioma with edema, ET, necrosis)"
 #: The folder this command writes, locked while it runs (see cascadeseg.cli).
@@ -48,6 +50,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace files that exist (default: refuse, writing nothing, if any does)",
     )
+    parser.add_argument(
+        "--multifocal-prob",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of multi-focal cases: 2-3 tumours plus satellite nodules near them, some "
+        "within the BraTS 2023 3-voxel dilation reach, some farther (default 0: off)",
+    )
+    parser.add_argument(
+        "--max-lesions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most tumour foci (tumours + satellites) of a multi-focal case (default 6)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -71,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 f"--bias-strength must be LOW HIGH with 0 <= LOW <= HIGH (got {low} {high})"
             )
         config = replace(config, bias_strength=(low, high))
+    config = _multifocal_options(config, args.multifocal_prob, args.max_lesions)
     paths = synthesize_dataset(
         args.out,
         args.cases,
@@ -87,3 +105,17 @@ def run(args: argparse.Namespace) -> int:
         f"{config.voxel_mm:g} mm, seed {args.seed}) to {args.out.resolve()}"
     )
     return 0
+
+
+def _multifocal_options(config: Any, probability: float, max_lesions: int | None) -> Any:
+    """``config`` with ``--multifocal-prob`` and ``--max-lesions`` (checked) applied."""
+    from cascadeseg.errors import ConfigError
+
+    if not 0.0 <= probability <= 1.0:
+        raise ConfigError(f"--multifocal-prob must lie in [0, 1] (got {probability})")
+    config = replace(config, multifocal_prob=probability)
+    if max_lesions is not None:
+        if max_lesions < 2:
+            raise ConfigError(f"--max-lesions must be at least 2 (got {max_lesions})")
+        config = replace(config, max_lesions=max_lesions)
+    return config

@@ -55,6 +55,7 @@ from scipy.spatial.transform import Rotation
 
 from cascadeseg.data.case import MODALITIES, Case, Meta
 from cascadeseg.data.labels import ED, ET, NCR
+from cascadeseg.data.synth_satellites import SoftMaps, add_satellites, satellite_margin_voxels
 from cascadeseg.data.toy import brats_affine
 from cascadeseg.errors import InputError
 
@@ -172,6 +173,19 @@ class SynthConfig:
             white matter ((0, 0) disables them).
         vessel_spacing_mm: feature size of the random fields whose common zeros are the vessels.
         vessel_width: vessel thickness, as a fraction of the fields' standard deviation.
+        multifocal_prob: probability of a multi-focal case (0 = off, the default: cases are
+            those of earlier revisions, seed for seed): 2-3 separate tumours (as ``p_multifocal``)
+            plus satellite nodules (:mod:`cascadeseg.data.synth_satellites`), for lesion-wise
+            evaluation and post-processing. Drawn from a stream of its own.
+        max_lesions: most tumour foci of a multi-focal case (separate tumours + satellites,
+            >= 2); a multi-focal case gets between 1 and ``max_lesions - tumours`` satellites.
+        satellite_radius_mm: range of a satellite's core radius (at least one voxel).
+        satellite_near_gap_voxels: gap range (voxels) of ``near`` satellites: within the BraTS
+            2023 ranking code's 3-voxel dilation reach.
+        satellite_far_gap_voxels: gap range (voxels) of ``far`` satellites: out of that reach.
+        p_near_satellite: probability that a satellite is ``near`` (else ``far``).
+        p_satellite_in_edema: probability that a satellite lies in the edema of the tumour (a
+            lesion of its own in TC/ET only; else outside the whole tumour).
     """
 
     shape_scale: float = 1.0
@@ -217,6 +231,13 @@ class SynthConfig:
     vessel_spacing_mm: float = 14.0
     vessel_width: float = 0.15
     reference_modality: str = "t1ce"
+    multifocal_prob: float = 0.0
+    max_lesions: int = 6
+    satellite_radius_mm: tuple[float, float] = (2.0, 5.0)
+    satellite_near_gap_voxels: tuple[int, int] = (1, 3)
+    satellite_far_gap_voxels: tuple[int, int] = (10, 20)
+    p_near_satellite: float = 0.5
+    p_satellite_in_edema: float = 0.5
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -247,6 +268,7 @@ class CasePlan:
     n_lesions: int
     mirrored: bool = False
     lesions: list[Lesion] = field(default_factory=list)
+    n_satellites: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,7 +535,7 @@ def plan_case(seed: int, config: SynthConfig = SynthConfig()) -> CasePlan:
     with a given kind of hard case cheaply.
     """
     rng = np.random.default_rng(seed)
-    return _draw_plan(rng, config)
+    return _multifocal_plan(seed, config, _draw_plan(rng, config))[0]
 
 
 def _draw_plan(rng: np.random.Generator, config: SynthConfig) -> CasePlan:
@@ -524,6 +546,26 @@ def _draw_plan(rng: np.random.Generator, config: SynthConfig) -> CasePlan:
     if draws[2] < config.p_multifocal:
         n_lesions = 2 if draws[3] < 0.7 else 3
     return CasePlan(has_et=has_et, tiny=tiny, n_lesions=n_lesions)
+
+
+def _multifocal_plan(
+    seed: int, config: SynthConfig, plan: CasePlan
+) -> tuple[CasePlan, np.random.Generator | None]:
+    """The plan with ``config.multifocal_prob`` applied, and the satellites' generator.
+
+    The draws come from a stream of their own (``default_rng([seed, 17])``), so with
+    ``multifocal_prob = 0`` nothing is drawn and every case is the same as without the option.
+    """
+    if config.multifocal_prob <= 0:
+        return plan, None
+    rng = np.random.default_rng([seed, 17])
+    if rng.random() >= config.multifocal_prob:
+        return plan, rng
+    n_tumours = plan.n_lesions if plan.n_lesions > 1 else (2 if rng.random() < 0.7 else 3)
+    n_tumours = max(1, min(n_tumours, config.max_lesions - 1))
+    n_satellites = int(rng.integers(1, config.max_lesions - n_tumours + 1))
+    plan = CasePlan(plan.has_et, plan.tiny, n_tumours, plan.mirrored, n_satellites=n_satellites)
+    return plan, rng
 
 
 def _axis_source(
@@ -785,7 +827,7 @@ def synthesize_case(
         ``meta.extra["synth"]``. ``(X, Y, Z) = (240, 240, 155)`` at ``shape_scale=1``.
     """
     rng = np.random.default_rng(seed)
-    plan = _draw_plan(rng, config)
+    plan, satellite_rng = _multifocal_plan(seed, config, _draw_plan(rng, config))
     anatomy = _anatomy(float(config.shape_scale))
     vox = anatomy.voxel_mm
     shape = config.shape
@@ -809,7 +851,7 @@ def synthesize_case(
 
     # 2-3. Lesions and mass effect (the brain outline stays: the skull does not move).
     lesions = _place_lesions(rng, config, plan, anatomy, sources, np.array(box_lo, dtype=float))
-    plan = CasePlan(plan.has_et, plan.tiny, len(lesions), mirrored, lesions)
+    plan = CasePlan(plan.has_et, plan.tiny, len(lesions), mirrored, lesions, plan.n_satellites)
     for lesion in lesions:
         low, high = config.mass_effect
         strength = rng.uniform(low, high) * (0.3 if plan.tiny else 1.0)
@@ -822,6 +864,7 @@ def synthesize_case(
 
     # 4. Tumour maps on the union of the lesions' boxes.
     box_shape = brain.shape
+    ring_iterations = max(1, round(config.edema_min_margin_mm / vox))
     reach = []
     for lesion in lesions:
         r = lesion.core_radius_mm / vox
@@ -832,6 +875,9 @@ def synthesize_case(
             * (1 + config.edema_irregularity[1] * 2.5 + config.edema_wm_affinity)
         )
         reach.append(edema_reach + 2 * config.edema_edge_mm / vox + 2)
+    if plan.n_satellites:
+        margin = satellite_margin_voxels(config, vox, ring_iterations)
+        reach = [h + margin for h in reach]
     lo = np.min([np.maximum(les.centre - h, 0) for les, h in zip(lesions, reach)], axis=0)
     hi = np.max(
         [np.minimum(les.centre + h + 1, box_shape) for les, h in zip(lesions, reach)], axis=0
@@ -855,15 +901,30 @@ def synthesize_case(
         enhancing[local] = np.where(wins, np.float32(lesion.has_et), enhancing[local])
     tbrain = brain[tbox]
     core *= tbrain
-    is_core = core >= 0.5
-    # Edema always surrounds the core: a ring of edema_min_margin_mm around it.
-    ring_iterations = max(1, round(config.edema_min_margin_mm / vox))
-    ring = ndimage.binary_dilation(is_core, iterations=ring_iterations) & tbrain & ~is_core
+    satellites: list[dict[str, Any]] = []
+    if plan.n_satellites and satellite_rng is not None:
+        base_core, base_ed, _ = _core_and_edema(core, edema, tbrain, ring_iterations)
+        soft = SoftMaps(core, necrosis, enhancing, edema_signal)
+        satellites = add_satellites(
+            satellite_rng,
+            plan.n_satellites,
+            soft,
+            base_wt=base_core | base_ed,
+            base_tc=base_core,
+            inside=tbrain,
+            has_et=plan.has_et,
+            config=config,
+            voxel_mm=vox,
+            ring_iterations=ring_iterations,
+        )
+        for record in satellites:
+            offset = [t.start + b.start for t, b in zip(tbox, brain_box)]
+            record["centre_voxel"] = [c + o for c, o in zip(record["centre_voxel"], offset)]
+    is_core, is_ed, ring = _core_and_edema(core, edema, tbrain, ring_iterations)
     edema_signal[ring] = np.maximum(edema_signal[ring], 0.6)
     edema_signal *= tbrain
     is_ncr = is_core & ((necrosis >= 0.5) | (enhancing < 0.5))
     is_et = is_core & ~is_ncr
-    is_ed = ~is_core & tbrain & ((edema >= 0.5) | ring)
 
     label = np.zeros(box_shape, dtype=np.uint8)
     tlabel = label[tbox]
@@ -944,12 +1005,40 @@ def synthesize_case(
         shape=shape,
         source_layout="synthetic",
         label_convention=label_convention,
-        extra={"synth": _plan_record(seed, plan, brain_box)},
+        extra={"synth": _plan_record(seed, plan, brain_box, satellites, config)},
     )
     return Case(image=full, label=full_label, meta=meta)
 
 
-def _plan_record(seed: int, plan: CasePlan, brain_box: tuple[slice, ...]) -> dict[str, Any]:
+def _core_and_edema(
+    core: np.ndarray, edema: np.ndarray, brain: np.ndarray, ring_iterations: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Core, edema and edema-ring masks (bool, the shape of the maps) of the soft maps.
+
+    Edema always surrounds the core: a ring of ``ring_iterations`` voxels
+    (``edema_min_margin_mm``) around it is edema.
+    """
+    is_core = core >= 0.5
+    ring = ndimage.binary_dilation(is_core, iterations=ring_iterations) & brain & ~is_core
+    is_ed = ~is_core & brain & ((edema >= 0.5) | ring)
+    return is_core, is_ed, ring
+
+
+def _plan_record(
+    seed: int,
+    plan: CasePlan,
+    brain_box: tuple[slice, ...],
+    satellites: list[dict[str, Any]],
+    config: SynthConfig,
+) -> dict[str, Any]:
+    record = _base_plan_record(seed, plan, brain_box)
+    if config.multifocal_prob > 0:  # only then, so default cases record what they always did
+        record["n_satellites_planned"] = plan.n_satellites
+        record["satellites"] = satellites
+    return record
+
+
+def _base_plan_record(seed: int, plan: CasePlan, brain_box: tuple[slice, ...]) -> dict[str, Any]:
     return {
         "seed": int(seed),
         "has_et": plan.has_et,

@@ -67,6 +67,8 @@ class LoadedModel:
         patch_size: training patch, the default sliding-window size.
         size_divisor: inputs are padded to a multiple of this (network down-sampling factor).
         et_min_voxels: stored ET post-processing threshold in voxels, or ``None``.
+        min_lesion_voxels: stored per-region component-size thresholds in voxels
+            (``{"wt": N, "tc": N, "et": N}``, :mod:`~.lesion_postprocess`), or ``None``.
         source: the checkpoint file.
         run_dir: its run directory, if it lies in one.
         config: the resolved recipe (plain dict), ``{}`` when unknown.
@@ -89,6 +91,7 @@ class LoadedModel:
     config: dict[str, Any] = field(default_factory=dict)
     model_args: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    min_lesion_voxels: dict[str, int] | None = None
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, *spatial)`` probabilities ``[WT, TC, ET]`` of a ``(B, C, *spatial)`` input."""
@@ -154,6 +157,45 @@ def read_postprocess_json(run_dir: Path) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ModelError(f"{path}: et_min_voxels must be a non-negative integer, got {value!r}")
     return value
+
+
+def read_min_lesion_voxels(run_dir: Path) -> dict[str, int] | None:
+    """``min_lesion_voxels`` stored by ``tune-postprocess`` in ``run_dir/postprocess.json``."""
+    from cascadeseg.inference.lesion_postprocess import check_min_lesion_voxels
+
+    path = run_dir / "postprocess.json"
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get("min_lesion_voxels")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelError(f"{path}: cannot read min_lesion_voxels ({exc})") from None
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ModelError(f"{path}: min_lesion_voxels must be a mapping, got {value!r}")
+    try:
+        return check_min_lesion_voxels(value, str(path))
+    except ConfigError as exc:
+        raise ModelError(str(exc)) from None
+
+
+def stored_min_lesion_voxels(ckpt: dict[str, Any], run_dir: Path | None) -> dict[str, int] | None:
+    """Stored component-size thresholds: ``postprocess.json`` of the run, else the
+    checkpoint's ``extra``, else ``None``."""
+    if run_dir is not None:
+        value = read_min_lesion_voxels(run_dir)
+        if value is not None:
+            return value
+    extra = ckpt.get("extra")
+    if isinstance(extra, dict) and isinstance(extra.get("min_lesion_voxels"), dict):
+        from cascadeseg.inference.lesion_postprocess import check_min_lesion_voxels
+
+        try:
+            return check_min_lesion_voxels(extra["min_lesion_voxels"], "checkpoint extra")
+        except ConfigError as exc:
+            raise ModelError(str(exc)) from None
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,6 +343,16 @@ def ensemble_et_min_voxels(members: Sequence[LoadedModel]) -> int | None:
     return round(statistics.median(values))
 
 
+def ensemble_min_lesion_voxels(members: Sequence[LoadedModel]) -> dict[str, int] | None:
+    """Per region, the median of the members' stored thresholds (as
+    :func:`ensemble_et_min_voxels`), or ``None`` when no member stores any."""
+    stored = [m.min_lesion_voxels for m in members if m.min_lesion_voxels is not None]
+    if not stored:
+        return None
+    regions = sorted({r for values in stored for r in values})
+    return {r: round(statistics.median([v[r] for v in stored if r in v])) for r in regions}
+
+
 # --------------------------------------------------------------------------------------------
 # loading
 
@@ -347,6 +399,7 @@ def load_checkpoint_model(path: Path, device: torch.device | str = "cpu") -> Loa
         patch_size=patch[:spatial_dims],
         size_divisor=size_divisor_of(network),
         et_min_voxels=stored_et_min_voxels(ckpt, run_dir),
+        min_lesion_voxels=stored_min_lesion_voxels(ckpt, run_dir),
         source=path,
         run_dir=run_dir,
         config=config,

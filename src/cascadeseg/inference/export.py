@@ -68,7 +68,7 @@ class ProbabilityHead(nn.Module):
 
 def _metadata(members: Sequence[LoadedModel]) -> dict[str, Any]:
     first = members[0]
-    from cascadeseg.inference.ensemble import ensemble_et_min_voxels
+    from cascadeseg.inference.ensemble import ensemble_et_min_voxels, ensemble_min_lesion_voxels
 
     return {
         "format": "cascadeseg-onnx-1",
@@ -83,6 +83,7 @@ def _metadata(members: Sequence[LoadedModel]) -> dict[str, Any]:
         "patch_size": list(first.patch_size),
         "size_divisor": first.size_divisor,
         "et_min_voxels": ensemble_et_min_voxels(members),
+        "min_lesion_voxels": ensemble_min_lesion_voxels(members),
     }
 
 
@@ -264,6 +265,7 @@ def load_onnx_model(path: str | Path, device: torch.device | str = "cpu") -> Loa
         patch_size=tuple(int(s) for s in meta.get("patch_size", ())),
         size_divisor=int(meta.get("size_divisor", 16)),
         et_min_voxels=meta.get("et_min_voxels"),
+        min_lesion_voxels=meta.get("min_lesion_voxels"),
         source=path,
         device=torch.device(device),
     )

@@ -8,10 +8,14 @@
   candidate with the best mean ET Dice over validation cases.
 * :func:`fuse_brain_mask`: CU-Net paper, sec. 2.2, "we extract the non-brain mask in advance and
   fuse it with the outputs of branch1 and branch2": no tumour outside the brain.
+* Lesion-aware post-processing (:mod:`cascadeseg.inference.lesion_postprocess`): predicted
+  connected components below a per-region size are removed, thresholds tuned for the lesion-wise
+  Dice of the BraTS ranking.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,7 @@ from cascadeseg.data.labels import ET, NCR
 from cascadeseg.fsutil import write_json_atomic
 
 if TYPE_CHECKING:
+    from cascadeseg.inference.lesion_postprocess import LesionScore, LesionTuneResult
     from cascadeseg.inference.predictor import PredictOptions
 
 #: Default candidates of ``tune-postprocess`` in voxels (1 mm^3 on BraTS data). Public BraTS
@@ -110,11 +115,14 @@ class TuneResult:
         best: the chosen ``et_min_voxels``.
         mean_dice: candidate -> mean ET Dice over the cases.
         n_cases: number of cases.
+        lesion: the per-region component-size thresholds (:func:`tune_postprocess` with a
+            ``lesion_score``), else ``None``.
     """
 
     best: int
     mean_dice: dict[int, float]
     n_cases: int
+    lesion: LesionTuneResult | None = None
 
 
 def tune_et_threshold(
@@ -167,13 +175,19 @@ def tune_postprocess(
     candidates: Sequence[int] = DEFAULT_ET_CANDIDATES,
     options: PredictOptions | None = None,
     write: bool = True,
+    lesion_score: LesionScore | None = None,
+    lesion_candidates: Sequence[int] | None = None,
+    lesion_objective: str = "",
 ) -> TuneResult:
     """Pick a run's ET threshold on validation cases and store it in ``run_dir/postprocess.json``.
 
     The run's models (snapshots, else best/last) predict each case without post-processing; the
     candidate with the best mean ET Dice (:func:`tune_et_threshold`) is written as
     ``{"et_min_voxels": N, ...}``, which :func:`cascadeseg.inference.load_models` and ``predict``
-    then use.
+    then use. With ``lesion_score``, the per-region component-size thresholds are tuned first
+    (:func:`~.lesion_postprocess.tune_min_lesion_voxels`), written as ``"min_lesion_voxels"``,
+    and the ET threshold is tuned on labels with them applied (the order ``predict`` applies
+    them in).
 
     Args:
         run_dir: a training run directory (``checkpoints/``, ``split.json``).
@@ -183,6 +197,12 @@ def tune_postprocess(
         candidates: thresholds in voxels (0 = off).
         options: prediction options (``et_min_voxels`` is ignored: raw predictions are tuned).
         write: write ``postprocess.json`` (atomically).
+        lesion_score: ``score(pred_mask, ref_mask, spacing)`` of one region to maximise, e.g. the
+            BraTS 2023 lesion-wise Dice (``tune-postprocess`` passes it); ``None`` tunes the ET
+            threshold only.
+        lesion_candidates: component-size thresholds in voxels (default
+            :data:`~.lesion_postprocess.DEFAULT_LESION_CANDIDATES`).
+        lesion_objective: a name for ``lesion_score``, recorded in ``postprocess.json``.
 
     Returns:
         The :class:`TuneResult`.
@@ -202,7 +222,14 @@ def tune_postprocess(
     from cascadeseg.inference.predictor import predict_case, resolve_device
 
     run_dir = Path(run_dir)
-    opts = dataclasses.replace(options or _Options(), et_min_voxels=0)
+    from cascadeseg.inference.lesion_postprocess import (
+        DEFAULT_LESION_CANDIDATES,
+        remove_small_lesions,
+        tune_min_lesion_voxels,
+    )
+
+    off = {"wt": 0, "tc": 0, "et": 0}
+    opts = dataclasses.replace(options or _Options(), et_min_voxels=0, min_lesion_voxels=off)
     refs = [r for r in discover_cases(Path(data)) if "seg" in r.files]
     if cases != "all":
         split_file = run_dir / "split.json"
@@ -214,21 +241,35 @@ def tune_postprocess(
     if not refs:
         raise InputError(f"{data}: no labelled {cases} case to tune the ET threshold on")
     models = load_models([run_dir], resolve_device(opts.device))
-    stats: list[EtStats] = []
-    for ref in tqdm(refs, desc="tuning ET threshold", unit="case", disable=not opts.progress):
+    pairs: list[tuple[np.ndarray, np.ndarray, tuple[float, ...]]] = []
+    for ref in tqdm(refs, desc="tuning post-processing", unit="case", disable=not opts.progress):
         case = read_case(ref)
         assert case.label is not None
         prediction = predict_case(case, models, opts)
-        stats.append(et_stats(prediction.label, case.label))
-    result = tune_et_threshold(stats, candidates)
+        pairs.append((prediction.label, case.label, tuple(case.meta.spacing)))
+    lesion = None
+    if lesion_score is not None:
+        lesion = tune_min_lesion_voxels(
+            pairs, lesion_score, lesion_candidates or DEFAULT_LESION_CANDIDATES
+        )
+        pairs = [(remove_small_lesions(p, lesion.best), r, sp) for p, r, sp in pairs]
+    stats = [et_stats(pred, ref_label) for pred, ref_label, _ in pairs]
+    result = dataclasses.replace(tune_et_threshold(stats, candidates), lesion=lesion)
     if write:
-        record = {
+        record: dict[str, object] = {
             "et_min_voxels": result.best,
             "mean_et_dice": {str(k): v for k, v in result.mean_dice.items()},
             "n_cases": result.n_cases,
             "cases": cases,
             "data": str(data),
         }
+        if lesion is not None:
+            record["min_lesion_voxels"] = lesion.best
+            record["lesion_objective"] = lesion_objective
+            record["mean_lesion_score"] = {
+                region: {str(k): (None if math.isnan(v) else v) for k, v in scores.items()}
+                for region, scores in lesion.mean_score.items()
+            }
         path = run_dir / "postprocess.json"
         write_json_atomic(record, path, indent=1)
     return result

@@ -68,8 +68,14 @@ from cascadeseg.inference.ensemble import (
     RECIPE_INFERENCE_KEYS,
     LoadedModel,
     ensemble_et_min_voxels,
+    ensemble_min_lesion_voxels,
     flip_plan,
     recipe_inference_values,
+)
+from cascadeseg.inference.lesion_postprocess import (
+    check_min_lesion_voxels,
+    lesion_summary,
+    postprocess_lesions,
 )
 from cascadeseg.inference.plan import Source, check_outputs, existing_outputs, resolve_inputs
 from cascadeseg.inference.plan import files_in_modality_order as files_in_modality_order
@@ -118,6 +124,9 @@ class PredictOptions:
         threshold: probability threshold of each region.
         et_min_voxels: ET post-processing threshold in voxels (source grid); ``None`` uses the
             value stored with the model(s) (``tune-postprocess``), or 0 (off) if none is stored.
+        min_lesion_voxels: per-region component-size thresholds in voxels (source grid),
+            ``{"wt": N, "tc": N, "et": N}`` or a subset; regions left out use the values stored
+            with the model(s), else 0 (off); see :mod:`~.lesion_postprocess`.
         labels: label convention of written label maps; ``None`` keeps the input's.
         save_probabilities: also write ``<case_id>_probabilities.nii.gz``.
         save_uncertainty: also write ``<case_id>_uncertainty.nii.gz``.
@@ -160,6 +169,7 @@ class PredictOptions:
     batch_slices: int = 16
     threshold: float = 0.5
     et_min_voxels: int | None = None
+    min_lesion_voxels: Mapping[str, int] | None = None
     labels: str | None = None
     save_probabilities: bool = False
     save_uncertainty: bool = False
@@ -197,6 +207,8 @@ class PredictOptions:
             raise ConfigError(f"flips_per_call must be >= 1, got {self.flips_per_call}")
         if self.et_min_voxels is not None and self.et_min_voxels < 0:
             raise ConfigError(f"et_min_voxels must be >= 0, got {self.et_min_voxels}")
+        if self.min_lesion_voxels is not None:
+            check_min_lesion_voxels(self.min_lesion_voxels, "predict options")
         if self.labels is not None and self.labels not in CONVENTIONS:
             raise ConfigError(
                 f"labels must be one of {', '.join(sorted(CONVENTIONS))}, got {self.labels!r}"
@@ -636,6 +648,9 @@ def predict_case(
     probabilities = restore_to_source(mean, pre, order=1)
     uncertainty = restore_to_source(variance, pre, order=1) if options.save_uncertainty else None
     label = probabilities_to_label(probabilities, options.threshold)
+    stored_lesions = ensemble_min_lesion_voxels(models)
+    label, lesion_info = postprocess_lesions(label, stored_lesions, options.min_lesion_voxels)
+    info.update(lesion_info)
     stored = ensemble_et_min_voxels(models)
     et_min = options.et_min_voxels if options.et_min_voxels is not None else (stored or 0)
     et_before = int(np.count_nonzero(label == ET))
@@ -752,6 +767,7 @@ def write_prediction(
         "inputs": {k: str(v) for k, v in case.meta.files.items()},
         "outputs": {k: p.name for k, p in paths.items() if k != "json"},
         "probability_volumes": list(REGIONS),
+        "lesions": lesion_summary(prediction.label, case.meta.spacing),
         "settings": prediction.info,
     }
     written.append(write_json_atomic(record, paths["json"], indent=1))
