@@ -767,6 +767,22 @@ CAVEATS = """\
 """
 
 
+def section_lesion_postprocess(doc: Path) -> str:
+    """Section 5: the lesion-aware post-processing study (``experiments/lesion_postprocess.py``).
+
+    Its page, ``results-lesion-postprocess.md`` beside ``doc``, is written by that script; this
+    section embeds the page's first part (setup, table, reading) and links to the rest.
+    """
+    page = doc.parent / "results-lesion-postprocess.md"
+    if not page.is_file():
+        return ""
+    body = page.read_text().split("\n## ", 1)[0].split("\n", 1)[1].strip()
+    return (
+        f"\n## 5. Lesion-aware post-processing\n\n{body}\n\n"
+        f"The tuning's history and its first version: [{page.name}]({page.name}).\n"
+    )
+
+
 def write_results(out: Path, doc: Path) -> Path:
     studies = {
         "cunet": load_study(out, "cunet_study"),
@@ -797,6 +813,7 @@ def write_results(out: Path, doc: Path) -> Path:
     sweep = out / "recipe_sweep" / "sweep.json"
     if sweep.is_file():
         parts += ["\n## 4. The demo recipe: a sweep at equal steps\n", section_sweep(sweep)]
+    parts.append(section_lesion_postprocess(doc))
     parts += ["\n## How to read these numbers\n", bias_caveat(studies, doc) + CAVEATS]
     for supp in sorted(out.glob("supp_*/two_stage_study/study.json")):
         study = dict(common.read_json(supp))
