@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 from test_snapshot_ensemble import TinyConv, write_checkpoint
+from tiny_members import tiny_member
 
 from cascadeseg import cli
-from cascadeseg.data.preprocess import PreprocessConfig
 from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
@@ -39,20 +39,7 @@ STORED = {
 
 
 def member(config: dict[str, Any], source: str = "m.pt") -> LoadedModel:
-    return LoadedModel(
-        network=TinyConv(0),
-        name="tiny",
-        spatial_dims=3,
-        output_kind="probabilities",
-        in_channels=4,
-        slice_context=0,
-        preprocess=PreprocessConfig(),
-        patch_size=(16, 16, 16),
-        size_divisor=8,
-        et_min_voxels=None,
-        source=Path(source),
-        config=config,
-    )
+    return tiny_member(TinyConv(0), source=source, config=config)
 
 
 def test_precision_auto_is_the_default() -> None:

@@ -21,12 +21,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from tiny_members import tiny_member
 from torch import nn
 
 from cascadeseg import cli
 from cascadeseg.config import Config, apply_overrides, to_dict
 from cascadeseg.data.layouts import discover_cases
-from cascadeseg.data.preprocess import PreprocessConfig
 from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError, InputError
@@ -56,19 +56,7 @@ class VoxelNet(nn.Module):
 
 
 def member(source: str = "net-a") -> LoadedModel:
-    return LoadedModel(
-        network=VoxelNet().eval(),
-        name="voxel",
-        spatial_dims=3,
-        output_kind="probabilities",
-        in_channels=4,
-        slice_context=0,
-        preprocess=PreprocessConfig(),
-        patch_size=(16, 16, 16),
-        size_divisor=8,
-        et_min_voxels=None,
-        source=Path(source),
-    )
+    return tiny_member(VoxelNet().eval(), source=source, name="voxel")
 
 
 def calls(model: LoadedModel) -> int:

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tiny_members import tiny_member
 from torch import nn
 
 from cascadeseg import cli
 from cascadeseg.config import Config, apply_overrides, to_dict
-from cascadeseg.data.preprocess import PreprocessConfig
 from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
@@ -64,20 +64,8 @@ def write_checkpoint(path: Path, seed: int, overrides: tuple[str, ...] = ()) -> 
 
 
 def snapshot_member(run: Path, index: int, name: str | None = None) -> LoadedModel:
-    return LoadedModel(
-        network=TinyConv(index).eval(),
-        name="tiny",
-        spatial_dims=3,
-        output_kind="probabilities",
-        in_channels=4,
-        slice_context=0,
-        preprocess=PreprocessConfig(),
-        patch_size=(16, 16, 16),
-        size_divisor=8,
-        et_min_voxels=None,
-        source=run / "checkpoints" / (name or f"snapshot_{index:04d}.pt"),
-        run_dir=run,
-    )
+    source = run / "checkpoints" / (name or f"snapshot_{index:04d}.pt")
+    return tiny_member(TinyConv(index).eval(), source=source, run_dir=run)
 
 
 def test_paired_flip_indices_rule() -> None:
