@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_members import tiny_member, tiny_run
 from torch import nn
 
 from cascadeseg.data.case import Case
 from cascadeseg.data.labels import ED, ET, NCR
-from cascadeseg.data.preprocess import PreprocessConfig
 from cascadeseg.errors import ConfigError, ModelError
 from cascadeseg.evaluation.lesions import lesion_matching
 from cascadeseg.inference.ensemble import (
@@ -220,21 +220,7 @@ class _FlairNet(nn.Module):
 
 
 def _member(**kw: object) -> LoadedModel:
-    base: dict[str, object] = dict(
-        network=_FlairNet().eval(),
-        name="flair",
-        spatial_dims=3,
-        output_kind="probabilities",
-        in_channels=4,
-        slice_context=0,
-        preprocess=PreprocessConfig(),
-        patch_size=(16, 16, 16),
-        size_divisor=8,
-        et_min_voxels=None,
-        source=Path("flair-net"),
-    )
-    base.update(kw)
-    return LoadedModel(**base)  # type: ignore[arg-type]
+    return tiny_member(_FlairNet().eval(), source="flair-net", name="flair", **kw)
 
 
 QUIET = PredictOptions(progress=False, device="cpu", tta=False)
@@ -268,32 +254,9 @@ def test_per_case_json_lists_lesions(tmp_path: Path, tiny_case: Case) -> None:
 
 def test_cli_tune_postprocess_stores_lesion_thresholds_load_models_reads(tmp_path: Path) -> None:
     from cascadeseg import cli
-    from cascadeseg.config import Config, apply_overrides, to_dict
-    from cascadeseg.data.splits import save_split
-    from cascadeseg.data.toy import make_tiny_case
-    from cascadeseg.data.writers import write_case
     from cascadeseg.inference.ensemble import load_models
-    from cascadeseg.models.registry import build_model
-    from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
 
-    data = tmp_path / "data"
-    ids = []
-    for i in range(3):
-        case = make_tiny_case((24, 24, 16), seed=i, case_id=f"BraTS2021_{i:05d}")
-        write_case(case, data, "brats2021")
-        ids.append(case.case_id)
-    run = tmp_path / "run"
-    torch.manual_seed(0)
-    model = build_model("unet3d", base_width=4, depth=1, norm_groups=2)
-    ckpt = make_checkpoint(
-        model_name="unet3d",
-        model_args=model.model_args,
-        model_state=model.state_dict(),
-        config=to_dict(apply_overrides(Config(), ["model.name=unet3d"])),
-        epoch=1,
-    )
-    atomic_torch_save(ckpt, run / "checkpoints" / "best.pt")
-    save_split({"train": ids[:1], "val": ids[1:]}, run / "split.json")
+    run, data = tiny_run(tmp_path)
     argv = ["tune-postprocess", "--model", str(run), "--data", str(data), "--no-tta"]
     argv += ["--device", "cpu", "--no-progress", "--candidates", "0", "--lesion-candidates"]
     assert cli.main([*argv, "0", "4"]) == 0

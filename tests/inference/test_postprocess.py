@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_members import tiny_run
 
 from cascadeseg.data.labels import ED, ET, NCR
 from cascadeseg.errors import InputError
@@ -86,35 +87,10 @@ def test_fuse_brain_mask_zeroes_outside() -> None:
 
 
 def test_tune_postprocess_writes_threshold_predict_uses(tmp_path: Path) -> None:
-    import torch
-
     from cascadeseg import cli
-    from cascadeseg.config import Config, apply_overrides, to_dict
-    from cascadeseg.data.splits import save_split
-    from cascadeseg.data.toy import make_tiny_case
-    from cascadeseg.data.writers import write_case
     from cascadeseg.inference.ensemble import load_models
-    from cascadeseg.models.registry import build_model
-    from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
 
-    data = tmp_path / "data"
-    ids = []
-    for i in range(3):
-        case = make_tiny_case((24, 24, 16), seed=i, case_id=f"BraTS2021_{i:05d}", with_et=i != 2)
-        write_case(case, data, "brats2021")
-        ids.append(case.case_id)
-    run = tmp_path / "run"
-    torch.manual_seed(0)
-    model = build_model("unet3d", base_width=4, depth=1, norm_groups=2)
-    ckpt = make_checkpoint(
-        model_name="unet3d",
-        model_args=model.model_args,
-        model_state=model.state_dict(),
-        config=to_dict(apply_overrides(Config(), ["model.name=unet3d"])),
-        epoch=1,
-    )
-    atomic_torch_save(ckpt, run / "checkpoints" / "best.pt")
-    save_split({"train": ids[:1], "val": ids[1:]}, run / "split.json")
+    run, data = tiny_run(tmp_path, last_without_et=True)
     argv = ["tune-postprocess", "--model", str(run), "--data", str(data), "--no-tta"]
     assert cli.main([*argv, "--device", "cpu", "--no-progress", "--candidates", "0", "10"]) == 0
     stored = json.loads((run / "postprocess.json").read_text())

@@ -40,3 +40,48 @@ def tiny_member(
         source=Path(source),
         **fields,
     )
+
+
+def tiny_checkpoint(path: Path, *, extra: dict[str, Any] | None = None) -> Path:
+    """An untrained 3D U-Net (width 4, depth 1) saved as a checkpoint at ``path``."""
+    import torch
+
+    from cascadeseg.config import Config, apply_overrides, to_dict
+    from cascadeseg.models.registry import build_model
+    from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("unet3d", base_width=4, depth=1, norm_groups=2)
+    ckpt = make_checkpoint(
+        model_name="unet3d",
+        model_args=model.model_args,
+        model_state=model.state_dict(),
+        config=to_dict(apply_overrides(Config(), ["model.name=unet3d"])),
+        epoch=1,
+        extra=extra,
+    )
+    atomic_torch_save(ckpt, path)
+    return path
+
+
+def tiny_run(root: Path, *, last_without_et: bool = False) -> tuple[Path, Path]:
+    """A run folder (``best.pt`` + ``split.json``: 1 training, 2 validation cases) and its data.
+
+    Returns:
+        ``(run_dir, data_dir)``: three 24x24x16 toy cases in the brats2021 layout; with
+        ``last_without_et`` the third has no enhancing tumour.
+    """
+    from cascadeseg.data.splits import save_split
+    from cascadeseg.data.toy import make_tiny_case
+    from cascadeseg.data.writers import write_case
+
+    data, run = root / "data", root / "run"
+    ids = []
+    for i in range(3):
+        with_et = not (last_without_et and i == 2)
+        case = make_tiny_case((24, 24, 16), seed=i, case_id=f"BraTS2021_{i:05d}", with_et=with_et)
+        write_case(case, data, "brats2021")
+        ids.append(case.case_id)
+    tiny_checkpoint(run / "checkpoints" / "best.pt")
+    save_split({"train": ids[:1], "val": ids[1:]}, run / "split.json")
+    return run, data
