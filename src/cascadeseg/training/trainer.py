@@ -394,10 +394,13 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
 
     train_cases = [loaded[c] for c in split["train"]]
     val_cases = [loaded[c] for c in val_ids]
-    # Before any crop is drawn: a patch no volume fills, or that cannot fit in memory.
+    # Before any crop is drawn: a patch larger than every case's whole (resampled) grid, or
+    # that cannot fit in memory. A patch larger than the brain box alone is fine: the crop is
+    # padded with background, as the papers crop from the whole grid (CU-Net's 2D recipes pad
+    # brain-cropped slices up to their patch).
     datasets.check_patch_size(
         cfg.data.patch_size[: 3 if spatial_dims == 3 else 2],
-        [case.shape for case in train_cases],
+        [case.geometry.resampled_shape for case in train_cases],
         batch_size=cfg.train.batch_size,
     )
     if spatial_dims == 3:
