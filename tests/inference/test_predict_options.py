@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from test_snapshot_ensemble import TinyConv, write_checkpoint
@@ -131,3 +132,37 @@ def test_onnx_backend_reports_fp32() -> None:
         assert ("onnx" in info["precision_note"]) == (
             requested == "bf16" and native_bf16(torch.device("cpu"))
         )
+
+
+def test_compile_option_compiles_each_network_once(
+    tiny_case: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cascadeseg.inference import predictor
+
+    compiled: list[object] = []
+
+    def fake_compile(network: torch.nn.Module) -> torch.nn.Module:
+        compiled.append(network)
+        return network
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = member({})
+    options = PredictOptions(progress=False, device="cpu", tta=True, compile=True, precision="fp32")
+    eager = predictor.predict_case(tiny_case, [model], replace(options, compile=False))
+    first = predictor.predict_case(tiny_case, [model], options)
+    predictor.predict_case(tiny_case, [model], options)
+    assert compiled == [model.network]  # compiled once, kept for later cases
+    assert np.array_equal(first.label, eager.label)
+    assert "--compile" in " ".join(
+        a for action in _predict_parser()._actions for a in action.option_strings
+    )
+
+
+def _predict_parser() -> Any:
+    import argparse
+
+    from cascadeseg.commands import predict as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    return parser

@@ -93,9 +93,14 @@ class LoadedModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     min_lesion_voxels: dict[str, int] | None = None
 
-    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, *spatial)`` probabilities ``[WT, TC, ET]`` of a ``(B, C, *spatial)`` input."""
-        out = self.network(x)
+    def probabilities(
+        self, x: torch.Tensor, network: Callable[..., Any] | None = None
+    ) -> torch.Tensor:
+        """``(B, 3, *spatial)`` probabilities ``[WT, TC, ET]`` of a ``(B, C, *spatial)`` input.
+
+        ``network`` replaces :attr:`network` for this call (its compiled form, say).
+        """
+        out = (network or self.network)(x)
         if self.output_kind == "probabilities":
             assert isinstance(out, torch.Tensor)
             return out
