@@ -395,8 +395,9 @@ def markdown(result: dict[str, Any]) -> str:
     peak = result["matmul_peak"]
     lines += [
         "",
-        f"Matmul peak measured in the same run: fp32 {peak['matmul_fp32_gflops']:.0f}, bf16 "
-        f"{peak['matmul_bf16_gflops']:.0f} GFLOP/s. Brain crop {_x(result['brain_crop'])} "
+        f"Matmul peak measured in the same run (the larger of before and after the rows): fp32 "
+        f"{peak['matmul_fp32_gflops']:.0f}, bf16 {peak['matmul_bf16_gflops']:.0f} GFLOP/s. "
+        f"Brain crop {_x(result['brain_crop'])} "
         f"(network input {_x(result['network_input'])} after padding to a multiple of 16).",
         "",
         "| target (issue 20) | measured | met |",
@@ -429,6 +430,22 @@ def _load(values: Sequence[float]) -> str:
 
 # --------------------------------------------------------------------------------------------
 # main
+
+
+def settle_peak(result: dict[str, Any], end_peak: dict[str, float]) -> None:
+    """Keep the larger of the matmul peaks measured before and after the rows, per precision,
+    and recompute each row's share of it.
+
+    One measurement can land on a busy moment (a full run measured fp32 112 GFLOP/s first and
+    185 right after on the same quiet machine); the larger is the closer to the machine's peak.
+    """
+    start = result["matmul_peak"]
+    result["matmul_peak_start"] = dict(start)
+    result["matmul_peak_end"] = dict(end_peak)
+    peak = {key: max(value, end_peak.get(key, value)) for key, value in start.items()}
+    result["matmul_peak"] = peak
+    for row in result["rows"]:
+        row["fraction_of_peak"] = row["gflops_per_s"] / peak[f"matmul_{row['precision']}_gflops"]
 
 
 def synthetic_case(work: Path, quick: bool) -> Path:
@@ -473,6 +490,7 @@ def run(out: Path, *, quick: bool, repeats: int, warmup: int, command: str) -> d
     finally:
         shutil.rmtree(work, ignore_errors=True)
     bench.result["load_average_end"] = list(os.getloadavg())
+    settle_peak(bench.result, matmul_peak("cpu", size=256 if quick else 2048))
     bench.result["wall_seconds"] = time.perf_counter() - start
     bench.result["targets"] = targets(bench.result["rows"])
     bench.save()

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -85,3 +86,17 @@ def test_quick_run_writes_every_row_and_judges_the_targets(tmp_path: Path) -> No
     table = out.with_suffix(".md").read_text()
     assert "| what | per case |" in table and "load average" in table
     assert result["load_average_end"] and result["matmul_peak"]["matmul_fp32_gflops"] > 0
+
+
+def test_the_larger_matmul_peak_is_kept_and_shares_follow_it() -> None:
+    result: dict[str, Any] = {
+        "matmul_peak": {"matmul_fp32_gflops": 100.0, "matmul_bf16_gflops": 400.0},
+        "rows": [
+            {"precision": "fp32", "gflops_per_s": 90.0, "fraction_of_peak": 0.9},
+            {"precision": "bf16", "gflops_per_s": 200.0, "fraction_of_peak": 0.5},
+        ],
+    }
+    bench.settle_peak(result, {"matmul_fp32_gflops": 180.0, "matmul_bf16_gflops": 300.0})
+    assert result["matmul_peak"] == {"matmul_fp32_gflops": 180.0, "matmul_bf16_gflops": 400.0}
+    assert result["matmul_peak_start"]["matmul_fp32_gflops"] == 100.0
+    assert [r["fraction_of_peak"] for r in result["rows"]] == [0.5, 0.5]
