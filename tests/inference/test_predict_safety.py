@@ -14,18 +14,16 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 from unittest import mock
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from tiny_members import tiny_member
+from tiny_members import tiny_checkpoint, tiny_member
 from torch import nn
 
 from cascadeseg import cli
-from cascadeseg.config import Config, apply_overrides, to_dict
 from cascadeseg.data.layouts import discover_cases
 from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
@@ -34,8 +32,6 @@ from cascadeseg.fsutil import LOCK_NAME
 from cascadeseg.inference.ensemble import LoadedModel
 from cascadeseg.inference.plan import case_id_of_files
 from cascadeseg.inference.predictor import PredictOptions, predict
-from cascadeseg.models.registry import build_model
-from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
 
 QUIET = PredictOptions(progress=False, device="cpu", tta=False)
 
@@ -294,19 +290,7 @@ def test_uncertainty_of_a_single_pass_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def _checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
-    args: dict[str, Any] = {"base_width": 4, "depth": 1, "norm_groups": 2}
-    model = build_model("unet3d", **args)
-    config = to_dict(apply_overrides(Config(), ["model.name=unet3d"]))
-    ckpt = make_checkpoint(
-        model_name="unet3d",
-        model_args=model.model_args,
-        model_state=model.state_dict(),
-        config=config,
-        epoch=1,
-    )
-    atomic_torch_save(ckpt, path)
-    return path
+    return tiny_checkpoint(path)
 
 
 def test_cli_skipped_cases_exit_1_and_are_listed(

@@ -12,19 +12,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from tiny_members import tiny_member
+from tiny_members import tiny_checkpoint, tiny_member
 from torch import nn
 
 from cascadeseg import cli
-from cascadeseg.config import Config, apply_overrides, to_dict
 from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
 from cascadeseg.inference.ensemble import LoadedModel, flip_plan, is_snapshot
 from cascadeseg.inference.predictor import PredictOptions, predict_preprocessed
 from cascadeseg.inference.tta import flip_combinations, paired_flip_indices
-from cascadeseg.models.registry import build_model
-from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
 
 QUIET = PredictOptions(
     progress=False, device="cpu", sliding_window="never", flips_per_call=1, precision="fp32"
@@ -49,18 +46,7 @@ class TinyConv(nn.Module):
 
 def write_checkpoint(path: Path, seed: int, overrides: tuple[str, ...] = ()) -> Path:
     """A tiny ``unet3d`` checkpoint with its recipe (``overrides`` on the default one)."""
-    torch.manual_seed(seed)
-    model = build_model("unet3d", base_width=4, depth=1, norm_groups=2)
-    config = to_dict(apply_overrides(Config(), ["model.name=unet3d", *overrides]))
-    ckpt = make_checkpoint(
-        model_name="unet3d",
-        model_args=model.model_args,
-        model_state=model.state_dict(),
-        config=config,
-        epoch=1,
-    )
-    atomic_torch_save(ckpt, path)
-    return path
+    return tiny_checkpoint(path, seed=seed, overrides=overrides)
 
 
 def snapshot_member(run: Path, index: int, name: str | None = None) -> LoadedModel:

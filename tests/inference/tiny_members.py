@@ -42,21 +42,33 @@ def tiny_member(
     )
 
 
-def tiny_checkpoint(path: Path, *, extra: dict[str, Any] | None = None) -> Path:
-    """An untrained 3D U-Net (width 4, depth 1) saved as a checkpoint at ``path``."""
+def tiny_checkpoint(
+    path: Path,
+    *,
+    seed: int = 0,
+    overrides: tuple[str, ...] = (),
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """An untrained 3D U-Net (width 4, depth 1) saved as a checkpoint at ``path``.
+
+    Args:
+        seed: seed of its random weights.
+        overrides: ``key=value`` changes to the default recipe stored with it.
+        extra: the checkpoint's ``extra`` entries (stored thresholds, ...).
+    """
     import torch
 
     from cascadeseg.config import Config, apply_overrides, to_dict
     from cascadeseg.models.registry import build_model
     from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = build_model("unet3d", base_width=4, depth=1, norm_groups=2)
     ckpt = make_checkpoint(
         model_name="unet3d",
         model_args=model.model_args,
         model_state=model.state_dict(),
-        config=to_dict(apply_overrides(Config(), ["model.name=unet3d"])),
+        config=to_dict(apply_overrides(Config(), ["model.name=unet3d", *overrides])),
         epoch=1,
         extra=extra,
     )
