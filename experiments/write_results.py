@@ -767,20 +767,26 @@ CAVEATS = """\
 """
 
 
-def section_lesion_postprocess(doc: Path) -> str:
-    """Section 5: the lesion-aware post-processing study (``experiments/lesion_postprocess.py``).
+def section_page(doc: Path, page_name: str, heading: str) -> str:
+    """A section made of another results page beside ``doc`` (written by its own script).
 
-    Its page, ``results-lesion-postprocess.md`` beside ``doc``, is written by that script; this
-    section embeds the page's first part (setup, table, reading) and links to the rest.
+    Embeds the page's first part (setup, table, reading) under ``heading`` and links to the
+    whole page; empty when the page does not exist.
     """
-    page = doc.parent / "results-lesion-postprocess.md"
+    page = doc.parent / page_name
     if not page.is_file():
         return ""
-    body = page.read_text().split("\n## ", 1)[0].split("\n", 1)[1].strip()
-    return (
-        f"\n## 5. Lesion-aware post-processing\n\n{body}\n\n"
-        f"The tuning's history and its first version: [{page.name}]({page.name}).\n"
-    )
+    text = page.read_text()
+    body = text.split("\n## ", 1)[0].split("\n", 1)[1].strip()
+    more = f"\n\nThe whole page: [{page.name}]({page.name}).\n" if "\n## " in text else "\n"
+    return f"\n## {heading}\n\n{body}{more}"
+
+
+#: Sections written by their own experiment scripts: (page beside docs/results.md, heading).
+EXTRA_PAGES = (
+    ("results-lesion-postprocess.md", "5. Lesion-aware post-processing"),
+    ("results-snapshot-pairing.md", "6. Snapshot ensemble: paired as published, or every flip"),
+)
 
 
 def write_results(out: Path, doc: Path) -> Path:
@@ -813,7 +819,7 @@ def write_results(out: Path, doc: Path) -> Path:
     sweep = out / "recipe_sweep" / "sweep.json"
     if sweep.is_file():
         parts += ["\n## 4. The demo recipe: a sweep at equal steps\n", section_sweep(sweep)]
-    parts.append(section_lesion_postprocess(doc))
+    parts += [section_page(doc, name, heading) for name, heading in EXTRA_PAGES]
     parts += ["\n## How to read these numbers\n", bias_caveat(studies, doc) + CAVEATS]
     for supp in sorted(out.glob("supp_*/two_stage_study/study.json")):
         study = dict(common.read_json(supp))
