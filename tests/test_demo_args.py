@@ -28,3 +28,18 @@ def test_demo_bad_arguments_stop_before_any_work(
     assert main(["demo", "--out", str(out), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("exit_code", [0, 1])
+def test_demo_exit_code_is_the_evaluations(
+    exit_code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cascadeseg.demo as demo
+    from cascadeseg import cli
+
+    def fake_run_demo(out: Path, **_: object) -> demo.DemoResult:
+        summary = {"exit_code": exit_code, "status": "ok" if exit_code == 0 else "incomplete"}
+        return demo.DemoResult(Path(out), Path(out), Path(out), Path(out) / "r.html", summary, 1.0)
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    assert cli.main(["demo", "--out", str(tmp_path / "d")]) == exit_code

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cascadeseg.demo import run_demo
 
-    run_demo(
+    result = run_demo(
         args.out,
         minutes=args.minutes,
         cases=args.cases,
@@ -58,4 +58,10 @@ def run(args: argparse.Namespace) -> int:
         overrides=tuple(args.overrides),
         multifocal_prob=args.multifocal_prob,
     )
-    return 0
+    # Missing or failed held-out cases (a prediction that failed is scored as missing) are no
+    # success: the evaluation's exit code (0 all evaluated, 1 otherwise) is the demo's.
+    code = int(result.summary.get("exit_code", 0))
+    if code:
+        status = result.summary.get("status", "incomplete")
+        print(f"demo: the evaluation is {status}: see {result.report}")
+    return code
