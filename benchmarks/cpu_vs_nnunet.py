@@ -133,8 +133,7 @@ def build_nnunet(features: Sequence[int] = NNUNET_FEATURES) -> torch.nn.Module:
 def _median_seconds(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, Any]:
     from cascadeseg.benchmark import timed
 
-    result = timed(fn, repeats=repeats, warmup=warmup)
-    return {"median_s": result["median_s"], "min_s": result["min_s"], "max_s": result["max_s"]}
+    return dict(timed(fn, repeats=repeats, warmup=warmup))
 
 
 def _pass_fn(model: torch.nn.Module, x: torch.Tensor, precision: str) -> Callable[[], None]:

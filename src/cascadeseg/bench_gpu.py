@@ -98,22 +98,10 @@ class UtilisationSampler:
         return statistics.fmean(self.samples) if self.samples else math.nan
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+def _median_seconds(fn: Any, *, warmup: int, repeats: int) -> float:
+    from cascadeseg.benchmark import timed  # synchronises CUDA around each call
 
-
-def _median_seconds(fn: Any, device: str, *, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return timed(fn, repeats=repeats, warmup=warmup)["median_s"]
 
 
 def _precision(device: str) -> str:
@@ -172,11 +160,10 @@ def training_step_rows(suite: Any, *, device: str, quick: bool) -> None:
 
 
 def _free(device: str) -> None:
-    import gc
+    from cascadeseg.bench_suites import _free as free_memory
 
-    gc.collect()
+    free_memory(device)
     if device == "cuda":
-        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
 
@@ -203,7 +190,7 @@ def inference_rows(suite: Any, *, device: str, quick: bool, sampler: Utilisation
     with torch.inference_mode():
         for autotune in (False, True):  # predict and train turn cuDNN autotuning on
             tune_device(dev, autotune=autotune)
-            one = _median_seconds(lambda: probabilities(x), device, warmup=warmup, repeats=repeats)
+            one = _median_seconds(lambda: probabilities(x), warmup=warmup, repeats=repeats)
             add_row(
                 suite,
                 f"infer two_stage {shape}, {precision}: one pass"
@@ -219,7 +206,6 @@ def inference_rows(suite: Any, *, device: str, quick: bool, sampler: Utilisation
                     lambda k=per_call: flip_tta_moments(
                         probabilities, x, spatial_dims=3, flips_per_call=k
                     ),
-                    device,
                     warmup=1,
                     repeats=max(1, repeats // 2),
                 )
