@@ -132,38 +132,32 @@ def write_case(
     Returns:
         The case folder (``brats2021``/``brats2023``) or the dataset folder (``msd``/``nnunet``).
     """
-    if layout not in WRITABLE_LAYOUTS:
-        raise ValueError(f"cannot write layout {layout!r} (known: {', '.join(WRITABLE_LAYOUTS)})")
     root = Path(root)
-    ending = ".nii.gz" if compress else ".nii"
     affine = np.asarray(case.meta.affine, dtype=np.float64)
-    case_id = case.case_id
     seg = None
     if case.label is not None:
         seg = from_internal(case.label, DEFAULT_CONVENTION[layout])
+    # One naming for writing and for checking before writing (synth's refusal to overwrite).
+    paths = case_paths(case.case_id, root, layout, labelled=seg is not None, compress=compress)
 
     if layout in BRATS_FILE_NAMES:
-        sep, suffixes = BRATS_FILE_NAMES[layout]
-        folder = root / case_id
-        for c, modality in enumerate(MODALITIES):
-            name = f"{case_id}{sep}{suffixes[modality]}{ending}"
-            save_nifti(_cast_image(case.image[c]), affine, None, folder / name)
+        for c in range(len(MODALITIES)):
+            save_nifti(_cast_image(case.image[c]), affine, None, paths[c])
         if seg is not None:
-            save_nifti(seg, affine, None, folder / f"{case_id}{sep}{suffixes['seg']}{ending}")
-        return folder
+            save_nifti(seg, affine, None, paths[len(MODALITIES)])
+        return root / case.case_id
 
-    images = "imagesTr" if seg is not None else "imagesTs"
     if layout == "msd":
         order = [MODALITIES.index(m) for m, _ in MSD_CHANNELS]
         data = _cast_image(np.stack([case.image[c] for c in order], axis=-1))
-        save_nifti(data, affine, None, root / images / f"{case_id}{ending}")
+        save_nifti(data, affine, None, paths[0])
     else:
         for index, (modality, _) in enumerate(NNUNET_CHANNELS):
             channel = _cast_image(case.image[MODALITIES.index(modality)])
-            save_nifti(channel, affine, None, root / images / f"{case_id}_{index:04d}{ending}")
+            save_nifti(channel, affine, None, paths[index])
     if seg is not None:
-        save_nifti(seg, affine, None, root / "labelsTr" / f"{case_id}{ending}")
-    update_dataset_json(root, layout, ending=ending)
+        save_nifti(seg, affine, None, paths[-2])  # labelsTr/<id>, before dataset.json
+    update_dataset_json(root, layout, ending=".nii.gz" if compress else ".nii")
     return root
 
 
