@@ -105,9 +105,9 @@ def _median_seconds(fn: Any, *, warmup: int, repeats: int) -> float:
 
 
 def _precision(device: str) -> str:
-    from cascadeseg.runtime import native_bf16
+    from cascadeseg.runtime import resolve_precision
 
-    return "bf16" if native_bf16(device) else "fp32"
+    return resolve_precision("auto", device)
 
 
 def training_step_rows(suite: Any, *, device: str, quick: bool) -> None:

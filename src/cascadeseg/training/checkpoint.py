@@ -94,9 +94,7 @@ def _load_failure(exc: Exception) -> str:
     text = str(exc)
     if "Weights only load failed" in text or isinstance(exc, pickle.UnpicklingError):
         match = _UNSAFE_GLOBAL.search(text)
-        what = (
-            f" (it asks to build {match.group(1) or 'operand ' + match.group(2)})" if match else ""
-        )
+        what = f" (it asks to build {match.group(1)})" if match else ""
         return (
             "refused: loading this file would run code it contains"
             f"{what}; cascadeseg loads only checkpoints of plain tensors and values, as it "

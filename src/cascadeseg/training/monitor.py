@@ -24,12 +24,13 @@ from cascadeseg.training import distributed as dist_utils
 from cascadeseg.training.distributed import DistInfo
 
 
-def _forward_with_aux(model: nn.Module, x: torch.Tensor) -> Any:
-    """The model's output with its auxiliary (training-only) outputs where it has an ``aux``
-    switch (CU-Net), computed in eval mode (BatchNorm running statistics, no dropout)."""
+def _forward_with_aux(model: nn.Module) -> Any:
+    """``x -> model(x)`` with its auxiliary (training-only) outputs where it has an ``aux``
+    switch (CU-Net), computed in eval mode (BatchNorm running statistics, no dropout); the
+    switch is looked up once per model, not per batch."""
     if "aux" in inspect.signature(model.forward).parameters:
-        return model(x, aux=True)
-    return model(x)
+        return lambda x: model(x, aux=True)
+    return model
 
 
 @torch.no_grad()
@@ -56,6 +57,7 @@ def validation_objective(
 
     plain = dist_utils.unwrap_model(model)
     plain.eval()
+    forward = _forward_with_aux(plain)
     device = info.device
     sums = torch.zeros(2, dtype=torch.float64)
     fork_devices = [device.index or 0] if device.type == "cuda" else []
@@ -70,7 +72,7 @@ def validation_objective(
             if plain.spatial_dims == 3:
                 x = torch.from_numpy(np.array(case.image, dtype=np.float32))[None].to(device)
                 batch = {"label": label[None].to(device), "brain_mask": brain[None].to(device)}
-                total, _ = loss_fn(to_float32(_forward_with_aux(plain, x)), batch, epoch=epoch)
+                total, _ = loss_fn(to_float32(forward(x)), batch, epoch=epoch)
                 sums += torch.tensor([float(total), 1.0], dtype=torch.float64)
                 continue
             kept = [z for z in range(label.shape[-1]) if bool(brain[..., z].any())]
@@ -83,7 +85,7 @@ def validation_objective(
                     "label": label[..., zs].permute(2, 0, 1).contiguous().to(device),
                     "brain_mask": brain[..., zs].permute(2, 0, 1).contiguous().to(device),
                 }
-                out = _forward_with_aux(plain, torch.from_numpy(stack).to(device))
+                out = forward(torch.from_numpy(stack).to(device))
                 total, _ = loss_fn(to_float32(out), batch, epoch=epoch)
                 sums += torch.tensor([float(total) * len(zs), float(len(zs))], dtype=torch.float64)
     if info.distributed:

@@ -1282,7 +1282,7 @@ def _epoch_row(
     # The loss's parts are named for what they hold (``loss_stage1`` is stage 1's loss, not a
     # Dice): columns ``train_loss_stage1``, ``train_aux_weight``... (losses/composite.py).
     for key, value in sums.items():
-        if key not in ("loss", "n", "skipped", "total"):
+        if key not in ("loss", "n", "skipped"):
             row[f"train_{key}"] = value / n
     row["skipped"] = sums.get("skipped", 0.0)
     row["minutes"] = state.elapsed_s / 60
@@ -1308,8 +1308,10 @@ def _progress_bar(n_iters: int, done: int, epoch: int, cfg: Config, enabled: boo
 
 def _start_lines(session: _Session) -> list[str]:
     """What a run is about to do: model and size, cases and split, device, precision, budget."""
+    from cascadeseg.models.outputs import count_parameters
+
     cfg, split = session.cfg, session.data.split
-    n_params = sum(p.numel() for p in session.plain_model.parameters())
+    n_params = count_parameters(session.plain_model, training=True)
     n_cases = sum(len(ids) for ids in split.values())
     split_text = f"train {len(split['train'])}, validation {len(split['val'])}"
     if len(session.data.val_cases) < len(split["val"]):
