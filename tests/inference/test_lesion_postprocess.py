@@ -293,3 +293,15 @@ def test_checkpoint_extra_and_onnx_export_carry_the_thresholds(tmp_path: Path) -
     assert members[0].min_lesion_voxels == thresholds
     path = export_onnx(members, tmp_path / "m.onnx")
     assert load_onnx_model(path).min_lesion_voxels == thresholds
+
+
+@pytest.mark.parametrize("region", ["wt", "tc", "et"])
+def test_tuning_from_one_labelling_equals_removal(region: str) -> None:
+    from cascadeseg.inference.lesion_postprocess import _component_sizes, _without_small
+
+    rng = np.random.default_rng(3)
+    label = rng.choice(np.arange(4, dtype=np.uint8), size=(20, 18, 12), p=[0.7, 0.1, 0.1, 0.1])
+    components, sizes = _component_sizes(region_mask(label, region))
+    for threshold in (0, 1, 2, 3, 5, 20, 1000):
+        expected = remove_small_lesions(label, {region: threshold})
+        assert np.array_equal(_without_small(label, components, sizes, threshold, region), expected)

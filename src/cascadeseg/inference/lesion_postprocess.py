@@ -98,12 +98,20 @@ def remove_small_lesions(label: np.ndarray, min_voxels: Mapping[str, int]) -> np
     Returns:
         A new ``(X, Y, Z)`` label map of the same dtype (the input is not modified).
     """
+    return _remove_small(label, min_voxels)[0]
+
+
+def _remove_small(
+    label: np.ndarray, min_voxels: Mapping[str, int]
+) -> tuple[np.ndarray, dict[str, int]]:
+    """:func:`remove_small_lesions` and the number of components removed per region."""
     out = np.array(label, copy=True)
+    removed: dict[str, int] = {}
     for region in LESION_REGIONS:
         threshold = int(min_voxels.get(region, 0))
-        if threshold > 1:
-            out[small_components(region_mask(out, region), threshold)] = _REPLACEMENT[region]
-    return out
+        small, removed[region] = _small_components(region_mask(out, region), threshold)
+        out[small] = _REPLACEMENT[region]
+    return out, removed
 
 
 @dataclass(frozen=True)
@@ -170,8 +178,13 @@ def tune_min_lesion_voxels(
     current = [np.asarray(pred) for pred, _, _ in cases]
     for region in LESION_REGIONS:
         means[region] = {}
+        # Each case's components of this region are labelled once, for every candidate.
+        components = [_component_sizes(region_mask(pred, region)) for pred in current]
         for candidate in sorted({int(c) for c in candidates}):
-            processed = [remove_small_lesions(pred, {region: candidate}) for pred in current]
+            processed = [
+                _without_small(pred, labels, sizes, candidate, region)
+                for pred, (labels, sizes) in zip(current, components)
+            ]
             per_region = []
             for affected in AFFECTED_REGIONS[region]:
                 values = [
@@ -189,6 +202,24 @@ def tune_min_lesion_voxels(
         chosen[region] = best
         current = [remove_small_lesions(pred, {region: best}) for pred in current]
     return LesionTuneResult(best=chosen, mean_score=means, n_cases=len(cases))
+
+
+def _component_sizes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """26-connected component labels of ``mask`` and each label's voxel count (index 0: rest)."""
+    labels, n = ndimage.label(np.asarray(mask, dtype=bool), structure=_CONN26)
+    return labels, np.bincount(labels.ravel(), minlength=n + 1)
+
+
+def _without_small(
+    label: np.ndarray, components: np.ndarray, sizes: np.ndarray, min_voxels: int, region: str
+) -> np.ndarray:
+    """``remove_small_lesions(label, {region: min_voxels})`` from ``region``'s components."""
+    out = np.array(label, copy=True)
+    if min_voxels > 1:
+        small = sizes < min_voxels
+        small[0] = False
+        out[small[components]] = _REPLACEMENT[region]
+    return out
 
 
 def parse_min_lesion_voxels(text: str) -> dict[str, int]:
@@ -257,11 +288,7 @@ def postprocess_lesions(
     """:func:`remove_small_lesions` with the resolved thresholds, and a JSON-friendly record:
     ``min_lesion_voxels``, ``min_lesion_voxels_source`` and the components removed per region."""
     values, sources = resolve_min_lesion_voxels(stored, override)
-    removed: dict[str, int] = {}
-    out = np.array(label, copy=True)
-    for region in LESION_REGIONS:  # as remove_small_lesions, counting what goes
-        small, removed[region] = _small_components(region_mask(out, region), values[region])
-        out[small] = _REPLACEMENT[region]
+    out, removed = _remove_small(label, values)
     info = {
         "min_lesion_voxels": values,
         "min_lesion_voxels_source": sources,
