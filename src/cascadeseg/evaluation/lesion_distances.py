@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-from cascadeseg.evaluation.metrics import bounding_box, erode_cross
+from cascadeseg.evaluation.metrics import bounding_box, surface_distances
 
 
 def _spacing3(spacing: Sequence[float]) -> tuple[float, float, float]:
@@ -30,24 +30,14 @@ def _spacing3(spacing: Sequence[float]) -> tuple[float, float, float]:
 # --------------------------------------------------------------------------- distances (panoptica)
 
 
-def _border_distances(
-    a: np.ndarray, b: np.ndarray, spacing: tuple[float, float, float]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Border-to-border distances of two non-empty masks on a shared padded crop (medpy style)."""
-    border_a = a ^ erode_cross(a)
-    border_b = b ^ erode_cross(b)
-    a_to_b = ndimage.distance_transform_edt(~border_b, sampling=spacing)[border_a]
-    b_to_a = ndimage.distance_transform_edt(~border_a, sampling=spacing)[border_b]
-    return np.asarray(a_to_b, dtype=np.float64), np.asarray(b_to_a, dtype=np.float64)
-
-
 def pair_metrics_panoptica(
     ref: np.ndarray, pred: np.ndarray, spacing: tuple[float, float, float]
 ) -> tuple[float, float, float]:
     """``(dice, hd95, nsd)`` of two non-empty masks cropped with a one-voxel pad."""
     inter = int(np.count_nonzero(ref & pred))
     dice = 2.0 * inter / (int(np.count_nonzero(ref)) + int(np.count_nonzero(pred)))
-    ref_to_pred, pred_to_ref = _border_distances(ref, pred, spacing)
+    # The global metrics' border distances (6-connected erosion borders, as medpy/panoptica).
+    pred_to_ref, ref_to_pred = surface_distances(pred, ref, spacing)
     hd95 = float(np.percentile(np.concatenate([ref_to_pred, pred_to_ref]), 95))
     tol = min(spacing)
     # panoptica's _nsd_from_pair: (tp_a + tp_b) / (tp_a + tp_b + fp + fn) with fractions per
