@@ -64,7 +64,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
-from cascadeseg.evaluation.lesion_distances import pair_metrics_panoptica, surfel_hd95
+from cascadeseg.evaluation.lesion_distances import _spacing3, pair_metrics_panoptica, surfel_hd95
 from cascadeseg.evaluation.metrics import bounding_box
 
 Rules = Literal["panoptica", "brats2023"]
@@ -237,13 +237,6 @@ def connected_lesions(
     return [Lesion(**r, status="unscored", dice=math.nan, hd95=math.nan) for r in records]
 
 
-def _spacing3(spacing: Sequence[float]) -> tuple[float, float, float]:
-    values = tuple(float(s) for s in spacing)
-    if len(values) != 3 or min(values) <= 0:
-        raise ValueError(f"spacing must be 3 positive numbers, got {spacing}")
-    return values[0], values[1], values[2]
-
-
 # ----------------------------------------------------------------------------------- matching
 
 
@@ -257,16 +250,12 @@ def _pair_counts(a: np.ndarray, na: int, b: np.ndarray, nb: int) -> tuple[np.nda
 
 def _match_panoptica(
     ref_lab: np.ndarray, n_ref: int, pred_lab: np.ndarray, n_pred: int
-) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
-    """panoptica's MaxBipartiteMatching on Dice.
-
-    Returns:
-        ``([(ref_id, pred_id), ...], ref_sizes, pred_sizes)`` (sizes indexed by label).
-    """
+) -> list[tuple[int, int]]:
+    """panoptica's MaxBipartiteMatching on Dice: the matched ``(ref_id, pred_id)`` pairs."""
+    if n_ref == 0 or n_pred == 0:
+        return []
     ref_sizes = np.bincount(ref_lab.ravel(), minlength=n_ref + 1)
     pred_sizes = np.bincount(pred_lab.ravel(), minlength=n_pred + 1)
-    if n_ref == 0 or n_pred == 0:
-        return [], ref_sizes, pred_sizes
     r, p, inter = _pair_counts(ref_lab, n_ref, pred_lab, n_pred)
     dice = 2.0 * inter / (ref_sizes[r] + pred_sizes[p])
     cost = np.full((n_ref, n_pred), 1.0 + 1e-6)
@@ -274,7 +263,7 @@ def _match_panoptica(
     cost[r[ok] - 1, p[ok] - 1] = 1.0 - dice[ok]
     rows, cols = linear_sum_assignment(cost)
     pairs = [(int(i) + 1, int(j) + 1) for i, j in zip(rows, cols) if cost[i, j] < 1.0]
-    return pairs, ref_sizes, pred_sizes
+    return pairs
 
 
 @dataclass
@@ -298,7 +287,7 @@ def _panoptica_part(
     """panoptica's rules on one cluster crop (masks padded by at least one voxel)."""
     ref_lab, n_ref = label_components(ref)
     pred_lab, n_pred = label_components(pred)
-    pairs, _, _ = _match_panoptica(ref_lab, n_ref, pred_lab, n_pred)
+    pairs = _match_panoptica(ref_lab, n_ref, pred_lab, n_pred)
     ref_boxes, pred_boxes = ndimage.find_objects(ref_lab), ndimage.find_objects(pred_lab)
     scores: dict[tuple[int, int], tuple[float, float, float]] = {}
     for r_id, p_id in pairs:

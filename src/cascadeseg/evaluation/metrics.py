@@ -62,10 +62,6 @@ VOLUME_NAMES: tuple[str, ...] = tuple(
 # distance transforms (both exact; measured break-even on a 240 x 240 x 155 grid about 10-50).
 _KDTREE_RATIO = 30
 
-# 6-connected (cross) structuring element: connectivity 1 in medpy's and panoptica's defaults,
-# and the default structure of scipy's binary_erosion used by MONAI's get_mask_edges.
-_CROSS = ndimage.generate_binary_structure(3, 1)
-
 
 def _as_bool(mask: np.ndarray) -> np.ndarray:
     return np.asarray(mask).astype(bool, copy=False)
