@@ -162,14 +162,16 @@ def _size(nbytes: int) -> str:
     return f"{value:.3g} GiB"
 
 
-def _header_prefix(path: Path, compressed: bool) -> bytes:
-    """The first (up to) 540 bytes of the file's NIfTI stream, decompressing only those."""
+def _header_prefix(path: Path) -> tuple[bytes, bool]:
+    """The first (up to) 540 bytes of the file's NIfTI stream, decompressing only those, and
+    whether the file is gzip-compressed (from its first two bytes), in one opening."""
     with open(path, "rb") as handle:
-        if not compressed:
-            return handle.read(_HEADER_BYTES)
+        first = handle.read(64 * 1024)
+        if not first.startswith(_GZIP_MAGIC):
+            return first[:_HEADER_BYTES], False
         inflater = zlib.decompressobj(_GZIP_WBITS)
         prefix = b""
-        pending = b""
+        pending = first
         while len(prefix) < _HEADER_BYTES:
             if not pending:
                 pending = handle.read(64 * 1024)
@@ -182,7 +184,7 @@ def _header_prefix(path: Path, compressed: bool) -> bytes:
                 if pending and not pending.startswith(_GZIP_MAGIC[:1]):
                     break
                 inflater = zlib.decompressobj(_GZIP_WBITS)
-        return prefix
+        return prefix, True
 
 
 def _parse_header(prefix: bytes, path: Path) -> nib.Nifti1Header:
@@ -263,9 +265,8 @@ def read_header(path: str | os.PathLike[str], *, limits: bool = True) -> NiftiIn
         file_size = path.stat().st_size
         if file_size == 0:
             raise InputError(f"{path}: file is empty")
-        with open(path, "rb") as handle:
-            compressed = handle.read(2) == _GZIP_MAGIC
-        header = _parse_header(_header_prefix(path, compressed), path)
+        prefix, compressed = _header_prefix(path)
+        header = _parse_header(prefix, path)
         info = NiftiInfo(
             path=path,
             header=header,
