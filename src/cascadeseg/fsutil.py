@@ -131,7 +131,8 @@ def _read_lock(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _holder_text(holder: dict[str, Any]) -> str:
+def holder_text(holder: dict[str, Any]) -> str:
+    """One line naming a lock's holder: pid, host, start time and command."""
     command = holder.get("command") or "?"
     return (
         f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since "
@@ -281,16 +282,25 @@ def live_holder(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     path = Path(path)
     if not path.exists():
         return None
-    holder = _read_lock(path)
-    if not holder:
-        time.sleep(0.05)  # created but not yet written by its holder
-        holder = _read_lock(path)
+    holder = _settled_record(path)
     return None if _is_stale(holder) else holder
 
 
-def holder_text(holder: dict[str, Any]) -> str:
-    """One line naming a lock's holder: pid, host, start time and command."""
-    return _holder_text(holder)
+def _settled_record(path: Path) -> dict[str, Any]:
+    """The lock file's record, read again once if it was created but not yet written."""
+    holder = _read_lock(path)
+    if not holder and path.exists():
+        time.sleep(0.05)  # created but not yet written by its holder
+        holder = _read_lock(path)
+    return holder
+
+
+def lock_held_error(folder: Path, who: str, holder: dict[str, Any], path: Path) -> InputError:
+    """The one-line refusal of a run whose output folder ``who`` holds (lock file ``path``)."""
+    return InputError(
+        f"{folder}: {who} ({holder_text(holder)}); wait for it to finish, or remove {path} if "
+        "it is gone"
+    )
 
 
 def _acquire(path: Path, record: dict[str, Any], echo: Callable[[str], None]) -> None:
@@ -300,19 +310,15 @@ def _acquire(path: Path, record: dict[str, Any], echo: Callable[[str], None]) ->
                 return
         except OSError as exc:
             raise InputError(f"{path.parent}: cannot create a lock file ({exc.strerror})") from None
-        holder = _read_lock(path)
-        if not holder and path.exists():
-            time.sleep(0.05)  # created but not yet written by its holder
-            holder = _read_lock(path)
+        holder = _settled_record(path)
         if holder and not _is_stale(holder):
-            raise InputError(
-                f"{path.parent}: another cascadeseg run writes into this folder "
-                f"({_holder_text(holder)}); wait for it to finish, or remove {path} if it is gone"
+            raise lock_held_error(
+                path.parent, "another cascadeseg run writes into this folder", holder, path
             )
         if _take_over_stale(path, holder):
             echo(
                 f"note: {path.parent}: took over the lock of a run that no longer runs "
-                f"({_holder_text(holder)})"
+                f"({holder_text(holder)})"
             )
     raise InputError(f"{path}: could not take the lock (other runs keep taking it)")
 

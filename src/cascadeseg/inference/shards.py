@@ -40,8 +40,14 @@ from typing import Any, TypeVar
 
 import torch
 
-from cascadeseg.errors import ConfigError, InputError
-from cascadeseg.fsutil import LOCK_NAME, check_output_folder, holder_text, live_holder, output_lock
+from cascadeseg.errors import ConfigError
+from cascadeseg.fsutil import (
+    LOCK_NAME,
+    check_output_folder,
+    live_holder,
+    lock_held_error,
+    output_lock,
+)
 
 T = TypeVar("T")
 
@@ -190,9 +196,8 @@ def check_no_live_shares(folder: Path) -> None:
     for path in _share_locks(folder):
         holder = live_holder(path)
         if holder is not None:
-            raise InputError(
-                f"{folder}: a share of another cascadeseg run writes into this folder "
-                f"({holder_text(holder)}); wait for it to finish, or remove {path} if it is gone"
+            raise lock_held_error(
+                folder, "a share of another cascadeseg run writes into this folder", holder, path
             )
 
 
@@ -209,10 +214,11 @@ def folder_lock(
     check_output_folder(folder)  # made here, so no share removes it as "its own, left empty"
     holder = live_holder(folder / LOCK_NAME)
     if holder is not None:
-        raise InputError(
-            f"{folder}: another cascadeseg run writes into this whole folder "
-            f"({holder_text(holder)}); wait for it to finish, or remove "
-            f"{folder / LOCK_NAME} if it is gone"
+        raise lock_held_error(
+            folder,
+            "another cascadeseg run writes into this whole folder",
+            holder,
+            folder / LOCK_NAME,
         )
     name = f"{LOCK_NAME}.{share.tag}"
     with output_lock(folder, command, echo=echo, clean_temp=False, name=name) as held:
