@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cascadeseg.errors import InputError
-from cascadeseg.evaluation.checks import check_rows
 from cascadeseg.evaluation.evaluate import (
     EvaluationResult,
     evaluate,
@@ -133,11 +132,8 @@ def load_run(
     run = Path(run)
     _check_run_folder(run)
     if _is_evaluation(run):
-        result = load_evaluation(run)
         # This comparison's allow_missing decides, not the one the folder was evaluated with.
-        unmatched = result.summary.get("unmatched_predictions", [])
-        result.summary.update(check_rows(result.rows, unmatched, allow_missing=allow_missing))
-        return result
+        return load_evaluation(run, allow_missing=allow_missing)
     if ref is None:
         raise InputError(
             f"{run}: no metrics.csv here; to compare a prediction folder give the references "

@@ -387,8 +387,14 @@ def read_metrics_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def load_evaluation(folder: str | os.PathLike[str]) -> EvaluationResult:
-    """An :class:`EvaluationResult` from a folder written by :func:`evaluate`."""
+def load_evaluation(
+    folder: str | os.PathLike[str], *, allow_missing: bool | None = None
+) -> EvaluationResult:
+    """An :class:`EvaluationResult` from a folder written by :func:`evaluate`.
+
+    ``allow_missing`` decides whether missing predictions set the exit code (``None``: as the
+    folder was evaluated; ``compare`` passes its own).
+    """
     folder = Path(folder)
     rows = read_metrics_csv(folder / "metrics.csv")
     if not rows:
@@ -413,7 +419,9 @@ def load_evaluation(folder: str | os.PathLike[str]) -> EvaluationResult:
         check_rows(
             rows,
             summary["unmatched_predictions"],
-            allow_missing=bool(saved.get("allow_missing", False)),
+            allow_missing=bool(saved.get("allow_missing", False))
+            if allow_missing is None
+            else allow_missing,
         )
     )
     lesions = lesion_eval.read_lesions_csv(folder / "lesions.csv")
