@@ -572,6 +572,20 @@ def _members_for_backend(models: Sequence[LoadedModel], backend: str) -> list[Lo
     return [to_onnx_member(m) for m in models]
 
 
+def run_precision(options: PredictOptions, device: torch.device) -> tuple[str, str]:
+    """The precision prediction runs in and a note when it is not the one asked for.
+
+    :func:`~cascadeseg.runtime.effective_precision` for the PyTorch backend; ONNX Runtime runs
+    the exported fp32 graph, where autocast has no effect.
+    """
+    precision, note = effective_precision(options.precision, device)
+    if options.backend == "onnx" and precision != "fp32":
+        if options.precision == "bf16":
+            note = "the onnx backend runs the exported fp32 graph: fp32 used"
+        precision = "fp32"
+    return precision, note
+
+
 def predict_preprocessed(
     pre: Preprocessed,
     models: Sequence[LoadedModel],
@@ -588,12 +602,7 @@ def predict_preprocessed(
     if not models:
         raise ConfigError("no model given")
     device = device or resolve_device(options.device)
-    precision, note = effective_precision(options.precision, device)
-    if options.backend == "onnx" and precision != "fp32":
-        # ONNX Runtime runs the exported fp32 graph; autocast has no effect there.
-        if options.precision == "bf16":
-            note = "the onnx backend runs the exported fp32 graph: fp32 used"
-        precision = "fp32"
+    precision, note = run_precision(options, device)
     total: np.ndarray | None = None
     total_sq: np.ndarray | None = None
     members_info = []
@@ -912,7 +921,7 @@ def predict(
         # Converted once here (ONNX export in memory); predict_case leaves them as they are.
         members = _members_for_backend(models, options.backend)
         case_options = dataclasses.replace(options, device=str(device))
-        _, precision_note = effective_precision(options.precision, device)
+        _, precision_note = run_precision(options, device)
         if precision_note:
             say(f"note: {precision_note}")
         bar = tqdm(mine, desc="predicting", unit="case", disable=not options.progress)
