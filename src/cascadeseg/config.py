@@ -330,8 +330,10 @@ def one_of(*choices: str) -> Rule:
     return (f"one of {', '.join(choices)}", lambda v: v in choices)
 
 
-#: Shared with the trainer and the predictor (``runtime.PRECISIONS`` has the same names).
+#: Training precisions, shared with the trainer and ``runtime``; prediction takes fewer (fp16
+#: is refused there).
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("poly", "step", "constant")
 SPLITS = ("kfold", "cunet", "all")
@@ -405,7 +407,7 @@ RULES: dict[str, Rule] = {
     "inference.et_min_voxels": NON_NEGATIVE_INT,
     "inference.sliding_window": one_of("auto", "always", "never"),
     "inference.overlap": FRACTION_BELOW_ONE,
-    "inference.precision": one_of("auto", "fp32", "bf16"),  # what predict runs
+    "inference.precision": one_of(*INFERENCE_PRECISIONS),  # what predict runs
     "seed": NON_NEGATIVE_INT,
 }
 

@@ -15,9 +15,8 @@ from functools import cache
 
 import torch
 
+from cascadeseg.config import PRECISIONS
 from cascadeseg.errors import ConfigError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from cascadeseg import __version__
+from cascadeseg.config import INFERENCE_PRECISIONS
 from cascadeseg.data.case import Case, Meta
 from cascadeseg.data.labels import (
     CONVENTIONS,
@@ -95,7 +96,7 @@ from cascadeseg.inference.sliding import (
 from cascadeseg.inference.tta import flip_tta_moments
 from cascadeseg.runtime import autocast, effective_precision, resolve_device, tune_device
 
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+PRECISIONS: tuple[str, ...] = INFERENCE_PRECISIONS
 BACKENDS: tuple[str, ...] = ("torch", "onnx")
 #: Conventions ``--labels`` may name for written label maps.
 OUTPUT_CONVENTIONS: tuple[str, ...] = ("brats2021", "brats2023")
