@@ -33,6 +33,7 @@ from cascadeseg.data import augment
 from cascadeseg.data.labels import label_to_regions
 from cascadeseg.data.preprocess import Preprocessed
 from cascadeseg.errors import ConfigError, InputError
+from cascadeseg.runtime import meminfo_available_bytes
 
 Index = int | tuple[int, int]
 
@@ -54,13 +55,9 @@ MIN_NETWORK_BYTES_PER_VOXEL = 2 * 8 * 4
 
 def available_memory_bytes() -> int | None:
     """Memory the system can still give (``MemAvailable`` on Linux), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    available = meminfo_available_bytes()
+    if available is not None:
+        return available
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, OSError, ValueError):

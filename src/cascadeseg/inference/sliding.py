@@ -17,10 +17,11 @@ from __future__ import annotations
 import gc
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from torch import nn
+
+from cascadeseg.runtime import meminfo_available_bytes
 
 ProbabilityFn = Callable[[torch.Tensor], torch.Tensor]
 Pads = tuple[tuple[int, int], ...]
@@ -194,13 +195,8 @@ def available_memory_bytes(device: torch.device | str) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62  # unknown (not Linux): rely on the error fallback
+    available = meminfo_available_bytes()
+    return (1 << 62) if available is None else available  # unknown: the error fallback decides
 
 
 def probe_bytes_per_voxel(
