@@ -44,6 +44,8 @@ DEFAULT_LESION_RULES = "panoptica"
 ALL_REGIONS: tuple[str, ...] = ("WT", "TC", "ET", "NETC", "SNFH", "RC")
 #: Key under which :func:`case_lesion_figures`' records travel in a row until ``lesions.csv``.
 RECORDS_KEY = "_lesion_records"
+_CENTROID_VOXEL = ("centroid_i", "centroid_j", "centroid_k")
+_CENTROID_MM = ("centroid_x_mm", "centroid_y_mm", "centroid_z_mm")
 #: Columns of ``lesions.csv``.
 LESIONS_CSV_COLUMNS: tuple[str, ...] = (
     "case",
@@ -53,29 +55,15 @@ LESIONS_CSV_COLUMNS: tuple[str, ...] = (
     "lesion_id",
     "voxels",
     "volume_ml",
-    "centroid_i",
-    "centroid_j",
-    "centroid_k",
-    "centroid_x_mm",
-    "centroid_y_mm",
-    "centroid_z_mm",
+    *_CENTROID_VOXEL,
+    *_CENTROID_MM,
     "status",
     "dice",
     "hd95",
     "partners",
 )
 _COLUMN_RE = re.compile(r"^(lesion|lesion23)_(tp|fp|fn|f1|dice|hd95|nsd)_([a-z]+)$")
-_FLOAT_FIELDS: tuple[str, ...] = (
-    "volume_ml",
-    "centroid_i",
-    "centroid_j",
-    "centroid_k",
-    "centroid_x_mm",
-    "centroid_y_mm",
-    "centroid_z_mm",
-    "dice",
-    "hd95",
-)
+_FLOAT_FIELDS: tuple[str, ...] = ("volume_ml", *_CENTROID_VOXEL, *_CENTROID_MM, "dice", "hd95")
 
 
 def rule_sets(choice: str) -> tuple[str, ...]:
@@ -195,8 +183,8 @@ def _record(rule: str, region: str, les: Lesion) -> dict[str, Any]:
         "lesion_id": les.id,
         "voxels": les.voxels,
         "volume_ml": les.volume_ml,
-        **dict(zip(("centroid_i", "centroid_j", "centroid_k"), les.centroid_voxel)),
-        **dict(zip(("centroid_x_mm", "centroid_y_mm", "centroid_z_mm"), les.centroid_mm)),
+        **dict(zip(_CENTROID_VOXEL, les.centroid_voxel)),
+        **dict(zip(_CENTROID_MM, les.centroid_mm)),
         "status": les.status,
         "dice": les.dice,
         "hd95": les.hd95,
