@@ -42,6 +42,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks experiments
 	$(VENV)/bin/ruff format --check src tests benchmarks experiments
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(VENV)/bin/cascadeseg benchmark --suite all --out benchmarks/results.json
