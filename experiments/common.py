@@ -618,7 +618,7 @@ def stage_one_spec() -> tuple[str, list[str], str]:
     ``two_stage``, and only then ``unet3d`` as the closest stand-in (said in the note).
     """
     from cascadeseg.config import load_config
-    from cascadeseg.models.registry import available_models, model_defaults
+    from cascadeseg.models import available_models, model_defaults
 
     names = available_models()
     if "two_stage_stage1" in names:

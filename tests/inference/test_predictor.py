@@ -32,7 +32,7 @@ from cascadeseg.inference.predictor import (
     predict_case,
     slice_stack,
 )
-from cascadeseg.models.registry import build_model
+from cascadeseg.models import build_model
 from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
 
 QUIET = PredictOptions(progress=False, device="cpu", precision="fp32")

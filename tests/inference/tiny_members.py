@@ -59,7 +59,7 @@ def tiny_checkpoint(
     import torch
 
     from cascadeseg.config import Config, apply_overrides, to_dict
-    from cascadeseg.models.registry import build_model
+    from cascadeseg.models import build_model
     from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
 
     torch.manual_seed(seed)

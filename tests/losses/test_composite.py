@@ -14,6 +14,7 @@ from cascadeseg.config import LossConfig
 from cascadeseg.data.labels import label_to_regions
 from cascadeseg.errors import ModelError
 from cascadeseg.losses import (
+    LOSS_FOR_KIND,
     CUNetLoss,
     LabelCELoss,
     RegionDiceLoss,
@@ -21,8 +22,10 @@ from cascadeseg.losses import (
     build_loss,
     region_dice_loss,
     regions_from_label,
+    register_loss,
     weighted_cross_entropy,
 )
+from cascadeseg.models import OUTPUT_KINDS, available_models, network_spec
 
 LN2 = math.log(2.0)
 
@@ -254,3 +257,13 @@ def test_two_stage_loss_smoothing_penalises_false_positives_on_empty_crops() -> 
     probs_sq = 2 * 64 * float(torch.sigmoid(torch.tensor(2.0))) ** 2
     dice = 3 * (1 - 1 / (probs_sq + 1))
     assert float(loss.detach()) == pytest.approx(dice + bce, rel=1e-5)
+
+
+def test_every_trainable_output_kind_has_one_loss() -> None:
+    assert set(LOSS_FOR_KIND) == set(OUTPUT_KINDS) - {"probabilities"}
+    for name in available_models():
+        assert network_spec(name).output_kind in LOSS_FOR_KIND
+    with pytest.raises(ModelError, match="'probabilities', which has no loss"):
+        build_loss(SimpleNamespace(output_kind="probabilities"), LossConfig())
+    with pytest.raises(ValueError, match="already registered"):
+        register_loss("regions")(lambda cfg: TwoStageLoss())

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from cascadeseg.models.blocks import (
+    ConvNormAct,
     DownConv,
     PreActResBlock,
     ResidualUnit,
@@ -137,3 +138,13 @@ def test_pad_nothing_when_already_multiple() -> None:
     padded, index = pad_to_multiple(x, 8)
     assert padded is x and index is None
     assert crop_to(padded, index) is x
+
+
+@pytest.mark.parametrize("dilation", [1, 3])
+def test_dilated_blocks_keep_the_size(dilation: int) -> None:
+    unit = ResidualUnit(2, 5, spatial_dims=2, dilation=dilation)
+    layer = ConvNormAct(2, 5, spatial_dims=3, dilation=dilation)
+    assert unit.conv1.dilation == (dilation,) * 2 and unit.conv2.padding == (dilation,) * 2
+    assert layer[0].dilation == (dilation,) * 3
+    assert unit(torch.randn(1, 2, 9, 11)).shape == (1, 5, 9, 11)
+    assert layer(torch.randn(1, 2, 7, 9, 5)).shape == (1, 5, 7, 9, 5)

@@ -117,7 +117,7 @@ def test_inference_parameter_count_excludes_aux_heads() -> None:
 
 
 def test_checkpoints_from_before_aux_from_still_load() -> None:
-    from cascadeseg.models.registry import build_saved_model
+    from cascadeseg.models import build_saved_model
 
     # Saved arguments of a checkpoint written when the heads sat on the decoding layers.
     old = build_model("cunet", aux_from="decoders", unet2_image_input=True, **TINY)

@@ -9,12 +9,20 @@ import torch
 from cascadeseg.cli import main
 from cascadeseg.errors import ModelError
 from cascadeseg.models import (
+    OUTPUT_KINDS,
     CUNetOutput,
+    SegmentationModule,
+    SegmentationNetwork,
     TwoStageOutput,
     available_models,
     build_model,
     count_parameters,
+    model_defaults,
+    network_spec,
     region_probabilities,
+    register,
+    register_output_kind,
+    unregister,
 )
 from cascadeseg.models.bench import (
     benchmark_forward,
@@ -22,7 +30,7 @@ from cascadeseg.models.bench import (
     count_flops,
     precision_agreement,
 )
-from cascadeseg.models.registry import model_defaults
+from cascadeseg.models.protocol import contract_problems
 
 # Tiny widths and sizes so every model runs forward and backward in well under a second.
 TINY: dict[str, tuple[dict[str, Any], tuple[int, ...]]] = {
@@ -190,3 +198,71 @@ def test_precision_agreement() -> None:
     assert 0.0 <= bf16["mean"] <= 1.0
     with pytest.raises(ModelError, match="precision"):
         precision_agreement(model, image, "fp8")
+
+
+def test_network_spec_describes_each_network_without_building_it() -> None:
+    for name, (overrides, _shape) in TINY.items():
+        spec = network_spec(name)
+        model = build_model(name, **overrides)
+        assert spec.name == name and isinstance(model, spec.network)
+        assert (spec.spatial_dims, spec.output_kind) == (model.spatial_dims, model.output_kind)
+        assert spec.in_channels == model.in_channels == 4
+        assert spec.defaults == model_defaults(name) and spec.output_kind in OUTPUT_KINDS
+        assert isinstance(model, SegmentationModule) and isinstance(model, SegmentationNetwork)
+        assert not contract_problems(model)
+    assert network_spec("cunet").saved_defaults == {"aux_from": "decoders"}
+    assert network_spec("unet3d").saved_defaults == {}
+    # model_defaults hands out copies: changing one leaves the registry as it was.
+    model_defaults("two_stage")["blocks"].append(9)
+    assert model_defaults("two_stage")["blocks"] == [1, 2, 2, 4]
+
+
+class _NoInChannels(torch.nn.Module):
+    spatial_dims = 2
+    output_kind = "labels"
+
+    def __init__(self, *, width: int = 2) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, width, 1)
+
+
+def test_register_checks_the_class_and_build_model_the_contract() -> None:
+    class WrongKind(_NoInChannels):
+        output_kind = "boxes"
+
+    class WrongDims(_NoInChannels):
+        spatial_dims = 4
+
+    with pytest.raises(ValueError, match="output_kind must be one of regions, labels"):
+        register("wrong_kind")(WrongKind)
+    with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
+        register("wrong_dims")(WrongDims)
+    with pytest.raises(ValueError, match="already registered"):
+        register("unet3d")(_NoInChannels)
+    assert "wrong_kind" not in available_models()
+    register("no_in_channels")(_NoInChannels)
+    try:
+        with pytest.raises(ModelError, match="breaks the network contract: no attribute in_chan"):
+            build_model("no_in_channels")
+    finally:
+        unregister("no_in_channels")
+    with pytest.raises(ModelError, match="unknown model"):
+        unregister("no_in_channels")
+    assert contract_problems(object()) == [
+        "no attribute spatial_dims",
+        "no attribute in_channels",
+        "no attribute output_kind",
+        "no attribute model_args",
+        "not callable",
+    ]
+
+
+def test_output_kind_table() -> None:
+    assert list(OUTPUT_KINDS) == ["regions", "labels", "cunet", "bfcn", "probabilities"]
+    assert all(kind.name == name and kind.returns for name, kind in OUTPUT_KINDS.items())
+    probs = torch.rand(1, 3, 2, 2)
+    assert region_probabilities(probs, "probabilities") is probs
+    with pytest.raises(ModelError, match="needs 3 channels"):
+        region_probabilities(torch.rand(1, 4, 2, 2), "probabilities")
+    with pytest.raises(ValueError, match="already registered"):
+        register_output_kind("labels", returns="something else")(torch.sigmoid)

@@ -87,7 +87,7 @@ def _member(
     name: str, model_args: dict[str, Any] | None, device: torch.device, seed: int
 ) -> LoadedModel:
     from cascadeseg.data.preprocess import PreprocessConfig
-    from cascadeseg.models.registry import build_model
+    from cascadeseg.models import build_model
 
     torch.manual_seed(seed)
     network = build_model(name, **(model_args or {})).eval().to(device)

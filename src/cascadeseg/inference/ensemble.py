@@ -364,7 +364,7 @@ def ensemble_min_lesion_voxels(members: Sequence[LoadedModel]) -> dict[str, int]
 
 def load_checkpoint_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
     """One :class:`LoadedModel` from a cascadeseg ``.pt`` checkpoint (no code runs on load)."""
-    from cascadeseg.models.registry import build_saved_model
+    from cascadeseg.models import build_saved_model
 
     device = torch.device(device)
     ckpt = load_checkpoint(path, map_location="cpu")

@@ -3,12 +3,14 @@
 - :mod:`.dice`: region soft Dice of the two-stage paper (Eq. 2), ``[WT, TC, ET]`` on sigmoids.
 - :mod:`.lws`: CU-Net loss weighted sampling (Eqs. 1-3): regions, probabilities, sample matrix,
   weighted cross-entropy.
-- :mod:`.composite`: whole-model losses called by the trainer, and :func:`build_loss`.
+- :mod:`.composite`: whole-model losses called by the trainer, one per trainable output kind
+  (:data:`LOSS_FOR_KIND`, filled by :func:`register_loss`), and :func:`build_loss`.
 """
 
 from __future__ import annotations
 
 from cascadeseg.losses.composite import (
+    LOSS_FOR_KIND,
     BFCNLoss,
     CUNetLoss,
     LabelCELoss,
@@ -18,6 +20,7 @@ from cascadeseg.losses.composite import (
     build_loss,
     label_boundaries,
     regions_from_label,
+    register_loss,
 )
 from cascadeseg.losses.dice import region_dice_loss, soft_dice_per_region
 from cascadeseg.losses.lws import (
@@ -31,6 +34,7 @@ from cascadeseg.losses.lws import (
 )
 
 __all__ = [
+    "LOSS_FOR_KIND",
     "BFCNLoss",
     "CUNetLoss",
     "LabelCELoss",
@@ -46,6 +50,7 @@ __all__ = [
     "lws_weights",
     "region_dice_loss",
     "regions_from_label",
+    "register_loss",
     "sample_weights",
     "soft_dice_per_region",
     "weighted_cross_entropy",

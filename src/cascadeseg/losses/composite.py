@@ -2,8 +2,8 @@
 
 Every loss is called as ``loss(output, batch, epoch=e) -> (total, parts)``:
 
-- ``output``: the model's train-mode output (a tensor, a ``TwoStageOutput`` or a ``CUNetOutput``;
-  recognised by their attributes, so this module does not import the models).
+- ``output``: the model's train-mode output (a tensor, a ``TwoStageOutput``, a ``CUNetOutput`` or a
+  ``BFCNOutput``; read by their attributes).
 - ``batch``: dict with ``"label"`` ``(B, ...)`` int64 internal labels, ``"regions"`` ``(B, 3, ...)``
   float ``[WT, TC, ET]`` masks (3D datasets; derived from ``"label"`` when absent) and
   ``"brain_mask"`` ``(B, ...)`` bool (2D; the whole image counts as brain when absent).
@@ -14,13 +14,15 @@ Every loss is called as ``loss(output, batch, epoch=e) -> (total, parts)``:
   score) and other quantities by their own name (``aux_weight``). The trainer logs them as
   ``train_<name>`` columns of ``metrics.csv``.
 
-:func:`build_loss` picks the loss from ``model.output_kind`` and a :class:`LossConfig`.
+:func:`build_loss` picks the loss from ``model.output_kind`` and a :class:`LossConfig`: each kind
+of :data:`cascadeseg.models.outputs.OUTPUT_KINDS` that can be trained has one builder in
+:data:`LOSS_FOR_KIND`, registered next to its loss class with :func:`register_loss`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -31,8 +33,42 @@ from cascadeseg.data.labels import NUM_CLASSES, REGION_LABELS
 from cascadeseg.errors import ModelError
 from cascadeseg.losses.dice import region_dice_loss
 from cascadeseg.losses.lws import lws_regions, sample_weights, weighted_cross_entropy
+from cascadeseg.models.protocol import SegmentationNetwork
 
 Batch = dict[str, Tensor]
+
+
+class Loss(Protocol):
+    """A whole-model loss: ``loss(output, batch, epoch=e) -> (total, parts)`` (module docstring)."""
+
+    def __call__(
+        self, output: Any, batch: Batch, *, epoch: float = 0
+    ) -> tuple[Tensor, dict[str, float]]:
+        """``total``: scalar to back-propagate; ``parts``: named floats for logging."""
+        ...
+
+
+LossBuilder = Callable[[LossConfig], Loss]
+
+#: The loss builder of each trainable output kind (``model.output_kind`` -> builder).
+LOSS_FOR_KIND: dict[str, LossBuilder] = {}
+
+
+def register_loss(output_kind: str) -> Callable[[LossBuilder], LossBuilder]:
+    """Function decorator: the builder of the loss of networks with ``output_kind``.
+
+    Raises:
+        ValueError: a builder is already registered for ``output_kind``.
+    """
+
+    def decorate(builder: LossBuilder) -> LossBuilder:
+        known = LOSS_FOR_KIND.get(output_kind)
+        if known is not None and known is not builder:
+            raise ValueError(f"a loss is already registered for output kind {output_kind!r}")
+        LOSS_FOR_KIND[output_kind] = builder
+        return builder
+
+    return decorate
 
 
 def regions_from_label(label: Tensor) -> Tensor:
@@ -141,6 +177,19 @@ class TwoStageLoss:
             parts["loss_stage2_interp"] = float(interp.detach())
         parts["total"] = float(total.detach())
         return total, parts
+
+
+@register_loss("regions")
+def _regions_loss(loss_cfg: LossConfig) -> TwoStageLoss:
+    """:class:`TwoStageLoss`: reduces to the region Dice for a plain tensor output, so it serves
+    ``two_stage`` and ``unet3d``."""
+    return TwoStageLoss(
+        interp_decoder_weight=loss_cfg.interp_decoder_weight,
+        eps=loss_cfg.dice_eps,
+        smooth_nr=loss_cfg.dice_smooth_nr,
+        batch_dice=loss_cfg.dice_batch,
+        bce_weight=loss_cfg.bce_weight,
+    )
 
 
 def sample_matrices(
@@ -301,6 +350,21 @@ class CUNetLoss:
         return total, parts
 
 
+@register_loss("cunet")
+def _cunet_loss(loss_cfg: LossConfig) -> CUNetLoss:
+    """:class:`CUNetLoss` with the recipe's LWS and auxiliary-weight settings."""
+    return CUNetLoss(
+        alpha=loss_cfg.lws_alpha,
+        beta=loss_cfg.lws_beta,
+        contour_width=loss_cfg.contour_width,
+        lws=loss_cfg.lws,
+        aux_weight=loss_cfg.aux_weight,
+        aux_decay=loss_cfg.aux_decay,
+        aux_decay_every=loss_cfg.aux_decay_every,
+        aux_min=loss_cfg.aux_min,
+    )
+
+
 class LabelCELoss:
     """Cross-entropy over internal labels for ``unet2d`` (``(B, 4, H, W)`` logits).
 
@@ -342,6 +406,17 @@ class LabelCELoss:
         )
         loss = weighted_cross_entropy(output, label, weights)
         return loss, {"total": float(loss.detach())}
+
+
+@register_loss("labels")
+def _labels_loss(loss_cfg: LossConfig) -> LabelCELoss:
+    """:class:`LabelCELoss` (LWS as ``loss_cfg.lws``): ``unet2d``, ``drn``."""
+    return LabelCELoss(
+        lws=loss_cfg.lws,
+        alpha=loss_cfg.lws_alpha,
+        beta=loss_cfg.lws_beta,
+        contour_width=loss_cfg.contour_width,
+    )
 
 
 def label_boundaries(label: Tensor, width: int = 2) -> Tensor:
@@ -401,51 +476,28 @@ class BFCNLoss:
         return total, parts
 
 
-Loss = RegionDiceLoss | TwoStageLoss | CUNetLoss | LabelCELoss | BFCNLoss
+@register_loss("bfcn")
+def _bfcn_loss(loss_cfg: LossConfig) -> BFCNLoss:
+    """:class:`BFCNLoss` with the recipe's boundary weight and width."""
+    return BFCNLoss(
+        boundary_weight=loss_cfg.boundary_weight, boundary_width=loss_cfg.boundary_width
+    )
 
 
-def build_loss(model: Any, loss_cfg: LossConfig) -> Loss:
-    """The loss for ``model`` (dispatch on ``model.output_kind``) configured by ``loss_cfg``.
+def build_loss(model: SegmentationNetwork, loss_cfg: LossConfig) -> Loss:
+    """The loss for ``model`` (the builder of ``model.output_kind`` in :data:`LOSS_FOR_KIND`)
+    configured by ``loss_cfg``.
 
-    ``"regions"`` -> :class:`TwoStageLoss` (reduces to the region Dice for a plain tensor output,
-    so it serves ``two_stage`` and ``unet3d``); ``"cunet"`` -> :class:`CUNetLoss`; ``"labels"`` ->
-    :class:`LabelCELoss` (LWS as ``loss_cfg.lws``); ``"bfcn"`` -> :class:`BFCNLoss`.
+    ``"regions"`` -> :class:`TwoStageLoss`; ``"cunet"`` -> :class:`CUNetLoss`; ``"labels"`` ->
+    :class:`LabelCELoss`; ``"bfcn"`` -> :class:`BFCNLoss`.
 
     Raises:
-        ModelError: the model has no known ``output_kind``.
+        ModelError: no loss is registered for the model's ``output_kind``.
     """
-    kind = getattr(model, "output_kind", None)
-    if kind == "regions":
-        return TwoStageLoss(
-            interp_decoder_weight=loss_cfg.interp_decoder_weight,
-            eps=loss_cfg.dice_eps,
-            smooth_nr=loss_cfg.dice_smooth_nr,
-            batch_dice=loss_cfg.dice_batch,
-            bce_weight=loss_cfg.bce_weight,
+    builder = LOSS_FOR_KIND.get(model.output_kind)
+    if builder is None:
+        raise ModelError(
+            f"model {type(model).__name__} has output_kind {model.output_kind!r}, which has no "
+            f"loss; expected one of {', '.join(repr(k) for k in LOSS_FOR_KIND)}"
         )
-    if kind == "cunet":
-        return CUNetLoss(
-            alpha=loss_cfg.lws_alpha,
-            beta=loss_cfg.lws_beta,
-            contour_width=loss_cfg.contour_width,
-            lws=loss_cfg.lws,
-            aux_weight=loss_cfg.aux_weight,
-            aux_decay=loss_cfg.aux_decay,
-            aux_decay_every=loss_cfg.aux_decay_every,
-            aux_min=loss_cfg.aux_min,
-        )
-    if kind == "bfcn":
-        return BFCNLoss(
-            boundary_weight=loss_cfg.boundary_weight, boundary_width=loss_cfg.boundary_width
-        )
-    if kind == "labels":
-        return LabelCELoss(
-            lws=loss_cfg.lws,
-            alpha=loss_cfg.lws_alpha,
-            beta=loss_cfg.lws_beta,
-            contour_width=loss_cfg.contour_width,
-        )
-    raise ModelError(
-        f"model {type(model).__name__} has output_kind {kind!r}; "
-        "expected 'regions', 'cunet', 'labels' or 'bfcn'"
-    )
+    return builder(loss_cfg)

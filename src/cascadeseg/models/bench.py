@@ -175,7 +175,7 @@ def benchmark_forward(
         ``seconds_all``, ``flops`` (one forward) and ``gflops_per_s`` (= flops / seconds / 1e9).
     """
     torch.manual_seed(seed)
-    model = build_model(name, **(overrides or {})).eval()
+    model: nn.Module = build_model(name, **(overrides or {})).eval()
     shape = _input_shape(model, size, batch)
     flops = count_flops(build_meta_model(name, **(overrides or {})), size, batch=batch)
     x = torch.randn(shape)

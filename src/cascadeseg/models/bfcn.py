@@ -33,8 +33,6 @@ tissue prediction through a fusion layer, all three outputs trained jointly.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import nn
 
@@ -46,21 +44,8 @@ from cascadeseg.models.blocks import (
     max_pool,
     pad_to_multiple,
 )
+from cascadeseg.models.outputs import BFCNOutput
 from cascadeseg.models.registry import register
-
-
-class BFCNOutput(NamedTuple):
-    """Output of :class:`BFCN` (training and eval mode alike).
-
-    Attributes:
-        tissue: ``(B, 4, H, W)`` logits of the tissue branch over internal labels 0..3.
-        boundary: ``(B, 2, H, W)`` logits of the boundary branch (channel 1 = label boundary).
-        fused: ``(B, 4, H, W)`` logits of the fusion of both branches (the segmentation).
-    """
-
-    tissue: torch.Tensor
-    boundary: torch.Tensor
-    fused: torch.Tensor
 
 
 class _Branch(nn.Module):

@@ -44,13 +44,21 @@ def conv(
     *,
     stride: int = 1,
     bias: bool = True,
+    dilation: int = 1,
 ) -> nn.Module:
     """A ``kernel_size``-wide convolution with 'same' padding (output size = input / stride).
 
-    Bias defaults to on, as PyTorch's own default and the papers' PyTorch code.
+    Bias defaults to on, as PyTorch's own default and the papers' PyTorch code. ``dilation``
+    spreads the kernel (DRN); the padding grows with it, so the size rule holds.
     """
     return _CONV[_check_dims(spatial_dims)](
-        in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=bias
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        padding=dilation * (kernel_size // 2),
+        dilation=dilation,
+        bias=bias,
     )
 
 
@@ -138,17 +146,22 @@ class ResidualUnit(nn.Module):
     skip concatenations and auxiliary heads, which expect normalised, activated features rather
     than a raw residual sum. The shortcut is the identity when the channels match, otherwise a
     1x1 convolution + BN projection (He et al.'s option B), since nearly every U-Net unit changes
-    its width.
+    its width. With ``dilation > 1`` both 3x3 convolutions are dilated: the basic block of
+    Yu et al.'s dilated residual networks (DRN).
 
     Shapes: ``(B, in_channels, *S) -> (B, out_channels, *S)``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, spatial_dims: int = 2) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, *, spatial_dims: int = 2, dilation: int = 1
+    ) -> None:
         super().__init__()
         # No conv bias before BatchNorm: BN's shift makes it redundant.
-        self.conv1 = conv(spatial_dims, in_channels, out_channels, 3, bias=False)
+        self.conv1 = conv(spatial_dims, in_channels, out_channels, 3, bias=False, dilation=dilation)
         self.norm1 = batch_norm(spatial_dims, out_channels)
-        self.conv2 = conv(spatial_dims, out_channels, out_channels, 3, bias=False)
+        self.conv2 = conv(
+            spatial_dims, out_channels, out_channels, 3, bias=False, dilation=dilation
+        )
         self.norm2 = batch_norm(spatial_dims, out_channels)
         self.shortcut: nn.Module
         if in_channels == out_channels:
@@ -166,7 +179,10 @@ class ResidualUnit(nn.Module):
 
 
 class ConvNormAct(nn.Sequential):
-    """``conv3 -> norm -> ReLU`` (plain U-Net layer). ``norm`` is ``"batch"`` or ``"group"``."""
+    """``conv3 -> norm -> ReLU`` (plain U-Net layer). ``norm`` is ``"batch"`` or ``"group"``.
+
+    ``dilation``: of the 3x3 convolution (DRN), padded to keep the size.
+    """
 
     def __init__(
         self,
@@ -176,6 +192,7 @@ class ConvNormAct(nn.Sequential):
         spatial_dims: int,
         norm: str = "batch",
         norm_groups: int = 8,
+        dilation: int = 1,
     ) -> None:
         norm_layer = (
             batch_norm(spatial_dims, out_channels)
@@ -183,7 +200,7 @@ class ConvNormAct(nn.Sequential):
             else nn.GroupNorm(norm_groups, out_channels)
         )
         super().__init__(
-            conv(spatial_dims, in_channels, out_channels, 3, bias=False),
+            conv(spatial_dims, in_channels, out_channels, 3, bias=False, dilation=dilation),
             norm_layer,
             nn.ReLU(inplace=True),
         )

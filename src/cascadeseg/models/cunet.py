@@ -33,8 +33,6 @@ Section 2.1 and Fig. 1 of the CU-Net paper. Choices where the text is silent (ea
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple
-
 import torch
 from torch import nn
 
@@ -46,25 +44,10 @@ from cascadeseg.models.blocks import (
     max_pool,
     pad_to_multiple,
 )
+from cascadeseg.models.outputs import CUNetOutput
 from cascadeseg.models.registry import register
 
 _MODALITIES = 4
-
-
-class CUNetOutput(NamedTuple):
-    """Output of :class:`CUNet`.
-
-    Attributes:
-        branch1: ``(B, 2, H, W)`` logits of U-Net 1 (channel 1 = whole tumour).
-        branch2: ``(B, 4, H, W)`` logits of U-Net 2 over internal labels 0..3.
-        aux: training mode: 8 logits at input resolution, aux 1-4 from U-Net 1's stages
-            (``(B, 2, H, W)``, deepest first), aux 5-8 from U-Net 2's (``(B, 4, H, W)``);
-            eval mode: ``()``.
-    """
-
-    branch1: torch.Tensor
-    branch2: torch.Tensor
-    aux: tuple[torch.Tensor, ...]
 
 
 class AuxHead(nn.Module):
@@ -140,7 +123,8 @@ class UNet2D(nn.Module):
         return decoded
 
 
-@register("cunet")
+# Checkpoints written before aux_from existed had their heads on the decoding layers.
+@register("cunet", saved_defaults={"aux_from": "decoders"})
 class CUNet(nn.Module):
     """Cascaded U-Net (CU-Net, Liu et al. 2018), section 2.1 and Fig. 1.
 
@@ -164,8 +148,6 @@ class CUNet(nn.Module):
 
     spatial_dims = 2
     output_kind = "cunet"
-    #: Checkpoints written before ``aux_from`` existed had their heads on the decoding layers.
-    saved_defaults: ClassVar[dict[str, Any]] = {"aux_from": "decoders"}
 
     def __init__(
         self,

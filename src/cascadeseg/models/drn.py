@@ -28,47 +28,22 @@ silent (each a constructor argument, so a recipe can change it):
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
+from cascadeseg.models.blocks import ConvNormAct, ResidualUnit
 from cascadeseg.models.registry import register
 
-
-def dilated_conv_bn_relu(
-    in_channels: int, out_channels: int, dilation: int, *, relu: bool = True
-) -> nn.Sequential:
-    """``3x3 conv (dilation d, padding d) -> BatchNorm -> ReLU``; output size = input size."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False),
-        nn.BatchNorm2d(out_channels),
-    ]
-    if relu:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
-class DilatedBasicBlock(nn.Module):
-    """ResNet basic block with dilated 3x3 convolutions (DRN).
-
-    ``(B, in, H, W) -> (B, out, H, W)``: ``relu(bn(conv_d(relu(bn(conv_d(x))))) + shortcut(x))``,
-    shortcut the identity, or a 1x1 conv + BN when the channels change.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, dilation: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            dilated_conv_bn_relu(in_channels, out_channels, dilation),
-            dilated_conv_bn_relu(out_channels, out_channels, dilation, relu=False),
-        )
-        self.shortcut: nn.Module = nn.Identity()
-        if in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
-            )
-        self.relu = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.body(x) + self.shortcut(x))
+# State-dict names of the residual blocks' layers in checkpoints written while DRN had blocks of
+# its own (conv-BN pairs in ``body``), and their names in ResidualUnit: old checkpoints load.
+_OLD_BLOCK_NAMES = {
+    "body.0.0.": "conv1.",
+    "body.0.1.": "norm1.",
+    "body.1.0.": "conv2.",
+    "body.1.1.": "norm2.",
+}
 
 
 @register("drn")
@@ -110,20 +85,33 @@ class DRN(nn.Module):
         self.in_channels = in_channels
         self.size_multiple = 1  # no down-sampling: any slice size
         self.stem = nn.Sequential(
-            dilated_conv_bn_relu(in_channels, stem_width, 1),
-            dilated_conv_bn_relu(stem_width, stem_width, 1),
+            ConvNormAct(in_channels, stem_width, spatial_dims=2),
+            ConvNormAct(stem_width, stem_width, spatial_dims=2),
         )
         groups: list[nn.Module] = []
         channels = stem_width
         for width, dilation in zip(widths, dilations):
             for _ in range(blocks_per_group):
-                groups.append(DilatedBasicBlock(channels, width, dilation))
+                groups.append(ResidualUnit(channels, width, spatial_dims=2, dilation=dilation))
                 channels = width
         self.groups = nn.Sequential(*groups)
         self.degrid = nn.Sequential(
-            *[dilated_conv_bn_relu(channels, channels, d) for d in degrid_dilations]
+            *[ConvNormAct(channels, channels, spatial_dims=2, dilation=d) for d in degrid_dilations]
         )
         self.end_conv = nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.end_conv(self.degrid(self.groups(self.stem(x))))
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # Renames the residual blocks' layers of old checkpoints (_OLD_BLOCK_NAMES) in the copy
+        # load_state_dict passes down, before the blocks read it.
+        for key in [k for k in state_dict if k.startswith(prefix + "groups.")]:
+            block, _, rest = key[len(prefix + "groups.") :].partition(".")
+            for old, new in _OLD_BLOCK_NAMES.items():
+                if rest.startswith(old):
+                    renamed = f"{prefix}groups.{block}.{new}{rest[len(old) :]}"
+                    state_dict[renamed] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

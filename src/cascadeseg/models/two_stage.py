@@ -32,7 +32,6 @@ probabilities are not detached, so stage 2's loss reaches stage 1.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -46,21 +45,8 @@ from cascadeseg.models.blocks import (
     dropout,
     pad_to_multiple,
 )
+from cascadeseg.models.outputs import TwoStageOutput
 from cascadeseg.models.registry import register
-
-
-class TwoStageOutput(NamedTuple):
-    """Training-mode output of :class:`TwoStageUNet`: three ``(B, 3, X, Y, Z)`` logits [WT, TC, ET].
-
-    Attributes:
-        stage1: stage 1 (coarse) logits.
-        stage2: stage 2 logits from the transposed-convolution decoder (the inference output).
-        stage2_interp: stage 2 logits from the trilinear-interpolation decoder (training only).
-    """
-
-    stage1: torch.Tensor
-    stage2: torch.Tensor
-    stage2_interp: torch.Tensor
 
 
 def _res_blocks(count: int, channels: int, norm_groups: int, checkpointing: bool) -> nn.Sequential:

@@ -126,7 +126,7 @@ def warn_lws_coverage(cfg: Config, train_cases: Sequence[Any], passes: float) ->
         train_cases: preprocessed training cases with ``label`` and ``brain_mask``.
         passes: full passes over the training slices the run will make.
     """
-    from cascadeseg.models.registry import model_class
+    from cascadeseg.models import model_class
 
     kind = getattr(model_class(cfg.model.name), "output_kind", "")
     if not cfg.loss.lws or kind not in ("cunet", "labels"):

@@ -57,6 +57,7 @@ from cascadeseg.config import OPTIMIZERS, Config, from_dict, save_config, to_dic
 from cascadeseg.config import validate as validate_config
 from cascadeseg.data.labels import REGIONS, label_to_regions
 from cascadeseg.errors import CascadesegError, ConfigError, InputError, ModelError
+from cascadeseg.models import SegmentationModule
 from cascadeseg.runtime import autocast, resolve_precision, tune_device
 from cascadeseg.training import distributed as dist_utils
 from cascadeseg.training.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
@@ -454,7 +455,7 @@ def make_train_loader(
 
 
 def _model_spatial_dims(cfg: Config) -> int:
-    from cascadeseg.models.registry import model_class
+    from cascadeseg.models import model_class
 
     return int(getattr(model_class(cfg.model.name), "spatial_dims", 3))
 
@@ -463,7 +464,7 @@ def _model_spatial_dims(cfg: Config) -> int:
 # Model, loss
 
 
-def build_training_model(cfg: Config) -> nn.Module:
+def build_training_model(cfg: Config) -> SegmentationModule:
     """The registered model with ``model.args``, the checkpointing flag and the slice context.
 
     2D models get ``data.slice_context`` as their own ``slice_context`` argument (CU-Net) or as
