@@ -131,7 +131,7 @@ def build_nnunet(features: Sequence[int] = NNUNET_FEATURES) -> torch.nn.Module:
 
 
 def _median_seconds(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, Any]:
-    from cascadeseg.benchmark import timed
+    from cascadeseg.bench.timing import timed
 
     return dict(timed(fn, repeats=repeats, warmup=warmup))
 
@@ -167,10 +167,10 @@ def two_stage_rows(
     bench: Bench, root: Path, *, quick: bool, repeats: int, warmup: int, peak: dict[str, float]
 ) -> None:
     """The paper's inference: fp32, bf16 (native only, or ``quick``) and ONNX Runtime."""
-    from cascadeseg.bench_suites import QUICK_ARGS
+    from cascadeseg.bench.inference import count_forward_flops, random_member
+    from cascadeseg.bench.inputs import QUICK_ARGS
     from cascadeseg.data.layouts import discover_cases, read_case
     from cascadeseg.data.preprocess import preprocess_case
-    from cascadeseg.inference.bench import _member, count_forward_flops
     from cascadeseg.inference.export import to_onnx_member
     from cascadeseg.inference.predictor import PredictOptions, predict_case, probability_fn
     from cascadeseg.inference.sliding import pad_to_multiple
@@ -179,7 +179,7 @@ def two_stage_rows(
     args = dict(QUICK_ARGS["two_stage"]) if quick else {}
     cpu = torch.device("cpu")
     ref = discover_cases(root)[0]
-    torch_member = _member("two_stage", args, cpu, 0)
+    torch_member = random_member("two_stage", args, cpu, 0)
     pre = preprocess_case(read_case(ref), torch_member.preprocess)
     crop = [int(s) for s in pre.image.shape[1:]]
     x, _ = pad_to_multiple(torch.from_numpy(np.ascontiguousarray(pre.image))[None], 16)
@@ -239,7 +239,7 @@ def nnunet_row(
     bench: Bench, crop: Sequence[int], *, quick: bool, repeats: int, warmup: int, peak: dict
 ) -> None:
     """nnU-Net's default BraTS network: one patch timed, the case extrapolated."""
-    from cascadeseg.models.bench import count_flops
+    from cascadeseg.models.inspect import count_input_flops
 
     try:
         model = build_nnunet(QUICK_NNUNET_FEATURES if quick else NNUNET_FEATURES).eval()
@@ -254,7 +254,7 @@ def nnunet_row(
     x = torch.randn((1, 4, *patch))
     one = _median_seconds(_pass_fn(model, x, "fp32"), repeats, warmup)
     patches = nnunet_patches(crop, patch)
-    flops = count_flops(model, patch)
+    flops = count_input_flops(model, x.shape)
     gflops = flops / one["median_s"] / 1e9
     bench.add(
         what=f"nnU-Net default BraTS 3d_fullres (PlainConvUNet {features}, "
@@ -287,7 +287,7 @@ def segresnet_row(
     except ImportError:
         bench.result["notes"].append("monai is not installed: the SegResNet row is left out")
         return
-    from cascadeseg.models.bench import count_flops
+    from cascadeseg.models.inspect import count_input_flops
 
     width = 8 if quick else 16
     torch.manual_seed(0)
@@ -301,7 +301,7 @@ def segresnet_row(
     ).eval()
     x = torch.randn((1, 4, *size))
     one = _median_seconds(_pass_fn(model, x, "fp32"), repeats, warmup)
-    flops = count_flops(model, size)
+    flops = count_input_flops(model, x.shape)
     gflops = flops / one["median_s"] / 1e9
     bench.add(
         what=f"MONAI SegResNet init_filters={width}, 8 flips, fp32",
@@ -459,7 +459,7 @@ def synthetic_case(work: Path, quick: bool) -> Path:
 
 def run(out: Path, *, quick: bool, repeats: int, warmup: int, command: str) -> dict[str, Any]:
     """Measure every row (see the module docstring) and write ``out`` and its ``.md``."""
-    from cascadeseg.benchmark import machine_info, matmul_peak
+    from cascadeseg.bench.timing import machine_info, matmul_peak
 
     start = time.perf_counter()
     if quick:

@@ -1,7 +1,7 @@
 """Run the benchmark suite: ``python benchmarks/run.py --suite all [--device cuda] [--quick]``.
 
 The same as ``cascadeseg benchmark`` (see ``benchmarks/README.md``): the same arguments, and
-:func:`cascadeseg.benchmark.run_benchmarks` writes ``--out`` (JSON) and its ``.md``;
+:func:`cascadeseg.bench.run_benchmarks` writes ``--out`` (JSON) and its ``.md``;
 ``--render RESULTS_JSON`` prints the ``docs/performance.md`` section of earlier results.
 """
 

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from cascadeseg.benchmark import render_performance_section
+from cascadeseg.bench import render_performance_section
 
 HEADER = """# Performance
 

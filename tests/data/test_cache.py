@@ -179,11 +179,3 @@ def test_file_digest_memo_follows_changes(tmp_path: Path) -> None:
     assert first == file_digest(path)
     path.write_bytes(b"abcd")  # new size: the memo does not apply
     assert cache._file_digest(path) == file_digest(path) != first
-
-
-def test_benchmark_on_files(dataset: list[CaseRef]) -> None:
-    from cascadeseg.data.preprocess import benchmark_preprocess
-
-    result = benchmark_preprocess(dataset[0], repeats=1)
-    assert result["read_s"] > 0.0 and result["cache_write_s"] > result["cache_load_s"] > 0.0
-    assert result["read_preprocess_s"] == result["read_s"] + result["preprocess_s"]

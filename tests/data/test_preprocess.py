@@ -292,15 +292,3 @@ def test_restore_rejects_wrong_shape() -> None:
     pre = preprocess_case(make_tiny_case())
     with pytest.raises(ValueError, match="spatial shape"):
         restore_to_source(np.zeros((3, 3, 3), np.uint8), pre, order=0)
-
-
-def test_benchmark_preprocess_returns_timings() -> None:
-    from cascadeseg.data.preprocess import benchmark_preprocess
-
-    result = benchmark_preprocess(make_tiny_case((20, 20, 16)), repeats=1)
-    assert set(result) == {
-        "read_s", "preprocess_s", "read_preprocess_s", "cache_write_s", "cache_load_s",
-        "shape_x", "shape_y", "shape_z",
-    }  # fmt: skip
-    assert result["read_s"] == 0.0 and result["preprocess_s"] > 0.0 and result["cache_load_s"] > 0
-    assert (result["shape_x"], result["shape_y"], result["shape_z"]) == (20.0, 20.0, 16.0)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from cascadeseg.bench.inputs import make_lesion_benchmark_case
 from cascadeseg.evaluation import metrics
-from cascadeseg.evaluation.bench import make_lesion_benchmark_case
 
 
 @pytest.mark.parametrize("shape", [(5, 6, 7), (1, 4, 4), (3, 1, 2), (9, 8)])

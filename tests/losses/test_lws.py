@@ -15,7 +15,6 @@ from cascadeseg.losses.lws import (
     S2_BRAIN,
     S3_TUMOUR,
     S4_CONTOUR,
-    benchmark_lws,
     contour_band,
     dilate,
     erode,
@@ -295,12 +294,6 @@ def test_weighted_cross_entropy_float32_under_autocast() -> None:
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         loss = weighted_cross_entropy(logits, target, torch.ones(1, 3, 3))
     assert loss.dtype == torch.float32
-
-
-def test_benchmark_lws_returns_timings() -> None:
-    result = benchmark_lws(batch=2, size=48, repeats=1, warmup=0)
-    assert result["batch"] == 2 and result["size"] == 48
-    assert result["regions_s"] > 0 and result["weights_s"] > 0
 
 
 def test_single_slice_input() -> None:

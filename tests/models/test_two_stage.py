@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from cascadeseg.models import TwoStageOutput, build_model
-from cascadeseg.models.bench import build_meta_model, layer_table
 from cascadeseg.models.blocks import PreActResBlock, crop_to, pad_to_multiple
+from cascadeseg.models.inspect import build_meta_model, layer_table
 
 TINY = {"base_width": 8, "blocks": [1, 1, 1]}
 

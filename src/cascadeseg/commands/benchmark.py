@@ -41,7 +41,7 @@ def command_line(args: argparse.Namespace, program: str = "cascadeseg benchmark"
 
 def run(args: argparse.Namespace, program: str = "cascadeseg benchmark") -> int:
     """Run the suites, write ``--out`` (JSON) and its ``.md``; exit 1 if a suite failed."""
-    from cascadeseg.benchmark import (
+    from cascadeseg.bench import (
         SUITES,
         load_results,
         render_performance_section,

@@ -92,7 +92,7 @@ def build_for_info(name: str, items: list[str]) -> tuple[Any, list[int] | None, 
 
     from cascadeseg.config import load_config, recipe_dirs, resolve_recipe
     from cascadeseg.models import available_models
-    from cascadeseg.models.bench import build_meta_model
+    from cascadeseg.models.inspect import build_meta_model
     from cascadeseg.training.trainer import build_training_model
 
     if name in available_models():
@@ -129,7 +129,7 @@ def padded_size(model: Any, size: list[int]) -> tuple[list[int], int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cascadeseg.models.bench import count_flops, layer_table
+    from cascadeseg.models.inspect import count_flops, layer_table
     from cascadeseg.models.outputs import count_parameters
 
     for option, values in (("--input-size", args.input_size), ("--flops-size", args.flops_size)):

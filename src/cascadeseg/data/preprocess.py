@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -42,7 +41,6 @@ from cascadeseg.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from cascadeseg.config import DataConfig
-    from cascadeseg.data.layouts import CaseRef
 
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
@@ -606,100 +604,3 @@ def _check_spatial(array: np.ndarray, shape: tuple[int, ...], what: str) -> None
             f"expected an (X, Y, Z) or (C, X, Y, Z) array with spatial shape {tuple(shape)} "
             f"on the {what} grid, got {array.shape}"
         )
-
-
-# --------------------------------------------------------------------------------------------
-# Benchmark
-
-
-def benchmark_preprocess(
-    path_or_case: str | Path | Case | CaseRef,
-    cfg: PreprocessConfig | None = None,
-    *,
-    repeats: int = 3,
-    tmp_dir: str | Path | None = None,
-) -> dict[str, float]:
-    """Time reading + validating + preprocessing one case, and loading it from the cache.
-
-    Each figure is the median of ``repeats`` runs after one warm-up run.
-
-    Args:
-        path_or_case: a dataset folder (its first case is used), a :class:`CaseRef`, or an
-            in-memory :class:`Case` (then reading is not timed: ``read_s`` is 0).
-        cfg: preprocessing settings.
-        repeats: timed repetitions per figure.
-        tmp_dir: where the temporary cache folder is made (default: the system's temp
-            folder); it is removed afterwards.
-
-    Returns:
-        ``{"read_s", "preprocess_s", "read_preprocess_s", "cache_write_s", "cache_load_s",
-        "shape_x", "shape_y", "shape_z"}``: seconds (``cache_write_s`` is one cold
-        ``get``: hashing, reading, preprocessing and writing; ``cache_load_s`` a warm one) and
-        the source shape in voxels. Targets (issue 2): ``read_preprocess_s`` <= 1.5 s and
-        ``cache_load_s`` <= 0.1 s for a 240x240x155 case.
-    """
-    import shutil
-    import statistics
-    import tempfile
-
-    from cascadeseg.data.cache import PreprocessCache, _safe_name
-
-    cfg = cfg or PreprocessConfig()
-    ref: Any = None
-    if isinstance(path_or_case, Case):
-        case = path_or_case
-    elif isinstance(path_or_case, (str, Path)):
-        from cascadeseg.data.layouts import discover_cases
-
-        refs = discover_cases(Path(path_or_case))
-        if not refs:
-            raise InputError(f"{path_or_case}: no cases found")
-        ref = refs[0]
-    else:
-        ref = path_or_case
-
-    def timed(fn: Any) -> tuple[float, Any]:
-        fn()  # warm-up (imports, page cache)
-        times, result = [], None
-        for _ in range(max(1, repeats)):
-            start = time.perf_counter()
-            result = fn()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times), result
-
-    read_s = 0.0
-    if ref is not None:
-        from cascadeseg.data.layouts import read_case
-
-        read_s, case = timed(lambda: read_case(ref))
-    preprocess_s, _ = timed(lambda: preprocess_case(case, cfg))
-
-    tmp = tempfile.mkdtemp(prefix="cascadeseg_bench_", dir=tmp_dir)
-    try:
-        cache = PreprocessCache(Path(tmp), cfg)
-        start = time.perf_counter()
-        if ref is not None:
-            cache.get(ref)  # hashes the files, reads, preprocesses, writes
-            write_s = time.perf_counter() - start
-            load_s, _ = timed(lambda: cache.get(ref))  # stat + metadata + memory maps
-        else:
-            cache.get_case(case)
-            write_s = time.perf_counter() - start
-            # An in-memory case is keyed by hashing its arrays (~0.1 s for 35 MB); time the
-            # load alone, as for a file-based case whose digests are memoised.
-            key = cache._key_of_case(case)
-            entry = cache.folder / f"{_safe_name(case.case_id)}.mem"
-            load_s, _ = timed(lambda: cache._load(entry, key))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    shape = case.image.shape[1:]
-    return {
-        "read_s": read_s,
-        "preprocess_s": preprocess_s,
-        "read_preprocess_s": read_s + preprocess_s,
-        "cache_write_s": write_s,
-        "cache_load_s": load_s,
-        "shape_x": float(shape[0]),
-        "shape_y": float(shape[1]),
-        "shape_z": float(shape[2]),
-    }

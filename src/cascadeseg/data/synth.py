@@ -40,8 +40,6 @@ B-spline matrices (BLAS), not by filtering the full volume.
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -1163,28 +1161,3 @@ def synthesize_dataset(
     finally:
         bar.close()
     return paths
-
-
-def benchmark_synth(n: int = 3, config: SynthConfig = SynthConfig()) -> dict[str, float]:
-    """Seconds per :func:`synthesize_case` (median of ``n`` after one warm-up case).
-
-    Returns:
-        ``{"seconds_per_case": median, "min_s": ..., "max_s": ..., "template_load_s": first
-        call's extra time, "n": n}``.
-    """
-    t0 = time.perf_counter()
-    synthesize_case(10_000, case_id="warmup", config=config)
-    first = time.perf_counter() - t0
-    times = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        synthesize_case(i, case_id=f"bench_{i}", config=config)
-        times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
-    return {
-        "seconds_per_case": median,
-        "min_s": min(times),
-        "max_s": max(times),
-        "template_load_s": max(first - median, 0.0),
-        "n": float(n),
-    }

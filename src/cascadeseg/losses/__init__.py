@@ -24,7 +24,6 @@ from cascadeseg.losses.composite import (
 )
 from cascadeseg.losses.dice import region_dice_loss, soft_dice_per_region
 from cascadeseg.losses.lws import (
-    benchmark_lws,
     contour_band,
     lws_probabilities,
     lws_regions,
@@ -41,7 +40,6 @@ __all__ = [
     "Loss",
     "RegionDiceLoss",
     "TwoStageLoss",
-    "benchmark_lws",
     "build_loss",
     "contour_band",
     "label_boundaries",

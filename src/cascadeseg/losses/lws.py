@@ -44,9 +44,7 @@ Morphology runs on torch bool tensors (batched, CPU or GPU, no host round trip; 
 from __future__ import annotations
 
 import math
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -305,61 +303,3 @@ def weighted_cross_entropy(logits: Tensor, target: Tensor, weights: Tensor) -> T
         weights = weights.float()
         # The numerator is 0 whenever the sum is, so a tiny floor gives 0 instead of NaN.
         return (ce * weights).sum() / weights.sum().clamp_min(1e-12)
-
-
-# --------------------------------------------------------------------------------------------
-# benchmark
-
-
-def _synthetic_slices(batch: int, size: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Brain ellipses with a round tumour (edema ring, core, enhancing rim) per slice."""
-    coords = torch.arange(size, device=device, dtype=torch.float32)
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    centre = size / 2
-    brain = ((yy - centre) / (0.4 * size)) ** 2 + ((xx - centre) / (0.33 * size)) ** 2 <= 1
-    labels = torch.zeros(batch, size, size, dtype=torch.int64, device=device)
-    for b in range(batch):
-        cy, cx = centre + (b % 3 - 1) * 0.1 * size, centre + (b % 2) * 0.08 * size
-        dist = ((yy - cy) ** 2 + (xx - cx) ** 2).sqrt()
-        radius = 0.06 * size + b
-        labels[b][dist <= radius] = 2
-        labels[b][dist <= 0.6 * radius] = 3
-        labels[b][dist <= 0.4 * radius] = 1
-    return labels, brain.expand(batch, size, size).clone()
-
-
-def benchmark_lws(
-    *,
-    batch: int = 8,
-    size: int = 240,
-    contour_width: int = 10,
-    repeats: int = 10,
-    warmup: int = 2,
-    device: str = "cpu",
-) -> dict[str, float]:
-    """Time :func:`lws_regions` and :func:`lws_weights` on synthetic ``batch x size x size`` slices.
-
-    Returns:
-        ``{"regions_s": median seconds, "weights_s": median seconds, "batch": ..., "size": ...}``.
-    """
-    dev = torch.device(device)
-    labels, brain = _synthetic_slices(batch, size, dev)
-
-    def timed(fn: Callable[[], object]) -> float:
-        times = []
-        for i in range(warmup + repeats):
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            start = time.perf_counter()
-            fn()
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-    regions_s = timed(lambda: lws_regions(labels, brain, contour_width))
-    weights_s = timed(
-        lambda: lws_weights(labels, brain, net=1, alpha=2.0, beta=1.5, contour_width=contour_width)
-    )
-    return {"regions_s": regions_s, "weights_s": weights_s, "batch": batch, "size": size}

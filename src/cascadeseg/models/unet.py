@@ -7,7 +7,7 @@
   down, transposed-conv up, concatenated skips) starting at stage 1's 16 channels, with
   GroupNorm(8) as stage 1. Depth 4 (16/32/64/128/256) gives 5.6 M parameters and 0.244 TFLOP per
   eval-mode forward of one ``(1, 4, 128, 128, 128)`` input, against stage 1's 4.7 M and 0.298
-  TFLOP on the same input (FLOP counter of :mod:`cascadeseg.models.bench`, as ``cascadeseg info
+  TFLOP on the same input (FLOP counter of :mod:`cascadeseg.models.inspect`, as ``cascadeseg info
   unet3d`` and ``cascadeseg info two_stage_stage1`` print; depth 3 would have only 1.4 M).
 """
 

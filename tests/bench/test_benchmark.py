@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from cascadeseg import cli
-from cascadeseg.bench_suites import add_row, conv_limit, forward_seconds, segmentation_agreement
-from cascadeseg.benchmark import Suite, load_results, render_performance_section, to_markdown
+from cascadeseg.bench import Suite, add_row, load_results, render_performance_section, to_markdown
+from cascadeseg.bench.models import forward_seconds, segmentation_agreement
+from cascadeseg.bench.rows import conv_limit
 from cascadeseg.errors import InputError
 from cascadeseg.runtime import resolve_precision
 

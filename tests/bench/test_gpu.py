@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cascadeseg.bench_gpu import UtilisationSampler
+from cascadeseg.bench.gpu import UtilisationSampler
 from cascadeseg.inference.predictor import default_flips_per_call
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_gpu_check_quick_on_cpu(tmp_path: Path) -> None:

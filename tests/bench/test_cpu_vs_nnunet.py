@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_vs_nnunet.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cpu_vs_nnunet.py"
 
 
 def _load() -> ModuleType:

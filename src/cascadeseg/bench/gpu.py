@@ -22,14 +22,15 @@ to seconds: it checks that the check works; its figures mean nothing.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,87 +38,70 @@ from typing import Any
 
 import torch
 
+from cascadeseg.bench.inputs import QUICK_ARGS
+from cascadeseg.bench.rows import Suite, add_row, size_text
+from cascadeseg.bench.timing import PeriodicSampler, free_memory, measure
+from cascadeseg.bench.training import add_step_rows, benchmark_training_step
+from cascadeseg.inference.tta import flip_tta_moments
+from cascadeseg.models import build_model
+from cascadeseg.models.outputs import region_probabilities
+from cascadeseg.runtime import autocast, resolve_precision, tune_device
+
 #: Input of the inference rows: the size of a BraTS brain box, a multiple of 16 per axis.
 BRAIN_CROP = (144, 176, 160)
 QUICK_CROP = (32, 32, 32)
-#: Widths of the quick run (the paper's are the model's defaults).
-QUICK_ARGS: dict[str, Any] = {"base_width": 8, "blocks": (1, 1, 1)}
 
 
-class UtilisationSampler:
-    """GPU utilisation (percent of time a kernel ran) sampled every ``interval`` seconds.
+def gpu_utilisation() -> float | None:
+    """Percent of the last sample period a kernel ran on the GPU: NVML through
+    ``torch.cuda.utilization`` (package ``nvidia-ml-py``), else ``nvidia-smi``; ``None`` where
+    neither answers."""
+    try:
+        return float(torch.cuda.utilization())
+    except Exception:  # no NVML: ask nvidia-smi
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout
+            return float(out.split()[0].rstrip("%"))
+        except Exception:
+            return None
 
-    Uses NVML through ``torch.cuda.utilization`` (package ``nvidia-ml-py``), else
-    ``nvidia-smi``; on a CPU run, or where neither works, :meth:`mean` is NaN.
-    """
+
+class UtilisationSampler(PeriodicSampler):
+    """GPU utilisation (percent of time a kernel ran) sampled every ``interval`` seconds
+    (:func:`gpu_utilisation`); on a CPU run, or where nothing answers, :meth:`mean` is NaN."""
 
     def __init__(self, device: str, interval: float = 0.25) -> None:
+        active = device == "cuda" and torch.cuda.is_available()
+        super().__init__(gpu_utilisation, interval, active=active)
         self.device = device
-        self.interval = interval
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _read(self) -> float | None:
-        try:
-            return float(torch.cuda.utilization())
-        except Exception:  # no NVML: ask nvidia-smi
-            try:
-                out = subprocess.run(
-                    ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader"],
-                    capture_output=True,
-                    text=True,
-                    timeout=5,
-                    check=True,
-                ).stdout
-                return float(out.split()[0].rstrip("%"))
-            except Exception:
-                return None
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            value = self._read()
-            if value is not None:
-                self.samples.append(value)
 
     def __enter__(self) -> UtilisationSampler:
-        self.samples.clear()
-        if self.device == "cuda" and torch.cuda.is_available():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, daemon=True)
-            self._thread.start()
+        super().__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
     def mean(self) -> float:
+        """Mean of the samples of the last ``with`` block, percent (NaN without samples)."""
         return statistics.fmean(self.samples) if self.samples else math.nan
 
 
-def _median_seconds(fn: Any, *, warmup: int, repeats: int) -> float:
-    from cascadeseg.benchmark import timed  # synchronises CUDA around each call
-
-    return timed(fn, repeats=repeats, warmup=warmup)["median_s"]
-
-
-def _precision(device: str) -> str:
-    from cascadeseg.runtime import resolve_precision
-
-    return resolve_precision("auto", device)
+def _free(device: str) -> None:
+    free_memory(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
 
 
-def training_step_rows(suite: Any, *, device: str, quick: bool) -> None:
+def training_step_rows(suite: Suite, *, device: str, quick: bool) -> None:
     """Paper-width training step: time and peak memory, plain / checkpointing / channels-last."""
-    from cascadeseg.bench_suites import add_row
-    from cascadeseg.training.bench import benchmark_training_step
-
-    precision = _precision(device)
+    precision = resolve_precision("auto", device)
     size = QUICK_CROP if quick else (128, 128, 128)
-    args = dict(QUICK_ARGS) if quick else {}
+    width = "quick width" if quick else "paper width"
+    what = f"train two_stage {size_text(size)} batch 1, {width}, {precision}"
     warmup, repeats = (1, 1) if quick else (3, 10)
     variants = [
         ("", False, False),
@@ -131,54 +115,28 @@ def training_step_rows(suite: Any, *, device: str, quick: bool) -> None:
             precision=precision,
             checkpointing=checkpointing,
             device=device,
-            model_args=args,
+            model_args=dict(QUICK_ARGS["two_stage"]) if quick else {},
             warmup=warmup,
             repeats=repeats,
             channels_last=channels_last,
         )
-        width = "quick width" if quick else "paper width"
-        what = f"train two_stage {'x'.join(map(str, size))} batch 1, {width}, {precision}"
-        add_row(
+        add_step_rows(
             suite,
-            f"{what}{label}: time",
-            result["s_per_iter"],
-            "s/it",
-            target=None if quick else ("<=", 0.25),
-            limited_by="compute (forward + backward convolutions)",
-            params=result["params"],
-        )
-        add_row(
-            suite,
-            f"{what}{label}: peak memory",
-            result["peak_memory_mb"] / 1024,
-            "GB",
-            target=("<=", 8.0) if checkpointing and not quick else None,
-            limited_by="activation memory (stored for backward)",
-            memory_kind=result["memory_kind"],
+            what + label,
+            result,
+            time_target=None if quick else ("<=", 0.25),
+            memory_target=("<=", 8.0) if checkpointing and not quick else None,
         )
         _free(device)
 
 
-def _free(device: str) -> None:
-    from cascadeseg.bench_suites import _free as free_memory
-
-    free_memory(device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-
-def inference_rows(suite: Any, *, device: str, quick: bool, sampler: UtilisationSampler) -> None:
+def inference_rows(suite: Suite, *, device: str, quick: bool, sampler: UtilisationSampler) -> None:
     """One whole-brain pass and the 8-pass flip-TTA latency of the paper-width network."""
-    from cascadeseg.bench_suites import add_row
-    from cascadeseg.inference.tta import flip_tta_moments
-    from cascadeseg.models import build_model
-    from cascadeseg.models.outputs import region_probabilities
-    from cascadeseg.runtime import autocast, tune_device
-
-    precision = _precision(device)
+    precision = resolve_precision("auto", device)
     size = QUICK_CROP if quick else BRAIN_CROP
     dev = torch.device(device)
-    model = build_model("two_stage", **(QUICK_ARGS if quick else {})).to(dev).eval()
+    model = build_model("two_stage", **(QUICK_ARGS["two_stage"] if quick else {}))
+    model = model.to(dev).eval()
     x = torch.randn((1, 4, *size), device=dev)
 
     def probabilities(inputs: torch.Tensor) -> torch.Tensor:
@@ -186,11 +144,11 @@ def inference_rows(suite: Any, *, device: str, quick: bool, sampler: Utilisation
             return region_probabilities(model(inputs), "regions").float()
 
     warmup, repeats = (1, 1) if quick else (3, 10)
-    shape = "x".join(map(str, size)) + (", quick width" if quick else ", paper width")
+    shape = size_text(size) + (", quick width" if quick else ", paper width")
     with torch.inference_mode():
         for autotune in (False, True):  # predict and train turn cuDNN autotuning on
             tune_device(dev, autotune=autotune)
-            one = _median_seconds(lambda: probabilities(x), warmup=warmup, repeats=repeats)
+            one = measure(lambda: probabilities(x), warmup=warmup, repeats=repeats).median
             add_row(
                 suite,
                 f"infer two_stage {shape}, {precision}: one pass"
@@ -202,13 +160,14 @@ def inference_rows(suite: Any, *, device: str, quick: bool, sampler: Utilisation
             )
         for per_call in (1, 8):
             with sampler:
-                eight = _median_seconds(
-                    lambda k=per_call: flip_tta_moments(
-                        probabilities, x, spatial_dims=3, flips_per_call=k
-                    ),
+                passes = functools.partial(
+                    flip_tta_moments, probabilities, x, spatial_dims=3, flips_per_call=per_call
+                )
+                eight = measure(
+                    passes,
                     warmup=1,
                     repeats=max(1, repeats // 2),
-                )
+                ).median
             add_row(
                 suite,
                 f"infer two_stage {shape}, {precision}: 8 flips, {per_call} per call",
@@ -277,11 +236,9 @@ def _run_settings(device: str, quick: bool, minutes: float) -> dict[str, Any]:
 
 
 def training_run_rows(
-    suite: Any, *, device: str, quick: bool, sampler: UtilisationSampler, minutes: float = 2.0
+    suite: Suite, *, device: str, quick: bool, sampler: UtilisationSampler, minutes: float = 2.0
 ) -> None:
     """A real short training run, then prediction and evaluation of held-out cases from files."""
-    from cascadeseg.bench_suites import add_row
-
     settings = _run_settings(device, quick, minutes)
     work = Path(tempfile.mkdtemp(prefix="cascadeseg-gpu-check-"))
     log = work / "log.txt"
@@ -335,8 +292,6 @@ def _keep(work: Path, run_dir: Path) -> None:
     keep = os.environ.get("CASCADESEG_GPU_CHECK_KEEP")
     if not keep:
         return
-    import shutil
-
     sources = {
         "log.txt": work / "log.txt",
         "metrics.csv": run_dir / "metrics.csv",
@@ -349,11 +304,10 @@ def _keep(work: Path, run_dir: Path) -> None:
 
 
 def _predict_rows(
-    suite: Any, work: Path, run_dir: Path, *, device: str, quick: bool, log: Path, env: dict
+    suite: Suite, work: Path, run_dir: Path, *, device: str, quick: bool, log: Path, env: dict
 ) -> None:
-    from cascadeseg.bench_suites import add_row
-
-    precision = _precision(device)
+    """``cascadeseg predict`` of the held-out cases with the trained model, then evaluate."""
+    precision = resolve_precision("auto", device)
     checkpoint = run_dir / "checkpoints" / "last.pt"
     cases = len([p for p in (work / "test").iterdir() if p.is_dir()])
     predict_s = _cli(
@@ -406,7 +360,7 @@ def _predict_rows(
     suite.notes.append(f"held-out mean Dice of the short run's model (for the record): {means}")
 
 
-def gpu_suite(suite: Any, *, device: str, quick: bool, peak: dict[str, float]) -> None:
+def gpu_suite(suite: Suite, *, device: str, quick: bool, peak: dict[str, float]) -> None:
     """The GPU check (see the module docstring); on the CPU only with ``quick``.
 
     Each of its three parts runs even when another fails (the failure becomes a note and the
