@@ -65,7 +65,7 @@ from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
 from cascadeseg.evaluation.lesion_distances import _spacing3, pair_metrics_panoptica, surfel_hd95
-from cascadeseg.evaluation.metrics import bounding_box
+from cascadeseg.evaluation.surface import bounding_box
 
 Rules = Literal["panoptica", "brats2023"]
 RULES: tuple[str, ...] = ("panoptica", "brats2023")
