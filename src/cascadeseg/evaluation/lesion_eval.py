@@ -29,7 +29,7 @@ import numpy as np
 
 from cascadeseg.data.labels import ED, ET, NCR
 from cascadeseg.errors import InputError
-from cascadeseg.evaluation.lesions import Lesion, challenge_parameters, lesion_matching_regions
+from cascadeseg.evaluation.lesions import Lesion, challenge_parameters, lesion_matching_rule_sets
 from cascadeseg.evaluation.tables import format_number, parse_float, write_csv
 
 #: Lesion-wise figures per region, in column order.
@@ -160,10 +160,11 @@ def case_lesion_figures(
     regions = regions_for(ref_convention)
     preds = {r: region_mask(r, pred, pred_raw, pred_convention or ref_convention) for r in regions}
     refs = {r: region_mask(r, ref, ref_raw, ref_convention) for r in regions}
-    for rule in rules:
-        results = lesion_matching_regions(
-            preds, refs, spacing, rules=rule, challenge=challenge, affine=affine
-        )
+    # One call for every rule set: the union of the masks is labelled once for all of them.
+    by_rules = lesion_matching_rule_sets(
+        preds, refs, spacing, rule_sets=rules, challenge=challenge, affine=affine
+    )
+    for rule, results in by_rules.items():
         for region, result in results.items():
             values = (result.tp, result.fp, result.fn, result.f1, result.dice, result.hd95)
             for figure, value in zip(LESION_FIGURES, values):
