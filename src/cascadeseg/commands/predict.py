@@ -19,6 +19,13 @@ HELP = "segment cases with one or more trained models (TTA, ensembles, post-proc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_inputs(parser)
+    _add_inference(parser)
+    _add_outputs(parser)
+
+
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
+    """Models, inputs, the output folder and which cases."""
     parser.add_argument(
         "--model",
         action="append",
@@ -58,6 +65,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep preprocessed inputs in this folder and reuse them (default: none)",
     )
     parser.add_argument(
+        "--part",
+        default=None,
+        metavar="I/N",
+        help="predict only the I-th of N shares of the cases (I from 1; round-robin over the "
+        "sorted case ids), e.g. --part ${SLURM_ARRAY_TASK_ID}/N in a job array",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (without it, cases with outputs are skipped: exit 1)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_inference(parser: argparse.ArgumentParser) -> None:
+    """How the network runs: TTA, ensembles, sliding window, precision, device, backend."""
+    parser.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -76,30 +100,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="paired",
         help="snapshots of a run: paired (default; snapshot i with flip i, 8 passes for 8 "
         "snapshots, as the two-stage paper) or product (every flip on every snapshot, 64)",
-    )
-    parser.add_argument(
-        "--part",
-        default=None,
-        metavar="I/N",
-        help="predict only the I-th of N shares of the cases (I from 1; round-robin over the "
-        "sorted case ids), e.g. --part ${SLURM_ARRAY_TASK_ID}/N in a job array",
-    )
-    parser.add_argument(
-        "--labels",
-        choices=["brats2021", "brats2023"],
-        help="label values of written maps (default: the input's convention)",
-    )
-    parser.add_argument(
-        "--save-probabilities",
-        action="store_true",
-        help="also write <case>_probabilities.nii.gz (4D: WT, TC, ET); added to cases already "
-        "segmented by the same models, their segmentation kept",
-    )
-    parser.add_argument(
-        "--save-uncertainty",
-        action="store_true",
-        help="also write <case>_uncertainty.nii.gz (variance over TTA and ensemble members; "
-        "a usage error with --no-tta and one model: one pass has nothing to vary over)",
     )
     parser.add_argument(
         "--sliding-window",
@@ -122,19 +122,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "falls back to fp32 where not native (default: the recipe's inference.precision, "
         "else auto)",
     )
-    parser.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="probability threshold of each region (default: the recipe's "
-        "inference.threshold, else 0.5)",
-    )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument(
         "--backend",
         choices=["torch", "onnx"],
         default="torch",
         help="run checkpoints with PyTorch, or exported .onnx models with ONNX Runtime",
+    )
+    parser.add_argument(
+        "--batch-slices", type=int, default=16, help="slices per batch for 2D models"
+    )
+
+
+def _add_outputs(parser: argparse.ArgumentParser) -> None:
+    """What is written: threshold, post-processing, label values, extra maps."""
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="probability threshold of each region (default: the recipe's "
+        "inference.threshold, else 0.5)",
     )
     parser.add_argument(
         "--et-min-voxels",
@@ -153,14 +160,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: the values stored with the model by tune-postprocess, else off)",
     )
     parser.add_argument(
-        "--batch-slices", type=int, default=16, help="slices per batch for 2D models"
+        "--labels",
+        choices=["brats2021", "brats2023"],
+        help="label values of written maps (default: the input's convention)",
     )
     parser.add_argument(
-        "--overwrite",
+        "--save-probabilities",
         action="store_true",
-        help="replace existing outputs (without it, cases with outputs are skipped: exit 1)",
+        help="also write <case>_probabilities.nii.gz (4D: WT, TC, ET); added to cases already "
+        "segmented by the same models, their segmentation kept",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--save-uncertainty",
+        action="store_true",
+        help="also write <case>_uncertainty.nii.gz (variance over TTA and ensemble members; "
+        "a usage error with --no-tta and one model: one pass has nothing to vary over)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

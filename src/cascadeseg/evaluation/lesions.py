@@ -47,11 +47,11 @@ by side with a worked example):
 * ``f1`` (the 2023 code reports none) is computed with the panoptica formula from its tp/fp/fn.
 
 Speed: the union of every region's masks is labelled once per case, for every region and rule set
-(:func:`lesion_matching_rule_sets`); its 26-connected clusters (grouped for brats2023 where a
-dilated lesion may reach across) hold every component, every overlap and every dilated lesion, so
-each is scored on its own small box, grown by ``dilation + 1`` voxels so that erosions, distance
-transforms and dilations there equal the full-grid ones. The cost follows the lesions, not the
-grid.
+(:func:`lesion_matching_rule_sets`, :mod:`cascadeseg.evaluation.lesion_clusters`); its clusters
+(grouped for brats2023 where a dilated lesion may reach across) hold every component, every
+overlap and every dilated lesion, so each is scored on its own small box, grown by
+``dilation + 1`` voxels so that erosions, distance transforms and dilations there equal the
+full-grid ones. The cost follows the lesions, not the grid.
 """
 
 from __future__ import annotations
@@ -65,6 +65,12 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
+from cascadeseg.evaluation.lesion_clusters import (
+    group_clusters,
+    label_components,
+    label_union,
+    union_box,
+)
 from cascadeseg.evaluation.lesion_distances import _spacing3, pair_metrics_panoptica, surfel_hd95
 from cascadeseg.evaluation.surface import bounding_box
 
@@ -85,7 +91,6 @@ CHALLENGES: dict[str, tuple[int, float]] = {
     "MET": (1, 2.0),
 }
 
-_FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
 _BALL18 = ndimage.generate_binary_structure(3, 2)  # the 2023 code's dilation element
 
 LesionStatus = Literal["matched", "missed", "false_positive", "below_threshold", "near_small"]
@@ -155,20 +160,6 @@ def recognition_f1(tp: int, fp: int, fn: int) -> float:
     if tp == 0:
         return 0.0 if fp + fn > 0 else math.nan
     return tp / (tp + 0.5 * fp + 0.5 * fn)
-
-
-def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """26-connected components of a binary 3D mask: ``(int32 labels, count)``."""
-    labels, n = ndimage.label(np.asarray(mask, dtype=bool), structure=_FULL)
-    return labels.astype(np.int32, copy=False), int(n)
-
-
-def _union_box(
-    *boxes: tuple[slice, ...] | None, shape: Sequence[int], pad: int
-) -> tuple[slice, ...]:
-    lo = [min(b[d].start for b in boxes if b is not None) for d in range(len(shape))]
-    hi = [max(b[d].stop for b in boxes if b is not None) for d in range(len(shape))]
-    return tuple(slice(max(a - pad, 0), min(b + pad, n)) for a, b, n in zip(lo, hi, shape))
 
 
 def _component_records(
@@ -292,7 +283,7 @@ def _panoptica_part(
     ref_boxes, pred_boxes = ndimage.find_objects(ref_lab), ndimage.find_objects(pred_lab)
     scores: dict[tuple[int, int], tuple[float, float, float]] = {}
     for r_id, p_id in pairs:
-        sub = _union_box(ref_boxes[r_id - 1], pred_boxes[p_id - 1], shape=ref_lab.shape, pad=1)
+        sub = union_box(ref_boxes[r_id - 1], pred_boxes[p_id - 1], shape=ref_lab.shape, pad=1)
         scores[(r_id, p_id)] = pair_metrics_panoptica(
             ref_lab[sub] == r_id, pred_lab[sub] == p_id, spacing
         )
@@ -406,70 +397,6 @@ def _combine(rules: str, parts: Sequence[_Part]) -> LesionResult:
     return LesionResult(rules, tp, fp, fn, f1, dice, hd95, nsd, tuple(refs + preds))
 
 
-def _label_union(
-    preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], pad: int
-) -> tuple[tuple[slice, ...] | None, np.ndarray]:
-    """The 26-connected components ("clusters") of ``OR(all masks)`` on its box grown by ``pad``.
-
-    Every component of every region lies in one cluster (regions are subsets of the union) and
-    overlapping components share one; every rule set groups the same clusters (:func:`_groups`).
-
-    Returns:
-        ``(box of the union, int32 cluster labels on that box)``; ``(None, empty)`` when every
-        mask is empty.
-    """
-    union = np.zeros(preds[0].shape, dtype=bool)
-    for mask in (*preds, *refs):
-        union |= mask
-    box = bounding_box(union, pad=pad)
-    if box is None:
-        return None, np.zeros((0, 0, 0), dtype=np.int32)
-    return box, label_components(union[box])[0]
-
-
-def _groups(labels: np.ndarray, reach: int) -> list[tuple[list[int], tuple[slice, ...]]]:
-    """Groups of clusters no lesion-wise rule looks across, with the box each is scored on.
-
-    For the BraTS 2023 rules (``reach`` = its dilation) clusters whose boxes, each grown by
-    ``reach + 1``, intersect are grouped: clusters in different groups are more than
-    ``2 reach + 2`` voxels apart along an axis, so no dilated lesion joins them and no component
-    touches a lesion of another group; for panoptica (``reach`` 0) each cluster is a group. Each
-    group is scored on its own small box, which is what makes the evaluation of a large grid fast
-    (grouping more than needed is harmless).
-
-    Args:
-        labels: cluster labels from :func:`_label_union`, on a box grown by at least
-            ``reach + 1`` voxels.
-        reach: the dilation of the rule set (0 for panoptica).
-
-    Returns:
-        ``[(cluster ids, group box)]``; a group box holds its clusters' boxes grown by
-        ``reach + 1`` voxels (clipped), so erosions, distance transforms and dilations on it
-        equal the full-grid ones.
-    """
-    boxes = {
-        c: _union_box(b, shape=labels.shape, pad=reach + 1)
-        for c, b in enumerate(ndimage.find_objects(labels), start=1)
-        if b is not None
-    }
-    if not reach:
-        return [([c], b) for c, b in boxes.items()]
-    groups: list[tuple[list[int], tuple[slice, ...]]] = []
-    for c, b in boxes.items():  # absorb every group whose box meets this one, until none does
-        ids, merged = [c], b
-        while any(_meets(g[1], merged) for g in groups):
-            for group in [g for g in groups if _meets(g[1], merged)]:
-                groups.remove(group)
-                ids += group[0]
-                merged = _union_box(merged, group[1], shape=labels.shape, pad=0)
-        groups.append((ids, merged))
-    return groups
-
-
-def _meets(a: tuple[slice, ...], b: tuple[slice, ...]) -> bool:
-    return all(x.start < y.stop and y.start < x.stop for x, y in zip(a, b))
-
-
 @dataclass(frozen=True)
 class _Setting:
     """What every cluster of a case is scored with."""
@@ -556,10 +483,10 @@ def lesion_matching_rule_sets(
     thresh = thresh if min_volume is None else float(min_volume)
     setting = _Setting(_spacing3(spacing), affine, offset, dil, thresh)
     reach = {rules: dil if rules == "brats2023" else 0 for rules in rule_sets}
-    box, labels = _label_union(p_masks, r_masks, pad=max(reach.values(), default=0) + 1)
+    box, labels = label_union(p_masks, r_masks, pad=max(reach.values(), default=0) + 1)
     results: dict[str, dict[str, LesionResult]] = {}
     for rules in rule_sets:
-        groups = [] if box is None else _groups(labels, reach[rules])
+        groups = [] if box is None else group_clusters(labels, reach[rules])
         results[rules] = {
             name: _combine(rules, _region_parts(rules, p, r, box, labels, groups, setting))
             for name, p, r in zip(names, p_masks, r_masks)
@@ -579,7 +506,7 @@ def _lesion_scores_2023(
     """Dice and HD95 of lesion ``g`` against the union of the whole components ``preds``."""
     if not preds:
         return 0.0, BRATS2023_FP_HD95
-    sub = _union_box(
+    sub = union_box(
         les_boxes[g - 1], *(pred_boxes[q - 1] for q in preds), shape=les_lab.shape, pad=1
     )
     gt = les_lab[sub] == g
