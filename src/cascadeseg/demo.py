@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cascadeseg.config import load_config
 from cascadeseg.errors import ConfigError
 
 DEMO_MODELS = ("two_stage", "unet3d", "cunet", "unet2d")
@@ -78,24 +79,7 @@ def run_demo(
         multifocal_prob: share of multi-focal synthetic cases (several tumours and satellites,
             :class:`~cascadeseg.data.synth.SynthConfig`); 0 keeps the demo's data as it was.
     """
-    from cascadeseg.config import load_config
-    from cascadeseg.data.synth import SynthConfig, synthesize_dataset
-    from cascadeseg.evaluation.evaluate import evaluate
-    from cascadeseg.evaluation.report import write_report
-    from cascadeseg.inference.ensemble import load_models
-    from cascadeseg.inference.predictor import options_from_recipe, predict
-    from cascadeseg.training.trainer import train
-
-    if model not in DEMO_MODELS:
-        raise ConfigError(f"--model {model!r}: choose one of {', '.join(DEMO_MODELS)}")
-    if test_cases < 1 or cases - test_cases < 2:
-        raise ConfigError("--cases must leave at least 2 training cases and 1 held-out case")
-    if not (math.isfinite(minutes) and minutes > 0):
-        raise ConfigError(f"--minutes must be a positive number, got {minutes}")
-    if not (math.isfinite(synth_scale) and synth_scale > 0):
-        raise ConfigError(f"--scale must be a positive number, got {synth_scale}")
-    if workers < 0:
-        raise ConfigError(f"--workers must be >= 0, got {workers}")
+    _check_arguments(model, cases, test_cases, minutes, synth_scale, workers, multifocal_prob)
     # The recipe first: a bad budget or override stops the demo before minutes of data making.
     # Validation cases come from the training folder: k folds, fewer when there are few cases.
     folds = max(2, min(5, cases - test_cases))
@@ -108,38 +92,100 @@ def run_demo(
     train_dir, test_dir = out / "data" / "train", out / "data" / "test"
 
     _stage(f"1/4 synthetic data: {cases - test_cases} training + {test_cases} held-out cases")
-    # Different seeds for the two folders: the held-out cases are never seen in training.
-    if not 0.0 <= multifocal_prob <= 1.0:
-        raise ConfigError(f"--multifocal-prob must lie in [0, 1] (got {multifocal_prob})")
-    synth = SynthConfig(shape_scale=synth_scale, multifocal_prob=multifocal_prob)
-    # The demo's own folders (overwrite): a rerun or a resumed run writes the same cases again.
-    make = functools.partial(
-        synthesize_dataset, layout="brats2021", workers=workers, config=synth, overwrite=True
-    )
-    make(train_dir, cases - test_cases, seed=seed)
-    make(test_dir, test_cases, seed=seed + 100_000)
+    _make_data(train_dir, test_dir, cases, test_cases, seed, workers, synth_scale, multifocal_prob)
 
     _stage(f"2/4 training {model} for {minutes:g} min (recipe {model}_cpu)")
+    # Loaded when the demo runs, not for `cascadeseg demo --help`: torch, about 2 s.
+    from cascadeseg.training.trainer import train
+
     # A demo interrupted during training continues from its last checkpoint.
     resume = (out / "run" / "checkpoints" / "last.pt").is_file()
     run_dir = train(cfg, train_dir, out / "run", resume=resume)
 
     _stage("3/4 predicting the held-out cases with 8-flip TTA")
-    predictions = out / "predictions"
-    models = load_models([run_dir])
-    # The recipe's inference settings (precision, threshold, ...), as `cascadeseg predict` does.
-    options = options_from_recipe(models, {"tta": True}, overwrite=True)
-    predict(models, test_dir, predictions, options)
+    predictions = _predict(run_dir, test_dir, out / "predictions")
 
     _stage("4/4 evaluating")
-    result = evaluate(predictions, test_dir, out / "evaluation", workers=workers)
-    report = write_report(
-        out / "evaluation", result, methods=[model], title=f"cascadeseg demo: {model}"
-    )
+    summary, report = _evaluate(predictions, test_dir, out / "evaluation", workers, model)
     seconds = time.perf_counter() - start
     print(f"\nfinished in {seconds / 60:.1f} min")
     print(f"  trained model: {run_dir}   (cascadeseg predict --model {run_dir} ...)")
     print(f"  predictions:   {predictions}")
     print(f"  metrics:       {out / 'evaluation' / 'metrics.csv'}")
     print(f"  report:        {report}")
-    return DemoResult(out, run_dir, predictions, report, dict(result.summary), seconds)
+    return DemoResult(out, run_dir, predictions, report, summary, seconds)
+
+
+def _check_arguments(
+    model: str,
+    cases: int,
+    test_cases: int,
+    minutes: float,
+    synth_scale: float,
+    workers: int,
+    multifocal_prob: float,
+) -> None:
+    """Raise :class:`ConfigError` for arguments the demo cannot run with, before any work."""
+    if model not in DEMO_MODELS:
+        raise ConfigError(f"--model {model!r}: choose one of {', '.join(DEMO_MODELS)}")
+    if test_cases < 1 or cases - test_cases < 2:
+        raise ConfigError("--cases must leave at least 2 training cases and 1 held-out case")
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"--minutes must be a positive number, got {minutes}")
+    if not (math.isfinite(synth_scale) and synth_scale > 0):
+        raise ConfigError(f"--scale must be a positive number, got {synth_scale}")
+    if workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {workers}")
+    # SynthConfig does not check its fields itself, so its value is checked here.
+    if not 0.0 <= multifocal_prob <= 1.0:
+        raise ConfigError(f"--multifocal-prob must lie in [0, 1] (got {multifocal_prob})")
+
+
+def _make_data(
+    train_dir: Path,
+    test_dir: Path,
+    cases: int,
+    test_cases: int,
+    seed: int,
+    workers: int,
+    synth_scale: float,
+    multifocal_prob: float,
+) -> None:
+    """The synthetic training and held-out cases, written in the BraTS 2021 layout."""
+    # Loaded when the demo runs, not for `cascadeseg demo --help`: scipy and the template, ~1 s.
+    from cascadeseg.data.synth import SynthConfig, synthesize_dataset
+
+    synth = SynthConfig(shape_scale=synth_scale, multifocal_prob=multifocal_prob)
+    # The demo's own folders (overwrite): a rerun or a resumed run writes the same cases again.
+    make = functools.partial(
+        synthesize_dataset, layout="brats2021", workers=workers, config=synth, overwrite=True
+    )
+    # Different seeds for the two folders: the held-out cases are never seen in training.
+    make(train_dir, cases - test_cases, seed=seed)
+    make(test_dir, test_cases, seed=seed + 100_000)
+
+
+def _predict(run_dir: Path, test_dir: Path, predictions: Path) -> Path:
+    """The held-out cases segmented with the trained run (8-flip TTA) into ``predictions``."""
+    # Loaded when the demo runs, not for `cascadeseg demo --help`: torch, about 2 s.
+    from cascadeseg.inference.ensemble import load_models
+    from cascadeseg.inference.predictor import options_from_recipe, predict
+
+    models = load_models([run_dir])
+    # The recipe's inference settings (precision, threshold, ...), as `cascadeseg predict` does.
+    options = options_from_recipe(models, {"tta": True}, overwrite=True)
+    predict(models, test_dir, predictions, options)
+    return predictions
+
+
+def _evaluate(
+    predictions: Path, test_dir: Path, folder: Path, workers: int, model: str
+) -> tuple[dict[str, Any], Path]:
+    """``metrics.csv``, ``summary.json`` and ``report.html`` in ``folder``: (summary, report)."""
+    # Loaded when the demo runs, not for `cascadeseg demo --help`: matplotlib and scipy, ~1 s.
+    from cascadeseg.evaluation.evaluate import evaluate
+    from cascadeseg.evaluation.report import write_report
+
+    result = evaluate(predictions, test_dir, folder, workers=workers)
+    report = write_report(folder, result, methods=[model], title=f"cascadeseg demo: {model}")
+    return dict(result.summary), report

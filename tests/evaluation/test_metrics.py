@@ -13,14 +13,13 @@ from cascadeseg.evaluation.metrics import (
     BRATS_EMPTY_HD95,
     METRIC_NAMES,
     VOLUME_NAMES,
-    bounding_box,
     case_metrics,
     dice,
     hd95,
     sensitivity,
     specificity,
-    surface_distances,
 )
+from cascadeseg.evaluation.surface import bounding_box, surface_distances
 
 
 def _brute_force_borders(mask: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from cascadeseg.bench.inputs import make_lesion_benchmark_case
-from cascadeseg.evaluation import metrics
+from cascadeseg.evaluation import metrics, surface
 
 
 @pytest.mark.parametrize("shape", [(5, 6, 7), (1, 4, 4), (3, 1, 2), (9, 8)])
@@ -17,13 +17,13 @@ def test_erode_cross_equals_scipy(shape):
     rng = np.random.default_rng(len(shape))
     mask = rng.random(shape) > 0.2
     cross = ndimage.generate_binary_structure(len(shape), 1)
-    assert np.array_equal(metrics.erode_cross(mask), ndimage.binary_erosion(mask, cross))
+    assert np.array_equal(surface.erode_cross(mask), ndimage.binary_erosion(mask, cross))
 
 
 def _both_paths(monkeypatch, pred, ref, spacing):
-    monkeypatch.setattr(metrics, "_KDTREE_RATIO", 10**12)  # distance transforms on the box
+    monkeypatch.setattr(surface, "_KDTREE_RATIO", 10**12)  # distance transforms on the box
     dense = metrics.case_metrics(pred, ref, spacing)
-    monkeypatch.setattr(metrics, "_KDTREE_RATIO", 0)  # sparse borders and k-d trees
+    monkeypatch.setattr(surface, "_KDTREE_RATIO", 0)  # sparse borders and k-d trees
     sparse = metrics.case_metrics(pred, ref, spacing)
     return dense, sparse
 
@@ -43,11 +43,11 @@ def test_sparse_hd95_at_the_edge_of_the_grid(monkeypatch):
     ref = ((rng.random(shape) < 0.08) * rng.integers(1, 4, shape)).astype(np.uint8)
     dense, sparse = _both_paths(monkeypatch, pred, ref, (1.0, 2.0, 0.5))
     assert sparse == pytest.approx(dense, nan_ok=True)
-    monkeypatch.setattr(metrics, "_KDTREE_RATIO", 0)
+    monkeypatch.setattr(surface, "_KDTREE_RATIO", 0)
     p, r = pred > 0, ref > 0
-    to_ref, to_pred = metrics.surface_distances(p, r, (1.0, 2.0, 0.5))
-    monkeypatch.setattr(metrics, "_KDTREE_RATIO", 10**12)
-    e_ref, e_pred = metrics.surface_distances(p, r, (1.0, 2.0, 0.5))
+    to_ref, to_pred = surface.surface_distances(p, r, (1.0, 2.0, 0.5))
+    monkeypatch.setattr(surface, "_KDTREE_RATIO", 10**12)
+    e_ref, e_pred = surface.surface_distances(p, r, (1.0, 2.0, 0.5))
     assert np.allclose(np.sort(to_ref), np.sort(e_ref)) and np.allclose(
         np.sort(to_pred), np.sort(e_pred)
     )

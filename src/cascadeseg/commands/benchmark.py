@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cascadeseg.errors import ConfigError
+
 HELP = "measure speed and memory of every pipeline stage (results as JSON and Markdown)"
 
 
@@ -41,6 +43,7 @@ def command_line(args: argparse.Namespace, program: str = "cascadeseg benchmark"
 
 def run(args: argparse.Namespace, program: str = "cascadeseg benchmark") -> int:
     """Run the suites, write ``--out`` (JSON) and its ``.md``; exit 1 if a suite failed."""
+    # Loaded when the command runs, not for --help: the suites load torch (about 3 s).
     from cascadeseg.bench import (
         SUITES,
         load_results,
@@ -48,7 +51,6 @@ def run(args: argparse.Namespace, program: str = "cascadeseg benchmark") -> int:
         run_benchmarks,
         write_results,
     )
-    from cascadeseg.errors import ConfigError
 
     if getattr(args, "render", None) is not None:
         print(render_performance_section(load_results(args.render)))

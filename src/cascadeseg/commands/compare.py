@@ -60,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Loaded when the command runs, not for --help: matplotlib and scipy, about 1 s.
     from cascadeseg.evaluation.compare import compare
     from cascadeseg.evaluation.report import method_table_markdown
 

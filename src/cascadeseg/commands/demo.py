@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cascadeseg import demo
 from cascadeseg.demo import DEMO_CASES, DEMO_MODELS, DEMO_TEST_CASES
 
 HELP = "run the whole pipeline on synthetic data (no download, no GPU needed)"
@@ -44,9 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cascadeseg.demo import run_demo
-
-    result = run_demo(
+    result = demo.run_demo(
         args.out,
         minutes=args.minutes,
         cases=args.cases,

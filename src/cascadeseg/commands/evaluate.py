@@ -10,15 +10,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cascadeseg.data.labels import CONVENTIONS
+from cascadeseg.data.layouts import LAYOUTS
+
 HELP = "BraTS metrics (Dice, HD95, sensitivity, specificity) of predictions against references"
 #: The folder this command writes, locked while it runs (see cascadeseg.cli).
 OUTPUT_FOLDER = "out"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from cascadeseg.data.labels import CONVENTIONS
-    from cascadeseg.data.layouts import LAYOUTS
-
     layouts = ["flat", *(name for name in LAYOUTS if name != "files")]
     parser.add_argument(
         "--pred",
@@ -92,6 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Loaded when the command runs, not for --help: matplotlib and scipy, about 1 s.
     from cascadeseg.evaluation.evaluate import evaluate
     from cascadeseg.evaluation.report import write_report
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cascadeseg.errors import InputError
+
 HELP = "export a trained model (network + output activation) to ONNX"
 
 
@@ -31,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Loaded when the command runs, not for --help: torch and ONNX (about 2 s).
     import torch
 
-    from cascadeseg.errors import InputError
     from cascadeseg.inference.ensemble import load_models
     from cascadeseg.inference.export import OnnxNetwork, export_onnx
 

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import yaml
 
+from cascadeseg.config import load_config, recipe_dirs, resolve_recipe
 from cascadeseg.errors import ConfigError
 
 HELP = "parameter count, FLOPs and layer table of a model"
@@ -88,9 +89,9 @@ def build_for_info(name: str, items: list[str]) -> tuple[Any, list[int] | None, 
         ConfigError: bad overrides, an unknown name (neither model nor recipe), a bad recipe.
         ModelError: arguments the model rejects.
     """
+    # Loaded when the command runs, not for --help: models load torch (about 2 s).
     import torch
 
-    from cascadeseg.config import load_config, recipe_dirs, resolve_recipe
     from cascadeseg.models import available_models
     from cascadeseg.models.inspect import build_meta_model
     from cascadeseg.training.trainer import build_training_model
@@ -105,16 +106,22 @@ def build_for_info(name: str, items: list[str]) -> tuple[Any, list[int] | None, 
             f"unknown model {name!r} ({', '.join(available_models())}), and no recipe file or "
             f"shipped recipe of that name ({', '.join(shipped)})"
         ) from None
-    for item in items:
-        if "=" not in item or not item.partition("=")[0]:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-    dotted = [item if "." in item.partition("=")[0] else f"model.args.{item}" for item in items]
-    cfg = load_config(recipe, dotted)
+    # load_config checks the form of each override and names a bad one as given.
+    cfg = load_config(recipe, [_as_config_override(item) for item in items])
     with torch.device("meta"):
         model = build_training_model(cfg)
     dims = cast(int, model.spatial_dims)
     crop = [int(s) for s in cfg.data.patch_size[:dims]]
     return model, crop, f"recipe: {name} ({recipe}), model: {cfg.model.name}"
+
+
+def _as_config_override(item: str) -> str:
+    """``base_width=4`` -> ``model.args.base_width=4``: a key without a dot is a model argument.
+
+    Anything else (a dotted key, no ``=``, an empty key) is passed on as given.
+    """
+    key, sep, _ = item.partition("=")
+    return f"model.args.{item}" if sep and key and "." not in key else item
 
 
 def padded_size(model: Any, size: list[int]) -> tuple[list[int], int]:
@@ -129,6 +136,7 @@ def padded_size(model: Any, size: list[int]) -> tuple[list[int], int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Loaded when the command runs, not for --help: models load torch (about 2 s).
     from cascadeseg.models.inspect import count_flops, layer_table
     from cascadeseg.models.outputs import count_parameters
 

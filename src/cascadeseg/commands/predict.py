@@ -19,7 +19,15 @@ HELP = "segment cases with one or more trained models (TTA, ensembles, post-proc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    _add_inputs(parser)
+    _add_inference(parser)
+    _add_outputs(parser)
+
+
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
+    """Models, inputs, the output folder and which cases."""
+    group = parser.add_argument_group("models, inputs and outputs")
+    group.add_argument(
         "--model",
         action="append",
         required=True,
@@ -28,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run directory (its snapshots, else best.pt, else last.pt), .pt checkpoint or "
         ".onnx export; repeat for an ensemble (e.g. the k folds)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--input",
         required=True,
         nargs="+",
@@ -37,84 +45,78 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a case folder, a dataset folder (any supported layout), or four modality files "
         "(FLAIR T1 T1ce T2; recognised by name when the names say, else in that order)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--output",
         required=True,
         type=Path,
         metavar="DIR",
         help="output folder; never an input's file (refused), locked while predict writes",
     )
-    parser.add_argument(
+    group.add_argument(
         "--case-id",
         default=None,
         metavar="ID",
         help="case id of four modality files (default: the files' common name prefix)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--cache",
         type=Path,
         default=None,
         metavar="DIR",
         help="keep preprocessed inputs in this folder and reuse them (default: none)",
     )
-    parser.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="flip test-time augmentation (default: the recipe's inference.tta, else on)",
-    )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="run the network through torch.compile: on an H100 a whole-brain pass took 0.031 s "
-        "instead of 0.158 s, after about 40 s of compiling per input shape; worth it for many "
-        "cases or passes (default: off)",
-    )
-    parser.add_argument(
-        "--ensemble-mode",
-        choices=["paired", "product"],
-        default="paired",
-        help="snapshots of a run: paired (default; snapshot i with flip i, 8 passes for 8 "
-        "snapshots, as the two-stage paper) or product (every flip on every snapshot, 64)",
-    )
-    parser.add_argument(
+    group.add_argument(
         "--part",
         default=None,
         metavar="I/N",
         help="predict only the I-th of N shares of the cases (I from 1; round-robin over the "
         "sorted case ids), e.g. --part ${SLURM_ARRAY_TASK_ID}/N in a job array",
     )
-    parser.add_argument(
-        "--labels",
-        choices=["brats2021", "brats2023"],
-        help="label values of written maps (default: the input's convention)",
-    )
-    parser.add_argument(
-        "--save-probabilities",
+    group.add_argument(
+        "--overwrite",
         action="store_true",
-        help="also write <case>_probabilities.nii.gz (4D: WT, TC, ET); added to cases already "
-        "segmented by the same models, their segmentation kept",
+        help="replace existing outputs (without it, cases with outputs are skipped: exit 1)",
     )
-    parser.add_argument(
-        "--save-uncertainty",
+    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_inference(parser: argparse.ArgumentParser) -> None:
+    """How the network runs: TTA, ensembles, sliding window, precision, device, backend."""
+    group = parser.add_argument_group("how the models run")
+    group.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flip test-time augmentation (default: the recipe's inference.tta, else on)",
+    )
+    group.add_argument(
+        "--compile",
         action="store_true",
-        help="also write <case>_uncertainty.nii.gz (variance over TTA and ensemble members; "
-        "a usage error with --no-tta and one model: one pass has nothing to vary over)",
+        help="run the network through torch.compile: on an H100 a whole-brain pass took 0.031 s "
+        "instead of 0.158 s, after about 40 s of compiling per input shape; worth it for many "
+        "cases or passes (default: off)",
     )
-    parser.add_argument(
+    group.add_argument(
+        "--ensemble-mode",
+        choices=["paired", "product"],
+        default="paired",
+        help="snapshots of a run: paired (default; snapshot i with flip i, 8 passes for 8 "
+        "snapshots, as the two-stage paper) or product (every flip on every snapshot, 64)",
+    )
+    group.add_argument(
         "--sliding-window",
         choices=["auto", "always", "never"],
         default=None,
         help="auto: whole volume, sliding window when memory is short (default: the recipe's "
         "inference.sliding_window, else auto)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--overlap",
         type=float,
         default=None,
         help="sliding-window overlap (default: the recipe's inference.overlap, else 0.5)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16"],
         default=None,
@@ -122,21 +124,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "falls back to fp32 where not native (default: the recipe's inference.precision, "
         "else auto)",
     )
-    parser.add_argument(
+    group.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    group.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="run checkpoints with PyTorch, or exported .onnx models with ONNX Runtime",
+    )
+    group.add_argument(
+        "--batch-slices", type=int, default=16, help="slices per batch for 2D models"
+    )
+
+
+def _add_outputs(parser: argparse.ArgumentParser) -> None:
+    """What is written: threshold, post-processing, label values, extra maps."""
+    group = parser.add_argument_group("what is written")
+    group.add_argument(
         "--threshold",
         type=float,
         default=None,
         help="probability threshold of each region (default: the recipe's "
         "inference.threshold, else 0.5)",
     )
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument(
-        "--backend",
-        choices=["torch", "onnx"],
-        default="torch",
-        help="run checkpoints with PyTorch, or exported .onnx models with ONNX Runtime",
-    )
-    parser.add_argument(
+    group.add_argument(
         "--et-min-voxels",
         type=int,
         default=None,
@@ -144,7 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ET smaller than N voxels becomes necrosis (default: the value stored with the "
         "model by tune-postprocess, else off)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--min-lesion-voxels",
         default=None,
         metavar="wt=N,tc=N,et=N",
@@ -152,18 +162,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "becomes background, TC edema, ET necrosis); any subset, or N for all three "
         "(default: the values stored with the model by tune-postprocess, else off)",
     )
-    parser.add_argument(
-        "--batch-slices", type=int, default=16, help="slices per batch for 2D models"
+    group.add_argument(
+        "--labels",
+        choices=["brats2021", "brats2023"],
+        help="label values of written maps (default: the input's convention)",
     )
-    parser.add_argument(
-        "--overwrite",
+    group.add_argument(
+        "--save-probabilities",
         action="store_true",
-        help="replace existing outputs (without it, cases with outputs are skipped: exit 1)",
+        help="also write <case>_probabilities.nii.gz (4D: WT, TC, ET); added to cases already "
+        "segmented by the same models, their segmentation kept",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group.add_argument(
+        "--save-uncertainty",
+        action="store_true",
+        help="also write <case>_uncertainty.nii.gz (variance over TTA and ensemble members; "
+        "a usage error with --no-tta and one model: one pass has nothing to vary over)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    # Loaded when the command runs, not for --help: inference loads torch (about 2 s).
     from cascadeseg.inference import load_models, predict
     from cascadeseg.inference.lesion_postprocess import parse_min_lesion_voxels
     from cascadeseg.inference.predictor import options_from_recipe, resolve_device

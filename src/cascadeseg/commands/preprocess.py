@@ -11,6 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from cascadeseg.data.labels import CONVENTIONS
+from cascadeseg.data.layouts import LAYOUTS, discover_cases
+
 HELP = "preprocess a dataset into the cache used by training"
 
 
@@ -24,9 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cache folder (default: DATA/.cascadeseg_cache; for a read-only DATA a folder "
         "under $XDG_CACHE_HOME/cascadeseg or ~/.cache/cascadeseg, printed)",
     )
-    from cascadeseg.data.labels import CONVENTIONS
-    from cascadeseg.data.layouts import LAYOUTS
-
     parser.add_argument(
         "--layout",
         choices=[name for name in LAYOUTS if name != "files"],
@@ -63,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Loaded when the command runs, not for --help: scipy and nibabel, about 1 s.
     from cascadeseg.data.cache import PreprocessCache, resolve_cache_dir
-    from cascadeseg.data.layouts import discover_cases
     from cascadeseg.data.preprocess import PreprocessConfig
 
     cfg = PreprocessConfig(

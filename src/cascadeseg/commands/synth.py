@@ -15,6 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cascadeseg.errors import ConfigError
+
 HELP = "write synthetic BraTS-like cases (MNI152 anatomy, glioma with edema, ET, necrosis)"
 #: The folder this command writes, locked while it runs (see cascadeseg.cli).
 OUTPUT_FOLDER = "out"
@@ -69,8 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Loaded when the command runs, not for --help: scipy and the template, about 1.3 s.
     from cascadeseg.data.synth import SynthConfig, synthesize_dataset
-    from cascadeseg.errors import ConfigError
 
     if args.cases < 1:
         raise ConfigError(f"--cases must be at least 1 (got {args.cases})")
@@ -109,8 +111,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _multifocal_options(config: Any, probability: float, max_lesions: int | None) -> Any:
     """``config`` with ``--multifocal-prob`` and ``--max-lesions`` (checked) applied."""
-    from cascadeseg.errors import ConfigError
-
     if not 0.0 <= probability <= 1.0:
         raise ConfigError(f"--multifocal-prob must lie in [0, 1] (got {probability})")
     config = replace(config, multifocal_prob=probability)

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cascadeseg.config import load_config, resolve_recipe
+
 HELP = "train a model from a recipe"
 #: The folder this command writes, locked while it runs (see cascadeseg.cli).
 OUTPUT_FOLDER = "out"
@@ -100,7 +102,7 @@ def _collect_trailing_overrides(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cascadeseg.config import load_config, resolve_recipe
+    # Loaded when the command runs, not for --help: training loads torch (about 2 s).
     from cascadeseg.training.trainer import read_summary, train
 
     cfg = load_config(args.config, budget_overrides(args.minutes, args.overrides))

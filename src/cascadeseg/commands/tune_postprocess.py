@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from cascadeseg.errors import ConfigError, InputError
+
 HELP = (
     "choose post-processing on validation cases (per-region small-component removal for "
     "lesion-wise Dice; the ET volume threshold of two-stage sec. 3.4); store it with the run"
@@ -74,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cascadeseg.errors import InputError
+    # Loaded when the command runs, not for --help: inference loads torch (about 2 s).
     from cascadeseg.inference.lesion_postprocess import AFFECTED_REGIONS
     from cascadeseg.inference.postprocess import DEFAULT_ET_CANDIDATES, tune_postprocess
     from cascadeseg.inference.predictor import PredictOptions
@@ -124,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 def brats2023_lesion_dice(challenge: str) -> Callable[[np.ndarray, np.ndarray, Any], float]:
     """``score(pred_mask, ref_mask, spacing)``: lesion-wise Dice under the BraTS 2023 rules of
     ``challenge`` (:class:`ConfigError` for an unknown one)."""
-    from cascadeseg.errors import ConfigError
+    # Loaded when the command runs, not for --help: the lesion code loads scipy (about 1 s).
     from cascadeseg.evaluation.lesions import challenge_parameters, lesion_matching
 
     try:

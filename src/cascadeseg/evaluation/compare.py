@@ -15,19 +15,13 @@ A method with missing predictions (scored as empty) or failed cases is named in
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cascadeseg.errors import InputError
-from cascadeseg.evaluation.evaluate import (
-    EvaluationResult,
-    evaluate,
-    format_value,
-    load_evaluation,
-)
+from cascadeseg.evaluation.evaluate import EvaluationResult, evaluate, load_evaluation
 from cascadeseg.evaluation.matching import find_predictions
 from cascadeseg.evaluation.report import (
     method_table,
@@ -35,6 +29,7 @@ from cascadeseg.evaluation.report import (
     normalize_results,
     write_report,
 )
+from cascadeseg.evaluation.tables import write_csv
 
 
 @dataclass
@@ -153,14 +148,7 @@ def load_run(
 
 def write_table_csv(rows: Sequence[dict[str, object]], path: Path) -> Path:
     """The method table as CSV (``method``, then ``dice_wt ... hd95_et``, ``n``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = list(rows[0]) if rows else ["method"]
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([format_value(row[c]) for c in columns])
-    return path
+    return write_csv(rows, list(rows[0]) if rows else ["method"], path)
 
 
 def compare(

@@ -17,7 +17,7 @@ prediction that cannot be read, or whose shape or affine differs from its refere
 without reference are listed as ``unmatched``. Missing and failed cases, empty predictions and
 predictions that overlap no reference are reported first (:mod:`cascadeseg.evaluation.checks`).
 
-Outputs in ``out_dir``: ``metrics.csv`` (columns :data:`CSV_COLUMNS`, with the lesion-wise
+Outputs in ``out_dir``: ``metrics.csv`` (columns :func:`csv_columns`, with the lesion-wise
 columns of :mod:`cascadeseg.evaluation.lesion_eval` after the volumes), ``summary.json``
 (``status``, ``exit_code``, ``warnings``; mean, std, median, 25th and 75th percentiles per metric
 and region; counts of cases and of NaN values left out), ``lesions.csv`` (one row per lesion) and
@@ -51,15 +51,13 @@ from cascadeseg.evaluation.checks import (
     format_warnings,
 )
 from cascadeseg.evaluation.matching import ReferenceItem, find_predictions, find_references
-from cascadeseg.evaluation.metrics import METRIC_NAMES, VOLUME_NAMES, case_metrics
-from cascadeseg.fsutil import atomic_path, write_json_atomic
+from cascadeseg.evaluation.metrics import METRIC_NAMES, VOLUME_NAMES, case_metrics, metric_columns
+from cascadeseg.evaluation.tables import format_number, parse_float, write_csv
+from cascadeseg.fsutil import write_json_atomic
 
-#: Columns of ``metrics.csv``: ``case`` and the 12 metrics first (the order the issue fixes),
-#: then volumes in mL, the case status and where the values came from.
-CSV_COLUMNS: tuple[str, ...] = (
-    "case",
-    *METRIC_NAMES,
-    *VOLUME_NAMES,
+#: Columns of ``metrics.csv`` after the metrics and volumes: the case status and where the values
+#: came from.
+CASE_COLUMNS: tuple[str, ...] = (
     "status",
     "pred_convention",
     "ref_convention",
@@ -74,13 +72,22 @@ STATISTICS: tuple[str, ...] = ("mean", "std", "median", "q25", "q75")
 _AFFINE_ATOL_MM = 1e-3
 
 
+def csv_columns() -> tuple[str, ...]:
+    """Columns of ``metrics.csv`` without the lesion-wise ones (which follow the volumes).
+
+    ``case``, the columns of every metric in :data:`~cascadeseg.evaluation.metrics.METRICS` (the
+    12 BraTS ones first, in the order the issue fixes), the volumes in mL, :data:`CASE_COLUMNS`.
+    """
+    return ("case", *metric_columns(), *VOLUME_NAMES, *CASE_COLUMNS)
+
+
 @dataclass
 class EvaluationResult:
     """What :func:`evaluate` computed and wrote.
 
     Attributes:
         out_dir: the output folder (``metrics.csv``, ``summary.json``).
-        rows: one dict per case with the keys of :data:`CSV_COLUMNS` (metrics as floats) and
+        rows: one dict per case with the keys of :func:`csv_columns` (metrics as floats) and
             the lesion-wise columns.
         summary: the content of ``summary.json``.
         pred_dir: the prediction folder (``None`` when loaded from a CSV without it).
@@ -119,7 +126,8 @@ class EvaluationResult:
 
     def values(self, metric: str) -> np.ndarray:
         """``(N,)`` float64 values of ``metric`` over the scored rows (NaN kept)."""
-        return np.array([float(r[metric]) for r in self.scored_rows()], dtype=np.float64)
+        rows = self.scored_rows()
+        return np.array([float(r.get(metric, math.nan)) for r in rows], dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,7 +203,7 @@ def _read_label(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float,
 
 
 def _nan_metrics() -> dict[str, float]:
-    return {name: math.nan for name in (*METRIC_NAMES, *VOLUME_NAMES)}
+    return {name: math.nan for name in (*metric_columns(), *VOLUME_NAMES)}
 
 
 def evaluate_case(
@@ -311,10 +319,11 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     scored = [r for r in rows if r["status"] != STATUS_ERROR]
 
     def column(name: str) -> np.ndarray:
-        return np.array([float(r[name]) for r in scored], dtype=np.float64)
+        # A metrics.csv written before a metric was registered lacks its column: NaN.
+        return np.array([float(r.get(name, math.nan)) for r in scored], dtype=np.float64)
 
     return {
-        "metrics": {name: _stats(column(name)) for name in METRIC_NAMES},
+        "metrics": {name: _stats(column(name)) for name in metric_columns()},
         "volumes": {name: _stats(column(name)) for name in VOLUME_NAMES},
         "lesions": lesion_eval.summarize_lesions(scored, _stats),
         "cases": {
@@ -339,30 +348,17 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def format_value(value: Any) -> str:
-    """A CSV cell: floats with 10 significant digits, NaN as ``NaN``."""
-    if isinstance(value, float):
-        return "NaN" if math.isnan(value) else f"{value:.10g}"
-    return str(value)
-
-
 def write_metrics_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Write rows with :data:`CSV_COLUMNS` (NaN written as ``NaN``), atomically."""
-    path = Path(path)
-    columns = lesion_eval.with_lesion_columns(CSV_COLUMNS, rows, after=VOLUME_NAMES[-1])
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([format_value(row.get(col, "")) for col in columns])
-    return path
+    """Write rows with :func:`csv_columns` (NaN written as ``NaN``), atomically."""
+    columns = lesion_eval.with_lesion_columns(csv_columns(), rows, after=VOLUME_NAMES[-1])
+    return write_csv(rows, columns, path)
 
 
 def read_metrics_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Rows of a ``metrics.csv`` (metrics and volumes as floats, the rest as strings).
 
     Raises:
-        InputError: the file is missing or lacks the 12 metric columns.
+        InputError: the file is missing or lacks the 12 BraTS metric columns.
     """
     path = Path(path)
     if not path.is_file():
@@ -377,10 +373,9 @@ def read_metrics_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         for raw in reader:
             row: dict[str, Any] = dict(raw)
             lesion_cols = [k for k in row if lesion_eval.is_lesion_column(k)]
-            for name in (*METRIC_NAMES, *VOLUME_NAMES, *lesion_cols):
+            for name in (*metric_columns(), *VOLUME_NAMES, *lesion_cols):
                 if name in row:
-                    text = row[name]
-                    row[name] = math.nan if text in ("", "NaN", "nan") else float(text)
+                    row[name] = parse_float(row[name])
             row.setdefault("status", STATUS_OK)
             row["status"] = row["status"] or STATUS_OK
             rows.append(row)
@@ -435,7 +430,7 @@ def format_summary_table(summary: dict[str, Any]) -> str:
         f"{'NaN':>6}"
     ]
     for name, stats in summary["metrics"].items():
-        cells = "".join(f"{_format_stat(stats[s]):>10}" for s in STATISTICS)
+        cells = "".join(f"{format_number(stats[s], 4):>10}" for s in STATISTICS)
         lines.append(f"{name:<10}{cells}{stats['n']:>6}{stats['n_nan']:>6}")
     if summary.get("lesions"):
         lines.append(lesion_eval.format_lesion_table(summary["lesions"]))
@@ -445,10 +440,6 @@ def format_summary_table(summary: dict[str, Any]) -> str:
         f"scored as empty, {cases['error']} errors)"
     )
     return "\n".join(lines)
-
-
-def _format_stat(value: float) -> str:
-    return "NaN" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
 def format_console_summary(summary: dict[str, Any]) -> str:

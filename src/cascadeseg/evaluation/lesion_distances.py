@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
-from cascadeseg.evaluation.metrics import bounding_box, surface_distances
+from cascadeseg.evaluation.surface import bounding_box, surface_distances
 
 
 def _spacing3(spacing: Sequence[float]) -> tuple[float, float, float]:

@@ -29,8 +29,8 @@ import numpy as np
 
 from cascadeseg.data.labels import ED, ET, NCR
 from cascadeseg.errors import InputError
-from cascadeseg.evaluation.lesions import Lesion, challenge_parameters, lesion_matching_regions
-from cascadeseg.fsutil import atomic_path
+from cascadeseg.evaluation.lesions import Lesion, challenge_parameters, lesion_matching_rule_sets
+from cascadeseg.evaluation.tables import format_number, parse_float, write_csv
 
 #: Lesion-wise figures per region, in column order.
 LESION_FIGURES: tuple[str, ...] = ("tp", "fp", "fn", "f1", "dice", "hd95", "nsd")
@@ -160,10 +160,11 @@ def case_lesion_figures(
     regions = regions_for(ref_convention)
     preds = {r: region_mask(r, pred, pred_raw, pred_convention or ref_convention) for r in regions}
     refs = {r: region_mask(r, ref, ref_raw, ref_convention) for r in regions}
-    for rule in rules:
-        results = lesion_matching_regions(
-            preds, refs, spacing, rules=rule, challenge=challenge, affine=affine
-        )
+    # One call for every rule set: the union of the masks is labelled once for all of them.
+    by_rules = lesion_matching_rule_sets(
+        preds, refs, spacing, rule_sets=rules, challenge=challenge, affine=affine
+    )
+    for rule, results in by_rules.items():
         for region, result in results.items():
             values = (result.tp, result.fp, result.fn, result.f1, result.dice, result.hd95)
             for figure, value in zip(LESION_FIGURES, values):
@@ -241,19 +242,7 @@ def write_lesions_csv(
     """
     if not rule_sets(lesion_rules):
         return None
-    path = Path(path)
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(LESIONS_CSV_COLUMNS)
-        for rec in records:
-            writer.writerow([_cell(rec.get(c, "")) for c in LESIONS_CSV_COLUMNS])
-    return path
-
-
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return "NaN" if math.isnan(value) else f"{value:.6g}"
-    return str(value)
+    return write_csv(records, LESIONS_CSV_COLUMNS, path, significant=6)
 
 
 def read_lesions_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -266,7 +255,7 @@ def read_lesions_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     for row in rows:
         for key in _FLOAT_FIELDS:
             if key in row:
-                row[key] = math.nan if row[key] in ("", "NaN", "nan") else float(row[key])
+                row[key] = parse_float(row[key])
         for key in ("lesion_id", "voxels"):
             if row.get(key, "") != "":
                 row[key] = int(row[key])
@@ -303,15 +292,9 @@ def format_lesion_table(lesion_summary: dict[str, dict[str, Any]]) -> str:
                 continue
             stats = {fig: lesion_summary[k] for fig, k in keys.items()}
             cells = "".join(
-                f"{_fmt(stats[f]['mean'], 4):>{w}}"
+                f"{format_number(stats[f]['mean'], 4):>{w}}"
                 for f, w in (("dice", 8), ("hd95", 9), ("f1", 8))
             )
             counts = "".join(f"{stats[f].get('total', 0):>6}" for f in ("tp", "fp", "fn"))
             lines.append(f"{rule + ' ' + region:<16}{cells}{counts}")
     return "\n".join(lines)
-
-
-def _fmt(value: Any, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "NaN"
-    return f"{float(value):.{digits}f}"

@@ -13,19 +13,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cascadeseg.evaluation.lesion_eval import ALL_REGIONS, RULE_PREFIX
+from cascadeseg.evaluation.tables import format_number
 
 #: Figures shown per region in the method tables (means over cases).
 TABLE_FIGURES: tuple[str, ...] = ("dice", "hd95", "f1")
 #: At most this many cases get a lesion table in the page (worst first).
 MAX_CASES = 50
-
-
-def _fmt(value: Any, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "NaN"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def _digits(column: str) -> int:
@@ -36,7 +29,7 @@ def summary_rows_html(summary: Mapping[str, Any], statistics: Sequence[str]) -> 
     """Rows for the summary table: one per lesion column, in ``summary["lesions"]`` order."""
     rows = []
     for name, stats in (summary.get("lesions") or {}).items():
-        cells = "".join(f"<td>{_fmt(stats[s], _digits(name))}</td>" for s in statistics)
+        cells = "".join(f"<td>{format_number(stats[s], _digits(name))}</td>" for s in statistics)
         counts = f"<td>{stats['n']}</td><td>{stats['n_nan']}</td>"
         rows.append(f'<tr><td class="l">{name}</td>{cells}{counts}</tr>')
     return rows
@@ -92,7 +85,9 @@ def method_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["Lesion-wise (mean per case):", "", head + " |", "|---|" + "---:|" * 3 * len(layout)]
     for row in rows:
         cells = [
-            _fmt(float(row.get(c, math.nan)), _digits(c)) for _, _, cols in layout for c in cols
+            format_number(float(row.get(c, math.nan)), _digits(c))
+            for _, _, cols in layout
+            for c in cols
         ]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -111,7 +106,7 @@ def method_table_html(rows: Sequence[Mapping[str, Any]]) -> str:
     ]
     for row in rows:
         cells = "".join(
-            f"<td>{_fmt(float(row.get(c, math.nan)), _digits(c))}</td>"
+            f"<td>{format_number(float(row.get(c, math.nan)), _digits(c))}</td>"
             for _, _, cols in layout
             for c in cols
         )
@@ -150,16 +145,17 @@ def cases_html(lesions: Sequence[Mapping[str, Any]], case_order: Sequence[str]) 
         ]
         for r in recs:
             centroid = ", ".join(
-                _fmt(float(r[k]), 1) for k in ("centroid_i", "centroid_j", "centroid_k")
+                format_number(float(r[k]), 1) for k in ("centroid_i", "centroid_j", "centroid_k")
             )
             css = {"false_positive": "bad", "missed": "missing"}.get(str(r["status"]), "")
             lines.append(
                 f'<tr class="{css}"><td class="l">{html.escape(str(r["rules"]))}</td>'
                 f'<td class="l">{html.escape(str(r["region"]))}</td>'
                 f'<td class="l">{html.escape(str(r["source"]))}</td><td>{r["lesion_id"]}</td>'
-                f"<td>{_fmt(float(r['volume_ml']), 3)}</td><td>{centroid}</td>"
+                f"<td>{format_number(float(r['volume_ml']), 3)}</td><td>{centroid}</td>"
                 f'<td class="l">{html.escape(str(r["status"]))}</td>'
-                f"<td>{_fmt(float(r['dice']), 3)}</td><td>{_fmt(float(r['hd95']), 2)}</td>"
+                f"<td>{format_number(float(r['dice']), 3)}</td>"
+                f"<td>{format_number(float(r['hd95']), 2)}</td>"
                 f"<td>{html.escape(str(r.get('partners', '')))}</td></tr>"
             )
         lines.append("</table></details>")

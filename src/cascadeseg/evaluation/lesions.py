@@ -46,9 +46,10 @@ by side with a worked example):
   the larger of the two;
 * ``f1`` (the 2023 code reports none) is computed with the panoptica formula from its tp/fp/fn.
 
-Speed: the union of every region's masks (for brats2023 with the dilated reference) is labelled
-once per case (:func:`lesion_matching_regions`); its 26-connected clusters hold every component,
-every overlap and every dilated lesion, so each cluster is scored on its own small box, grown by
+Speed: the union of every region's masks is labelled once per case, for every region and rule set
+(:func:`lesion_matching_rule_sets`, :mod:`cascadeseg.evaluation.lesion_clusters`); its clusters
+(grouped for brats2023 where a dilated lesion may reach across) hold every component, every
+overlap and every dilated lesion, so each is scored on its own small box, grown by
 ``dilation + 1`` voxels so that erosions, distance transforms and dilations there equal the
 full-grid ones. The cost follows the lesions, not the grid.
 """
@@ -64,8 +65,14 @@ import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
+from cascadeseg.evaluation.lesion_clusters import (
+    group_clusters,
+    label_components,
+    label_union,
+    union_box,
+)
 from cascadeseg.evaluation.lesion_distances import _spacing3, pair_metrics_panoptica, surfel_hd95
-from cascadeseg.evaluation.metrics import bounding_box
+from cascadeseg.evaluation.surface import bounding_box
 
 Rules = Literal["panoptica", "brats2023"]
 RULES: tuple[str, ...] = ("panoptica", "brats2023")
@@ -84,7 +91,6 @@ CHALLENGES: dict[str, tuple[int, float]] = {
     "MET": (1, 2.0),
 }
 
-_FULL = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
 _BALL18 = ndimage.generate_binary_structure(3, 2)  # the 2023 code's dilation element
 
 LesionStatus = Literal["matched", "missed", "false_positive", "below_threshold", "near_small"]
@@ -154,20 +160,6 @@ def recognition_f1(tp: int, fp: int, fn: int) -> float:
     if tp == 0:
         return 0.0 if fp + fn > 0 else math.nan
     return tp / (tp + 0.5 * fp + 0.5 * fn)
-
-
-def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """26-connected components of a binary 3D mask: ``(int32 labels, count)``."""
-    labels, n = ndimage.label(np.asarray(mask, dtype=bool), structure=_FULL)
-    return labels.astype(np.int32, copy=False), int(n)
-
-
-def _union_box(
-    *boxes: tuple[slice, ...] | None, shape: Sequence[int], pad: int
-) -> tuple[slice, ...]:
-    lo = [min(b[d].start for b in boxes if b is not None) for d in range(len(shape))]
-    hi = [max(b[d].stop for b in boxes if b is not None) for d in range(len(shape))]
-    return tuple(slice(max(a - pad, 0), min(b + pad, n)) for a, b, n in zip(lo, hi, shape))
 
 
 def _component_records(
@@ -291,7 +283,7 @@ def _panoptica_part(
     ref_boxes, pred_boxes = ndimage.find_objects(ref_lab), ndimage.find_objects(pred_lab)
     scores: dict[tuple[int, int], tuple[float, float, float]] = {}
     for r_id, p_id in pairs:
-        sub = _union_box(ref_boxes[r_id - 1], pred_boxes[p_id - 1], shape=ref_lab.shape, pad=1)
+        sub = union_box(ref_boxes[r_id - 1], pred_boxes[p_id - 1], shape=ref_lab.shape, pad=1)
         scores[(r_id, p_id)] = pair_metrics_panoptica(
             ref_lab[sub] == r_id, pred_lab[sub] == p_id, spacing
         )
@@ -405,77 +397,75 @@ def _combine(rules: str, parts: Sequence[_Part]) -> LesionResult:
     return LesionResult(rules, tp, fp, fn, f1, dice, hd95, nsd, tuple(refs + preds))
 
 
-def _clusters(
-    preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], reach: int
-) -> tuple[tuple[slice, ...] | None, np.ndarray, list[tuple[list[int], tuple[slice, ...]]]]:
-    """Groups of voxels no lesion-wise rule looks across, shared by every region of a case.
+@dataclass(frozen=True)
+class _Setting:
+    """What every cluster of a case is scored with."""
 
-    Clusters are the 26-connected components of ``OR(all masks)``: every component of every
-    region lies in one (regions are subsets of the union) and overlapping components share one.
-    For the BraTS 2023 rules (``reach`` = its dilation) clusters whose boxes, each grown by
-    ``reach + 1``, intersect are grouped: clusters in different groups are more than
-    ``2 reach + 2`` voxels apart along an axis, so no dilated lesion joins them and no component
-    touches a lesion of another group. Each group is scored on its own small box, which is what
-    makes the evaluation of a large grid fast (grouping more than needed is harmless).
-
-    Returns:
-        ``(box of the union, cluster labels on that box, [(cluster ids, group box)])``; a group
-        box holds its clusters' boxes grown by ``reach + 1`` voxels (clipped), so erosions,
-        distance transforms and dilations on it equal the full-grid ones.
-    """
-    union = np.zeros(preds[0].shape, dtype=bool)
-    for mask in (*preds, *refs):
-        union |= mask
-    box = bounding_box(union, pad=reach + 1)
-    if box is None:
-        return None, np.zeros((0, 0, 0), dtype=np.int32), []
-    labels, _ = label_components(union[box])
-    boxes = {
-        c: _union_box(b, shape=labels.shape, pad=reach + 1)
-        for c, b in enumerate(ndimage.find_objects(labels), start=1)
-        if b is not None
-    }
-    if not reach:
-        return box, labels, [([c], b) for c, b in boxes.items()]
-    groups: list[tuple[list[int], tuple[slice, ...]]] = []
-    for c, b in boxes.items():  # absorb every group whose box meets this one, until none does
-        ids, merged = [c], b
-        while any(_meets(g[1], merged) for g in groups):
-            for group in [g for g in groups if _meets(g[1], merged)]:
-                groups.remove(group)
-                ids += group[0]
-                merged = _union_box(merged, group[1], shape=labels.shape, pad=0)
-        groups.append((ids, merged))
-    return box, labels, groups
+    spacing: tuple[float, float, float]
+    affine: np.ndarray | None
+    offset: Sequence[int]
+    dilation: int
+    min_volume: float
 
 
-def _meets(a: tuple[slice, ...], b: tuple[slice, ...]) -> bool:
-    return all(x.start < y.stop and y.start < x.stop for x, y in zip(a, b))
+def _region_parts(
+    rules: str,
+    pred: np.ndarray,
+    ref: np.ndarray,
+    box: tuple[slice, ...] | None,
+    labels: np.ndarray,
+    groups: Sequence[tuple[list[int], tuple[slice, ...]]],
+    setting: _Setting,
+) -> list[_Part]:
+    """One region's figures per group of clusters (groups without its voxels left out)."""
+    parts: list[_Part] = []
+    if box is None:  # every mask empty
+        return parts
+    p_box, r_box = pred[box], ref[box]
+    for ids, sub in groups:
+        inside = labels[sub] == ids[0] if len(ids) == 1 else np.isin(labels[sub], ids)
+        p, r = p_box[sub] & inside, r_box[sub] & inside
+        if not (p.any() or r.any()):
+            continue
+        at = [o + b.start + s.start for o, b, s in zip(setting.offset, box, sub)]
+        if rules == "panoptica":
+            parts.append(_panoptica_part(p, r, setting.spacing, at, setting.affine))
+        else:
+            parts.append(
+                _brats2023_part(
+                    p, r, setting.spacing, at, setting.affine, setting.dilation, setting.min_volume
+                )
+            )
+    return parts
 
 
-def lesion_matching_regions(
+def lesion_matching_rule_sets(
     preds: Mapping[str, np.ndarray],
     refs: Mapping[str, np.ndarray],
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     *,
-    rules: str = "panoptica",
+    rule_sets: Sequence[str] = ("panoptica",),
     challenge: str = "GLI",
     affine: np.ndarray | None = None,
     dilation: int | None = None,
     min_volume: float | None = None,
     offset: Sequence[int] = (0, 0, 0),
-) -> dict[str, LesionResult]:
-    """:func:`lesion_matching` for several regions of one case at once (faster than one by one).
+) -> dict[str, dict[str, LesionResult]]:
+    """:func:`lesion_matching` for several regions and rule sets of one case at once.
+
+    The union of every mask is labelled once, for every region and rule set (faster than one
+    by one; the results are the same).
 
     Args:
         preds: region name -> ``(X, Y, Z)`` binary prediction mask.
         refs: region name -> reference mask (same names, same shape).
+        rule_sets: ``"panoptica"`` and/or ``"brats2023"``.
         offset: voxel position of the arrays' first voxel in the full grid (for centroids when
             the caller passes crops).
-        spacing, rules, challenge, affine, dilation, min_volume: see :func:`lesion_matching`.
+        spacing, challenge, affine, dilation, min_volume: see :func:`lesion_matching`.
 
     Returns:
-        region name -> :class:`LesionResult`.
+        rule set -> region name -> :class:`LesionResult`.
     """
     names = list(preds)
     if set(names) != set(refs) or not names:
@@ -485,30 +475,22 @@ def lesion_matching_regions(
     shape = p_masks[0].shape
     if len(shape) != 3 or any(m.shape != shape for m in (*p_masks, *r_masks)):
         raise ValueError(f"need 3D masks of one shape, got {[m.shape for m in p_masks + r_masks]}")
-    spacing3 = _spacing3(spacing)
-    if rules not in RULES:
-        raise ValueError(f"unknown lesion rules {rules!r} (known: {', '.join(RULES)})")
+    unknown = [r for r in rule_sets if r not in RULES]
+    if unknown:
+        raise ValueError(f"unknown lesion rules {unknown[0]!r} (known: {', '.join(RULES)})")
     dil, thresh = challenge_parameters(challenge)
     dil = dil if dilation is None else int(dilation)
     thresh = thresh if min_volume is None else float(min_volume)
-    reach = dil if rules == "brats2023" else 0
-    box, labels, groups = _clusters(p_masks, r_masks, reach)
-    results = {}
-    for name, p_full, r_full in zip(names, p_masks, r_masks):
-        parts = []
-        if box is not None:
-            p_box, r_box = p_full[box], r_full[box]
-            for ids, sub in groups:
-                inside = labels[sub] == ids[0] if len(ids) == 1 else np.isin(labels[sub], ids)
-                p, r = p_box[sub] & inside, r_box[sub] & inside
-                if not (p.any() or r.any()):
-                    continue
-                at = [o + b.start + s.start for o, b, s in zip(offset, box, sub)]
-                if rules == "panoptica":
-                    parts.append(_panoptica_part(p, r, spacing3, at, affine))
-                else:
-                    parts.append(_brats2023_part(p, r, spacing3, at, affine, dil, thresh))
-        results[name] = _combine(rules, parts)
+    setting = _Setting(_spacing3(spacing), affine, offset, dil, thresh)
+    reach = {rules: dil if rules == "brats2023" else 0 for rules in rule_sets}
+    box, labels = label_union(p_masks, r_masks, pad=max(reach.values(), default=0) + 1)
+    results: dict[str, dict[str, LesionResult]] = {}
+    for rules in rule_sets:
+        groups = [] if box is None else group_clusters(labels, reach[rules])
+        results[rules] = {
+            name: _combine(rules, _region_parts(rules, p, r, box, labels, groups, setting))
+            for name, p, r in zip(names, p_masks, r_masks)
+        }
     return results
 
 
@@ -524,7 +506,7 @@ def _lesion_scores_2023(
     """Dice and HD95 of lesion ``g`` against the union of the whole components ``preds``."""
     if not preds:
         return 0.0, BRATS2023_FP_HD95
-    sub = _union_box(
+    sub = union_box(
         les_boxes[g - 1], *(pred_boxes[q - 1] for q in preds), shape=les_lab.shape, pad=1
     )
     gt = les_lab[sub] == g
@@ -566,16 +548,16 @@ def lesion_matching(
     Raises:
         ValueError: shapes differ, the arrays are not 3D, or an unknown rule set / challenge.
     """
-    return lesion_matching_regions(
+    return lesion_matching_rule_sets(
         {"region": pred},
         {"region": ref},
         spacing,
-        rules=rules,
+        rule_sets=(rules,),
         challenge=challenge,
         affine=affine,
         dilation=dilation,
         min_volume=min_volume,
-    )["region"]
+    )[rules]["region"]
 
 
 def challenge_parameters(challenge: str) -> tuple[int, float]:

@@ -1,4 +1,4 @@
-"""BraTS segmentation metrics: Dice, sensitivity, specificity and HD95 (pure functions).
+"""BraTS segmentation metrics: Dice, sensitivity, specificity and HD95, and the list of metrics.
 
 Definitions (CU-Net paper Eq. 5; HD95 as the official BraTS evaluation computes it):
 
@@ -23,44 +23,45 @@ Definitions (CU-Net paper Eq. 5; HD95 as the official BraTS evaluation computes 
   :data:`BRATS_EMPTY_HD95` = 373.1287 mm, the diagonal of the 240 x 240 x 155 grid
   (panoptica returns ``inf``, which the BraTS parser maps to 373/374).
 
+Per case, :func:`case_metrics` computes every metric of the list :data:`METRICS` for every region
+(WT, TC, ET): a :class:`MetricSpec` names a metric's columns, says how the report and plots show
+it and computes it from a :class:`CaseRegion` (confusion counts, or masks). The BraTS four come
+first (:data:`BRATS_METRICS`, the 12 columns :data:`METRIC_NAMES`); :func:`register_metric` adds
+more (``tests/evaluation/test_metric_extension.py`` adds one from a test file alone).
+
 Speed: :func:`case_metrics` crops to the bounding box of ``pred | ref`` (plus one voxel, so
-erosions and distance transforms on the crop equal those on the full grid, see
-:func:`bounding_box`), counts all confusions of the 4 x 4 internal labels with one
-``numpy.bincount``, derives the true negatives arithmetically from the full volume's size, and runs
-distance transforms only for regions where both masks are non-empty, on each region's own box;
-where the masks are spread thin over a large box (lesions far apart), nearest border distances
-come from a k-d tree over the border voxels instead (same exact values, cost by border size).
+erosions and distance transforms on the crop equal those on the full grid), counts all confusions
+of the 4 x 4 internal labels with one ``numpy.bincount``, derives the true negatives
+arithmetically from the full volume's size, and measures border distances
+(:mod:`cascadeseg.evaluation.surface`) only for regions where both masks are non-empty.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
-from scipy import ndimage
-from scipy.spatial import cKDTree
 
 from cascadeseg.data.labels import NUM_CLASSES, REGION_LABELS, REGIONS
+from cascadeseg.evaluation.surface import (
+    bounding_box,
+    labels_mask,
+    region_border_distances,
+    surface_distances,
+)
 
 #: HD95 when exactly one of the masks is empty: the diagonal of the 240 x 240 x 155 BraTS grid in
 #: mm (``sqrt(240**2 + 240**2 + 155**2) = 373.12866...``), the value of the BraTS 2017-2021 code.
 BRATS_EMPTY_HD95: float = math.sqrt(240**2 + 240**2 + 155**2)
 
-#: The 12 per-case metrics in the column order of ``metrics.csv`` (after ``case``).
-METRIC_NAMES: tuple[str, ...] = tuple(
-    f"{metric}_{region.lower()}"
-    for metric in ("dice", "hd95", "sens", "spec")
-    for region in REGIONS
-)
-#: Volumes in mL reported after the 12 metrics, prediction then reference per region.
+#: Volumes in mL reported after the metrics, prediction then reference per region.
 VOLUME_NAMES: tuple[str, ...] = tuple(
     f"vol_{region.lower()}_{side}_ml" for region in REGIONS for side in ("pred", "ref")
 )
-
-# Box voxels per border voxel above which surface_distances uses a k-d tree instead of two
-# distance transforms (both exact; measured break-even on a 240 x 240 x 155 grid about 10-50).
-_KDTREE_RATIO = 30
 
 
 def _as_bool(mask: np.ndarray) -> np.ndarray:
@@ -105,112 +106,6 @@ def _specificity_from_counts(tn: int, fp: int) -> float:
     return math.nan if tn + fp == 0 else tn / (tn + fp)
 
 
-def bounding_box(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...] | None:
-    """The smallest box holding every non-zero voxel of ``mask``, grown by ``pad`` voxels.
-
-    The box is clipped to the array. With ``pad >= 1`` an erosion computed on the crop equals the
-    erosion on the full array (the voxels just outside the mask are zero either way, and at the
-    array's edge both see scipy's ``border_value=0``), and a distance transform on the crop is
-    exact because every feature voxel lies inside it.
-
-    Args:
-        mask: ``(X, Y, Z)`` array (any dtype, non-zero = inside).
-        pad: margin in voxels.
-
-    Returns:
-        A tuple of slices, or ``None`` when the mask is empty.
-    """
-    mask = np.asarray(mask)
-    if mask.ndim == 3:
-        # Project once onto the XY plane, then read X and Y from the small projection: two
-        # passes over the volume instead of three.
-        xy = np.any(mask, axis=2)
-        projections = [np.any(xy, axis=1), np.any(xy, axis=0), np.any(mask, axis=(0, 1))]
-    else:
-        projections = [
-            np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != k))
-            for k in range(mask.ndim)
-        ]
-    if not projections[0].any():
-        return None
-    box = []
-    for axis_any, size in zip(projections, mask.shape):
-        idx = np.flatnonzero(axis_any)
-        box.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + 1 + pad, size)))
-    return tuple(box)
-
-
-def erode_cross(mask: np.ndarray) -> np.ndarray:
-    """Binary erosion with the 6-connected cross, outside the array counted as background.
-
-    Equal to ``scipy.ndimage.binary_erosion(mask, generate_binary_structure(ndim, 1))`` (the
-    tests check it), written as six shifted ANDs because that is about 5x faster than scipy's
-    general erosion on a 240 x 240 x 155 grid, and borders are needed for every HD95.
-
-    Args:
-        mask: bool array of any number of dimensions.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    out = mask.copy()
-    for axis in range(mask.ndim):
-        o, m = np.moveaxis(out, axis, 0), np.moveaxis(mask, axis, 0)  # views: writes go to out
-        o[1:] &= m[:-1]
-        o[:-1] &= m[1:]
-        o[0] = False
-        o[-1] = False
-    return out
-
-
-def _border(mask: np.ndarray) -> np.ndarray:
-    """Surface voxels: ``mask XOR erode(mask)`` with the 6-connected cross (medpy, panoptica)."""
-    return mask ^ erode_cross(mask)
-
-
-def surface_distances(
-    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Distances between the borders of two non-empty masks, in both directions.
-
-    Args:
-        pred: non-empty binary mask, any number of dimensions.
-        ref: non-empty binary mask of the same shape.
-        spacing: voxel size per axis (mm); ``None`` means 1 (distances in voxels).
-
-    Returns:
-        ``(pred_to_ref, ref_to_pred)``: float64 arrays, one distance per border voxel of ``pred``
-        (to the nearest border voxel of ``ref``) and per border voxel of ``ref``.
-
-    Raises:
-        ValueError: a mask is empty or the shapes differ.
-    """
-    p, r = _as_bool(pred), _as_bool(ref)
-    if p.shape != r.shape:
-        raise ValueError(f"shapes differ: {p.shape} vs {r.shape}")
-    if not p.any() or not r.any():
-        raise ValueError("surface distances need two non-empty masks")
-    box = bounding_box(p | r, pad=1)
-    assert box is not None
-    p, r = p[box], r[box]
-    sampling = None if spacing is None else tuple(float(s) for s in spacing)
-    border_p, border_r = _border(p), _border(r)
-    n_border = int(np.count_nonzero(border_p)) + int(np.count_nonzero(border_r))
-    if n_border * _KDTREE_RATIO < p.size:
-        # Masks spread over a large box (lesions far apart, distant false positives): a k-d
-        # tree over the border voxels costs O(n log n) in the number of border voxels, where
-        # two distance transforms cost the volume of the box. Both give the exact Euclidean
-        # distance to the nearest border voxel of the other mask.
-        scale = np.ones(p.ndim) if sampling is None else np.asarray(sampling, dtype=np.float64)
-        points_p = np.argwhere(border_p) * scale
-        points_r = np.argwhere(border_r) * scale
-        to_ref = cKDTree(points_r).query(points_p)[0]
-        to_pred = cKDTree(points_p).query(points_r)[0]
-        return np.asarray(to_ref, dtype=np.float64), np.asarray(to_pred, dtype=np.float64)
-    # scipy's EDT measures the distance to the nearest zero, hence the complement of the border.
-    to_ref = ndimage.distance_transform_edt(~border_r, sampling=sampling)[border_p]
-    to_pred = ndimage.distance_transform_edt(~border_p, sampling=sampling)[border_r]
-    return np.asarray(to_ref, dtype=np.float64), np.asarray(to_pred, dtype=np.float64)
-
-
 def hd95(
     pred: np.ndarray,
     ref: np.ndarray,
@@ -245,95 +140,30 @@ def hd95(
     return float(np.percentile(np.concatenate([to_ref, to_pred]), percentile))
 
 
-def _sparse_borders(
-    label: np.ndarray, points: np.ndarray, values: np.ndarray, labels: Sequence[int]
-) -> np.ndarray:
-    """Border voxels (cross erosion, outside = background) of ``label in labels``, sparsely.
+@dataclass(frozen=True)
+class _Crops:
+    """Two internal label maps cropped to the box of their tumours, grown by one voxel.
 
-    Args:
-        label: ``(X, Y, Z)`` uint8 label crop.
-        points: ``(N, 3)`` voxel indices of every non-zero voxel that may be in the region.
-        values: ``label`` at ``points``.
-        labels: the region's label values.
+    Attributes:
+        pred, ref: ``uint8`` crops (outside the box both maps are background).
+        either: indices of the crop's voxels where either map is non-zero.
+        pred_values, ref_values: the two maps' labels at ``either``.
+    """
+
+    pred: np.ndarray
+    ref: np.ndarray
+    either: tuple[np.ndarray, ...]
+    pred_values: np.ndarray
+    ref_values: np.ndarray
+
+
+def _confusion(pred_label: np.ndarray, ref_label: np.ndarray) -> tuple[_Crops, np.ndarray]:
+    """The crops of two internal label maps and their 4 x 4 confusion counts.
 
     Returns:
-        ``(M, 3)`` indices of the region's voxels with a 6-neighbour outside the region (or
-        outside the array): the voxels ``mask XOR erode(mask)`` selects.
-    """
-    inside = np.isin(values, labels)
-    pts = points[inside]
-    border = np.zeros(len(pts), dtype=bool)
-    upper = np.asarray(label.shape) - 1
-    for axis in range(pts.shape[1]):
-        for step in (-1, 1):
-            nb = pts.copy()
-            nb[:, axis] += step
-            off = (nb[:, axis] < 0) | (nb[:, axis] > upper[axis])
-            nb[off, axis] = pts[off, axis]  # any valid index; these are borders anyway
-            border |= off | ~np.isin(label[tuple(nb.T)], labels)
-    return pts[border]
-
-
-def _sparse_border_distances(
-    pred: np.ndarray,
-    ref: np.ndarray,
-    points: np.ndarray,
-    pred_values: np.ndarray,
-    ref_values: np.ndarray,
-    labels: Sequence[int],
-    spacing: Sequence[float],
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`surface_distances` of one region from the coordinates of the non-zero voxels.
-
-    Exact (the same borders, the same Euclidean distances through a k-d tree) at a cost set by
-    the number of tumour voxels instead of the volume of the box around them.
-    """
-    scale = np.asarray(spacing, dtype=np.float64)
-    border_p = _sparse_borders(pred, points, pred_values, labels) * scale
-    border_r = _sparse_borders(ref, points, ref_values, labels) * scale
-    to_ref = cKDTree(border_r).query(border_p)[0]
-    to_pred = cKDTree(border_p).query(border_r)[0]
-    return np.asarray(to_ref, dtype=np.float64), np.asarray(to_pred, dtype=np.float64)
-
-
-def _region_hd95(
-    pred: np.ndarray,
-    ref: np.ndarray,
-    either: tuple[np.ndarray, ...],
-    pred_values: np.ndarray,
-    ref_values: np.ndarray,
-    labels: Sequence[int],
-    spacing: Sequence[float],
-) -> float:
-    """HD95 of one region of two non-empty label crops (``either``: their non-zero voxels)."""
-    if either[0].size * _KDTREE_RATIO < pred.size:
-        # Tumour voxels spread thin over a large box: work on their coordinates.
-        to_ref, to_pred = _sparse_border_distances(
-            pred, ref, np.stack(either, axis=1), pred_values, ref_values, labels, spacing
-        )
-        return float(np.percentile(np.concatenate([to_ref, to_pred]), 95))
-    return hd95(_labels_mask(pred, labels), _labels_mask(ref, labels), spacing)
-
-
-def _labels_mask(label: np.ndarray, labels: Sequence[int]) -> np.ndarray:
-    """``label in labels`` by comparisons (no int64 copy of the volume)."""
-    mask = label == labels[0]
-    for value in labels[1:]:
-        mask |= label == value
-    return mask
-
-
-def _confusion(
-    pred_label: np.ndarray, ref_label: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...], np.ndarray, np.ndarray, np.ndarray]:
-    """Crops, their non-zero voxels and the 4 x 4 confusion counts of two internal label maps.
-
-    Returns:
-        ``(pred_crop, ref_crop, either, pred_values, ref_values, confusion)``: uint8 crops to the
-        box of ``pred | ref`` grown by one voxel, the indices of the voxels where either is
-        non-zero and the two maps' values there, and ``confusion[p, r]`` voxel counts over the
-        crop (background outside it is not counted; callers derive true negatives from the
-        grid size).
+        ``(crops, confusion)``: ``confusion[p, r]`` is the number of voxels of the whole grid
+        with prediction label ``p`` and reference label ``r`` (the background outside the box
+        is added to ``[0, 0]`` arithmetically).
 
     Raises:
         ValueError: a label is outside 0-3.
@@ -356,14 +186,244 @@ def _confusion(
             raise ValueError(f"{name} label values must be internal labels 0-{NUM_CLASSES - 1}")
     pred_crop = pred_crop.astype(np.uint8, copy=False)
     ref_crop = ref_crop.astype(np.uint8, copy=False)
-    # confusion[p, r] = number of voxels with prediction label p and reference label r. Only the
-    # voxels where either map is non-zero are counted; the rest are (0, 0) by arithmetic.
+    # Only the voxels where either map is non-zero are counted; the rest are (0, 0).
     either = np.nonzero(pred_crop | ref_crop)
     pred_values, ref_values = pred_crop[either], ref_crop[either]
     codes = pred_values.astype(np.intp) * NUM_CLASSES + ref_values
     confusion = np.bincount(codes, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
-    confusion[0, 0] += pred_crop.size - codes.size
-    return pred_crop, ref_crop, either, pred_values, ref_values, confusion
+    confusion[0, 0] += pred_label.size - codes.size
+    return _Crops(pred_crop, ref_crop, either, pred_values, ref_values), confusion
+
+
+@dataclass(frozen=True)
+class CaseRegion:
+    """One tumour region of one case: what a metric's function reads.
+
+    Attributes:
+        name: ``"WT"``, ``"TC"`` or ``"ET"``.
+        labels: the internal labels that make up the region.
+        tp, fp, fn, tn: voxel counts over the whole grid (prediction vs reference).
+        spacing: voxel size in mm.
+        empty_hd95: HD95 in mm when exactly one of the two masks is empty.
+        crops: the case's label maps around their tumours (:meth:`masks` reads them).
+    """
+
+    name: str
+    labels: tuple[int, ...]
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+    spacing: tuple[float, ...]
+    empty_hd95: float
+    crops: _Crops
+
+    @property
+    def voxel_ml(self) -> float:
+        """Volume of one voxel in mL."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+    @property
+    def pred_voxels(self) -> int:
+        return self.tp + self.fp
+
+    @property
+    def ref_voxels(self) -> int:
+        return self.tp + self.fn
+
+    def masks(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(pred, ref)`` bool masks of the region on the box of both maps' tumours.
+
+        The box is grown by one voxel, so borders and surface distances equal the full grid's;
+        background counts do not (use :attr:`tn`). Built on each call.
+        """
+        return labels_mask(self.crops.pred, self.labels), labels_mask(self.crops.ref, self.labels)
+
+
+def from_masks(
+    function: Callable[[np.ndarray, np.ndarray, tuple[float, ...]], float],
+) -> Callable[[CaseRegion], float]:
+    """A :attr:`MetricSpec.compute` from a function of ``(pred mask, ref mask, spacing in mm)``."""
+
+    def compute(region: CaseRegion) -> float:
+        pred, ref = region.masks()
+        return function(pred, ref, region.spacing)
+
+    return compute
+
+
+def _region_hd95_value(region: CaseRegion) -> float:
+    """HD95 of a region in mm: 0 when both masks are empty, ``empty_hd95`` when one is."""
+    if region.pred_voxels == 0 and region.ref_voxels == 0:
+        return 0.0
+    if region.pred_voxels == 0 or region.ref_voxels == 0:
+        return float(region.empty_hd95)
+    c = region.crops
+    to_ref, to_pred = region_border_distances(
+        c.pred, c.ref, c.either, c.pred_values, c.ref_values, region.labels, region.spacing
+    )
+    return float(np.percentile(np.concatenate([to_ref, to_pred]), 95))
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One per-region metric of ``metrics.csv``: how it is computed, named, shown and judged.
+
+    Attributes:
+        name: the key, lowercase letters and digits (``dice``); its columns are
+            ``<name>_<region>`` (``dice_wt``, ``dice_tc``, ``dice_et``).
+        label: the name for people (plot axes: ``Dice score``).
+        short: the column head of the method tables (``Dice``).
+        unit: ``""`` for fractions, else the unit of the values (``mm``).
+        direction: ``"higher"`` or ``"lower"`` is better.
+        compute: the value of one :class:`CaseRegion` (see :func:`from_masks`); NaN where
+            undefined (left out of the statistics and counted).
+        digits: decimals in the report's method and per-case tables.
+        summary_digits: decimals in the summary tables (report and console).
+        bounds: the range of the values, for plot axes (``None``: from the data).
+        table_rank: position among the method tables' metrics (CU-Net Table 1: Dice, Sens, Spec,
+            then HD95); equal ranks keep the list's order.
+        in_report: a row of the report's summary table and columns of the method tables
+            (``report.html``, ``table.csv``, ``table.md``).
+        in_cases_table: columns of the report's per-case table.
+        plot: the box-plot figure that draws it, one panel per metric (``"boxplots"`` is
+            ``boxplots.png``); ``""``: none.
+    """
+
+    name: str
+    label: str
+    short: str
+    unit: str
+    direction: Literal["higher", "lower"]
+    compute: Callable[[CaseRegion], float]
+    digits: int = 3
+    summary_digits: int = 4
+    bounds: tuple[float, float] | None = None
+    table_rank: int = 99
+    in_report: bool = True
+    in_cases_table: bool = False
+    plot: str = ""
+
+    def column(self, region: str) -> str:
+        """The column of one region (``"WT"`` -> ``dice_wt``)."""
+        return f"{self.name}_{region.lower()}"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns of every region, in the order of :data:`REGIONS`."""
+        return tuple(self.column(region) for region in REGIONS)
+
+    @property
+    def axis_label(self) -> str:
+        return f"{self.label} ({self.unit})" if self.unit else self.label
+
+
+_FRACTION = (0.0, 1.0)
+#: The four BraTS metrics in the column order of ``metrics.csv`` (the order the issue fixes).
+BRATS_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        name="dice",
+        label="Dice score",
+        short="Dice",
+        unit="",
+        direction="higher",
+        compute=lambda r: _dice_from_counts(r.tp, r.fp, r.fn),
+        bounds=_FRACTION,
+        table_rank=0,
+        in_cases_table=True,
+        plot="boxplots",
+    ),
+    MetricSpec(
+        name="hd95",
+        label="HD95",
+        short="HD95",
+        unit="mm",
+        direction="lower",
+        compute=_region_hd95_value,
+        digits=2,
+        summary_digits=2,
+        table_rank=3,
+        in_cases_table=True,
+        plot="hd95_boxplots",
+    ),
+    MetricSpec(
+        name="sens",
+        label="Sensitivity",
+        short="Sens",
+        unit="",
+        direction="higher",
+        compute=lambda r: _sensitivity_from_counts(r.tp, r.fn),
+        bounds=_FRACTION,
+        table_rank=1,
+        plot="boxplots",
+    ),
+    MetricSpec(
+        name="spec",
+        label="Specificity",
+        short="Spec",
+        unit="",
+        direction="higher",
+        compute=lambda r: _specificity_from_counts(r.tn, r.fp),
+        bounds=_FRACTION,
+        table_rank=2,
+    ),
+)
+#: Every metric of ``metrics.csv``, in column order: the BraTS four, then registered ones
+#: (:func:`register_metric`). Evaluation, summary, report and plots read this list.
+METRICS: list[MetricSpec] = list(BRATS_METRICS)
+_NAME_RE = re.compile(r"^[a-z][a-z0-9]*$")
+
+
+def metric_columns(specs: Sequence[MetricSpec] | None = None) -> tuple[str, ...]:
+    """The columns of ``specs`` (default: :data:`METRICS`), metric by metric, region by region."""
+    return tuple(col for spec in (METRICS if specs is None else specs) for col in spec.columns)
+
+
+#: The 12 BraTS columns (``dice_wt`` ... ``spec_et``): in every ``metrics.csv``, in this order.
+METRIC_NAMES: tuple[str, ...] = metric_columns(BRATS_METRICS)
+
+
+def metric_spec(name: str) -> MetricSpec:
+    """The registered metric called ``name``.
+
+    Raises:
+        ValueError: no metric has that name.
+    """
+    for spec in METRICS:
+        if spec.name == name:
+            return spec
+    raise ValueError(f"unknown metric {name!r} (known: {', '.join(s.name for s in METRICS)})")
+
+
+def register_metric(spec: MetricSpec) -> MetricSpec:
+    """Add a metric after the registered ones: ``evaluate`` computes it for every region and case.
+
+    Its columns follow the other metrics' in ``metrics.csv`` (before the volumes), its statistics
+    go to ``summary.json``'s ``metrics`` and the report shows it as ``spec`` says. Register at
+    import time of a module: ``evaluate``'s worker processes are forked and inherit the list.
+
+    Raises:
+        ValueError: the name is not lowercase letters and digits, or is taken.
+    """
+    if not _NAME_RE.match(spec.name):
+        raise ValueError(f"metric name {spec.name!r}: use lowercase letters and digits only")
+    if any(s.name == spec.name for s in METRICS):
+        raise ValueError(f"metric {spec.name!r} is already registered")
+    METRICS.append(spec)
+    return spec
+
+
+def unregister_metric(name: str) -> MetricSpec:
+    """Remove a metric added by :func:`register_metric` (the BraTS four stay).
+
+    Raises:
+        ValueError: ``name`` is a BraTS metric or not registered.
+    """
+    if any(s.name == name for s in BRATS_METRICS):
+        raise ValueError(f"metric {name!r} is one of the BraTS metrics, which every run has")
+    spec = metric_spec(name)
+    METRICS.remove(spec)
+    return spec
 
 
 def case_metrics(
@@ -373,7 +433,7 @@ def case_metrics(
     *,
     empty_hd95: float = BRATS_EMPTY_HD95,
 ) -> dict[str, float]:
-    """The 12 BraTS metrics and the region volumes of one case.
+    """Every registered metric (:data:`METRICS`) and the region volumes of one case.
 
     Args:
         pred_label: ``(X, Y, Z)`` integer label map in the internal convention (0-3).
@@ -382,9 +442,9 @@ def case_metrics(
         empty_hd95: HD95 when exactly one mask of a region is empty.
 
     Returns:
-        ``{name: value}`` with the keys of :data:`METRIC_NAMES` (``dice_wt, dice_tc, dice_et,
-        hd95_wt, ..., spec_et``; HD95 in mm; NaN where sensitivity/specificity are undefined)
-        followed by :data:`VOLUME_NAMES` (mL).
+        ``{column: value}`` in the order of :func:`metric_columns` (``dice_wt, dice_tc, dice_et,
+        hd95_wt, ..., spec_et``, then registered metrics; HD95 in mm; NaN where
+        sensitivity/specificity are undefined), followed by :data:`VOLUME_NAMES` (mL).
 
     Raises:
         ValueError: shapes differ or a label is outside 0-3.
@@ -393,37 +453,22 @@ def case_metrics(
     ref_label = np.asarray(ref_label)
     if pred_label.shape != ref_label.shape:
         raise ValueError(f"shapes differ: {pred_label.shape} vs {ref_label.shape}")
-    spacing = tuple(float(s) for s in spacing)
-    n_total = int(pred_label.size)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-
-    pred_crop, ref_crop, either, pred_values, ref_values, confusion = _confusion(
-        pred_label, ref_label
-    )
-
-    out: dict[str, float] = {}
+    sp = tuple(float(s) for s in spacing)
+    crops, confusion = _confusion(pred_label, ref_label)
+    values: dict[str, float] = {}
     volumes: dict[str, float] = {}
-    for region, labels in zip(REGIONS, REGION_LABELS):
-        key = region.lower()
+    for name, labels in zip(REGIONS, REGION_LABELS):
         inside = np.zeros(NUM_CLASSES, dtype=bool)
         inside[list(labels)] = True
         tp = int(confusion[np.ix_(inside, inside)].sum())
         fp = int(confusion[np.ix_(inside, ~inside)].sum())
         fn = int(confusion[np.ix_(~inside, inside)].sum())
-        tn = n_total - tp - fp - fn  # arithmetic: no pass over the background
-        out[f"dice_{key}"] = _dice_from_counts(tp, fp, fn)
-        out[f"sens_{key}"] = _sensitivity_from_counts(tp, fn)
-        out[f"spec_{key}"] = _specificity_from_counts(tn, fp)
-        if tp + fp == 0 and tp + fn == 0:
-            out[f"hd95_{key}"] = 0.0
-        elif tp + fp == 0 or tp + fn == 0:
-            out[f"hd95_{key}"] = float(empty_hd95)
-        else:
-            out[f"hd95_{key}"] = _region_hd95(
-                pred_crop, ref_crop, either, pred_values, ref_values, labels, spacing
-            )
-        volumes[f"vol_{key}_pred_ml"] = (tp + fp) * voxel_ml
-        volumes[f"vol_{key}_ref_ml"] = (tp + fn) * voxel_ml
-    ordered = {name: out[name] for name in METRIC_NAMES}
-    ordered.update({name: volumes[name] for name in VOLUME_NAMES})
+        tn = int(pred_label.size) - tp - fp - fn  # arithmetic: no pass over the background
+        region = CaseRegion(name, tuple(labels), tp, fp, fn, tn, sp, float(empty_hd95), crops)
+        for spec in METRICS:
+            values[spec.column(name)] = float(spec.compute(region))
+        volumes[f"vol_{name.lower()}_pred_ml"] = region.pred_voxels * region.voxel_ml
+        volumes[f"vol_{name.lower()}_ref_ml"] = region.ref_voxels * region.voxel_ml
+    ordered = {col: values[col] for col in metric_columns()}
+    ordered.update({col: volumes[col] for col in VOLUME_NAMES})
     return ordered

@@ -2,7 +2,8 @@
 
 Everything renders with matplotlib's Agg backend (no display needed) and is written as PNG.
 
-* :func:`boxplot_figure`: one panel per metric (Dice, sensitivity, ...), groups WT / TC / ET, one
+* :func:`boxplot_figure`: one panel per metric (Dice, sensitivity, ...; axis label and range from
+  the metric's :class:`~cascadeseg.evaluation.metrics.MetricSpec`), groups WT / TC / ET, one
   box per method side by side; the solid line in a box is the median and the dotted line the mean,
   as in Fig. 4 of the CU-Net paper (the mean is also marked with a diamond so it shows when the two
   lines coincide).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -23,10 +25,12 @@ matplotlib.use("Agg")  # files only; must precede pyplot's import
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from cascadeseg.data.labels import ED, ET, NCR, REGIONS
+from cascadeseg.evaluation.metrics import metric_spec
 
 #: RGB colours (0-1) of the label panels, as in the CU-Net paper's Figs. 2-3.
 LABEL_COLOURS: dict[str, tuple[float, float, float]] = {
@@ -35,13 +39,6 @@ LABEL_COLOURS: dict[str, tuple[float, float, float]] = {
     "edema": (0.10, 0.35, 0.95),  # blue
     "enhancing tumour": (1.00, 0.90, 0.10),  # yellow
     "necrosis": (0.15, 0.80, 0.25),  # green
-}
-#: Axis labels of the metrics the box plots know.
-METRIC_TITLES: dict[str, str] = {
-    "dice": "Dice score",
-    "sens": "Sensitivity",
-    "spec": "Specificity",
-    "hd95": "HD95 (mm)",
 }
 # matplotlib's "tab10" qualitative palette (colour-blind friendlier than the default cycle).
 _METHOD_COLOURS: tuple[tuple[float, float, float], ...] = tuple(
@@ -176,67 +173,33 @@ def boxplot_figure(
         methods: method name -> ``{column: (N,) values}`` with columns such as ``dice_wt``;
             NaN values are left out (the legend says how many per method).
         path: the PNG to write.
-        metrics: metric prefixes, one panel each (``dice``, ``sens``, ``spec``, ``hd95``).
+        metrics: names of registered metrics (:data:`~cascadeseg.evaluation.metrics.METRICS`:
+            ``dice``, ``sens``, ``spec``, ``hd95``, ...), one panel each.
         title: figure title.
 
     Returns:
         ``path``.
     """
+    specs = [metric_spec(name) for name in metrics]
     names = list(methods)
     n_methods = max(len(names), 1)
-    width = 0.8 / n_methods
     fig, axes = plt.subplots(
         1,
-        len(metrics),
-        figsize=(max(4.0, 1.6 + 1.2 * n_methods) * len(metrics), 3.6),
+        len(specs),
+        figsize=(max(4.0, 1.6 + 1.2 * n_methods) * len(specs), 3.6),
         squeeze=False,
     )
-    for ax, metric in zip(axes[0], metrics):
+    for ax, spec in zip(axes[0], specs):
         for m, name in enumerate(names):
-            data, positions = [], []
-            for r, region in enumerate(REGIONS):
-                values = np.asarray(methods[name].get(f"{metric}_{region.lower()}", []), float)
-                data.append(values[~np.isnan(values)])
-                positions.append(r + (m - (n_methods - 1) / 2) * width)
-            colour = _METHOD_COLOURS[m % len(_METHOD_COLOURS)]
-            keep = [i for i, d in enumerate(data) if d.size]
-            if not keep:
-                continue
-            ax.boxplot(
-                [data[i] for i in keep],
-                positions=[positions[i] for i in keep],
-                widths=width * 0.8,
-                patch_artist=True,
-                showmeans=True,
-                meanline=True,
-                # Fig. 4: solid line = median, dotted line = mean.
-                medianprops={"color": "black", "linestyle": "-", "linewidth": 1.5},
-                meanprops={"color": "black", "linestyle": ":", "linewidth": 1.5},
-                boxprops={"facecolor": (*colour, 0.55), "edgecolor": "black"},
-                flierprops={"marker": ".", "markersize": 3, "markeredgecolor": colour},
-            )
-            means = [float(data[i].mean()) for i in keep]
-            ax.scatter(
-                [positions[i] for i in keep], means, marker="D", s=12, color="black", zorder=3
-            )
+            _draw_boxes(ax, [methods[name].get(col, []) for col in spec.columns], m, n_methods)
         ax.set_xticks(range(len(REGIONS)), list(REGIONS))
         ax.set_xlim(-0.6, len(REGIONS) - 0.4)
-        ax.set_ylabel(METRIC_TITLES.get(metric, metric))
-        if metric in ("dice", "sens", "spec"):
-            ax.set_ylim(-0.02, 1.02)
+        ax.set_ylabel(spec.axis_label)
+        if spec.bounds is not None:
+            lo, hi = spec.bounds
+            ax.set_ylim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
         ax.grid(axis="y", alpha=0.3)
-    handles: list[Patch | Line2D] = [
-        Patch(
-            facecolor=(*_METHOD_COLOURS[m % len(_METHOD_COLOURS)], 0.55),
-            edgecolor="black",
-            label=name,
-        )
-        for m, name in enumerate(names)
-    ]
-    handles += [
-        Line2D([], [], color="black", linestyle="-", label="median"),
-        Line2D([], [], color="black", linestyle=":", marker="D", markersize=4, label="mean"),
-    ]
+    handles = _legend_handles(names)
     fig.legend(
         handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False
     )
@@ -244,6 +207,49 @@ def boxplot_figure(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 0.95 if title else 1))
     return _save(fig, path)
+
+
+def _method_colour(m: int) -> tuple[float, float, float]:
+    return _METHOD_COLOURS[m % len(_METHOD_COLOURS)]
+
+
+def _draw_boxes(ax: Axes, per_region: Sequence[Any], m: int, n_methods: int) -> None:
+    """Method ``m``'s boxes (one per region, NaN left out) beside the other methods' boxes."""
+    width = 0.8 / n_methods
+    data = [np.asarray(v, float)[~np.isnan(np.asarray(v, float))] for v in per_region]
+    keep = [i for i, d in enumerate(data) if d.size]
+    if not keep:
+        return
+    positions = [i + (m - (n_methods - 1) / 2) * width for i in keep]
+    colour = _method_colour(m)
+    ax.boxplot(
+        [data[i] for i in keep],
+        positions=positions,
+        widths=width * 0.8,
+        patch_artist=True,
+        showmeans=True,
+        meanline=True,
+        # Fig. 4: solid line = median, dotted line = mean.
+        medianprops={"color": "black", "linestyle": "-", "linewidth": 1.5},
+        meanprops={"color": "black", "linestyle": ":", "linewidth": 1.5},
+        boxprops={"facecolor": (*colour, 0.55), "edgecolor": "black"},
+        flierprops={"marker": ".", "markersize": 3, "markeredgecolor": colour},
+    )
+    means = [float(data[i].mean()) for i in keep]
+    ax.scatter(positions, means, marker="D", s=12, color="black", zorder=3)
+
+
+def _legend_handles(names: Sequence[str]) -> list[Patch | Line2D]:
+    """One patch per method in its colour, then the median and mean line styles."""
+    handles: list[Patch | Line2D] = [
+        Patch(facecolor=(*_method_colour(m), 0.55), edgecolor="black", label=name)
+        for m, name in enumerate(names)
+    ]
+    handles.append(Line2D([], [], color="black", linestyle="-", label="median"))
+    handles.append(
+        Line2D([], [], color="black", linestyle=":", marker="D", markersize=4, label="mean")
+    )
+    return handles
 
 
 def _save(fig: plt.Figure, path: str | os.PathLike[str]) -> Path:

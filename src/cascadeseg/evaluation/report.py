@@ -27,14 +27,12 @@ from cascadeseg.evaluation import lesion_report
 from cascadeseg.evaluation.checks import STATUS_ERROR
 from cascadeseg.evaluation.evaluate import STATISTICS, EvaluationResult, detect_convention
 from cascadeseg.evaluation.matching import ReferenceItem, find_references
-from cascadeseg.evaluation.metrics import METRIC_NAMES
+from cascadeseg.evaluation.metrics import METRICS, MetricSpec, metric_columns, metric_spec
 from cascadeseg.evaluation.plots import boxplot_figure, overlay_figure
+from cascadeseg.evaluation.tables import format_number
 from cascadeseg.fsutil import write_text_atomic
 
 Results = EvaluationResult | Sequence[EvaluationResult] | Mapping[str, EvaluationResult]
-
-#: Columns of the method table (CU-Net Table 1: Dice / Sens / Spec per region; HD95 added).
-TABLE_METRICS: tuple[str, ...] = ("dice", "sens", "spec", "hd95")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;
@@ -78,19 +76,24 @@ def normalize_results(
     return named
 
 
+def table_metrics() -> list[MetricSpec]:
+    """The metrics of the method tables (``in_report``), by ``table_rank``: Dice, Sens, Spec, HD95
+    (CU-Net Table 1, plus HD95), then registered ones."""
+    return sorted((s for s in METRICS if s.in_report), key=lambda s: s.table_rank)
+
+
 def method_table(results: Mapping[str, EvaluationResult]) -> list[dict[str, Any]]:
     """One row per method: mean of each metric per region (CU-Net Table 1, plus HD95).
 
     Returns:
         ``[{"method": name, "dice_wt": mean, ..., "hd95_et": mean, "n": cases}]``, metrics in
-        the order ``dice, sens, spec, hd95`` x ``WT, TC, ET``.
+        the order of :func:`table_metrics` (``dice, sens, spec, hd95``) x ``WT, TC, ET``.
     """
     rows = []
     for name, result in results.items():
         row: dict[str, Any] = {"method": name}
-        for metric in TABLE_METRICS:
-            for region in REGIONS:
-                col = f"{metric}_{region.lower()}"
+        for spec in table_metrics():
+            for col in spec.columns:
                 row[col] = result.summary["metrics"][col]["mean"]
         row["n"] = len(result.scored_rows())
         row.update(lesion_report.method_columns(result.summary))
@@ -100,36 +103,20 @@ def method_table(results: Mapping[str, EvaluationResult]) -> list[dict[str, Any]
 
 def method_table_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """The method table as Markdown (Dice / Sens / Spec / HD95 per region)."""
-    cols = [f"{m}_{r.lower()}" for r in REGIONS for m in TABLE_METRICS]
-    head = (
-        "| Method | "
-        + " | ".join(
-            f"{r} {m.capitalize() if m != 'hd95' else 'HD95'}"
-            for r in REGIONS
-            for m in TABLE_METRICS
-        )
-        + " | n |"
-    )
-    sep = "|---|" + "---:|" * (len(cols) + 1)
+    cells_of = [(r, spec) for r in REGIONS for spec in table_metrics()]
+    head = "| Method | " + " | ".join(f"{r} {spec.short}" for r, spec in cells_of) + " | n |"
+    sep = "|---|" + "---:|" * (len(cells_of) + 1)
     lines = [head, sep]
     for row in rows:
-        cells = [_fmt(row[c], 2 if c.startswith("hd95") else 3) for c in cols]
+        cells = [format_number(row[spec.column(r)], spec.digits) for r, spec in cells_of]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + f" | {row['n']} |")
     lesion_table = lesion_report.method_table_markdown(rows)
     return "\n".join(lines) + "\n" + (f"\n{lesion_table}" if lesion_table else "")
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "NaN"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def mean_dice(row: Mapping[str, Any]) -> float:
     """Mean of a row's three Dice scores (NaN for error rows)."""
-    values = [float(row[f"dice_{r.lower()}"]) for r in REGIONS]
+    values = [float(row[col]) for col in metric_spec("dice").columns]
     return float(np.mean(values)) if not any(math.isnan(v) for v in values) else math.nan
 
 
@@ -253,35 +240,34 @@ def _img(path: Path, alt: str) -> str:
 def _summary_table_html(result: EvaluationResult) -> str:
     head = "".join(f"<th>{s}</th>" for s in STATISTICS)
     lines = [f'<table><tr><th class="l">metric</th>{head}<th>n</th><th>NaN left out</th></tr>']
-    for name in METRIC_NAMES:
-        stats = result.summary["metrics"][name]
-        digits = 2 if name.startswith("hd95") else 4
-        cells = "".join(f"<td>{_fmt(stats[s], digits)}</td>" for s in STATISTICS)
-        lines.append(
-            f'<tr><td class="l">{name}</td>{cells}'
-            f"<td>{stats['n']}</td><td>{stats['n_nan']}</td></tr>"
-        )
+    for spec in (s for s in METRICS if s.in_report):
+        for name in spec.columns:
+            stats = result.summary["metrics"][name]
+            cells = "".join(
+                f"<td>{format_number(stats[s], spec.summary_digits)}</td>" for s in STATISTICS
+            )
+            lines.append(
+                f'<tr><td class="l">{name}</td>{cells}'
+                f"<td>{stats['n']}</td><td>{stats['n_nan']}</td></tr>"
+            )
     lines.extend(lesion_report.summary_rows_html(result.summary, STATISTICS))
     lines.append("</table>")
     return "\n".join(lines)
 
 
 def _method_table_html(rows: Sequence[dict[str, Any]]) -> str:
-    top = "".join(f'<th colspan="{len(TABLE_METRICS)}">{r}</th>' for r in REGIONS)
-    sub = "".join(
-        f"<th>{'HD95' if m == 'hd95' else m.capitalize()}</th>"
-        for _ in REGIONS
-        for m in TABLE_METRICS
-    )
+    specs = table_metrics()
+    top = "".join(f'<th colspan="{len(specs)}">{r}</th>' for r in REGIONS)
+    sub = "".join(f"<th>{spec.short}</th>" for _ in REGIONS for spec in specs)
     lines = [
         f'<table><tr><th class="l" rowspan="2">Method</th>{top}<th rowspan="2">n</th></tr>',
         f"<tr>{sub}</tr>",
     ]
     for row in rows:
         cells = "".join(
-            f"<td>{_fmt(row[f'{m}_{r.lower()}'], 2 if m == 'hd95' else 3)}</td>"
+            f"<td>{format_number(row[spec.column(r)], spec.digits)}</td>"
             for r in REGIONS
-            for m in TABLE_METRICS
+            for spec in specs
         )
         lines.append(
             f'<tr><td class="l">{html.escape(row["method"])}</td>{cells}<td>{row["n"]}</td></tr>'
@@ -291,21 +277,21 @@ def _method_table_html(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _cases_table_html(result: EvaluationResult) -> str:
-    cols = list(METRIC_NAMES[:6])
-    head = "".join(f"<th>{c}</th>" for c in cols)
+    cols = [(col, spec.digits) for spec in METRICS if spec.in_cases_table for col in spec.columns]
+    head = "".join(f"<th>{c}</th>" for c, _ in cols)
     lines = [
         f'<table><tr><th class="l">case</th><th>mean Dice</th>{head}<th class="l">status</th></tr>'
     ]
     ordered = worst_cases(result) + [r for r in result.rows if r["status"] == STATUS_ERROR]
     for row in ordered:
         cells = "".join(
-            f"<td>{_fmt(float(row[c]), 2 if c.startswith('hd95') else 3)}</td>" for c in cols
+            f"<td>{format_number(float(row.get(c, math.nan)), digits)}</td>" for c, digits in cols
         )
         status = html.escape(row["status"] + (f": {row['message']}" if row.get("message") else ""))
         css = {"error": "bad", "missing": "missing"}.get(row["status"], "")
         lines.append(
             f'<tr class="{css}"><td class="l">{html.escape(row["case"])}</td>'
-            f'<td>{_fmt(mean_dice(row))}</td>{cells}<td class="l">{status}</td></tr>'
+            f'<td>{format_number(mean_dice(row))}</td>{cells}<td class="l">{status}</td></tr>'
         )
     lines.append("</table>")
     return "\n".join(lines)
@@ -387,16 +373,41 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     named = normalize_results(results, methods)
     first = next(iter(named.values()))
-    sections: list[str] = []
+    sections = [_heading_html(title), _warnings_html(named)]
+    sections.append("".join(_counts_html(name, res) for name, res in named.items()))
+    sections.extend(_tables_html(named))
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(figures_dir) if figures_dir is not None else Path(tmp_name)
+        sections.extend(_boxplots_html(named, tmp))
+        sections.extend(_cases_html(named))
+        cases = (
+            list(overlay_cases)
+            if overlay_cases is not None
+            else [r["case"] for r in worst_cases(first, n_overlays)]
+        )
+        image_root = images_for_overlays if images_for_overlays is not None else first.ref
+        sections.extend(_overlays_html(named, cases, image_root, tmp / "overlays"))
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+        + "\n".join(sections)
+        + "\n</body></html>\n"
+    )
+    return write_text_atomic(page, out_dir / "report.html")
+
+
+def _heading_html(title: str) -> str:
     generated = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    sections.append(
+    return (
         f'<h1>{html.escape(title)}</h1><p class="note">Generated {generated} by '
         "cascadeseg. Metrics as defined in docs/metrics.md (HD95 in mm, pooled 95th "
         "percentile of border distances, 373.13 mm when one mask is empty).</p>"
     )
-    sections.append(_warnings_html(named))
-    sections.append("".join(_counts_html(name, res) for name, res in named.items()))
 
+
+def _tables_html(named: Mapping[str, EvaluationResult]) -> list[str]:
+    """The method tables (with several methods) and each method's summary table."""
+    sections = []
     if len(named) > 1:
         sections.append("<h2>Methods (mean per region)</h2>")
         table = method_table(named)
@@ -405,50 +416,60 @@ def write_report(
     for name, res in named.items():
         sections.append(f"<h2>Summary: {html.escape(name)}</h2>")
         sections.append(_summary_table_html(res))
+    return sections
 
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(figures_dir) if figures_dir is not None else Path(tmp_name)
-        values = {
-            name: {col: res.values(col) for col in METRIC_NAMES} for name, res in named.items()
-        }
-        box = boxplot_figure(values, tmp / "boxplots.png", metrics=("dice", "sens"))
-        hd = boxplot_figure(values, tmp / "hd95_boxplots.png", metrics=("hd95",))
-        sections.append("<h2>Distributions</h2>")
-        sections.append(
-            '<p class="note">Solid line: median; dotted line and diamond: mean (as in the CU-Net '
-            "paper's Fig. 4).</p>"
-        )
-        sections.append(_img(box, "Dice and sensitivity box plots") + _img(hd, "HD95 box plots"))
 
-        for name, res in named.items():
-            sections.append(f"<h2>Cases, worst first: {html.escape(name)}</h2>")
-            sections.append(_cases_table_html(res))
-            if res.lesions:
-                sections.append(f"<h2>Lesions per case: {html.escape(name)}</h2>")
-                order = [r["case"] for r in worst_cases(res)]
-                sections.append(lesion_report.cases_html(res.lesions, order))
+def _plot_figures() -> dict[str, list[MetricSpec]]:
+    """``{figure name: [metrics drawn in it]}`` from the metrics' ``plot``, in list order."""
+    figures: dict[str, list[MetricSpec]] = {}
+    for spec in METRICS:
+        if spec.plot:
+            figures.setdefault(spec.plot, []).append(spec)
+    return figures
 
-        cases = (
-            list(overlay_cases)
-            if overlay_cases is not None
-            else [r["case"] for r in worst_cases(first, n_overlays)]
-        )
-        if cases:
-            image_root = images_for_overlays if images_for_overlays is not None else first.ref
-            overlays = write_overlays(
-                tmp / "overlays", named, cases, images=references_by_case(image_root)
-            )
-            sections.append("<h2>Overlays</h2>")
-            sections.append(
-                '<p class="note">Purple: non-tumour, blue: edema, yellow: enhancing tumour, '
-                "green: necrosis (colours of the CU-Net paper's Fig. 3).</p>"
-            )
-            sections.extend(_img(p, f"overlay {c}") for c, p in overlays.items())
 
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
-        + "\n".join(sections)
-        + "\n</body></html>\n"
-    )
-    return write_text_atomic(page, out_dir / "report.html")
+def _boxplots_html(named: Mapping[str, EvaluationResult], folder: Path) -> list[str]:
+    """The box-plot figures (CU-Net Fig. 4), one ``<figure name>.png`` each in ``folder``."""
+    columns = metric_columns()
+    values = {name: {col: res.values(col) for col in columns} for name, res in named.items()}
+    images = []
+    for figure, specs in _plot_figures().items():
+        path = boxplot_figure(values, folder / f"{figure}.png", metrics=[s.name for s in specs])
+        images.append(_img(path, " and ".join(s.label for s in specs) + " box plots"))
+    return [
+        "<h2>Distributions</h2>",
+        '<p class="note">Solid line: median; dotted line and diamond: mean (as in the CU-Net '
+        "paper's Fig. 4).</p>",
+        "".join(images),
+    ]
+
+
+def _cases_html(named: Mapping[str, EvaluationResult]) -> list[str]:
+    """Each method's cases, worst first, and their lesions."""
+    sections = []
+    for name, res in named.items():
+        sections.append(f"<h2>Cases, worst first: {html.escape(name)}</h2>")
+        sections.append(_cases_table_html(res))
+        if res.lesions:
+            sections.append(f"<h2>Lesions per case: {html.escape(name)}</h2>")
+            order = [r["case"] for r in worst_cases(res)]
+            sections.append(lesion_report.cases_html(res.lesions, order))
+    return sections
+
+
+def _overlays_html(
+    named: Mapping[str, EvaluationResult],
+    cases: Sequence[str],
+    image_root: str | os.PathLike[str] | None,
+    folder: Path,
+) -> list[str]:
+    """The overlays of ``cases`` (CU-Net Fig. 3), written into ``folder``; none without cases."""
+    if not cases:
+        return []
+    overlays = write_overlays(folder, named, cases, images=references_by_case(image_root))
+    return [
+        "<h2>Overlays</h2>",
+        '<p class="note">Purple: non-tumour, blue: edema, yellow: enhancing tumour, '
+        "green: necrosis (colours of the CU-Net paper's Fig. 3).</p>",
+        *(_img(p, f"overlay {c}") for c, p in overlays.items()),
+    ]
