@@ -20,8 +20,8 @@ from cascadeseg.data.preprocess import (
     zscore_brain,
     zscore_brain_stats,
 )
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.errors import ConfigError, InputError
+from toy import make_tiny_case
 
 
 def padded_case(pad: tuple[int, int, int] = (6, 3, 5), **kwargs: object) -> Case:
