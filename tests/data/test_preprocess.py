@@ -11,12 +11,14 @@ from cascadeseg.data.case import Case
 from cascadeseg.data.preprocess import (
     Geometry,
     PreprocessConfig,
-    bounding_box,
-    brain_mask_of,
-    n4_correct,
     preprocess_case,
     restore_to_source,
     to_preprocessed_grid,
+)
+from cascadeseg.data.preprocess_ops import (
+    bounding_box,
+    brain_mask_of,
+    n4_correct,
     zscore_brain,
     zscore_brain_stats,
 )
