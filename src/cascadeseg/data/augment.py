@@ -104,9 +104,9 @@ def draw_bias_field(
     """Smooth log bias field, one per channel, of a random strength.
 
     The field is a cubic B-spline of Gaussian control points ``spacing`` voxels apart (the
-    synthetic generator's own bias model, :func:`cascadeseg.data.smooth_fields.smooth_noise`), scaled
-    per channel to a standard deviation drawn from ``strength``. The field is stationary, so a
-    field drawn on a crop is distributed as the crop of a field drawn on the whole volume.
+    synthetic generator's own bias model, :func:`cascadeseg.data.smooth_fields.smooth_noise`),
+    scaled per channel to a standard deviation drawn from ``strength``. The field is stationary,
+    so a field drawn on a crop is distributed as the crop of a field drawn on the whole volume.
 
     Args:
         rng: the generator.

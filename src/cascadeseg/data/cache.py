@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import uuid
@@ -216,8 +217,6 @@ class PreprocessCache:
                 for ref in refs:
                     record(*_warm_one(self.root, self.cfg, self.trust_stat, ref))
             else:
-                import multiprocessing
-
                 # spawn: forked workers would inherit torch/OpenMP thread state from the parent.
                 context = multiprocessing.get_context("spawn")
                 with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:

@@ -357,7 +357,8 @@ def preprocess_case(case: Case, cfg: PreprocessConfig | None = None) -> Preproce
     box = bounding_box(mask, cfg.crop_margin)
     crop: tuple[slice, ...] = tuple(slice(a, b) for a, b in box)
     cropped_mask = np.ascontiguousarray(mask[crop])
-    cropped = np.asarray(image[(slice(None), *crop)], dtype=np.float32)
+    channels_and_crop = (slice(None), *crop)
+    cropped = np.asarray(image[channels_and_crop], dtype=np.float32)
     extra: dict[str, Any] = {}
     if cfg.n4:
         cropped, extra["n4_seconds"] = _n4(cropped, cropped_mask, out_spacing, cfg)

@@ -129,6 +129,7 @@ def _multifocal_plan(
     plan = CasePlan(plan.has_et, plan.tiny, n_tumours, plan.mirrored, n_satellites=n_satellites)
     return plan, rng
 
+
 # --------------------------------------------------------------------------------------------
 # The case
 

@@ -15,6 +15,7 @@ BRATS_SHAPE: tuple[int, int, int] = (240, 240, 155)
 #: brains in BraTS files sit near the middle of the grid, spanning most of its 155 slices.
 BRATS_BRAIN_CENTRE: tuple[float, float, float] = (119.5, 121.0, 76.0)
 
+
 def brats_affine(shape: tuple[int, int, int] = BRATS_SHAPE) -> np.ndarray:
     """The axis-aligned affine of BraTS files: x and y flipped, origin ``(0, shape[1]-1, 0)``
     (1 mm voxels; multiply by ``diag(voxel size, 1)`` for others)."""

@@ -174,7 +174,7 @@ def _mix(
     return img
 
 
-def _rician(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.ndarray:
+def _rician(rng: np.random.Generator, signal: np.ndarray, sigma: np.float32) -> np.ndarray:
     """Magnitude of ``signal`` plus complex Gaussian noise of ``sigma`` (in place), rounded and
     clipped to ``[1, 32767]``."""
     signal += sigma * rng.standard_normal(signal.size, dtype=np.float32)
@@ -201,7 +201,9 @@ def form_images(
     for m in range(4):
         img = _mix(m, imaging, warped, tumour, tmp)
         # Rician noise on brain voxels: magnitude of a complex signal with Gaussian noise.
-        sigma = imaging.noise_level[m] * imaging.gains[m] * imaging.values[m].astype(np.float32)[_WM]
+        sigma = (
+            imaging.noise_level[m] * imaging.gains[m] * imaging.values[m].astype(np.float32)[_WM]
+        )
         signal = _rician(rng, img.ravel()[brain_idx], sigma)
         tmp.fill(0.0)
         tmp.ravel()[brain_idx] = signal

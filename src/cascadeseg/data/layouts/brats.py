@@ -117,7 +117,9 @@ def _case_ref(folder: Path, group: str | None, layout: str, convention: str) -> 
         if len(segm_candidates) == 1:
             files["seg"] = segm_candidates[0]
         elif len(segm_candidates) > 1:
-            problems.append(f"{folder}: several possible segmentations: {names_of(segm_candidates)}")
+            problems.append(
+                f"{folder}: several possible segmentations: {names_of(segm_candidates)}"
+            )
     if missing:
         expected = ", ".join(f"{case_id}{sep}{suffixes[k]}.nii.gz" for k in missing)
         problems.insert(0, f"{folder}: missing {', '.join(missing)} file(s) (expected {expected})")

@@ -16,9 +16,20 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from cascadeseg.data.case import MODALITIES
+import numpy as np
+
+from cascadeseg.data.case import MODALITIES, Case
 from cascadeseg.data.labels import CONVENTIONS, ED, ET, NCR
-from cascadeseg.data.layouts.base import modality_from_name, nifti_files, stem
+from cascadeseg.data.layouts.base import (
+    CasePaths,
+    UpdateIndex,
+    label_on_disk,
+    modality_from_name,
+    nifti_files,
+    save_image,
+    save_label,
+    stem,
+)
 from cascadeseg.data.nifti import load_nifti_header
 from cascadeseg.errors import InputError
 from cascadeseg.fsutil import write_json_atomic
@@ -327,3 +338,41 @@ def rebuild_dataset_json(
         fill(data, root, ending)
         write_json_atomic(data, path)
     return path
+
+
+def training_paths(
+    case_id: str, root: Path, labelled: bool, ending: str, image_stems: Sequence[str]
+) -> list[Path]:
+    """The files of one case: its images (in ``imagesTr/``, or ``imagesTs/`` without a label
+    map), its label map ``labelsTr/<case_id><ending>`` and ``dataset.json``, in that order."""
+    images = root / ("imagesTr" if labelled else "imagesTs")
+    paths = [images / f"{name}{ending}" for name in image_stems]
+    if labelled:
+        paths.append(root / "labelsTr" / f"{case_id}{ending}")
+    return [*paths, root / "dataset.json"]
+
+
+def write_training_case(
+    case: Case,
+    root: Path,
+    ending: str,
+    images: Sequence[np.ndarray],
+    *,
+    convention: str,
+    case_paths: CasePaths,
+    update_index: UpdateIndex,
+) -> Path:
+    """Write ``images`` (file order) and the label map of ``case`` (in ``convention``) to the
+    paths ``case_paths`` gives, then rebuild ``dataset.json`` with ``update_index``.
+
+    Returns:
+        ``root``.
+    """
+    seg = label_on_disk(case, convention)
+    paths = case_paths(case.case_id, root, seg is not None, ending)
+    for image, path in zip(images, paths):
+        save_image(image, case, path)
+    if seg is not None:
+        save_label(seg, case, paths[len(images)])
+    update_index(root, ending)
+    return root

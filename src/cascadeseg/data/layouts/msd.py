@@ -8,6 +8,7 @@ are written to ``imagesTs/``.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,7 @@ from cascadeseg.data.case import MODALITIES, Case
 from cascadeseg.data.layouts.base import (
     CaseRef,
     Layout,
-    label_on_disk,
     nifti_files,
-    save_image,
-    save_label,
     stem,
 )
 from cascadeseg.data.layouts.dataset_json import (
@@ -32,6 +30,8 @@ from cascadeseg.data.layouts.dataset_json import (
     read_dataset_json,
     rebuild_dataset_json,
     training_images,
+    training_paths,
+    write_training_case,
 )
 
 #: Channel names written to ``dataset.json``, by channel index.
@@ -66,22 +66,21 @@ def _discover(root: Path, convention: str | None) -> list[CaseRef]:
 
 
 def _case_paths(case_id: str, root: Path, labelled: bool, ending: str) -> list[Path]:
-    images = root / ("imagesTr" if labelled else "imagesTs")
-    paths = [images / f"{case_id}{ending}"]
-    if labelled:
-        paths.append(root / "labelsTr" / f"{case_id}{ending}")
-    return [*paths, root / "dataset.json"]
+    return training_paths(case_id, root, labelled, ending, [case_id])
 
 
 def _write(case: Case, root: Path, ending: str) -> Path:
-    seg = label_on_disk(case, MSD.label_convention)
-    paths = _case_paths(case.case_id, root, seg is not None, ending)
     order = [MODALITIES.index(m) for m, _ in MSD_CHANNELS]
-    save_image(np.stack([case.image[c] for c in order], axis=-1), case, paths[0])
-    if seg is not None:
-        save_label(seg, case, paths[1])
-    _update_index(root, ending)
-    return root
+    image = np.stack([case.image[c] for c in order], axis=-1)
+    return write_training_case(
+        case,
+        root,
+        ending,
+        [image],
+        convention=MSD.label_convention,
+        case_paths=_case_paths,
+        update_index=_update_index,
+    )
 
 
 def _fill(data: dict[str, Any], root: Path, ending: str) -> None:
@@ -106,8 +105,7 @@ def _fill(data: dict[str, Any], root: Path, ending: str) -> None:
     data["test"] = [f"./imagesTs/{c}{ending}" for c in test]
 
 
-def _update_index(root: Path, ending: str) -> Path:
-    return rebuild_dataset_json(root, ending, _fill)
+_update_index = partial(rebuild_dataset_json, fill=_fill)
 
 
 MSD = Layout(

@@ -9,6 +9,7 @@ conversion (T1, T1ce, T2, FLAIR) with labels 1 edema, 2 necrosis, 3 enhancing an
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,7 @@ from cascadeseg.data.case import MODALITIES, Case
 from cascadeseg.data.layouts.base import (
     CaseRef,
     Layout,
-    label_on_disk,
     nifti_files,
-    save_image,
-    save_label,
     stem,
 )
 from cascadeseg.data.layouts.dataset_json import (
@@ -32,6 +30,8 @@ from cascadeseg.data.layouts.dataset_json import (
     read_dataset_json,
     rebuild_dataset_json,
     training_images,
+    training_paths,
+    write_training_case,
 )
 from cascadeseg.data.nifti import strip_nifti_suffix
 
@@ -115,22 +115,21 @@ def _discover(root: Path, convention: str | None) -> list[CaseRef]:
 
 
 def _case_paths(case_id: str, root: Path, labelled: bool, ending: str) -> list[Path]:
-    images = root / ("imagesTr" if labelled else "imagesTs")
-    paths = [images / f"{case_id}_{i:04d}{ending}" for i in range(len(NNUNET_CHANNELS))]
-    if labelled:
-        paths.append(root / "labelsTr" / f"{case_id}{ending}")
-    return [*paths, root / "dataset.json"]
+    stems = [f"{case_id}_{i:04d}" for i in range(len(NNUNET_CHANNELS))]
+    return training_paths(case_id, root, labelled, ending, stems)
 
 
 def _write(case: Case, root: Path, ending: str) -> Path:
-    seg = label_on_disk(case, NNUNET.label_convention)
-    paths = _case_paths(case.case_id, root, seg is not None, ending)
-    for index, (modality, _) in enumerate(NNUNET_CHANNELS):
-        save_image(case.image[MODALITIES.index(modality)], case, paths[index])
-    if seg is not None:
-        save_label(seg, case, paths[len(NNUNET_CHANNELS)])
-    _update_index(root, ending)
-    return root
+    images = [case.image[MODALITIES.index(modality)] for modality, _ in NNUNET_CHANNELS]
+    return write_training_case(
+        case,
+        root,
+        ending,
+        images,
+        convention=NNUNET.label_convention,
+        case_paths=_case_paths,
+        update_index=_update_index,
+    )
 
 
 def _fill(data: dict[str, Any], root: Path, ending: str) -> None:
@@ -151,8 +150,7 @@ def _fill(data: dict[str, Any], root: Path, ending: str) -> None:
     data.setdefault("name", "BraTS")
 
 
-def _update_index(root: Path, ending: str) -> Path:
-    return rebuild_dataset_json(root, ending, _fill)
+_update_index = partial(rebuild_dataset_json, fill=_fill)
 
 
 NNUNET = Layout(
