@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cascadeseg.data.case import Case
-from cascadeseg.data.toy import make_tiny_case
+from toy import make_tiny_case
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from cascadeseg import __version__, cli
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.fsutil import LOCK_NAME
+from toy import make_tiny_case
 
 
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,8 +8,8 @@ import pytest
 
 from cascadeseg.bench.data import benchmark_lws, benchmark_preprocess
 from cascadeseg.data.layouts import CaseRef, discover_cases
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
+from toy import make_tiny_case
 
 
 @pytest.fixture

@@ -184,7 +184,7 @@ def test_bias_field_by_hand() -> None:
 def test_bias_field_equals_multiplying_the_raw_image() -> None:
     """On a z-scored image with the recorded mean/std, the augmentation is exactly what the
     field does to the raw intensities, z-scored with the same statistics."""
-    from cascadeseg.data.preprocess import zscore_brain_stats
+    from cascadeseg.data.preprocess_ops import zscore_brain_stats
 
     rng = np.random.default_rng(1)
     raw = rng.uniform(100.0, 900.0, size=(2, 10, 9, 8)).astype(np.float32)

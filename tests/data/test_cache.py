@@ -12,9 +12,9 @@ from cascadeseg.data import cache as cache_module
 from cascadeseg.data.cache import PreprocessCache, file_digest
 from cascadeseg.data.layouts import CaseRef, discover_cases, read_case
 from cascadeseg.data.preprocess import PreprocessConfig, preprocess_case, restore_to_source
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import InputError
+from toy import make_tiny_case
 
 
 @pytest.fixture

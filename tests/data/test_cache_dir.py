@@ -12,9 +12,9 @@ import pytest
 from cascadeseg.cli import main
 from cascadeseg.config import Config, apply_overrides, save_config
 from cascadeseg.data.cache import default_cache_dir, resolve_cache_dir, user_cache_dir
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import InputError
+from toy import make_tiny_case
 
 
 @pytest.fixture

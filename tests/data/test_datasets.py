@@ -14,8 +14,8 @@ from cascadeseg.data.datasets import (
 )
 from cascadeseg.data.labels import label_to_regions
 from cascadeseg.data.preprocess import Preprocessed, preprocess_case
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.errors import InputError
+from toy import make_tiny_case
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,10 @@ from cascadeseg.data.nifti import (
     read_header,
     save_nifti,
 )
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.validate import check_affine, validate_case, warn_if_wrapped
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import InputError
+from toy import make_tiny_case
 
 #: Shape of the bomb's header: 125 M uint8 voxels (under the default cap, so that only the
 #: comparison with the sibling files can stop it before decompression).

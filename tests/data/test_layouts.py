@@ -26,9 +26,9 @@ from cascadeseg.data.layouts import (
     write_label_map,
 )
 from cascadeseg.data.nifti import load_nifti, save_nifti
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import InputError
+from toy import make_tiny_case
 
 WRITABLE = ["brats2021", "brats2023", "msd", "nnunet"]
 EXPECTED_CONVENTION = {

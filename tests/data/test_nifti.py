@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cascadeseg.data.nifti import is_nifti, load_nifti, save_nifti, strip_nifti_suffix
-from cascadeseg.data.toy import brats_affine
+from cascadeseg.data.synth_config import brats_affine
 from cascadeseg.errors import InputError
 
 AFFINE = brats_affine((8, 6, 4))

@@ -11,17 +11,19 @@ from cascadeseg.data.case import Case
 from cascadeseg.data.preprocess import (
     Geometry,
     PreprocessConfig,
-    bounding_box,
-    brain_mask_of,
-    n4_correct,
     preprocess_case,
     restore_to_source,
     to_preprocessed_grid,
+)
+from cascadeseg.data.preprocess_ops import (
+    bounding_box,
+    brain_mask_of,
+    n4_correct,
     zscore_brain,
     zscore_brain_stats,
 )
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.errors import ConfigError, InputError
+from toy import make_tiny_case
 
 
 def padded_case(pad: tuple[int, int, int] = (6, 3, 5), **kwargs: object) -> Case:

@@ -13,19 +13,18 @@ from scipy import ndimage
 from cascadeseg.cli import main as cli_main
 from cascadeseg.data.case import MODALITIES, Case
 from cascadeseg.data.labels import ED, ET, NCR
+from cascadeseg.data.smooth_fields import bspline_matrix
 from cascadeseg.data.synth import (
     SynthConfig,
-    axis_lerp,
-    bspline_matrix,
     case_id_for,
     case_seed,
     plan_case,
-    radial_mass_effect_scale,
-    smoothstep_ramp,
-    subvoxel_shift,
     synthesize_case,
 )
-from cascadeseg.data.toy import brats_affine
+from cascadeseg.data.synth_anatomy import axis_lerp, radial_mass_effect_scale
+from cascadeseg.data.synth_config import brats_affine
+from cascadeseg.data.synth_intensity import subvoxel_shift
+from cascadeseg.data.synth_tumour import smoothstep_ramp
 
 # 2 mm voxels (120 x 120 x 78): tumour compartments keep their shape and a case takes < 1 s.
 HALF = SynthConfig(shape_scale=0.5)

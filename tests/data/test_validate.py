@@ -13,7 +13,6 @@ from cascadeseg.cli import main
 from cascadeseg.data.case import Case
 from cascadeseg.data.layouts import discover_cases, read_case
 from cascadeseg.data.nifti import load_nifti, save_nifti
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.validate import (
     as_volume,
     check_channel_count,
@@ -22,6 +21,7 @@ from cascadeseg.data.validate import (
 )
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import InputError
+from toy import make_tiny_case
 
 
 def _brats(root: Path, n: int = 1, layout: str = "brats2021") -> list[Path]:

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from cascadeseg.data.labels import ED, ET, NCR
+from cascadeseg.data.layouts.base import image_dtype
 from cascadeseg.data.nifti import load_nifti
-from cascadeseg.data.toy import make_tiny_case
-from cascadeseg.data.writers import image_dtype, update_dataset_json, write_case
+from cascadeseg.data.writers import update_dataset_json, write_case
+from toy import make_tiny_case
 
 
 def _names(folder) -> list[str]:

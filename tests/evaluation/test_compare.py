@@ -10,11 +10,11 @@ import pytest
 from cascadeseg.cli import main
 from cascadeseg.data.labels import from_internal
 from cascadeseg.data.nifti import save_nifti
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import InputError
 from cascadeseg.evaluation.compare import compare
 from cascadeseg.evaluation.evaluate import evaluate
+from toy import make_tiny_case
 
 
 @pytest.fixture

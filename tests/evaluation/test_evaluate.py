@@ -12,7 +12,6 @@ import pytest
 from cascadeseg.cli import main
 from cascadeseg.data.labels import from_internal
 from cascadeseg.data.nifti import save_nifti
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import InputError
 from cascadeseg.evaluation.evaluate import (
@@ -23,6 +22,7 @@ from cascadeseg.evaluation.evaluate import (
     read_metrics_csv,
 )
 from cascadeseg.evaluation.metrics import BRATS_EMPTY_HD95, METRIC_NAMES, case_metrics
+from toy import make_tiny_case
 
 FIRST_COLUMNS = [
     "case",

@@ -10,11 +10,11 @@ import pytest
 
 from cascadeseg.data.labels import ED, ET, NCR, from_internal
 from cascadeseg.data.nifti import save_nifti
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.evaluation.evaluate import evaluate
 from cascadeseg.evaluation.plots import LABEL_COLOURS, label_to_rgb, pick_slice
 from cascadeseg.evaluation.report import mean_dice, worst_cases, write_report
+from toy import make_tiny_case
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -15,12 +15,12 @@ from test_snapshot_ensemble import TinyConv, write_checkpoint
 from tiny_members import tiny_member
 
 from cascadeseg import cli
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
 from cascadeseg.inference.ensemble import LoadedModel, recipe_inference_values
 from cascadeseg.inference.predictor import PredictOptions, options_from_recipe
 from cascadeseg.runtime import native_bf16
+from toy import make_tiny_case
 
 NONE_GIVEN: dict[str, Any] = {
     "tta": None,

@@ -20,7 +20,6 @@ from cascadeseg.data.case import Case, Meta
 from cascadeseg.data.labels import ET, label_to_regions, to_internal
 from cascadeseg.data.layouts import discover_cases
 from cascadeseg.data.preprocess import PreprocessConfig
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import WRITABLE_LAYOUTS, write_case
 from cascadeseg.errors import ConfigError
 from cascadeseg.inference.ensemble import LoadedModel
@@ -34,6 +33,7 @@ from cascadeseg.inference.predictor import (
 )
 from cascadeseg.models import build_model
 from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
+from toy import make_tiny_case
 
 QUIET = PredictOptions(progress=False, device="cpu", precision="fp32")
 

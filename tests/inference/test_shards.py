@@ -17,12 +17,12 @@ from test_predictor import member
 from test_snapshot_ensemble import write_checkpoint
 
 from cascadeseg import cli
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError, InputError
 from cascadeseg.fsutil import LOCK_NAME
 from cascadeseg.inference.predictor import PredictOptions, predict
 from cascadeseg.inference.shards import Share, parse_part, share_from_env
+from toy import make_tiny_case
 
 QUIET = PredictOptions(progress=False, device="cpu", tta=False, precision="fp32")
 

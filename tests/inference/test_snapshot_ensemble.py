@@ -16,12 +16,12 @@ from tiny_members import tiny_checkpoint, tiny_member
 from torch import nn
 
 from cascadeseg import cli
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
 from cascadeseg.inference.ensemble import LoadedModel, flip_plan, is_snapshot
 from cascadeseg.inference.predictor import PredictOptions, predict_preprocessed
 from cascadeseg.inference.tta import flip_combinations, paired_flip_indices
+from toy import make_tiny_case
 
 QUIET = PredictOptions(
     progress=False, device="cpu", sliding_window="never", flips_per_call=1, precision="fp32"

@@ -84,8 +84,8 @@ def tiny_run(root: Path, *, last_without_et: bool = False) -> tuple[Path, Path]:
         ``last_without_et`` the third has no enhancing tumour.
     """
     from cascadeseg.data.splits import save_split
-    from cascadeseg.data.toy import make_tiny_case
     from cascadeseg.data.writers import write_case
+    from toy import make_tiny_case
 
     data, run = root / "data", root / "run"
     ids = []

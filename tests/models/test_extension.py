@@ -19,7 +19,6 @@ from torch import nn
 
 from cascadeseg.config import Config, LossConfig, apply_overrides
 from cascadeseg.data.case import Case
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ModelError
 from cascadeseg.inference import PredictOptions, load_models, predict_case
@@ -34,6 +33,7 @@ from cascadeseg.models import (
     unregister,
 )
 from cascadeseg.training.trainer import read_steps_csv, train
+from toy import make_tiny_case
 
 NAME = "tiny_test_net"
 

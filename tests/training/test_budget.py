@@ -12,11 +12,11 @@ import pytest
 from cascadeseg.cli import main as cli_main
 from cascadeseg.commands.train import budget_overrides
 from cascadeseg.config import Config, OptimConfig, apply_overrides, load_config, save_config
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.training import trainer as trainer_module
 from cascadeseg.training.schedules import budget_fraction, lr_at
 from cascadeseg.training.trainer import batch_to_device, read_steps_csv, schedule_epoch, train
+from toy import make_tiny_case
 
 
 @pytest.fixture(scope="module")

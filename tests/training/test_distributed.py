@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from cascadeseg.config import Config, apply_overrides, save_config
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
 from cascadeseg.training.checkpoint import load_checkpoint
 from cascadeseg.training.distributed import env_world, resolve_device
 from cascadeseg.training.trainer import train
+from toy import make_tiny_case
 
 #: GroupNorm, no dropout: per-sample computations, so the split batch is exactly comparable.
 TINY_UNET3D = "{base_width: 4, depth: 2, norm_groups: 2}"

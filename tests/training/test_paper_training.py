@@ -18,7 +18,6 @@ import cascadeseg.training.trainer as trainer_module
 from cascadeseg.config import Config, apply_overrides, load_config
 from cascadeseg.data.datasets import CropDataset3D
 from cascadeseg.data.preprocess import Preprocessed, preprocess_case
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.errors import ConfigError
 from cascadeseg.inference.ensemble import load_models
 from cascadeseg.inference.predictor import PredictOptions, predict_case, slice_stack
@@ -27,6 +26,7 @@ from cascadeseg.models import build_model
 from cascadeseg.training.distributed import DistInfo
 from cascadeseg.training.monitor import lws_coverage, validation_objective, warn_lws_coverage
 from cascadeseg.training.trainer import check_config, read_summary, split_case_ids, train
+from toy import make_tiny_case
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from cascadeseg.config import Config, apply_overrides
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.training.checkpoint import load_checkpoint
 from cascadeseg.training.trainer import (
@@ -21,6 +20,7 @@ from cascadeseg.training.trainer import (
     set_rng_states,
     train,
 )
+from toy import make_tiny_case
 
 #: A tiny CU-Net: its loss weighted sampling draws from the global torch generator, so the test
 #: covers the per-step re-seeding; BatchNorm running statistics must come back too.

@@ -16,7 +16,6 @@ import torch
 
 from cascadeseg.cli import main as cli_main
 from cascadeseg.config import Config, OptimConfig, apply_overrides, load_config
-from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
 from cascadeseg.models import build_model
@@ -34,6 +33,7 @@ from cascadeseg.training.trainer import (
     to_float32,
     train,
 )
+from toy import make_tiny_case
 
 #: A tiny GroupNorm 3D U-Net (two levels of 4 and 8 channels).
 TINY_UNET3D = "{base_width: 4, depth: 2, norm_groups: 2}"

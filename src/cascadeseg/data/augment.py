@@ -25,6 +25,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from cascadeseg.data.smooth_fields import smooth_noise
+
 # --------------------------------------------------------------------------------------------
 # Intensity
 
@@ -102,9 +104,9 @@ def draw_bias_field(
     """Smooth log bias field, one per channel, of a random strength.
 
     The field is a cubic B-spline of Gaussian control points ``spacing`` voxels apart (the
-    synthetic generator's own bias model, :func:`cascadeseg.data.synth.smooth_noise`), scaled
-    per channel to a standard deviation drawn from ``strength``. The field is stationary, so a
-    field drawn on a crop is distributed as the crop of a field drawn on the whole volume.
+    synthetic generator's own bias model, :func:`cascadeseg.data.smooth_fields.smooth_noise`),
+    scaled per channel to a standard deviation drawn from ``strength``. The field is stationary,
+    so a field drawn on a crop is distributed as the crop of a field drawn on the whole volume.
 
     Args:
         rng: the generator.
@@ -119,8 +121,6 @@ def draw_bias_field(
     """
     if len(shape) != 3:
         raise ValueError(f"the bias field is 3D; got a spatial shape {tuple(shape)}")
-    from cascadeseg.data.synth import smooth_noise  # numpy only; synth imports no heavy module
-
     stds = rng.uniform(strength[0], strength[1], size=channels).astype(np.float32)
     field_ = smooth_noise(rng, shape, spacing=spacing, channels=channels)
     field_ *= stds.reshape((channels,) + (1,) * len(shape))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import uuid
@@ -35,17 +36,15 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from cascadeseg.data.case import Case
+from cascadeseg.data.layouts import CaseRef, read_case
 from cascadeseg.data.preprocess import Geometry, PreprocessConfig, Preprocessed, preprocess_case
 from cascadeseg.errors import CascadesegError, InputError
 from cascadeseg.fsutil import write_text_atomic
-
-if TYPE_CHECKING:
-    from cascadeseg.data.layouts import CaseRef
 
 #: Bump when the entry format or the preprocessing arithmetic changes: old entries are rebuilt.
 # 2: N4 moved after resampling and cropping (cases corrected by version 1 differ).
@@ -201,8 +200,6 @@ class PreprocessCache:
             A :class:`WarmResult`; cases that cannot be read are listed in ``failed`` with
             their one-line message, the others are built or reused.
         """
-        from tqdm.auto import tqdm
-
         result = WarmResult()
         bar = tqdm(total=len(refs), desc="preprocess", unit="case", disable=not progress)
 
@@ -220,8 +217,6 @@ class PreprocessCache:
                 for ref in refs:
                     record(*_warm_one(self.root, self.cfg, self.trust_stat, ref))
             else:
-                import multiprocessing
-
                 # spawn: forked workers would inherit torch/OpenMP thread state from the parent.
                 context = multiprocessing.get_context("spawn")
                 with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
@@ -302,8 +297,6 @@ class PreprocessCache:
 
     def _ensure_ref(self, ref: CaseRef) -> tuple[Preprocessed, bool]:
         """The entry of ``ref`` and whether it had to be (re)built."""
-        from cascadeseg.data.layouts import read_case
-
         if ref.extra.get("problems"):
             read_case(ref)  # raises the missing/duplicated-file message; never serve the cache
         try:
@@ -419,6 +412,4 @@ def preprocessed_cases(
     refs: Iterable[CaseRef], cache: PreprocessCache, *, progress: bool = False
 ) -> list[Preprocessed]:
     """``cache.get`` of every ref, in order (memory-mapped; cheap once the cache is warm)."""
-    from tqdm.auto import tqdm
-
     return [cache.get(ref) for ref in tqdm(list(refs), desc="load", disable=not progress)]

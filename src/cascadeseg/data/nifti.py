@@ -369,8 +369,9 @@ def load_nifti(
         dtype: ``None`` returns the stored values (with ``scl_slope``/``scl_inter`` applied as
             nibabel does, which turns scaled integer data into floats); a floating dtype such as
             ``np.float32`` converts while reading.
-        info: the file's :class:`NiftiInfo` when the caller already read the header (its
-            limits are checked again here).
+        info: the file's :class:`NiftiInfo` when the caller already read and checked the
+            header (:func:`read_header`, or ``read_header(limits=False)`` followed by
+            :func:`check_limits`); it is not checked again.
 
     Returns:
         ``(array, affine, header)``: the voxel array in file order (``(X, Y, Z)`` or
@@ -383,8 +384,6 @@ def load_nifti(
     """
     if info is None:
         info = read_header(path)
-    else:
-        check_limits(info)  # no I/O: a caller's header read with limits=False is checked here
     path = info.path
     # One buffer of exactly the bytes the header describes (np.empty: pages are only committed as
     # they are written, so a stream that ends early costs what it held).

@@ -25,29 +25,37 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from nibabel.orientations import (
-    apply_orientation,
-    axcodes2ornt,
-    io_orientation,
-    ornt_transform,
-)
-from scipy import ndimage
+from nibabel.orientations import axcodes2ornt
 
+from cascadeseg.config import DataConfig
 from cascadeseg.data.case import Case
+from cascadeseg.data.preprocess_ops import (
+    Box,
+    bounding_box,
+    brain_mask_of,
+    n4_correct,
+    orientation_transform,
+    reorient,
+    resample_to_shape,
+    zscore_brain_stats,
+)
 from cascadeseg.errors import ConfigError, InputError
 
-if TYPE_CHECKING:
-    from cascadeseg.config import DataConfig
-
-Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+#: The recipe's defaults (:class:`cascadeseg.config.DataConfig`): the one place where the
+#: preprocessing settings a recipe can change get their default values.
+_RECIPE_DEFAULTS = DataConfig()
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
     """Preprocessing settings (part of the cache key: change one and cases are rebuilt).
+
+    The settings a recipe can change are the fields of the same names of
+    :class:`cascadeseg.config.DataConfig`, whose defaults these are; build one from a recipe with
+    :meth:`from_data_config`. ``orientation`` and ``n4_convergence`` are not recipe settings.
 
     Attributes:
         target_spacing: resample to this voxel size in mm along the canonical (RAS) axes;
@@ -69,14 +77,14 @@ class PreprocessConfig:
         n4_channels: image channels N4 corrects (0 FLAIR, 1 T1, 2 T1ce, 3 T2); ``None``: all.
     """
 
-    target_spacing: tuple[float, float, float] | None = None
-    n4: bool = False
-    crop_margin: int = 4
+    target_spacing: tuple[float, float, float] | None = _RECIPE_DEFAULTS.target_spacing
+    n4: bool = _RECIPE_DEFAULTS.n4
+    crop_margin: int = _RECIPE_DEFAULTS.crop_margin
     orientation: str = "RAS"
-    n4_shrink_factor: int = 4
-    n4_iterations: tuple[int, ...] = (50, 50, 50, 50)
+    n4_shrink_factor: int = _RECIPE_DEFAULTS.n4_shrink_factor
+    n4_iterations: tuple[int, ...] = _RECIPE_DEFAULTS.n4_iterations
     n4_convergence: float = 0.001
-    n4_channels: tuple[int, ...] | None = None
+    n4_channels: tuple[int, ...] | None = _RECIPE_DEFAULTS.n4_channels
 
     def __post_init__(self) -> None:
         if self.target_spacing is not None:
@@ -249,193 +257,6 @@ class Preprocessed:
 
 
 # --------------------------------------------------------------------------------------------
-# Pure helpers
-
-
-def orientation_transform(affine: np.ndarray, axcodes: str = "RAS") -> np.ndarray:
-    """nibabel orientation transform from the voxel axes of ``affine`` to ``axcodes``.
-
-    Returns:
-        ``(3, 2)`` float array, row ``i`` = ``(output axis of input axis i, flip +-1)``.
-    """
-    return ornt_transform(io_orientation(np.asarray(affine)), axcodes2ornt(tuple(axcodes)))
-
-
-def reorient(array: np.ndarray, ornt: np.ndarray, *, channel_first: bool = False) -> np.ndarray:
-    """Apply an orientation transform to ``(X, Y, Z)`` or ``(C, X, Y, Z)`` arrays (a view)."""
-    if channel_first:
-        moved = np.moveaxis(array, 0, -1)
-        return np.moveaxis(apply_orientation(moved, ornt), -1, 0)
-    return apply_orientation(array, ornt)
-
-
-def brain_mask_of(image: np.ndarray) -> np.ndarray:
-    """Voxels that are non-zero in any modality.
-
-    Args:
-        image: ``(C, X, Y, Z)`` array (skull-stripped, background exactly 0).
-
-    Returns:
-        ``(X, Y, Z)`` bool.
-    """
-    mask = image[0] != 0
-    for channel in image[1:]:
-        mask |= channel != 0
-    return mask
-
-
-def bounding_box(mask: np.ndarray, margin: int = 0) -> Box:
-    """Bounding box of the true voxels of a 3D mask, grown by ``margin`` and clipped to the array.
-
-    Computed from ``np.any`` projections (three small reductions instead of ``argwhere``).
-
-    Returns:
-        ``((start, stop), ...)`` per axis, stop exclusive. An empty mask gives the whole array.
-    """
-    box = []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(np.any(mask, axis=others))
-        size = mask.shape[axis]
-        if hits.size == 0:
-            return ((0, mask.shape[0]), (0, mask.shape[1]), (0, mask.shape[2]))
-        box.append((max(0, int(hits[0]) - margin), min(size, int(hits[-1]) + 1 + margin)))
-    return tuple(box)  # type: ignore[return-value]
-
-
-def zscore_brain(image: np.ndarray, mask: np.ndarray, *, eps: float = 1e-8) -> np.ndarray:
-    """Per-channel z-score over brain voxels, background set to 0 (two-stage paper, sec. 3.1).
-
-    Args:
-        image: ``(C, X, Y, Z)`` array.
-        mask: ``(X, Y, Z)`` bool brain mask.
-
-    Returns:
-        ``(C, X, Y, Z)`` float32 (see :func:`zscore_brain_stats`).
-    """
-    return zscore_brain_stats(image, mask, eps=eps)[0]
-
-
-def zscore_brain_stats(
-    image: np.ndarray, mask: np.ndarray, *, eps: float = 1e-8
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`zscore_brain` and the statistics it used.
-
-    Statistics are taken in float32 (pairwise summation keeps the mean accurate; the variance is
-    the mean square of the centred values, which avoids the cancellation of ``E[x^2] - E[x]^2``).
-    A channel with zero variance over the brain becomes all zeros.
-
-    Args:
-        image: ``(C, X, Y, Z)`` array.
-        mask: ``(X, Y, Z)`` bool brain mask.
-
-    Returns:
-        ``(z, means, stds)``: ``z`` ``(C, X, Y, Z)`` float32; ``means`` and ``stds`` ``(C,)``
-        float64, the brain mean and standard deviation of each channel (0 for an empty mask).
-    """
-    out = np.zeros(image.shape, dtype=np.float32)
-    means = np.zeros(image.shape[0])
-    stds = np.zeros(image.shape[0])
-    n = int(np.count_nonzero(mask))
-    if n == 0:
-        return out, means, stds
-    for c in range(image.shape[0]):
-        values = np.asarray(image[c][mask], dtype=np.float32)
-        means[c] = float(values.sum() / n)
-        centred = values - np.float32(means[c])
-        std = float(np.sqrt(np.dot(centred, centred) / n))
-        stds[c] = std
-        if std > eps:
-            centred *= np.float32(1.0 / std)
-            out[c][mask] = centred
-    return out, means, stds
-
-
-def resample_to_shape(
-    array: np.ndarray, shape: tuple[int, int, int], *, order: int, channel_first: bool = False
-) -> np.ndarray:
-    """Resample an array so its spatial shape becomes ``shape`` (voxel centres aligned).
-
-    ``scipy.ndimage.zoom`` with ``grid_mode=True`` maps voxel *boxes* onto each other (the field
-    of view is kept), as SimpleITK/ITK resampling does. Nearest neighbour (order 0) followed by
-    the inverse resampling returns the input exactly whenever the first step upsamples.
-
-    Args:
-        array: ``(X, Y, Z)`` or, with ``channel_first``, ``(C, X, Y, Z)``.
-        shape: target spatial shape.
-        order: 0 (nearest; labels, masks) or 1 (linear; images, probabilities).
-        channel_first: whether ``array`` has a leading channel axis.
-
-    Returns:
-        array of the same dtype with spatial shape ``shape``.
-    """
-    spatial = array.shape[1:] if channel_first else array.shape
-    if tuple(spatial) == tuple(shape):
-        return array
-    factors = [t / s for t, s in zip(shape, spatial)]
-
-    def one(volume: np.ndarray) -> np.ndarray:
-        out = ndimage.zoom(
-            volume, factors, order=order, mode="nearest", grid_mode=True, prefilter=False
-        )
-        if out.shape != tuple(shape):  # zoom rounds; the factors are exact, so this is a guard
-            raise RuntimeError(f"resampling gave shape {out.shape}, expected {tuple(shape)}")
-        return out
-
-    if channel_first:
-        return np.stack([one(np.ascontiguousarray(v)) for v in array])
-    return one(np.ascontiguousarray(array))
-
-
-def n4_correct(
-    image: np.ndarray,
-    mask: np.ndarray,
-    spacing: tuple[float, float, float],
-    *,
-    shrink_factor: int = 4,
-    iterations: tuple[int, ...] = (50, 50, 50, 50),
-    convergence: float = 0.001,
-) -> np.ndarray:
-    """N4 bias-field correction of one modality (SimpleITK), background kept at 0.
-
-    The field is fitted on the image shrunk by ``shrink_factor`` inside ``mask`` and evaluated at
-    full resolution (``GetLogBiasFieldAsImage``), then divided out.
-
-    Args:
-        image: ``(X, Y, Z)`` float32 intensities (non-negative).
-        mask: ``(X, Y, Z)`` bool, voxels used to fit the field.
-        spacing: voxel size in mm along the array axes.
-        shrink_factor: shrink factor per axis for the fit.
-        iterations: maximum iterations per fitting level.
-        convergence: convergence threshold per level.
-
-    Returns:
-        ``(X, Y, Z)`` float32, corrected inside ``mask``, 0 outside.
-    """
-    import SimpleITK as sitk
-
-    # N4 works on log intensities: fit only where the modality is positive.
-    fit_mask = mask & (image > 0)
-    if np.count_nonzero(fit_mask) < 64:
-        return np.where(mask, image, 0).astype(np.float32)
-    # SimpleITK arrays are (z, y, x): transpose so the spacing stays with its axis.
-    sitk_image = sitk.GetImageFromArray(np.ascontiguousarray(image.T, dtype=np.float32))
-    sitk_image.SetSpacing([float(s) for s in spacing])
-    sitk_mask = sitk.GetImageFromArray(np.ascontiguousarray(fit_mask.T, dtype=np.uint8))
-    sitk_mask.CopyInformation(sitk_image)
-    factor = [int(shrink_factor)] * 3
-    shrunk_image = sitk.Shrink(sitk_image, factor)
-    shrunk_mask = sitk.Shrink(sitk_mask, factor)
-    corrector = sitk.N4BiasFieldCorrectionImageFilter()
-    corrector.SetMaximumNumberOfIterations([int(i) for i in iterations])
-    corrector.SetConvergenceThreshold(float(convergence))
-    corrector.Execute(shrunk_image, shrunk_mask)
-    log_field = sitk.GetArrayFromImage(corrector.GetLogBiasFieldAsImage(sitk_image)).T
-    corrected = image * np.exp(-log_field.astype(np.float32))
-    return np.where(mask, corrected, 0).astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------
 # The pipeline
 
 
@@ -443,6 +264,63 @@ def _target_shape(
     shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]
 ) -> tuple[int, int, int]:
     return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target))  # type: ignore[return-value]
+
+
+def _canonical_spacing(spacing: Sequence[float], ornt: np.ndarray) -> list[float]:
+    """The voxel size (mm) along the canonical axes, from that along the source axes."""
+    out = [0.0, 0.0, 0.0]
+    for src_axis, (dst_axis, _flip) in enumerate(ornt):
+        out[int(dst_axis)] = float(spacing[src_axis])
+    return out
+
+
+def _resample(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    spacing: Sequence[float],
+    target: tuple[float, float, float] | None,
+) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int, int]]:
+    """``image`` (linear) and ``label`` (nearest) resampled to ``target`` mm (``None``: kept),
+    and their spatial shape."""
+    shape: tuple[int, int, int] = tuple(int(s) for s in image.shape[1:])  # type: ignore[assignment]
+    if target is None:
+        return image, label, shape
+    resampled = _target_shape(shape, spacing, target)
+    if resampled != shape:
+        image = resample_to_shape(
+            np.asarray(image, dtype=np.float32), resampled, order=1, channel_first=True
+        )
+        if label is not None:
+            label = resample_to_shape(label, resampled, order=0)
+    return image, label, resampled
+
+
+def _n4(
+    cropped: np.ndarray, mask: np.ndarray, spacing: Sequence[float], cfg: PreprocessConfig
+) -> tuple[np.ndarray, float]:
+    """N4 of the channels ``cfg.n4_channels`` of the brain-cropped image; the seconds it took.
+
+    On the resampled, brain-cropped grid rather than the source grid: the field is smooth and
+    fitted on a shrunk image anyway, and evaluating it on 240x240x155 voxels took about as long
+    as the fit (0.4-0.7 s of 1-2 s per modality, measured on 2 cores). Division by the field
+    commutes with the linear resampling up to interpolation error.
+    """
+    channels = range(cropped.shape[0]) if cfg.n4_channels is None else cfg.n4_channels
+    missing = [c for c in channels if c >= cropped.shape[0]]
+    if missing:
+        raise ConfigError(f"n4_channels: the image has no channel {missing[0]}")
+    start = time.perf_counter()
+    cropped = cropped.copy()  # corrected in place, channel by channel
+    for c in channels:
+        cropped[c] = n4_correct(
+            cropped[c],
+            mask,
+            tuple(spacing),  # type: ignore[arg-type]
+            shrink_factor=cfg.n4_shrink_factor,
+            iterations=cfg.n4_iterations,
+            convergence=cfg.n4_convergence,
+        )
+    return cropped, round(time.perf_counter() - start, 3)
 
 
 def preprocess_case(case: Case, cfg: PreprocessConfig | None = None) -> Preprocessed:
@@ -460,25 +338,12 @@ def preprocess_case(case: Case, cfg: PreprocessConfig | None = None) -> Preproce
     """
     cfg = cfg or PreprocessConfig()
     meta = case.meta
-    source_shape = tuple(int(s) for s in case.image.shape[1:])
     ornt = orientation_transform(meta.affine, cfg.orientation)
     image = reorient(case.image, ornt, channel_first=True)
     label = None if case.label is None else reorient(case.label, ornt)
     reoriented_shape = tuple(int(s) for s in image.shape[1:])
-    spacing = [0.0, 0.0, 0.0]
-    for src_axis, (dst_axis, _flip) in enumerate(ornt):
-        spacing[int(dst_axis)] = float(meta.spacing[src_axis])
-    extra: dict[str, Any] = {}
-
-    resampled_shape: tuple[int, int, int] = reoriented_shape  # type: ignore[assignment]
-    if cfg.target_spacing is not None:
-        resampled_shape = _target_shape(reoriented_shape, spacing, cfg.target_spacing)
-        if resampled_shape != reoriented_shape:
-            image = resample_to_shape(
-                np.asarray(image, dtype=np.float32), resampled_shape, order=1, channel_first=True
-            )
-            if label is not None:
-                label = resample_to_shape(label, resampled_shape, order=0)
+    spacing = _canonical_spacing(meta.spacing, ornt)
+    image, label, resampled_shape = _resample(image, label, spacing, cfg.target_spacing)
     # Spacing actually obtained (the shape is rounded, so it may differ slightly from target).
     out_spacing = tuple(s * o / r for s, o, r in zip(spacing, reoriented_shape, resampled_shape))
 
@@ -490,37 +355,15 @@ def preprocess_case(case: Case, cfg: PreprocessConfig | None = None) -> Preproce
     cropped_mask = np.ascontiguousarray(mask[crop])
     channels_and_crop = (slice(None), *crop)
     cropped = np.asarray(image[channels_and_crop], dtype=np.float32)
+    extra: dict[str, Any] = {}
     if cfg.n4:
-        # On the resampled, brain-cropped grid rather than the source grid: the field is smooth
-        # and fitted on a shrunk image anyway, and evaluating it on 240x240x155 voxels took
-        # about as long as the fit (0.4-0.7 s of 1-2 s per modality, measured on 2 cores).
-        # Division by the field commutes with the linear resampling up to interpolation error.
-        channels = range(cropped.shape[0]) if cfg.n4_channels is None else cfg.n4_channels
-        missing = [c for c in channels if c >= cropped.shape[0]]
-        if missing:
-            raise ConfigError(f"n4_channels: the image has no channel {missing[0]}")
-        start = time.perf_counter()
-        cropped = cropped.copy()  # corrected in place, channel by channel
-        for c in channels:
-            cropped[c] = n4_correct(
-                cropped[c],
-                cropped_mask,
-                out_spacing,  # type: ignore[arg-type]
-                shrink_factor=cfg.n4_shrink_factor,
-                iterations=cfg.n4_iterations,
-                convergence=cfg.n4_convergence,
-            )
-        extra["n4_seconds"] = round(time.perf_counter() - start, 3)
+        cropped, extra["n4_seconds"] = _n4(cropped, cropped_mask, out_spacing, cfg)
     cropped_image, means, stds = zscore_brain_stats(cropped, cropped_mask)
     # mean / std of each channel's brain intensities: what a multiplicative bias field acts on
     # once the image is z-scored (data.augment.apply_bias_field).
     extra["mean_over_std"] = [round(float(m / s), 4) if s > 0 else 0.0 for m, s in zip(means, stds)]
-    cropped_label = None
-    if label is not None:
-        cropped_label = np.ascontiguousarray(label[crop], dtype=np.uint8)
-
     geometry = Geometry(
-        source_shape=source_shape,  # type: ignore[arg-type]
+        source_shape=tuple(int(s) for s in case.image.shape[1:]),  # type: ignore[arg-type]
         source_affine=tuple(tuple(float(x) for x in row) for row in np.asarray(meta.affine)),
         source_spacing=tuple(float(s) for s in meta.spacing),  # type: ignore[arg-type]
         orientation=tuple((int(a), int(f)) for a, f in ornt),
@@ -531,7 +374,7 @@ def preprocess_case(case: Case, cfg: PreprocessConfig | None = None) -> Preproce
     return Preprocessed(
         case_id=case.case_id,
         image=cropped_image,
-        label=cropped_label,
+        label=None if label is None else np.ascontiguousarray(label[crop], dtype=np.uint8),
         brain_mask=cropped_mask,
         spacing=out_spacing,  # type: ignore[arg-type]
         geometry=geometry,

@@ -30,13 +30,12 @@ they are thresholded into labels, so the image shows the nodules that the label 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-if TYPE_CHECKING:
-    from cascadeseg.data.synth import SynthConfig
+from cascadeseg.data.synth_config import SynthConfig
 
 
 @dataclass
@@ -91,6 +90,48 @@ def _candidates(
     return np.flatnonzero(ok)
 
 
+@dataclass
+class _Tumour:
+    """What satellites are placed against, over the tumour box (voxel distances)."""
+
+    d_wt: np.ndarray  # distance to the whole tumour
+    d_tc: np.ndarray  # distance to the tumour core
+    depth: np.ndarray  # distance to the brain's outside
+    inside: np.ndarray  # the brain
+    in_edema: np.ndarray  # edema of the tumour (WT but not TC), inside the brain
+    base_wt: np.ndarray  # the whole tumour
+
+
+def _place(
+    rng: np.random.Generator,
+    tumour: _Tumour,
+    taken: np.ndarray,
+    *,
+    region: str,
+    gap: int,
+    radius: float,
+    far_lo: int,
+    edge: float,
+    ring_iterations: int,
+) -> tuple[str, int] | None:
+    """``(region, flat index of the centre)`` of one satellite, or None without room. Inside the
+    edema there may be no room (thin edema): then outside the tumour is tried."""
+    d_others = ndimage.distance_transform_edt(~taken) if taken.any() else None
+    for where in (region, "wt") if region == "tc" else (region,):
+        reach = radius + (0 if where == "tc" else ring_iterations)
+        distance = tumour.d_tc if where == "tc" else tumour.d_wt
+        if where == "tc":
+            allowed = tumour.in_edema
+        else:
+            allowed = tumour.inside & ~tumour.base_wt & (tumour.depth > reach + 1)
+        if d_others is not None:
+            allowed = allowed & (d_others >= far_lo + 1 + reach)
+        flat = _candidates(distance, gap + 1 + reach, allowed, reach + edge + 2)
+        if flat.size:
+            return where, int(flat[rng.integers(flat.size)])
+    return None
+
+
 def add_satellites(
     rng: np.random.Generator,
     n_satellites: int,
@@ -123,12 +164,15 @@ def add_satellites(
         ``kind`` (``near``/``far``), ``region`` (``wt``/``tc``: where it is a lesion of its own),
         ``gap_voxels`` (its minimum gap to that region of the tumour).
     """
-    d_wt = ndimage.distance_transform_edt(~base_wt)
-    d_tc = ndimage.distance_transform_edt(~base_tc)
-    depth = ndimage.distance_transform_edt(inside)
-    in_edema = base_wt & ~base_tc & inside
+    tumour = _Tumour(
+        d_wt=ndimage.distance_transform_edt(~base_wt),
+        d_tc=ndimage.distance_transform_edt(~base_tc),
+        depth=ndimage.distance_transform_edt(inside),
+        inside=inside,
+        in_edema=base_wt & ~base_tc & inside,
+        base_wt=base_wt,
+    )
     taken = np.zeros(base_wt.shape, dtype=bool)  # satellites' footprints (core + ring)
-    far_lo = config.satellite_far_gap_voxels[0]
     edge = config.edge_mm / voxel_mm
     records: list[dict[str, Any]] = []
     for _ in range(n_satellites):
@@ -137,35 +181,23 @@ def add_satellites(
         low, high = config.satellite_near_gap_voxels if near else config.satellite_far_gap_voxels
         gap = int(rng.integers(low, high + 1))
         radius = max(float(rng.uniform(*config.satellite_radius_mm)) / voxel_mm, 1.0)
-        d_others = ndimage.distance_transform_edt(~taken) if taken.any() else None
-        chosen = None
-        # Inside the edema there may be no room (thin edema): then try outside the tumour.
-        for where in (region, "wt") if region == "tc" else (region,):
-            reach = radius + (0 if where == "tc" else ring_iterations)
-            distance = d_tc if where == "tc" else d_wt
-            allowed = in_edema if where == "tc" else (inside & ~base_wt & (depth > reach + 1))
-            if d_others is not None:
-                allowed = allowed & (d_others >= far_lo + 1 + reach)
-            flat = _candidates(distance, gap + 1 + reach, allowed, reach + edge + 2)
-            if flat.size:
-                chosen = (where, flat[rng.integers(flat.size)])
-                break
+        chosen = _place(
+            rng,
+            tumour,
+            taken,
+            region=region,
+            gap=gap,
+            radius=radius,
+            far_lo=config.satellite_far_gap_voxels[0],
+            edge=edge,
+            ring_iterations=ring_iterations,
+        )
         if chosen is None:
             continue
         region, index = chosen
-        distance = d_tc if region == "tc" else d_wt
         centre = np.array(np.unravel_index(index, base_wt.shape), dtype=np.float64)
         centre += rng.uniform(-0.25, 0.25, size=3)
-        box, ball, dist_centre = _ball_ramp(centre, radius, edge, base_wt.shape)
-        # The core keeps the gap exactly: its ring (Euclidean reach <= ring_iterations) then
-        # stays at least gap + 1 voxels from the region.
-        keep = distance[box] >= gap + 1 + (0 if region == "tc" else ring_iterations)
-        ball *= keep & inside[box]
-        wins = ball > maps.core[box]
-        maps.core[box] = np.where(wins, ball, maps.core[box])
-        maps.necrosis[box] = np.where(wins, np.float32(0.0), maps.necrosis[box])
-        maps.enhancing[box] = np.where(wins, np.float32(has_et), maps.enhancing[box])
-        taken[box] |= dist_centre <= radius + ring_iterations + 0.5
+        _paint(maps, tumour, taken, centre, radius, edge, region, gap, ring_iterations, has_et)
         records.append(
             {
                 "centre_voxel": [float(c) for c in centre],
@@ -176,3 +208,29 @@ def add_satellites(
             }
         )
     return records
+
+
+def _paint(
+    maps: SoftMaps,
+    tumour: _Tumour,
+    taken: np.ndarray,
+    centre: np.ndarray,
+    radius: float,
+    edge: float,
+    region: str,
+    gap: int,
+    ring_iterations: int,
+    has_et: bool,
+) -> None:
+    """Paint one satellite core into ``maps`` and its footprint into ``taken`` (in place)."""
+    distance = tumour.d_tc if region == "tc" else tumour.d_wt
+    box, ball, dist_centre = _ball_ramp(centre, radius, edge, tumour.inside.shape)
+    # The core keeps the gap exactly: its ring (Euclidean reach <= ring_iterations) then stays
+    # at least gap + 1 voxels from the region.
+    keep = distance[box] >= gap + 1 + (0 if region == "tc" else ring_iterations)
+    ball *= keep & tumour.inside[box]
+    wins = ball > maps.core[box]
+    maps.core[box] = np.where(wins, ball, maps.core[box])
+    maps.necrosis[box] = np.where(wins, np.float32(0.0), maps.necrosis[box])
+    maps.enhancing[box] = np.where(wins, np.float32(has_et), maps.enhancing[box])
+    taken[box] |= dist_centre <= radius + ring_iterations + 0.5

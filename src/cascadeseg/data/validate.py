@@ -7,13 +7,13 @@ shapes are stacked) and :func:`validate_case` once on the assembled :class:`Case
 
 Checked: affines that are not finite, not invertible or have a zero voxel spacing
 (:func:`check_affine`, called on every file's header by :func:`cascadeseg.data.nifti.read_header`),
-missing or duplicated modality files (found during discovery, reported by :func:`check_ref`),
 modalities of different shapes or affines (compared on the headers, before any voxel data is
 read), a 4D file with the wrong number of channels, a label map whose shape or affine differs
 from the images, label values outside the convention
-(:func:`cascadeseg.data.labels.to_internal`), non-finite voxels, an all-zero modality, and an
-empty folder (:func:`require_cases`). :func:`warn_if_wrapped` logs a warning (it does not raise)
-for an integer MR image whose negative values look like int16 wrap-around.
+(:func:`cascadeseg.data.labels.to_internal`), non-finite voxels and an all-zero modality.
+:func:`warn_if_wrapped` logs a warning (it does not raise) for an integer MR image whose negative
+values look like int16 wrap-around. Missing or duplicated files and empty folders are the
+discovery's to report (:mod:`cascadeseg.data.layouts.base`).
 """
 
 from __future__ import annotations
@@ -21,16 +21,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cascadeseg.data.case import MODALITIES, Case
 from cascadeseg.data.labels import NUM_CLASSES
 from cascadeseg.errors import InputError
-
-if TYPE_CHECKING:
-    from cascadeseg.data.layouts import CaseRef
 
 #: Largest difference (mm) tolerated between the affines of co-registered files. Real BraTS files
 #: differ by float rounding (~1e-6 mm) between modalities; 1e-3 mm is nnU-Net's order of tolerance
@@ -52,17 +48,6 @@ WRAPAROUND_NEGATIVE = -1000
 logger = logging.getLogger("cascadeseg.data")
 
 PathLike = str | os.PathLike[str]
-
-
-def check_ref(ref: CaseRef) -> None:
-    """Raise the first problem found while discovering ``ref``'s files (missing, duplicated).
-
-    Discovery records problems in ``ref.extra["problems"]`` instead of failing at once, so that
-    ``cascadeseg inspect`` can list every bad case of a dataset.
-    """
-    problems = ref.extra.get("problems", ())
-    if problems:
-        raise InputError(problems[0])
 
 
 def check_affine(affine: np.ndarray, path: PathLike) -> None:
@@ -291,9 +276,3 @@ def validate_case(case: Case, *, source: PathLike | None = None) -> None:
         if label.size and (int(label.max()) >= NUM_CLASSES or int(label.min()) < 0):
             bad = np.unique(label[(label < 0) | (label >= NUM_CLASSES)])[:10]
             raise InputError(f"{seg}: internal label values {bad.tolist()} outside 0-3")
-
-
-def require_cases(refs: Sequence[CaseRef], root: PathLike, layout: str) -> None:
-    """Raise when discovery found no case under ``root``."""
-    if not refs:
-        raise InputError(f"{root}: no cases found ({layout} layout)")

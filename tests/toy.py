@@ -1,4 +1,4 @@
-"""Tiny in-memory cases for tests and smoke benchmarks (no template, no files).
+"""Tiny in-memory cases for the tests (no template, no files).
 
 :func:`make_tiny_case` draws an ellipsoidal "brain" with a nested tumour (edema around a core of
 necrosis with an enhancing rim) in a few milliseconds. It is *not* the synthetic BraTS generator
@@ -11,13 +11,7 @@ import numpy as np
 
 from cascadeseg.data.case import Case, Meta
 from cascadeseg.data.labels import ED, ET, NCR
-
-
-def brats_affine(shape: tuple[int, int, int] = (240, 240, 155)) -> np.ndarray:
-    """The axis-aligned affine of BraTS files: x and y flipped, origin ``(0, shape[1]-1, 0)``."""
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
-    affine[:3, 3] = (0.0, float(shape[1] - 1), 0.0)
-    return affine
+from cascadeseg.data.synth_config import brats_affine
 
 
 def make_tiny_case(

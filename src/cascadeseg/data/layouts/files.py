@@ -1,0 +1,66 @@
+"""The ``files`` layout: one case given as four explicit files (inference on one patient)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cascadeseg.data.case import Case
+from cascadeseg.data.labels import get_convention
+from cascadeseg.data.layouts.base import CaseRef, Layout, stem
+from cascadeseg.data.layouts.brats import case_id_of_file_name, convention_of_file_name
+from cascadeseg.data.layouts.dataset_json import NNUNET_CHANNEL
+from cascadeseg.data.layouts.reading import read_case
+
+FILES = Layout(
+    name="files",
+    title="explicit files",
+    description=(
+        "one case given as four explicit files (FLAIR, T1, T1ce, T2) and an optional seg "
+        "(read_files)"
+    ),
+    label_convention="brats2021",
+)
+
+
+def _case_id_from_file(path: Path) -> str:
+    """``BraTS2021_00000_flair.nii.gz -> BraTS2021_00000``; ``x-t2f.nii.gz -> x``;
+    ``x_0003.nii.gz -> x``; else the stem."""
+    case_id = case_id_of_file_name(path)
+    if case_id is not None:
+        return case_id
+    match = NNUNET_CHANNEL.match(stem(path))
+    return match["case"] if match else stem(path)
+
+
+def read_files(
+    *,
+    flair: str | os.PathLike[str],
+    t1: str | os.PathLike[str],
+    t1ce: str | os.PathLike[str],
+    t2: str | os.PathLike[str],
+    seg: str | os.PathLike[str] | None = None,
+    case_id: str | None = None,
+    label_convention: str | None = None,
+) -> Case:
+    """Read one case given as four explicit files (inference on one patient).
+
+    Args:
+        flair, t1, t1ce, t2: the modality files (3D, same grid).
+        seg: optional segmentation.
+        case_id: names the output; default: the FLAIR file name without its modality suffix.
+        label_convention: convention of ``seg`` and of label maps written for this case. Default:
+            ``brats2023`` when the FLAIR file is named ``*-t2f.nii*`` (BraTS 2023+), else
+            ``brats2021``. (The file names decide, so a 2023 case gets 2023 labels back.)
+
+    Returns:
+        A validated :class:`Case` with ``meta.source_layout == "files"``.
+    """
+    paths = {"flair": Path(flair), "t1": Path(t1), "t1ce": Path(t1ce), "t2": Path(t2)}
+    if seg is not None:
+        paths["seg"] = Path(seg)
+    if label_convention is None:
+        label_convention = convention_of_file_name(paths["flair"]) or FILES.label_convention
+    get_convention(label_convention)
+    ref = CaseRef(case_id or _case_id_from_file(paths["flair"]), paths, "files", label_convention)
+    return read_case(ref)
