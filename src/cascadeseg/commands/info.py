@@ -93,7 +93,7 @@ def build_for_info(name: str, items: list[str]) -> tuple[Any, list[int] | None, 
     from cascadeseg.config import load_config, recipe_dirs, resolve_recipe
     from cascadeseg.models import available_models
     from cascadeseg.models.bench import build_meta_model
-    from cascadeseg.training.trainer import build_training_model
+    from cascadeseg.training.build import build_training_model
 
     if name in available_models():
         return build_meta_model(name, **parse_overrides(items)), None, f"model: {name}"

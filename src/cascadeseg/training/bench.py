@@ -14,7 +14,7 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,8 +22,10 @@ import torch
 
 from cascadeseg.config import LossConfig
 from cascadeseg.data.labels import ED, ET, NCR
+from cascadeseg.losses import build_loss
+from cascadeseg.models import build_model
 from cascadeseg.runtime import autocast, resolve_device, resolve_precision, tune_device
-from cascadeseg.training.trainer import to_float32
+from cascadeseg.training.session import to_float32
 
 
 def synthetic_batch(
@@ -130,21 +132,17 @@ def benchmark_training_step(
         ``s_per_iter`` the median over ``repeats`` and ``memory_kind`` ``cuda_max_allocated``
         or ``cpu_rss_growth``.
     """
-    from cascadeseg.losses import build_loss
-    from cascadeseg.models import build_model
-
     dev = resolve_device(device)
     tune_device(dev)  # as the trainer runs
     precision = resolve_precision(precision, dev)
-    args = dict(model_args or {})
-    if checkpointing:
-        args["checkpointing"] = True
+    args = {**(model_args or {}), **({"checkpointing": True} if checkpointing else {})}
     torch.manual_seed(0)
     model = build_model(name, **args).to(dev).train()
     loss_fn = build_loss(model, loss_cfg or LossConfig())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
-    data = synthetic_batch(batch, size, in_channels=int(getattr(model, "in_channels", 4)))
+    in_channels = int(model.in_channels)  # type: ignore[arg-type]
+    data = synthetic_batch(batch, size, in_channels=in_channels)
     data = {k: v.to(dev) for k, v in data.items()}
     if channels_last:
         fmt = torch.channels_last_3d if len(size) == 3 else torch.channels_last
@@ -154,11 +152,41 @@ def benchmark_training_step(
     def step() -> None:
         with autocast(precision, dev):
             output = model(data["image"])
-        total, _ = loss_fn(to_float32(output), data, epoch=0)
+        # No aux_weight: the loss's own, CU-Net's weight of epoch 0.
+        total, _ = loss_fn(to_float32(output), data)
         scaler.scale(total).backward()
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+
+    times, peak, kind = _time_steps(step, dev, warmup=warmup, repeats=repeats)
+    median = statistics.median(times)
+    return {
+        "model": name,
+        "size": [int(s) for s in size],
+        "batch": batch,
+        "precision": precision,
+        "checkpointing": checkpointing,
+        "device": str(dev),
+        "params": int(sum(p.numel() for p in model.parameters())),
+        "s_per_iter": median,
+        "s_per_iter_all": times,
+        "it_per_s": 1.0 / median if median > 0 else float(np.inf),
+        "peak_memory_mb": peak / 2**20,
+        "memory_kind": kind,
+    }
+
+
+def _time_steps(
+    step: Callable[[], None], dev: torch.device, *, warmup: int, repeats: int
+) -> tuple[list[float], float, str]:
+    """Run ``step`` ``warmup`` times, then time ``repeats`` runs of it.
+
+    Returns:
+        ``(seconds of each timed run, peak memory in bytes, memory kind)``: on CUDA the
+        allocator's peak (``cuda_max_allocated``), on CPU the resident-size growth
+        (``cpu_rss_growth``).
+    """
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -175,28 +203,10 @@ def benchmark_training_step(
             step()
             sync()
             times.append(time.perf_counter() - start)
-        peak = float(torch.cuda.max_memory_allocated(dev))
-        kind = "cuda_max_allocated"
-    else:
-        with _RssSampler() as sampler:
-            for _ in range(repeats):
-                start = time.perf_counter()
-                step()
-                times.append(time.perf_counter() - start)
-        peak = float(sampler.peak - sampler.baseline)
-        kind = "cpu_rss_growth"
-    median = statistics.median(times)
-    return {
-        "model": name,
-        "size": [int(s) for s in size],
-        "batch": batch,
-        "precision": precision,
-        "checkpointing": checkpointing,
-        "device": str(dev),
-        "params": int(sum(p.numel() for p in model.parameters())),
-        "s_per_iter": median,
-        "s_per_iter_all": times,
-        "it_per_s": 1.0 / median if median > 0 else float(np.inf),
-        "peak_memory_mb": peak / 2**20,
-        "memory_kind": kind,
-    }
+        return times, float(torch.cuda.max_memory_allocated(dev)), "cuda_max_allocated"
+    with _RssSampler() as sampler:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    return times, float(sampler.peak - sampler.baseline), "cpu_rss_growth"
