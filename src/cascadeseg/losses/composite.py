@@ -190,7 +190,32 @@ def sample_matrices(
     ]
 
 
-class CUNetLoss:
+class _SampledLoss:
+    """Shared by the losses with CU-Net's sampling: their settings draw the sample matrices."""
+
+    lws: bool
+    beta: float
+    contour_width: int
+    per_sample: bool
+    generator: torch.Generator | None
+
+    def sample(
+        self, label: Tensor, brain_mask: Tensor, nets: Sequence[tuple[int, float]]
+    ) -> list[Tensor]:
+        """:func:`sample_matrices` of ``nets`` with this loss's settings."""
+        return sample_matrices(
+            label,
+            brain_mask,
+            nets=nets,
+            lws=self.lws,
+            beta=self.beta,
+            contour_width=self.contour_width,
+            per_sample=self.per_sample,
+            generator=self.generator,
+        )
+
+
+class CUNetLoss(_SampledLoss):
     """CU-Net deep-supervision loss with loss weighted sampling (Liu et al. 2017, Eq. 4).
 
     ``total = L1 + L2 + aux_weight * sum_{i=1..8} La_i`` (``aux_weight`` is Eq. 4's omega, given
@@ -241,16 +266,7 @@ class CUNetLoss:
 
     def weights(self, label: Tensor, brain_mask: Tensor) -> tuple[Tensor, Tensor]:
         """``(W1, W2)``: ``(B, H, W)`` float sample matrices of U-Net 1 and U-Net 2."""
-        w1, w2 = sample_matrices(
-            label,
-            brain_mask,
-            nets=((1, self.alpha), (2, self.unet2_alpha)),
-            lws=self.lws,
-            beta=self.beta,
-            contour_width=self.contour_width,
-            per_sample=self.per_sample,
-            generator=self.generator,
-        )
+        w1, w2 = self.sample(label, brain_mask, ((1, self.alpha), (2, self.unet2_alpha)))
         return w1, w2
 
     def __call__(
@@ -286,7 +302,7 @@ class CUNetLoss:
         return total, parts
 
 
-class LabelCELoss:
+class LabelCELoss(_SampledLoss):
     """Cross-entropy over internal labels for ``unet2d`` (``(B, 4, H, W)`` logits).
 
     With ``lws=False``: every brain pixel weighs 1 (non-brain is excluded as in CU-Net, ``p1 = 0``).
@@ -315,16 +331,7 @@ class LabelCELoss:
         self, output: Tensor, batch: Batch, *, aux_weight: float | None = None
     ) -> tuple[Tensor, dict[str, float]]:
         label = batch["label"].long()
-        (weights,) = sample_matrices(
-            label,
-            _brain_mask(batch),
-            nets=((1, self.alpha),),
-            lws=self.lws,
-            beta=self.beta,
-            contour_width=self.contour_width,
-            per_sample=self.per_sample,
-            generator=self.generator,
-        )
+        (weights,) = self.sample(label, _brain_mask(batch), ((1, self.alpha),))
         loss = weighted_cross_entropy(output, label, weights)
         return loss, {"total": float(loss.detach())}
 
