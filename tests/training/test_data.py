@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from torch import nn
 
 from cascadeseg.config import Config
 from cascadeseg.data.datasets import CropDataset3D, SliceDataset2D
-from cascadeseg.models.registry import register
+from cascadeseg.models import registry
+from cascadeseg.models.registry import available_models, register
 from cascadeseg.training.data import prepare_data
 from cascadeseg.training.distributed import DistInfo
 from cascadeseg.training.logs import read_steps_csv
@@ -20,7 +22,6 @@ from cascadeseg.training.trainer import train
 TINY_2D = "test_tiny_2d_regions"
 
 
-@register(TINY_2D)
 class Tiny2DRegions(nn.Module):
     """A one-convolution 2D network with region logits, unknown to any built-in list."""
 
@@ -38,6 +39,17 @@ class Tiny2DRegions(nn.Module):
 
 
 @pytest.fixture(scope="module")
+def tiny_2d() -> Iterator[str]:
+    """:class:`Tiny2DRegions` registered (``@register``) for this module's tests; the registry
+    is restored afterwards, so other tests see the built-in networks only."""
+    available_models()  # the built-in networks first, into the registry kept afterwards
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(registry, "_MODELS", dict(registry._MODELS))
+        register(TINY_2D)(Tiny2DRegions)
+        yield TINY_2D
+
+
+@pytest.fixture(scope="module")
 def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_toy_dataset(tmp_path_factory.mktemp("toy") / "data")
 
@@ -52,7 +64,9 @@ def tiny_2d_config(*extra: str) -> Config:
     )
 
 
-def test_a_registered_2d_network_trains_on_slices(toy_data: Path, tmp_path: Path) -> None:
+def test_a_registered_2d_network_trains_on_slices(
+    tiny_2d: str, toy_data: Path, tmp_path: Path
+) -> None:
     cfg = tiny_2d_config()
     data = prepare_data(cfg, toy_data, DistInfo(), progress=False)
     assert isinstance(data.train_dataset, SliceDataset2D)
