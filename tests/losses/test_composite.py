@@ -26,8 +26,11 @@ from cascadeseg.losses import (
     weighted_cross_entropy,
 )
 from cascadeseg.models import OUTPUT_KINDS, available_models, network_spec
+from cascadeseg.training.schedules import aux_weight_at
 
 LN2 = math.log(2.0)
+#: The papers' auxiliary weight schedule (0.1, divided by 10 every 10 epochs, floor 1e-3).
+PAPER = LossConfig()
 
 
 class FakeTwoStageOutput(NamedTuple):
@@ -131,15 +134,19 @@ def test_cunet_loss_eq4_hand_computed(lws: bool) -> None:
     # Epoch 25: aux_weight = 0.1 * 0.1^2 = 1e-3 (the floor) -> 3 ln 2 + 0.012 ln 2.
     loss = CUNetLoss(lws=lws, generator=torch.Generator().manual_seed(0))
     batch = _cunet_batch()
-    total, parts = loss(_zero_cunet_output(), batch, epoch=0)
+    total, parts = loss(_zero_cunet_output(), batch, aux_weight=aux_weight_at(0, PAPER))
     assert parts["loss_branch1"] == pytest.approx(LN2, rel=1e-6)
     assert parts["loss_branch2"] == pytest.approx(2 * LN2, rel=1e-6)
     assert parts["loss_aux"] == pytest.approx(12 * LN2, rel=1e-6)
     assert parts["aux_weight"] == pytest.approx(0.1)
     assert total.item() == pytest.approx(4.2 * LN2, rel=1e-6)
-    total25, parts25 = loss(_zero_cunet_output(), batch, epoch=25)
+    total25, parts25 = loss(_zero_cunet_output(), batch, aux_weight=aux_weight_at(25, PAPER))
     assert parts25["aux_weight"] == pytest.approx(1e-3)
     assert total25.item() == pytest.approx(3.012 * LN2, rel=1e-6)
+    # No weight given: the loss's own aux_weight (the recipe's loss.aux_weight, epoch 0's).
+    total_default, parts_default = loss(_zero_cunet_output(), batch)
+    assert parts_default["aux_weight"] == pytest.approx(0.1)
+    assert total_default.item() == pytest.approx(4.2 * LN2, rel=1e-6)
 
 
 def test_cunet_total_from_parts_and_gradients() -> None:
@@ -153,7 +160,9 @@ def test_cunet_total_from_parts_and_gradients() -> None:
             for c in (2, 2, 2, 2, 4, 4, 4, 4)
         ),
     )
-    total, parts = CUNetLoss(generator=generator)(output, batch, epoch=12.5)
+    total, parts = CUNetLoss(generator=generator)(
+        output, batch, aux_weight=aux_weight_at(12.5, PAPER)
+    )
     assert parts["aux_weight"] == pytest.approx(0.01)
     expected = (
         parts["loss_branch1"] + parts["loss_branch2"] + parts["aux_weight"] * parts["loss_aux"]

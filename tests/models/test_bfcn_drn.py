@@ -124,7 +124,7 @@ def _train_steps(model: torch.nn.Module, loss_fn: Any, steps: int) -> tuple[floa
     model.train()
     first = last = 0.0
     for i in range(steps):
-        total, _ = loss_fn(model(batch["image"]), batch, epoch=0)
+        total, _ = loss_fn(model(batch["image"]), batch)
         opt.zero_grad()
         total.backward()
         opt.step()

@@ -13,9 +13,11 @@ from cascadeseg.cli import main as cli_main
 from cascadeseg.commands.train import budget_overrides
 from cascadeseg.config import Config, OptimConfig, apply_overrides, load_config, save_config
 from cascadeseg.data.writers import write_case
-from cascadeseg.training import trainer as trainer_module
-from cascadeseg.training.schedules import budget_fraction, lr_at
-from cascadeseg.training.trainer import batch_to_device, read_steps_csv, schedule_epoch, train
+from cascadeseg.training import session as session_module
+from cascadeseg.training.data import batch_to_device
+from cascadeseg.training.logs import read_steps_csv
+from cascadeseg.training.schedules import budget_fraction, lr_at, schedule_epoch
+from cascadeseg.training.trainer import train
 from toy import make_tiny_case
 
 
@@ -139,8 +141,8 @@ def test_tiny_budget_trains_with_a_positive_lr_to_the_end(
     toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock()
-    monkeypatch.setattr(trainer_module, "time", clock)
-    monkeypatch.setattr(trainer_module, "batch_to_device", clock.slow_start)
+    monkeypatch.setattr(session_module, "time", clock)
+    monkeypatch.setattr(session_module, "batch_to_device", clock.slow_start)
     cfg = tiny_config(
         "train.epochs=1000",
         "train.iters_per_epoch=8",

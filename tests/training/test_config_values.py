@@ -10,7 +10,7 @@ import pytest
 
 from cascadeseg.config import RULES, Config, apply_overrides, from_dict, load_config, to_dict
 from cascadeseg.errors import ConfigError, ModelError
-from cascadeseg.training.trainer import build_training_model
+from cascadeseg.training.build import build_training_model
 
 BAD_VALUES = [
     ("optim.lr=nan", "optim.lr must be a finite positive number, got nan"),

@@ -23,9 +23,11 @@ from cascadeseg.inference.ensemble import load_models
 from cascadeseg.inference.predictor import PredictOptions, predict_case, slice_stack
 from cascadeseg.losses import build_loss
 from cascadeseg.models import build_model
+from cascadeseg.training.data import split_case_ids
 from cascadeseg.training.distributed import DistInfo
 from cascadeseg.training.monitor import lws_coverage, validation_objective, warn_lws_coverage
-from cascadeseg.training.trainer import check_config, read_summary, split_case_ids, train
+from cascadeseg.training.schedules import EpochLoss, aux_weight_at
+from cascadeseg.training.trainer import check_config, read_summary, train
 from toy import make_tiny_case
 
 
@@ -59,7 +61,7 @@ def test_validation_objective_is_the_training_loss_on_the_validation_slices(
     loss_fn = build_loss(model, cfg.loss)
     case = tiny_cases[0]
     value = validation_objective(
-        model, loss_fn, [case], cfg, DistInfo(), epoch=15, slice_batch=1000
+        model, EpochLoss(loss_fn, cfg.loss), [case], cfg, DistInfo(), epoch=15, slice_batch=1000
     )
     # By hand: every slice holding brain in one batch, eval mode, auxiliary outputs included
     # (Eq. 4 with the auxiliary weight of epoch 15: 0.01).
@@ -73,13 +75,13 @@ def test_validation_objective_is_the_training_loss_on_the_validation_slices(
     }
     with torch.no_grad():
         out = model.eval()(x, aux=True)
-        expected, parts = loss_fn(out, batch, epoch=15)
+        expected, parts = loss_fn(out, batch, aux_weight=aux_weight_at(15, cfg.loss))
     assert len(out.aux) == 8 and parts["aux_weight"] == pytest.approx(0.01)
     assert parts["loss_aux"] > 0
     assert value == pytest.approx(float(expected), rel=1e-5)
     # LWS draws from a fixed seed: the same value twice, and the global RNG is untouched.
     cfg_lws = apply_overrides(cfg, ["loss.lws=true"])
-    lws_loss = build_loss(model, cfg_lws.loss)
+    lws_loss = EpochLoss(build_loss(model, cfg_lws.loss), cfg_lws.loss)
     state = torch.get_rng_state()
     a = validation_objective(model, lws_loss, [case], cfg_lws, DistInfo(), epoch=0)
     b = validation_objective(model, lws_loss, [case], cfg_lws, DistInfo(), epoch=0)

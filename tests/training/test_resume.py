@@ -13,13 +13,10 @@ import torch
 from cascadeseg.config import Config, apply_overrides
 from cascadeseg.data.writers import write_case
 from cascadeseg.training.checkpoint import load_checkpoint
-from cascadeseg.training.trainer import (
-    SimulatedKill,
-    read_steps_csv,
-    rng_states,
-    set_rng_states,
-    train,
-)
+from cascadeseg.training.logs import read_steps_csv
+from cascadeseg.training.run_state import rng_states, set_rng_states
+from cascadeseg.training.session import SimulatedKill
+from cascadeseg.training.trainer import train
 from toy import make_tiny_case
 
 #: A tiny CU-Net: its loss weighted sampling draws from the global torch generator, so the test

@@ -7,9 +7,12 @@ from typing import Any
 
 import pytest
 
-from cascadeseg.config import OptimConfig
+from cascadeseg.config import LossConfig, OptimConfig
 from cascadeseg.errors import ConfigError
 from cascadeseg.training.schedules import aux_weight_at, lr_at, poly_lr, step_lr
+
+#: The papers' auxiliary weight: 0.1, divided by 10 every 10 epochs, floor 1e-3.
+PAPER = LossConfig()
 
 
 def test_poly_lr_values() -> None:
@@ -51,14 +54,15 @@ def test_step_lr_values() -> None:
 
 
 def test_aux_weight_decay_and_floor() -> None:
-    assert aux_weight_at(0) == pytest.approx(0.1)
-    assert aux_weight_at(9.5) == pytest.approx(0.1)
-    assert aux_weight_at(10) == pytest.approx(0.01)
-    assert aux_weight_at(19) == pytest.approx(0.01)
-    assert aux_weight_at(20) == pytest.approx(1e-3)
-    assert aux_weight_at(30) == pytest.approx(1e-3)  # 1e-4 floored
-    assert aux_weight_at(100) == pytest.approx(1e-3)
-    assert aux_weight_at(5, aux_weight=0.5, decay=0.5, every=5, floor=0.0) == pytest.approx(0.25)
+    assert aux_weight_at(0, PAPER) == pytest.approx(0.1)
+    assert aux_weight_at(9.5, PAPER) == pytest.approx(0.1)
+    assert aux_weight_at(10, PAPER) == pytest.approx(0.01)
+    assert aux_weight_at(19, PAPER) == pytest.approx(0.01)
+    assert aux_weight_at(20, PAPER) == pytest.approx(1e-3)
+    assert aux_weight_at(30, PAPER) == pytest.approx(1e-3)  # 1e-4 floored
+    assert aux_weight_at(100, PAPER) == pytest.approx(1e-3)
+    halving = LossConfig(aux_weight=0.5, aux_decay=0.5, aux_decay_every=5, aux_min=0.0)
+    assert aux_weight_at(5, halving) == pytest.approx(0.25)
 
 
 def test_lr_at_dispatch() -> None:

@@ -19,20 +19,15 @@ from cascadeseg.config import Config, OptimConfig, apply_overrides, load_config
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
 from cascadeseg.models import build_model
+from cascadeseg.training import session as session_module
+from cascadeseg.training.build import build_optimizer, build_training_model
 from cascadeseg.training.checkpoint import load_checkpoint
-from cascadeseg.training.trainer import (
-    EpochSampler,
-    TrainingError,
-    build_optimizer,
-    dice_per_region,
-    read_steps_csv,
-    schedule_epoch,
-    should_stop_early,
-    soft_dice_loss_from_probs,
-    step_seed,
-    to_float32,
-    train,
-)
+from cascadeseg.training.data import EpochSampler
+from cascadeseg.training.logs import read_steps_csv
+from cascadeseg.training.run_state import seed_everything, should_stop_early, step_seed
+from cascadeseg.training.schedules import schedule_epoch
+from cascadeseg.training.session import TrainingError, to_float32
+from cascadeseg.training.trainer import dice_per_region, soft_dice_loss_from_probs, train
 from toy import make_tiny_case
 
 #: A tiny GroupNorm 3D U-Net (two levels of 4 and 8 channels).
@@ -244,8 +239,8 @@ class _NanAt:
     def __init__(self, loss: Any, at: int) -> None:
         self.loss, self.at, self.calls = loss, at, 0
 
-    def __call__(self, output: Any, batch: Any, *, epoch: float = 0) -> Any:
-        total, parts = self.loss(output, batch, epoch=epoch)
+    def __call__(self, output: Any, batch: Any, *, aux_weight: float | None = None) -> Any:
+        total, parts = self.loss(output, batch, aux_weight=aux_weight)
         self.calls += 1
         if self.calls - 1 == self.at:
             total = total * float("nan")
@@ -255,10 +250,10 @@ class _NanAt:
 def test_nonfinite_loss_stops_naming_the_step(
     toy_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cascadeseg.losses as losses
-
-    real = losses.build_loss
-    monkeypatch.setattr(losses, "build_loss", lambda model, cfg: _NanAt(real(model, cfg), 5))
+    real = session_module.build_loss
+    monkeypatch.setattr(
+        session_module, "build_loss", lambda model, cfg: _NanAt(real(model, cfg), 5)
+    )
     cfg = tiny_config("train.val_every=0")
     with pytest.raises(TrainingError, match=r"non-finite loss .* epoch 1, iteration 1 \(step 5"):
         train(cfg, toy_data, tmp_path / "a", progress=False)
@@ -337,8 +332,6 @@ def test_stage1_first_trains_stage_one_then_the_cascade(toy_data: Path, tmp_path
 
 def build_training_model_weights(cfg: Config) -> dict[str, torch.Tensor]:
     """The initial weights a run of ``cfg`` starts from (the trainer seeds before building)."""
-    from cascadeseg.training.trainer import build_training_model, seed_everything
-
     seed_everything(cfg.seed)
     return {k: v.clone() for k, v in build_training_model(cfg).state_dict().items()}
 

@@ -59,7 +59,8 @@ def _training_step(
     def step() -> None:
         with autocast(precision, dev):
             output = model(data["image"])
-        total, _ = loss_fn(to_float32(output), data, epoch=0)
+        # No aux_weight: the loss's own, CU-Net's weight of epoch 0.
+        total, _ = loss_fn(to_float32(output), data)
         scaler.scale(total).backward()
         scaler.step(optimizer)
         scaler.update()

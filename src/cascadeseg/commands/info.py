@@ -94,7 +94,7 @@ def build_for_info(name: str, items: list[str]) -> tuple[Any, list[int] | None, 
 
     from cascadeseg.models import available_models
     from cascadeseg.models.inspect import build_meta_model
-    from cascadeseg.training.trainer import build_training_model
+    from cascadeseg.training.build import build_training_model
 
     if name in available_models():
         return build_meta_model(name, **parse_overrides(items)), None, f"model: {name}"

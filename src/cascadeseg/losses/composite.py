@@ -1,13 +1,18 @@
 """Whole-model losses: what the trainer calls, one per model output kind.
 
-Every loss is called as ``loss(output, batch, epoch=e) -> (total, parts)``:
+Every loss is called as ``loss(output, batch, aux_weight=w) -> (total, parts)``:
 
 - ``output``: the model's train-mode output (a tensor, a ``TwoStageOutput``, a ``CUNetOutput`` or a
   ``BFCNOutput``; read by their attributes).
 - ``batch``: dict with ``"label"`` ``(B, ...)`` int64 internal labels, ``"regions"`` ``(B, 3, ...)``
   float ``[WT, TC, ET]`` masks (3D datasets; derived from ``"label"`` when absent) and
   ``"brain_mask"`` ``(B, ...)`` bool (2D; the whole image counts as brain when absent).
-- ``epoch``: the (possibly fractional) epoch, for the CU-Net auxiliary weight ``aux_weight``.
+- ``aux_weight``: the weight of the auxiliary losses for this call (CU-Net's Eq. 4 omega; the
+  other losses have no auxiliary outputs and ignore it). The losses hold no schedule: the trainer
+  computes the epoch's value (``cascadeseg.training.schedules.aux_weight_at`` from
+  ``loss.aux_weight``, ``loss.aux_decay``, ``loss.aux_decay_every``, ``loss.aux_min``) and
+  passes it; ``None`` (the default) is the loss's own ``aux_weight``, the recipe's
+  ``loss.aux_weight`` (the value of epoch 0).
 - ``total``: scalar tensor to back-propagate; ``parts``: named float values for logging, named
   for what they hold: ``total`` (the loss back-propagated), ``loss_<component>`` (the whole
   loss of one output, e.g. ``loss_stage1``: its Dice plus any cross-entropy term, not a Dice
@@ -39,10 +44,11 @@ Batch = dict[str, Tensor]
 
 
 class Loss(Protocol):
-    """A whole-model loss: ``loss(output, batch, epoch=e) -> (total, parts)`` (module docstring)."""
+    """A whole-model loss: ``loss(output, batch, aux_weight=w) -> (total, parts)`` (module
+    docstring)."""
 
     def __call__(
-        self, output: Any, batch: Batch, *, epoch: float = 0
+        self, output: Any, batch: Batch, *, aux_weight: float | None = None
     ) -> tuple[Tensor, dict[str, float]]:
         """``total``: scalar to back-propagate; ``parts``: named floats for logging."""
         ...
@@ -103,7 +109,7 @@ class RegionDiceLoss:
         self.eps = eps
 
     def __call__(
-        self, output: Tensor, batch: Batch, *, epoch: float = 0
+        self, output: Tensor, batch: Batch, *, aux_weight: float | None = None
     ) -> tuple[Tensor, dict[str, float]]:
         loss = region_dice_loss(output, _region_target(batch), eps=self.eps)
         return loss, {"total": float(loss.detach())}
@@ -160,7 +166,7 @@ class TwoStageLoss:
         return loss
 
     def __call__(
-        self, output: Any, batch: Batch, *, epoch: float = 0
+        self, output: Any, batch: Batch, *, aux_weight: float | None = None
     ) -> tuple[Tensor, dict[str, float]]:
         target = _region_target(batch)
         if not hasattr(output, "stage2"):
@@ -234,12 +240,37 @@ def sample_matrices(
     ]
 
 
-class CUNetLoss:
+class _SampledLoss:
+    """Shared by the losses with CU-Net's sampling: their settings draw the sample matrices."""
+
+    lws: bool
+    beta: float
+    contour_width: int
+    per_sample: bool
+    generator: torch.Generator | None
+
+    def sample(
+        self, label: Tensor, brain_mask: Tensor, nets: Sequence[tuple[int, float]]
+    ) -> list[Tensor]:
+        """:func:`sample_matrices` of ``nets`` with this loss's settings."""
+        return sample_matrices(
+            label,
+            brain_mask,
+            nets=nets,
+            lws=self.lws,
+            beta=self.beta,
+            contour_width=self.contour_width,
+            per_sample=self.per_sample,
+            generator=self.generator,
+        )
+
+
+class CUNetLoss(_SampledLoss):
     """CU-Net deep-supervision loss with loss weighted sampling (Liu et al. 2017, Eq. 4).
 
-    ``total = L1 + L2 + aux_weight(epoch) * sum_{i=1..8} La_i`` (``aux_weight`` is Eq. 4's
-    omega, the recipe's ``loss.aux_weight``; the regulariser ``lambda * psi`` of
-    Eq. 4 is the optimiser's weight decay). ``L1`` and aux 1-4 are U-Net 1's weighted
+    ``total = L1 + L2 + aux_weight * sum_{i=1..8} La_i`` (``aux_weight`` is Eq. 4's omega, given
+    to each call by the trainer from its schedule; the regulariser ``lambda * psi`` of Eq. 4 is
+    the optimiser's weight decay). ``L1`` and aux 1-4 are U-Net 1's weighted
     cross-entropies (Eq. 1) against whole tumour vs rest (2 classes), sampled with U-Net 1's
     probabilities (Eq. 3, contour weight ``alpha``); ``L2`` and aux 5-8 are U-Net 2's against the
     internal labels 0-3, sampled from tumour and contour only (``p1 = p2 = 0``, ``alpha_2 = 1``).
@@ -255,10 +286,8 @@ class CUNetLoss:
         beta: Eq. 3 balance of brain vs tumour samples (paper: 1.5).
         contour_width: width of the contour band S4 in pixels (paper: about 10).
         lws: loss weighted sampling on/off.
-        aux_weight: initial auxiliary weight, Eq. 4's omega (paper: 0.1).
-        aux_decay: factor applied every ``aux_decay_every`` epochs (paper: 0.1).
-        aux_decay_every: epochs between decays (paper: 10).
-        aux_min: floor of the auxiliary weight (paper: 1e-3).
+        aux_weight: auxiliary weight of a call that gives none: the recipe's ``loss.aux_weight``,
+            Eq. 4's omega at epoch 0 (paper: 0.1).
         unet2_alpha: U-Net 2's contour weight (paper: alpha_2 = 1).
         per_sample: count LWS regions per slice instead of per batch (see ``losses.lws``).
         generator: random source of the sampling (``None``: torch's global generator).
@@ -272,9 +301,6 @@ class CUNetLoss:
         contour_width: int = 10,
         lws: bool = True,
         aux_weight: float = 0.1,
-        aux_decay: float = 0.1,
-        aux_decay_every: int = 10,
-        aux_min: float = 1e-3,
         unet2_alpha: float = 1.0,
         per_sample: bool = False,
         generator: torch.Generator | None = None,
@@ -284,42 +310,17 @@ class CUNetLoss:
         self.contour_width = contour_width
         self.lws = lws
         self.aux_weight = aux_weight
-        self.aux_decay = aux_decay
-        self.aux_decay_every = aux_decay_every
-        self.aux_min = aux_min
         self.unet2_alpha = unet2_alpha
         self.per_sample = per_sample
         self.generator = generator
 
-    def aux_weight_at(self, epoch: float) -> float:
-        """Auxiliary weight (Eq. 4's omega) at ``epoch`` (CU-Net sec. 3.2)."""
-        # Imported here: cascadeseg.training's package imports the trainer, which imports losses.
-        from cascadeseg.training.schedules import aux_weight_at
-
-        return aux_weight_at(
-            epoch,
-            aux_weight=self.aux_weight,
-            decay=self.aux_decay,
-            every=self.aux_decay_every,
-            floor=self.aux_min,
-        )
-
     def weights(self, label: Tensor, brain_mask: Tensor) -> tuple[Tensor, Tensor]:
         """``(W1, W2)``: ``(B, H, W)`` float sample matrices of U-Net 1 and U-Net 2."""
-        w1, w2 = sample_matrices(
-            label,
-            brain_mask,
-            nets=((1, self.alpha), (2, self.unet2_alpha)),
-            lws=self.lws,
-            beta=self.beta,
-            contour_width=self.contour_width,
-            per_sample=self.per_sample,
-            generator=self.generator,
-        )
+        w1, w2 = self.sample(label, brain_mask, ((1, self.alpha), (2, self.unet2_alpha)))
         return w1, w2
 
     def __call__(
-        self, output: Any, batch: Batch, *, epoch: float = 0
+        self, output: Any, batch: Batch, *, aux_weight: float | None = None
     ) -> tuple[Tensor, dict[str, float]]:
         label = batch["label"].long()
         w1, w2 = self.weights(label, _brain_mask(batch))
@@ -342,7 +343,8 @@ class CUNetLoss:
                         f"(expected 2 for U-Net 1 or {NUM_CLASSES} for U-Net 2)"
                     )
             aux_sum = torch.stack(aux_losses).sum()
-            aux_weight = self.aux_weight_at(epoch)
+            if aux_weight is None:
+                aux_weight = self.aux_weight
             total = total + aux_weight * aux_sum
             parts["loss_aux"] = float(aux_sum.detach())
             parts["aux_weight"] = aux_weight
@@ -359,13 +361,10 @@ def _cunet_loss(loss_cfg: LossConfig) -> CUNetLoss:
         contour_width=loss_cfg.contour_width,
         lws=loss_cfg.lws,
         aux_weight=loss_cfg.aux_weight,
-        aux_decay=loss_cfg.aux_decay,
-        aux_decay_every=loss_cfg.aux_decay_every,
-        aux_min=loss_cfg.aux_min,
     )
 
 
-class LabelCELoss:
+class LabelCELoss(_SampledLoss):
     """Cross-entropy over internal labels for ``unet2d`` (``(B, 4, H, W)`` logits).
 
     With ``lws=False``: every brain pixel weighs 1 (non-brain is excluded as in CU-Net, ``p1 = 0``).
@@ -391,19 +390,10 @@ class LabelCELoss:
         self.generator = generator
 
     def __call__(
-        self, output: Tensor, batch: Batch, *, epoch: float = 0
+        self, output: Tensor, batch: Batch, *, aux_weight: float | None = None
     ) -> tuple[Tensor, dict[str, float]]:
         label = batch["label"].long()
-        (weights,) = sample_matrices(
-            label,
-            _brain_mask(batch),
-            nets=((1, self.alpha),),
-            lws=self.lws,
-            beta=self.beta,
-            contour_width=self.contour_width,
-            per_sample=self.per_sample,
-            generator=self.generator,
-        )
+        (weights,) = self.sample(label, _brain_mask(batch), ((1, self.alpha),))
         loss = weighted_cross_entropy(output, label, weights)
         return loss, {"total": float(loss.detach())}
 
@@ -458,7 +448,7 @@ class BFCNLoss:
         self.boundary_width = boundary_width
 
     def __call__(
-        self, output: Any, batch: Batch, *, epoch: float = 0
+        self, output: Any, batch: Batch, *, aux_weight: float | None = None
     ) -> tuple[Tensor, dict[str, float]]:
         label = batch["label"].long()
         weights = (_brain_mask(batch) | (label > 0)).float()

@@ -1,5 +1,8 @@
 """Learning-rate and auxiliary-weight schedules of the two papers, as pure functions of the epoch.
 
+Also where a run stands in its schedule (:func:`schedule_epoch`, with a time budget
+:func:`budget_fraction`).
+
 ``epoch`` counts epochs from 0 and may be fractional (``epoch + iteration / iters_per_epoch``), so a
 trainer can update the learning rate every iteration and the warm-up is smooth.
 """
@@ -7,8 +10,9 @@ trainer can update the learning rate every iteration and the warm-up is smooth.
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from cascadeseg.config import OptimConfig
+from cascadeseg.config import LossConfig, OptimConfig, TrainConfig
 from cascadeseg.errors import ConfigError
 
 
@@ -65,23 +69,19 @@ def step_lr(
     return max(base_lr * gamma**steps, min_lr)
 
 
-def aux_weight_at(
-    epoch: float,
-    *,
-    aux_weight: float = 0.1,
-    decay: float = 0.1,
-    every: int = 10,
-    floor: float = 1e-3,
-) -> float:
+def aux_weight_at(epoch: float, loss_cfg: LossConfig) -> float:
     """CU-Net auxiliary-loss weight at ``epoch`` (Eq. 4's omega, sec. 3.2).
 
-    ``aux_weight`` is the initial weight (the recipe's ``loss.aux_weight``). Paper: 0.1
-    "decreased by a factor of 10 every ten epochs until a minimum threshold of 1e-3".
+    ``loss_cfg.aux_weight`` at epoch 0, multiplied by ``loss_cfg.aux_decay`` every
+    ``loss_cfg.aux_decay_every`` epochs, never below ``loss_cfg.aux_min``. Paper: 0.1
+    "decreased by a factor of 10 every ten epochs until a minimum threshold of 1e-3". The trainer
+    passes the value to the loss as its ``aux_weight`` (:mod:`cascadeseg.losses.composite`).
     """
+    every = loss_cfg.aux_decay_every
     if every <= 0:
-        raise ValueError(f"every must be positive, got {every}")
+        raise ValueError(f"loss.aux_decay_every must be positive, got {every}")
     steps = math.floor(max(epoch, 0.0) / every)
-    return max(aux_weight * decay**steps, floor)
+    return max(loss_cfg.aux_weight * loss_cfg.aux_decay**steps, loss_cfg.aux_min)
 
 
 def lr_at(epoch: float, optim_cfg: OptimConfig, epochs: int) -> float:
@@ -154,3 +154,59 @@ def budget_fraction(
     else:
         fraction = step / (step + remaining_s / step_s) if step > 0 else 0.0
     return min(fraction, step / (step + 1))
+
+
+def budget_seconds(train_cfg: TrainConfig) -> float | None:
+    """The time budget ``train.max_minutes`` in seconds (``None``: no budget)."""
+    return train_cfg.max_minutes * 60 if train_cfg.max_minutes else None
+
+
+def schedule_epoch(
+    epoch: int,
+    iteration_in_epoch: int,
+    iters_per_epoch: int,
+    *,
+    epochs: int,
+    elapsed_s: float = 0.0,
+    budget_s: float | None = None,
+    step: int | None = None,
+    step_s: float | None = None,
+) -> float:
+    """The fractional epoch at which the learning-rate schedule is evaluated.
+
+    ``epoch + iteration / iters_per_epoch`` (the schedule moves every iteration, so warm-up is
+    smooth); with a time budget (``train.time_schedule``) the larger of that and ``epochs`` times
+    the share of the budget done, so a run cut short by its budget still ends its decay. Given
+    ``step`` (steps done), the share counts the steps expected within the budget from the
+    measured step time ``step_s`` (:func:`budget_fraction`); else it is the share of the time
+    spent.
+
+    Args:
+        elapsed_s: training time spent so far (s).
+        budget_s: the time budget (s) when it drives the schedule, else ``None``.
+        step_s: seconds per training step, ``None`` when not measured yet.
+    """
+    progress = epoch + iteration_in_epoch / max(1, iters_per_epoch)
+    if budget_s:
+        if step is None:
+            fraction = min(1.0, elapsed_s / budget_s)
+        else:
+            fraction = budget_fraction(step, elapsed_s, budget_s, step_s)
+        progress = max(progress, epochs * fraction)
+    return float(progress)
+
+
+class EpochLoss:
+    """A loss called as ``loss(output, batch, epoch=e)``, given the weights of epoch ``e``.
+
+    Losses take their epoch-dependent weights (``aux_weight``), not the epoch;
+    :func:`cascadeseg.training.monitor.validation_objective` still passes ``epoch=``, so the
+    trainer hands it the loss wrapped in this adapter.
+    """
+
+    def __init__(self, loss_fn: Any, loss_cfg: LossConfig) -> None:
+        self.loss_fn = loss_fn
+        self.loss_cfg = loss_cfg
+
+    def __call__(self, output: Any, batch: Any, *, epoch: float) -> Any:
+        return self.loss_fn(output, batch, aux_weight=aux_weight_at(epoch, self.loss_cfg))

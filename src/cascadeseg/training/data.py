@@ -1,0 +1,252 @@
+"""The data side of a run: cases, split, cache, the training dataset, its sampler and loader.
+
+Adapters over :mod:`cascadeseg.data`: :func:`prepare_data` finds, splits and preprocesses the
+cases and builds 3D crops or 2D slices after the registered network's ``spatial_dims``;
+:class:`EpochSampler` draws each epoch's ``(epoch, index)`` keys from ``(seed, epoch)`` alone (an
+exact resume needs that); :func:`batch_to_device` moves a collated batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cascadeseg.config import Config, DataConfig
+from cascadeseg.data import datasets, layouts, splits
+from cascadeseg.data.cache import PreprocessCache, resolve_cache_dir
+from cascadeseg.data.layouts import CaseRef
+from cascadeseg.data.preprocess import PreprocessConfig, Preprocessed
+from cascadeseg.errors import ConfigError, InputError
+from cascadeseg.training import distributed as dist_utils
+from cascadeseg.training.build import model_spatial_dims
+from cascadeseg.training.distributed import DistInfo
+
+
+@dataclass
+class TrainingData:
+    """What the loop needs from the data layer.
+
+    Attributes:
+        train_dataset: torch Dataset of training samples (crops or slices); items are dicts with
+            at least ``image``; ``set_epoch(epoch)`` selects the epoch's augmentation draws.
+        val_cases: preprocessed validation cases (``image (4, x, y, z)``, ``label``,
+            ``brain_mask``) on the preprocessed grid.
+        split: case ids per subset (``train``, ``val`` and, for the CU-Net split, ``test``).
+    """
+
+    train_dataset: Dataset[Any]
+    val_cases: list[Preprocessed]
+    split: dict[str, list[str]]
+
+
+def split_case_ids(ids: Sequence[str], cfg: Config) -> dict[str, list[str]]:
+    """Train/val(/test) case ids from ``data.split``.
+
+    ``kfold``: fold ``data.fold`` of ``data.folds`` (two-stage paper: 5-fold); ``cunet``: the
+    3:1:1 train/val/test hold-out of the CU-Net paper; ``all``: every case trains, none
+    validates (the two-stage paper's all-data models: fixed epochs, no early stopping).
+    """
+    if cfg.data.split == "all":
+        return {"train": sorted(ids), "val": []}
+    if cfg.data.split == "cunet":
+        return splits.holdout_split(ids, ratios=(3, 1, 1), seed=cfg.seed)
+    return splits.kfold_split(ids, k=cfg.data.folds, fold=cfg.data.fold, seed=cfg.seed)
+
+
+def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = True) -> TrainingData:
+    """Find, split and preprocess the cases of ``data``; build the training dataset.
+
+    The dataset holds 3D crops or 2D axial slices after the ``spatial_dims`` of the network
+    registered as ``model.name``. Rank 0 fills the preprocessing cache first, the other ranks
+    then read it (no duplicate work, no concurrent writes).
+    """
+    data = Path(data)
+    by_id = _labelled_cases(data, cfg.data)
+    split = split_case_ids(list(by_id), cfg)
+    if not split["train"]:
+        raise InputError(f"{data}: the split leaves no training case ({len(by_id)} cases)")
+    spatial_dims = model_spatial_dims(cfg.model.name)
+    if spatial_dims != 3 and cfg.data.bias_field_prob > 0:
+        raise ConfigError(
+            "data.bias_field_prob: the bias-field augmentation is for 3D crops; "
+            f"model {cfg.model.name!r} trains on 2D slices"
+        )
+    val_ids = split["val"][: cfg.train.val_cases] if cfg.train.val_cases else split["val"]
+    needed = [by_id[c] for c in split["train"] + val_ids]
+    loaded = _load_cases(needed, data, cfg.data, info, progress=progress)
+    train_cases = [loaded[c] for c in split["train"]]
+    # Before any crop is drawn: a patch larger than every case's whole (resampled) grid, or
+    # that cannot fit in memory. A patch larger than the brain box alone is fine: the crop is
+    # padded with background, as the papers crop from the whole grid (CU-Net's 2D recipes pad
+    # brain-cropped slices up to their patch).
+    datasets.check_patch_size(
+        cfg.data.patch_size[: 3 if spatial_dims == 3 else 2],
+        [case.geometry.resampled_shape for case in train_cases],
+        batch_size=cfg.train.batch_size,
+    )
+    return TrainingData(
+        train_dataset=_train_dataset(train_cases, cfg.data, spatial_dims, seed=cfg.seed),
+        val_cases=[loaded[c] for c in val_ids],
+        split=split,
+    )
+
+
+def _labelled_cases(data: Path, data_cfg: DataConfig) -> dict[str, CaseRef]:
+    """The cases of ``data`` that have a segmentation, by case id."""
+    if not data.exists():
+        raise InputError(f"{data}: data folder not found")
+    refs = layouts.discover_cases(
+        data, layout=data_cfg.layout, label_convention=data_cfg.label_convention
+    )
+    labelled = [r for r in refs if "seg" in r.files]
+    if not labelled:
+        raise InputError(f"{data}: no case has a segmentation (training needs labelled cases)")
+    return {r.case_id: r for r in labelled}
+
+
+def _load_cases(
+    refs: Sequence[CaseRef], data: Path, data_cfg: DataConfig, info: DistInfo, *, progress: bool
+) -> dict[str, Preprocessed]:
+    """The preprocessed cases of ``refs`` by case id, through the preprocessing cache."""
+    note: Callable[[str], Any] = print if info.is_main else (lambda _: None)
+    cache_root = resolve_cache_dir(data, data_cfg.cache_dir, echo=note)
+    cache = PreprocessCache(cache_root, PreprocessConfig.from_data_config(data_cfg))
+    if info.is_main:
+        # Rank 0 fills the cache (in worker processes); the other ranks wait, then only read.
+        warmed = cache.warm(refs, workers=data_cfg.num_workers, progress=progress)
+        if warmed.failed:
+            cid, message = next(iter(warmed.failed.items()))
+            raise InputError(f"{message} ({len(warmed.failed)} case(s) failed, first: {cid})")
+    dist_utils.barrier(info)
+    return {ref.case_id: cache.get(ref) for ref in refs}
+
+
+def _train_dataset(
+    train_cases: list[Preprocessed], data_cfg: DataConfig, spatial_dims: int, *, seed: int
+) -> Dataset[Any]:
+    """3D crops (``spatial_dims == 3``) or 2D axial slices of ``train_cases``."""
+    if spatial_dims == 3:
+        return datasets.CropDataset3D(
+            train_cases,
+            patch_size=tuple(data_cfg.patch_size[:3]),
+            foreground_prob=data_cfg.foreground_prob,
+            crop_overhang=data_cfg.crop_overhang,
+            crop_region=data_cfg.crop_region,
+            seed=seed,
+            bias_field_prob=data_cfg.bias_field_prob,
+            bias_field_strength=data_cfg.bias_field_strength,
+            bias_field_spacing_mm=data_cfg.bias_field_spacing_mm,
+        )
+    if len(data_cfg.patch_size) < 2:
+        raise ConfigError(f"data.patch_size={list(data_cfg.patch_size)}: 2D needs (H, W)")
+    return datasets.SliceDataset2D(
+        train_cases,
+        slice_size=(int(data_cfg.patch_size[0]), int(data_cfg.patch_size[1])),
+        slice_context=data_cfg.slice_context,
+        drop_empty=data_cfg.drop_empty_slices,
+        seed=seed,
+    )
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """``(epoch, index)`` keys of one epoch for one rank, from ``(seed, epoch)`` alone.
+
+    An epoch draws ``samples_per_rank * world_size`` indices by concatenating random permutations
+    of ``range(n_items)`` (so short epochs still see every item equally often over time and long
+    ones repeat items), then gives rank ``r`` the indices ``r::world_size``, exactly as
+    :class:`torch.utils.data.DistributedSampler` splits a list. ``start`` skips the samples a
+    resumed epoch has already consumed. Keys carry the epoch, so the datasets of
+    ``cascadeseg.data.datasets`` draw each item from ``(seed, epoch, index)`` also in persistent
+    workers.
+
+    ``cascadeseg.data.datasets.make_loader`` (DistributedSampler) has neither fixed-length
+    epochs (``train.iters_per_epoch``) nor a mid-epoch start, which an exact resume needs;
+    hence this sampler.
+    """
+
+    def __init__(
+        self, n_items: int, samples_per_rank: int, *, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if n_items < 1:
+            raise InputError("no training samples (every case was excluded?)")
+        self.n_items = n_items
+        self.samples_per_rank = samples_per_rank
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch and the number of this rank's samples already consumed in it."""
+        self.epoch = epoch
+        self.start = start
+
+    def epoch_indices(self) -> list[int]:
+        """This rank's full index list of the current epoch (before skipping ``start``)."""
+        total = self.samples_per_rank * self.world_size
+        chunks: list[np.ndarray] = []
+        count = 0
+        block = 0
+        while count < total:
+            rng = np.random.default_rng([self.seed, self.epoch, block])
+            chunks.append(rng.permutation(self.n_items))
+            count += self.n_items
+            block += 1
+        indices = np.concatenate(chunks)[:total]
+        return [int(i) for i in indices[self.rank :: self.world_size]]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return iter((epoch, i) for i in self.epoch_indices()[self.start :])
+
+    def __len__(self) -> int:
+        return self.samples_per_rank - self.start
+
+
+def make_train_loader(
+    dataset: Dataset[Any], sampler: EpochSampler, cfg: Config, device: torch.device
+) -> DataLoader[Any]:
+    """A DataLoader over ``dataset`` drawing this rank's ``(epoch, index)`` keys from ``sampler``.
+
+    Workers are persistent (started once; the keys tell them the epoch) and prefetch 4 batches
+    each, so the model does not wait on crops; memory is pinned on CUDA. The loader's private
+    generator keeps the global torch RNG untouched.
+    """
+    workers = max(0, cfg.data.num_workers)
+    options: dict[str, Any] = {}
+    if workers > 0:
+        options = {"persistent_workers": True, "prefetch_factor": 4}
+    return DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        **options,
+    )
+
+
+def batch_to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move the tensors of a collated batch (a dict) to ``device``; other values pass through."""
+    if isinstance(batch, dict):
+        out = {}
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(device, non_blocking=True)
+                if key == "image" and channels_last:
+                    fmt = torch.channels_last_3d if value.ndim == 5 else torch.channels_last
+                    value = value.contiguous(memory_format=fmt)
+            out[key] = value
+        return out
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    return batch
