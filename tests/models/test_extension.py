@@ -32,7 +32,8 @@ from cascadeseg.models import (
     register,
     unregister,
 )
-from cascadeseg.training.trainer import read_steps_csv, train
+from cascadeseg.training.logs import read_steps_csv
+from cascadeseg.training.trainer import train
 from toy import make_tiny_case
 
 NAME = "tiny_test_net"

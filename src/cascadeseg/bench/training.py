@@ -38,7 +38,7 @@ from cascadeseg.config import LossConfig
 from cascadeseg.losses import build_loss
 from cascadeseg.models import build_model
 from cascadeseg.runtime import autocast, native_bf16, resolve_device, resolve_precision, tune_device
-from cascadeseg.training.trainer import to_float32
+from cascadeseg.training.session import to_float32
 
 #: What limits a training step's time.
 STEP_LIMIT = "compute (forward + backward convolutions)"

@@ -12,8 +12,7 @@ from torch import nn
 
 from cascadeseg.config import Config
 from cascadeseg.data.datasets import CropDataset3D, SliceDataset2D
-from cascadeseg.models import registry
-from cascadeseg.models.registry import available_models, register
+from cascadeseg.models import register, unregister
 from cascadeseg.training.data import prepare_data
 from cascadeseg.training.distributed import DistInfo
 from cascadeseg.training.logs import read_steps_csv
@@ -42,11 +41,11 @@ class Tiny2DRegions(nn.Module):
 def tiny_2d() -> Iterator[str]:
     """:class:`Tiny2DRegions` registered (``@register``) for this module's tests; the registry
     is restored afterwards, so other tests see the built-in networks only."""
-    available_models()  # the built-in networks first, into the registry kept afterwards
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(registry, "_MODELS", dict(registry._MODELS))
-        register(TINY_2D)(Tiny2DRegions)
+    register(TINY_2D)(Tiny2DRegions)
+    try:
         yield TINY_2D
+    finally:
+        unregister(TINY_2D)
 
 
 @pytest.fixture(scope="module")
