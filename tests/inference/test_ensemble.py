@@ -22,8 +22,8 @@ from cascadeseg.inference.ensemble import (
     expand_model_paths,
     load_models,
 )
+from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
 from cascadeseg.models.registry import build_model
-from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
 
 TINY_UNET3D = {"base_width": 4, "depth": 1, "norm_groups": 2}
 

@@ -15,8 +15,8 @@ from cascadeseg.data.case import Case
 from cascadeseg.inference.ensemble import load_models
 from cascadeseg.inference.export import OnnxNetwork, export_onnx, load_onnx_model
 from cascadeseg.inference.predictor import PredictOptions, predict_case
+from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
 from cascadeseg.models.registry import build_model
-from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
 
 TINY = {
     "two_stage": {"base_width": 4, "blocks": [1, 1], "norm_groups": 2, "dropout": 0.0},

@@ -275,8 +275,8 @@ def test_checkpoint_extra_and_onnx_export_carry_the_thresholds(tmp_path: Path) -
     from cascadeseg.config import Config, apply_overrides, to_dict
     from cascadeseg.inference.ensemble import load_models
     from cascadeseg.inference.export import export_onnx, load_onnx_model
+    from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
     from cascadeseg.models.registry import build_model
-    from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
 
     model = build_model("unet3d", base_width=4, depth=1, norm_groups=2)
     thresholds = {"wt": 40, "tc": 12, "et": 3}

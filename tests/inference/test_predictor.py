@@ -32,8 +32,8 @@ from cascadeseg.inference.predictor import (
     predict_case,
     slice_stack,
 )
+from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
 from cascadeseg.models.registry import build_model
-from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
 
 QUIET = PredictOptions(progress=False, device="cpu", precision="fp32")
 

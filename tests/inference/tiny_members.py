@@ -59,8 +59,8 @@ def tiny_checkpoint(
     import torch
 
     from cascadeseg.config import Config, apply_overrides, to_dict
+    from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
     from cascadeseg.models.registry import build_model
-    from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
 
     torch.manual_seed(seed)
     model = build_model("unet3d", base_width=4, depth=1, norm_groups=2)

@@ -15,7 +15,7 @@ from cascadeseg.config import Config, apply_overrides, save_config
 from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
-from cascadeseg.training.checkpoint import load_checkpoint
+from cascadeseg.models.checkpoint import load_checkpoint
 from cascadeseg.training.distributed import env_world, resolve_device
 from cascadeseg.training.trainer import train
 

@@ -20,7 +20,7 @@ from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
 from cascadeseg.models import build_model
-from cascadeseg.training.checkpoint import load_checkpoint
+from cascadeseg.models.checkpoint import load_checkpoint
 from cascadeseg.training.trainer import (
     EpochSampler,
     TrainingError,

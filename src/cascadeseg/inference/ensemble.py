@@ -17,7 +17,7 @@ flips, 8 passes; other counts: :func:`cascadeseg.inference.tta.paired_flip_indic
 (a ``best.pt``, a lone checkpoint, an ONNX file) runs all flips in both modes.
 
 Checkpoints are read with ``torch.load(weights_only=True)``
-(:func:`cascadeseg.training.checkpoint.load_checkpoint`), so a file from an untrusted source cannot
+(:func:`cascadeseg.models.checkpoint.load_checkpoint`), so a file from an untrusted source cannot
 execute code. Members must agree on the spatial dimensionality and the preprocessing recipe and
 take the four modalities (times the slice context for 2.5D models); otherwise :class:`ModelError`.
 """
@@ -38,7 +38,7 @@ from torch import nn
 from cascadeseg.data.case import MODALITIES
 from cascadeseg.data.preprocess import PreprocessConfig
 from cascadeseg.errors import ConfigError, ModelError
-from cascadeseg.training.checkpoint import load_checkpoint
+from cascadeseg.models.checkpoint import load_checkpoint
 
 OUTPUT_KINDS: tuple[str, ...] = ("regions", "labels", "cunet", "bfcn", "probabilities")
 

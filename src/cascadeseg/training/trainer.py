@@ -57,9 +57,9 @@ from cascadeseg.config import OPTIMIZERS, Config, from_dict, save_config, to_dic
 from cascadeseg.config import validate as validate_config
 from cascadeseg.data.labels import REGIONS, label_to_regions
 from cascadeseg.errors import CascadesegError, ConfigError, InputError, ModelError
+from cascadeseg.models.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
 from cascadeseg.runtime import autocast, resolve_precision, tune_device
 from cascadeseg.training import distributed as dist_utils
-from cascadeseg.training.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
 from cascadeseg.training.distributed import DistInfo
 from cascadeseg.training.monitor import validation_objective, warn_lws_coverage
 
