@@ -770,7 +770,8 @@ def _segresnet_rows(
 
 def _onnx_row(suite: Suite, size: Sequence[int], *, device: str, repeats: int, quick: bool) -> None:
     """two_stage through ONNX Runtime (the ``--backend onnx`` path), against PyTorch fp32."""
-    from cascadeseg.inference.export import OnnxNetwork, export_onnx_bytes
+    from cascadeseg.inference.export import export_onnx_bytes
+    from cascadeseg.inference.loading import OnnxNetwork
     from cascadeseg.models import build_model
     from cascadeseg.models.bench import count_flops
 

@@ -82,8 +82,7 @@ def run_demo(
     from cascadeseg.data.synth import SynthConfig, synthesize_dataset
     from cascadeseg.evaluation.evaluate import evaluate
     from cascadeseg.evaluation.report import write_report
-    from cascadeseg.inference.ensemble import load_models
-    from cascadeseg.inference.predictor import options_from_recipe, predict
+    from cascadeseg.inference import load_models, options_from_recipe, predict
     from cascadeseg.training.trainer import train
 
     if model not in DEMO_MODELS:

@@ -18,8 +18,8 @@ from cascadeseg import cli
 from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
-from cascadeseg.inference.ensemble import LoadedModel, recipe_inference_values
-from cascadeseg.inference.predictor import PredictOptions, options_from_recipe
+from cascadeseg.inference.loading import LoadedModel, recipe_inference_values
+from cascadeseg.inference.options import PredictOptions, options_from_recipe
 from cascadeseg.runtime import native_bf16
 
 NONE_GIVEN: dict[str, Any] = {

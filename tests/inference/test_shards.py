@@ -21,7 +21,8 @@ from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError, InputError
 from cascadeseg.fsutil import LOCK_NAME
-from cascadeseg.inference.predictor import PredictOptions, predict
+from cascadeseg.inference.options import PredictOptions
+from cascadeseg.inference.predictor import predict
 from cascadeseg.inference.shards import Share, parse_part, share_from_env
 
 QUIET = PredictOptions(progress=False, device="cpu", tta=False, precision="fp32")

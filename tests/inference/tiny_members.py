@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from cascadeseg.data.preprocess import PreprocessConfig
-from cascadeseg.inference.ensemble import LoadedModel
+from cascadeseg.inference.loading import LoadedModel
 
 
 def tiny_member(

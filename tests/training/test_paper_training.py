@@ -20,13 +20,16 @@ from cascadeseg.data.datasets import CropDataset3D
 from cascadeseg.data.preprocess import Preprocessed, preprocess_case
 from cascadeseg.data.toy import make_tiny_case
 from cascadeseg.errors import ConfigError
-from cascadeseg.inference.ensemble import load_models
-from cascadeseg.inference.predictor import PredictOptions, predict_case, slice_stack
+from cascadeseg.inference.loading import load_models
+from cascadeseg.inference.options import PredictOptions
+from cascadeseg.inference.predictor import predict_case
+from cascadeseg.inference.volume import slice_stack
 from cascadeseg.losses import build_loss
 from cascadeseg.models import build_model
 from cascadeseg.training.distributed import DistInfo
-from cascadeseg.training.monitor import lws_coverage, validation_objective, warn_lws_coverage
+from cascadeseg.training.monitor import lws_coverage, warn_lws_coverage
 from cascadeseg.training.trainer import check_config, read_summary, split_case_ids, train
+from cascadeseg.training.validation import validation_objective
 
 
 @pytest.fixture(scope="module")

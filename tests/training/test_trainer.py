@@ -25,11 +25,9 @@ from cascadeseg.training.trainer import (
     EpochSampler,
     TrainingError,
     build_optimizer,
-    dice_per_region,
     read_steps_csv,
     schedule_epoch,
     should_stop_early,
-    soft_dice_loss_from_probs,
     step_seed,
     to_float32,
     train,
@@ -75,24 +73,6 @@ def tiny_config(*extra: str) -> Config:
 
 # --------------------------------------------------------------------------------------------
 # pure pieces
-
-
-def test_dice_per_region_hand_computed() -> None:
-    pred = np.zeros((3, 2, 2), dtype=bool)
-    ref = np.zeros((3, 2, 2), dtype=bool)
-    pred[0] = [[1, 1], [0, 0]]  # WT: 2 predicted, 1 overlapping 1 reference -> 2*1/3
-    ref[0] = [[1, 0], [0, 0]]
-    pred[1] = [[1, 0], [0, 0]]  # TC: predicted but absent -> 0
-    # ET: empty in both -> 1 (BraTS convention)
-    np.testing.assert_allclose(dice_per_region(pred, ref), [2 / 3, 0.0, 1.0])
-
-
-def test_soft_dice_loss_hand_computed() -> None:
-    probs = np.array([[0.5, 0.5], [1.0, 0.0], [0.0, 0.0]])
-    ref = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
-    # WT: 2*0.5 / (0.5 + 1) = 2/3; TC: 2*1/(1+1) = 1; ET: both empty -> 1.
-    expected = 1 - (2 / 3 + 1 + 1) / 3
-    assert soft_dice_loss_from_probs(probs, ref, eps=0.0) == pytest.approx(expected)
 
 
 def test_should_stop_early() -> None:

@@ -76,8 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from cascadeseg.errors import InputError
     from cascadeseg.inference.lesion_postprocess import AFFECTED_REGIONS
-    from cascadeseg.inference.postprocess import DEFAULT_ET_CANDIDATES, tune_postprocess
-    from cascadeseg.inference.predictor import PredictOptions
+    from cascadeseg.inference.options import PredictOptions
+    from cascadeseg.inference.tuning import DEFAULT_ET_CANDIDATES, tune_postprocess
 
     if not args.model.is_dir():
         raise InputError(f"{args.model}: not a run directory")

@@ -17,17 +17,13 @@ import numpy as np
 import torch
 
 from cascadeseg.data.case import Case
-from cascadeseg.inference.ensemble import LoadedModel, load_models, size_divisor_of
-from cascadeseg.inference.predictor import (
-    PredictOptions,
-    effective_precision,
-    predict_case,
-    probability_fn,
-    resolve_device,
-    use_channels_last,
-)
+from cascadeseg.inference.loading import LoadedModel, load_models, size_divisor_of
+from cascadeseg.inference.options import PredictOptions
+from cascadeseg.inference.predictor import predict_case
 from cascadeseg.inference.sliding import crop_padding, pad_to_multiple
 from cascadeseg.inference.tta import flip_tta_moments
+from cascadeseg.inference.volume import probability_fn, use_channels_last
+from cascadeseg.runtime import effective_precision, resolve_device
 
 #: A BraTS brain after cropping to its bounding box (+4 voxels) is about this size (voxels).
 BRAIN_CROP_SIZE: tuple[int, int, int] = (144, 176, 144)
@@ -253,7 +249,7 @@ def benchmark_inference(
     result["matmul_peak_gflops"] = peak
     result["fraction_of_peak"] = result["gflops_per_s"] / peak
     if probs is not None and reference is not None:
-        from cascadeseg.inference.postprocess import dice
+        from cascadeseg.evaluation.metrics import dice
 
         result["dice_vs_fp32"] = {
             region: dice(probs[i] >= 0.5, reference[i] >= 0.5)
