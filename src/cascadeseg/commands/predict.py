@@ -142,7 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="ET smaller than N voxels becomes necrosis (default: the value stored with the "
-        "model by tune-postprocess, else off)",
+        "model by tune-postprocess, else the recipe's inference.et_min_voxels, else off)",
     )
     parser.add_argument(
         "--min-lesion-voxels",

@@ -15,7 +15,7 @@ import torch
 from cascadeseg.config import INFERENCE_PRECISIONS
 from cascadeseg.data.labels import CONVENTIONS
 from cascadeseg.errors import ConfigError
-from cascadeseg.inference.ensemble import ENSEMBLE_MODES
+from cascadeseg.inference.ensemble import ENSEMBLE_MODES, ensemble_et_min_voxels
 from cascadeseg.inference.lesion_postprocess import check_min_lesion_voxels
 from cascadeseg.inference.loading import RECIPE_INFERENCE_KEYS, LoadedModel, recipe_inference_values
 from cascadeseg.inference.memory import POLICIES
@@ -199,3 +199,18 @@ def run_precision(options: PredictOptions, device: torch.device) -> tuple[str, s
             note = "the onnx backend runs the exported fp32 graph: fp32 used"
         precision = "fp32"
     return precision, note
+
+
+def resolve_et_min_voxels(
+    options: PredictOptions, models: Sequence[LoadedModel]
+) -> tuple[int, str]:
+    """The ET threshold predict applies and where it comes from: ``options.et_min_voxels``
+    (``--et-min-voxels``: ``option``), else the models' stored value (``postprocess.json``, the
+    checkpoint's ``extra`` or the recipe's ``inference.et_min_voxels``; the median over an
+    ensemble: ``stored``), else 0 (``default (off)``)."""
+    if options.et_min_voxels is not None:
+        return options.et_min_voxels, "option"
+    stored = ensemble_et_min_voxels(models)
+    if stored is not None:
+        return stored, "stored"
+    return 0, "default (off)"

@@ -50,17 +50,12 @@ from cascadeseg.data.case import Case
 from cascadeseg.data.labels import ET, probabilities_to_label
 from cascadeseg.data.preprocess import Preprocessed, preprocess_case, restore_to_source
 from cascadeseg.errors import CascadesegError, ConfigError, InputError
-from cascadeseg.inference.ensemble import (
-    MomentSum,
-    ensemble_et_min_voxels,
-    ensemble_min_lesion_voxels,
-    flip_plan,
-)
+from cascadeseg.inference.ensemble import MomentSum, ensemble_min_lesion_voxels, flip_plan
 from cascadeseg.inference.export import to_onnx_member
 from cascadeseg.inference.lesion_postprocess import postprocess_lesions, summarise_lesions
 from cascadeseg.inference.loading import LoadedModel
 from cascadeseg.inference.memory import free_memory
-from cascadeseg.inference.options import PredictOptions, run_precision
+from cascadeseg.inference.options import PredictOptions, resolve_et_min_voxels, run_precision
 from cascadeseg.inference.outputs import (
     CaseResult,
     Prediction,
@@ -164,8 +159,7 @@ def postprocess_label(
     """
     stored_lesions = ensemble_min_lesion_voxels(models)
     label, info, sizes = postprocess_lesions(label, stored_lesions, options.min_lesion_voxels)
-    stored = ensemble_et_min_voxels(models)
-    et_min = options.et_min_voxels if options.et_min_voxels is not None else (stored or 0)
+    et_min, et_source = resolve_et_min_voxels(options, models)
     et_before = int(np.count_nonzero(label == ET))
     label = postprocess_et(label, et_min)
     replaced = bool(et_before and not np.any(label == ET))
@@ -174,9 +168,7 @@ def postprocess_label(
     info.update(
         {
             "et_min_voxels": et_min,
-            "et_min_voxels_source": "option"
-            if options.et_min_voxels is not None
-            else ("stored" if stored is not None else "default (off)"),
+            "et_min_voxels_source": et_source,
             "et_replaced_by_necrosis": replaced,
         }
     )
