@@ -31,7 +31,7 @@ from cascadeseg.inference.options import PredictOptions
 
 @dataclass(frozen=True, eq=False)
 class Prediction:
-    """The result of :func:`predict_case`, on the source grid of the case.
+    """The result of :func:`~cascadeseg.inference.predictor.predict_case`, on the source grid.
 
     Attributes:
         case_id: the case id.
@@ -56,7 +56,7 @@ class Prediction:
 
 @dataclass
 class CaseResult:
-    """What happened to one case in :func:`predict`.
+    """What happened to one case in :func:`~cascadeseg.inference.predictor.predict`.
 
     Attributes:
         case_id: the case id.
@@ -220,7 +220,7 @@ def summary_lines(results: Sequence[CaseResult], output_dir: Path) -> list[str]:
 
 
 def results_to_json(results: Sequence[CaseResult]) -> list[dict[str, Any]]:
-    """JSON-friendly form of :func:`predict`'s results."""
+    """JSON-friendly form of :func:`~cascadeseg.inference.predictor.predict`'s results."""
     out = []
     for r in results:
         d = asdict(r)

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from cascadeseg.config import Config
+from cascadeseg.losses.lws import lws_probabilities, lws_regions, region_counts
+from cascadeseg.models.registry import model_class
 
 
 def lws_coverage(beta: float, p2: float, passes: float) -> float:
@@ -30,8 +32,6 @@ def estimate_p2(cases: Sequence[Any], *, beta: float, contour_width: int) -> flo
     Counts the regions S2 and S3 (:func:`cascadeseg.losses.lws.lws_regions`, axial slices) over
     all cases at once: the batch-wise ``p2`` of training varies around this value.
     """
-    from cascadeseg.losses.lws import lws_probabilities, lws_regions, region_counts
-
     counts = torch.zeros(4, dtype=torch.float64)
     for case in cases:
         label = torch.from_numpy(np.array(case.label, dtype=np.int64)).permute(2, 0, 1)
@@ -50,8 +50,6 @@ def warn_lws_coverage(cfg: Config, train_cases: Sequence[Any], passes: float) ->
         train_cases: preprocessed training cases with ``label`` and ``brain_mask``.
         passes: full passes over the training slices the run will make.
     """
-    from cascadeseg.models.registry import model_class
-
     kind = getattr(model_class(cfg.model.name), "output_kind", "")
     if not cfg.loss.lws or kind not in ("cunet", "labels"):
         return None
