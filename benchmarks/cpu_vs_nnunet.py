@@ -172,8 +172,10 @@ def two_stage_rows(
     from cascadeseg.data.layouts import discover_cases, read_case
     from cascadeseg.data.preprocess import preprocess_case
     from cascadeseg.inference.export import to_onnx_member
-    from cascadeseg.inference.predictor import PredictOptions, predict_case, probability_fn
+    from cascadeseg.inference.options import PredictOptions
+    from cascadeseg.inference.predictor import predict_case
     from cascadeseg.inference.sliding import pad_to_multiple
+    from cascadeseg.inference.volume import probability_fn
     from cascadeseg.runtime import cpu_bf16_is_fast
 
     args = dict(QUICK_ARGS["two_stage"]) if quick else {}

@@ -343,7 +343,7 @@ class Run:
 
 
 def _parameters(checkpoint: Path) -> int:
-    from cascadeseg.inference.ensemble import load_models
+    from cascadeseg.inference.loading import load_models
 
     member = load_models([checkpoint], "cpu", probe=False)[0]
     network: Any = member.network

@@ -170,8 +170,7 @@ def run_variant(
     """
     from cascadeseg.config import apply_overrides, load_config
     from cascadeseg.evaluation.evaluate import evaluate
-    from cascadeseg.inference.ensemble import load_models
-    from cascadeseg.inference.predictor import PredictOptions, predict
+    from cascadeseg.inference import PredictOptions, load_models, predict
     from cascadeseg.training.trainer import train
 
     folder = out / (name if minutes is None else f"{name}@{minutes:g}min")

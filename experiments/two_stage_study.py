@@ -53,7 +53,7 @@ def et_sweep(
     from cascadeseg.data.layouts import discover_cases
     from cascadeseg.data.nifti import load_nifti
     from cascadeseg.evaluation.evaluate import detect_convention, find_predictions
-    from cascadeseg.inference.postprocess import et_stats, tune_et_threshold
+    from cascadeseg.inference.tuning import et_stats, tune_et_threshold
 
     predictions = find_predictions(cond.pred_dir)
     stats, cases = [], []

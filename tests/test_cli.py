@@ -100,7 +100,7 @@ def test_second_run_into_a_locked_folder_fails_at_once(
 def _tiny_checkpoint(path: Path) -> Path:
     from cascadeseg.config import Config, apply_overrides, to_dict
     from cascadeseg.models import build_model
-    from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
+    from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
 
     model = build_model("unet3d", base_width=4, depth=1, norm_groups=2)
     config = to_dict(apply_overrides(Config(), ["model.name=unet3d"]))

@@ -168,8 +168,7 @@ def _make_data(
 def _predict(run_dir: Path, test_dir: Path, predictions: Path) -> Path:
     """The held-out cases segmented with the trained run (8-flip TTA) into ``predictions``."""
     # Loaded when the demo runs, not for `cascadeseg demo --help`: torch, about 2 s.
-    from cascadeseg.inference.ensemble import load_models
-    from cascadeseg.inference.predictor import options_from_recipe, predict
+    from cascadeseg.inference import load_models, options_from_recipe, predict
 
     models = load_models([run_dir])
     # The recipe's inference settings (precision, threshold, ...), as `cascadeseg predict` does.

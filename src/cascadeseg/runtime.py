@@ -10,8 +10,10 @@ PyTorch falls back to reference kernels there; so bf16 is never chosen blindly o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from functools import cache
+from typing import Any
 
 import torch
 
@@ -110,6 +112,26 @@ def autocast(precision: str, device: torch.device | str) -> Iterator[None]:
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+def to_float32(obj: Any) -> Any:
+    """Floating tensors inside ``obj`` (tensor, tuple/NamedTuple, list, dict, dataclass) as float32.
+
+    Model outputs come out of :func:`autocast` in bf16/fp16; losses and probabilities are
+    computed from them in float32.
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.float() if obj.is_floating_point() else obj
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {f.name: to_float32(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return dataclasses.replace(obj, **changes)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(to_float32(v) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_float32(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: to_float32(v) for k, v in obj.items()}
+    return obj
 
 
 def meminfo_available_bytes() -> int | None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cascadeseg.bench.gpu import UtilisationSampler
-from cascadeseg.inference.predictor import default_flips_per_call
+from cascadeseg.inference.memory import default_flips_per_call
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +77,7 @@ def test_utilisation_sampler_on_cpu_has_no_samples() -> None:
     [("cpu", 8, 2), ("cpu", 1, 1), ("cuda", 8, 8), ("cuda", 5, 4), ("cuda", 2, 2), ("cuda", 1, 1)],
 )
 def test_default_flips_per_call(device: str, budget_passes: int, expected: int) -> None:
-    from cascadeseg.inference.sliding import estimate_forward_bytes
+    from cascadeseg.inference.memory import estimate_forward_bytes
 
     shape = (64, 64, 64)
     per_voxel = 100.0

@@ -266,7 +266,7 @@ def test_preprocess_config_from_dict() -> None:
 
 def test_recipe_and_checkpoint_carry_the_n4_settings() -> None:
     from cascadeseg.config import load_config
-    from cascadeseg.inference.ensemble import preprocess_config_of
+    from cascadeseg.inference.loading import preprocess_config_of
 
     overrides = ["data.n4=true", "data.n4_shrink_factor=6", "data.n4_iterations=[50,50,50]"]
     cfg = load_config("two_stage_cpu", overrides)

@@ -16,7 +16,9 @@ from cascadeseg.evaluation.metrics import (
     case_metrics,
     dice,
     hd95,
+    region_dice,
     sensitivity,
+    soft_region_dice,
     specificity,
 )
 from cascadeseg.evaluation.surface import bounding_box, surface_distances
@@ -70,6 +72,32 @@ def test_dice_sensitivity_specificity_by_hand():
     assert dice(pred, ref) == pytest.approx(2 * 2 / (3 + 3))
     assert sensitivity(pred, ref) == pytest.approx(2 / 3)
     assert specificity(pred, ref) == pytest.approx(4 / 5)
+
+
+def test_dice_empty_empty_is_one() -> None:
+    empty = np.zeros((3, 3), bool)
+    assert dice(empty, empty) == 1.0
+    a = np.array([1, 1, 0, 0], bool)
+    b = np.array([1, 0, 1, 0], bool)
+    assert dice(a, b) == pytest.approx(0.5)
+
+
+def test_region_dice_hand_computed() -> None:
+    pred = np.zeros((3, 2, 2), dtype=bool)
+    ref = np.zeros((3, 2, 2), dtype=bool)
+    pred[0] = [[1, 1], [0, 0]]  # WT: 2 predicted, 1 overlapping 1 reference -> 2*1/3
+    ref[0] = [[1, 0], [0, 0]]
+    pred[1] = [[1, 0], [0, 0]]  # TC: predicted but absent -> 0
+    # ET: empty in both -> 1 (BraTS convention)
+    np.testing.assert_allclose(region_dice(pred, ref), [2 / 3, 0.0, 1.0])
+
+
+def test_soft_region_dice_hand_computed() -> None:
+    probs = np.array([[0.5, 0.5], [1.0, 0.0], [0.0, 0.0]])
+    ref = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    # WT: 2*0.5 / (0.5 + 1) = 2/3; TC: 2*1/(1+1) = 1; ET: both empty -> 1.
+    expected = 1 - (2 / 3 + 1 + 1) / 3
+    assert 1 - soft_region_dice(probs, ref, eps=0.0).mean() == pytest.approx(expected)
 
 
 def test_hd95_two_voxels_isotropic_and_anisotropic():

@@ -12,11 +12,12 @@ import torch
 
 from cascadeseg.config import Config, apply_overrides, to_dict
 from cascadeseg.data.case import Case
-from cascadeseg.inference.ensemble import load_models
-from cascadeseg.inference.export import OnnxNetwork, export_onnx, load_onnx_model
-from cascadeseg.inference.predictor import PredictOptions, predict_case
+from cascadeseg.inference.export import export_onnx
+from cascadeseg.inference.loading import OnnxNetwork, load_models, load_onnx_model
+from cascadeseg.inference.options import PredictOptions
+from cascadeseg.inference.predictor import predict_case
 from cascadeseg.models import build_model
-from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
+from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
 
 TINY = {
     "two_stage": {"base_width": 4, "blocks": [1, 1], "norm_groups": 2, "dropout": 0.0},

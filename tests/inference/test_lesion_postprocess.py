@@ -17,11 +17,7 @@ from cascadeseg.data.case import Case
 from cascadeseg.data.labels import ED, ET, NCR
 from cascadeseg.errors import ConfigError, ModelError
 from cascadeseg.evaluation.lesions import lesion_matching
-from cascadeseg.inference.ensemble import (
-    LoadedModel,
-    ensemble_min_lesion_voxels,
-    read_min_lesion_voxels,
-)
+from cascadeseg.inference.ensemble import ensemble_min_lesion_voxels
 from cascadeseg.inference.lesion_postprocess import (
     lesion_summary,
     parse_min_lesion_voxels,
@@ -31,7 +27,9 @@ from cascadeseg.inference.lesion_postprocess import (
     resolve_min_lesion_voxels,
     tune_min_lesion_voxels,
 )
-from cascadeseg.inference.predictor import PredictOptions, predict, predict_case
+from cascadeseg.inference.loading import LoadedModel, read_postprocess_json
+from cascadeseg.inference.options import PredictOptions
+from cascadeseg.inference.predictor import predict, predict_case
 
 
 def brats2023_dice(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
@@ -93,7 +91,7 @@ def test_postprocess_lesions_records_what_it_removed() -> None:
     label[2:5, 2:5, 2:5] = NCR
     label[7, 7, 7] = ET  # a one-voxel core inside the edema
     label[12, 12, 12] = label[14, 14, 14] = ED  # two specks
-    out, info = postprocess_lesions(label, {"wt": 2, "tc": 5}, {"et": 0})
+    out, info, _ = postprocess_lesions(label, {"wt": 2, "tc": 5}, {"et": 0})
     np.testing.assert_array_equal(out, remove_small_lesions(label, {"wt": 2, "tc": 5}))
     assert info["lesions_removed"] == {"wt": 2, "tc": 1, "et": 0}
     assert info["min_lesion_voxels_source"]["et"] == "option"
@@ -192,15 +190,15 @@ def test_wt_threshold_is_judged_on_the_cores_it_removes_too() -> None:
 
 
 def test_postprocess_json_roundtrip_and_ensemble_median(tmp_path: Path) -> None:
-    assert read_min_lesion_voxels(tmp_path) is None
+    assert read_postprocess_json(tmp_path).min_lesion_voxels is None
     (tmp_path / "postprocess.json").write_text(json.dumps({"et_min_voxels": 0}))
-    assert read_min_lesion_voxels(tmp_path) is None
+    assert read_postprocess_json(tmp_path).min_lesion_voxels is None
     stored = {"wt": 50, "tc": 20, "et": 10}
     (tmp_path / "postprocess.json").write_text(json.dumps({"min_lesion_voxels": stored}))
-    assert read_min_lesion_voxels(tmp_path) == stored
+    assert read_postprocess_json(tmp_path).min_lesion_voxels == stored
     (tmp_path / "postprocess.json").write_text(json.dumps({"min_lesion_voxels": {"wt": -1}}))
     with pytest.raises(ModelError, match=r"postprocess\.json"):
-        read_min_lesion_voxels(tmp_path)
+        read_postprocess_json(tmp_path)
     members = [_member(min_lesion_voxels={"wt": v, "et": 4}) for v in (10, 30, 50)]
     assert ensemble_min_lesion_voxels(members) == {"wt": 30, "et": 4}
     assert ensemble_min_lesion_voxels([_member()]) is None
@@ -254,7 +252,7 @@ def test_per_case_json_lists_lesions(tmp_path: Path, tiny_case: Case) -> None:
 
 def test_cli_tune_postprocess_stores_lesion_thresholds_load_models_reads(tmp_path: Path) -> None:
     from cascadeseg import cli
-    from cascadeseg.inference.ensemble import load_models
+    from cascadeseg.inference.loading import load_models
 
     run, data = tiny_run(tmp_path)
     argv = ["tune-postprocess", "--model", str(run), "--data", str(data), "--no-tta"]
@@ -273,10 +271,10 @@ def test_cli_tune_postprocess_stores_lesion_thresholds_load_models_reads(tmp_pat
 def test_checkpoint_extra_and_onnx_export_carry_the_thresholds(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from cascadeseg.config import Config, apply_overrides, to_dict
-    from cascadeseg.inference.ensemble import load_models
-    from cascadeseg.inference.export import export_onnx, load_onnx_model
+    from cascadeseg.inference.export import export_onnx
+    from cascadeseg.inference.loading import load_models, load_onnx_model
     from cascadeseg.models import build_model
-    from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
+    from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
 
     model = build_model("unet3d", base_width=4, depth=1, norm_groups=2)
     thresholds = {"wt": 40, "tc": 12, "et": 3}

@@ -17,8 +17,8 @@ from tiny_members import tiny_member
 from cascadeseg import cli
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
-from cascadeseg.inference.ensemble import LoadedModel, recipe_inference_values
-from cascadeseg.inference.predictor import PredictOptions, options_from_recipe
+from cascadeseg.inference.loading import LoadedModel, recipe_inference_values
+from cascadeseg.inference.options import PredictOptions, options_from_recipe
 from cascadeseg.runtime import native_bf16
 from toy import make_tiny_case
 
@@ -166,3 +166,57 @@ def _predict_parser() -> Any:
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
     return parser
+
+
+#: Each InferenceConfig field: a recipe value, the flag that overrides it and the flag's value.
+RECIPE_FIELDS = [
+    ("tta", "false", False, ["--tta"], True),
+    ("threshold", "0.4", 0.4, ["--threshold", "0.6"], 0.6),
+    ("sliding_window", "always", "always", ["--sliding-window", "never"], "never"),
+    ("overlap", "0.25", 0.25, ["--overlap", "0.75"], 0.75),
+    ("precision", "bf16", "bf16", ["--precision", "fp32"], "fp32"),
+    ("et_min_voxels", "7", 7, ["--et-min-voxels", "3"], 3),
+]
+
+
+def test_every_inference_config_field_is_covered() -> None:
+    from dataclasses import fields
+
+    from cascadeseg.config import InferenceConfig
+
+    assert {f.name for f in fields(InferenceConfig)} == {row[0] for row in RECIPE_FIELDS}
+
+
+@pytest.mark.parametrize(("key", "text", "stored", "flag", "flagged"), RECIPE_FIELDS)
+def test_recipe_field_reaches_predict_and_its_flag_overrides(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    key: str,
+    text: str,
+    stored: Any,
+    flag: list[str],
+    flagged: Any,
+) -> None:
+    import cascadeseg.inference as inference
+    from cascadeseg.inference.options import resolve_et_min_voxels
+
+    ckpt = write_checkpoint(tmp_path / "m.pt", 0, (f"inference.{key}={text}",))
+    calls: list[tuple[list[LoadedModel], PredictOptions]] = []
+
+    def record(models: list[LoadedModel], _inputs: Any, _out: Any, options: Any, **_: Any) -> list:
+        calls.append((models, options))  # what predict was asked to do; nothing is predicted
+        return []
+
+    monkeypatch.setattr(inference, "predict", record)
+    base = ["predict", "--model", str(ckpt), "--input", str(tmp_path), "--device", "cpu"]
+    for extra in ([], flag):
+        assert cli.main([*base, "--output", str(tmp_path / "out"), *extra]) == 0
+    (models, from_recipe), (_, from_flag) = calls
+
+    def value(options: PredictOptions) -> tuple[Any, str]:
+        if key == "et_min_voxels":  # a stored threshold (with tune-postprocess's), not a field
+            return resolve_et_min_voxels(options, models)
+        return getattr(options, key), options.settings_origin[key]
+
+    assert value(from_recipe) == (stored, "recipe" if key != "et_min_voxels" else "stored")
+    assert value(from_flag) == (flagged, "option")

@@ -28,9 +28,10 @@ from cascadeseg.data.layouts import discover_cases
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError, InputError
 from cascadeseg.fsutil import LOCK_NAME
-from cascadeseg.inference.ensemble import LoadedModel
+from cascadeseg.inference.loading import LoadedModel
+from cascadeseg.inference.options import PredictOptions
 from cascadeseg.inference.plan import case_id_of_files
-from cascadeseg.inference.predictor import PredictOptions, predict
+from cascadeseg.inference.predictor import predict
 from toy import make_tiny_case
 
 QUIET = PredictOptions(progress=False, device="cpu", tta=False)

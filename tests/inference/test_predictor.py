@@ -22,17 +22,14 @@ from cascadeseg.data.layouts import discover_cases
 from cascadeseg.data.preprocess import PreprocessConfig
 from cascadeseg.data.writers import WRITABLE_LAYOUTS, write_case
 from cascadeseg.errors import ConfigError
-from cascadeseg.inference.ensemble import LoadedModel
-from cascadeseg.inference.postprocess import dice
-from cascadeseg.inference.predictor import (
-    PredictOptions,
-    files_in_modality_order,
-    predict,
-    predict_case,
-    slice_stack,
-)
+from cascadeseg.evaluation.metrics import dice
+from cascadeseg.inference.loading import LoadedModel
+from cascadeseg.inference.options import PredictOptions
+from cascadeseg.inference.plan import files_in_modality_order
+from cascadeseg.inference.predictor import predict, predict_case
+from cascadeseg.inference.volume import slice_stack
 from cascadeseg.models import build_model
-from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
+from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
 from toy import make_tiny_case
 
 QUIET = PredictOptions(progress=False, device="cpu", precision="fp32")
@@ -383,7 +380,7 @@ def test_cli_predict_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_2d_models_fuse_brain_mask(
     tmp_path: Path, tiny_case: Case, name: str, args: dict[str, int]
 ) -> None:
-    from cascadeseg.inference.ensemble import load_models
+    from cascadeseg.inference.loading import load_models
 
     ckpt = _checkpoint(tmp_path / f"{name}.pt", name, args)
     members = load_models([ckpt])

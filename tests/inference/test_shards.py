@@ -20,7 +20,8 @@ from cascadeseg import cli
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError, InputError
 from cascadeseg.fsutil import LOCK_NAME
-from cascadeseg.inference.predictor import PredictOptions, predict
+from cascadeseg.inference.options import PredictOptions
+from cascadeseg.inference.predictor import predict
 from cascadeseg.inference.shards import Share, parse_part, share_from_env
 from toy import make_tiny_case
 

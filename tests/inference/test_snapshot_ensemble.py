@@ -18,8 +18,10 @@ from torch import nn
 from cascadeseg import cli
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
-from cascadeseg.inference.ensemble import LoadedModel, flip_plan, is_snapshot
-from cascadeseg.inference.predictor import PredictOptions, predict_preprocessed
+from cascadeseg.inference.ensemble import flip_plan, is_snapshot
+from cascadeseg.inference.loading import LoadedModel
+from cascadeseg.inference.options import PredictOptions
+from cascadeseg.inference.predictor import predict_preprocessed
 from cascadeseg.inference.tta import flip_combinations, paired_flip_indices
 from toy import make_tiny_case
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from cascadeseg.data.preprocess import PreprocessConfig
-from cascadeseg.inference.ensemble import LoadedModel
+from cascadeseg.inference.loading import LoadedModel
 
 
 def tiny_member(
@@ -60,7 +60,7 @@ def tiny_checkpoint(
 
     from cascadeseg.config import Config, apply_overrides, to_dict
     from cascadeseg.models import build_model
-    from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
+    from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
 
     torch.manual_seed(seed)
     model = build_model("unet3d", base_width=4, depth=1, norm_groups=2)

@@ -18,7 +18,7 @@ from cascadeseg.config import (
     to_dict,
 )
 from cascadeseg.errors import ConfigError
-from cascadeseg.training.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
+from cascadeseg.models.checkpoint import atomic_torch_save, load_checkpoint, make_checkpoint
 from cascadeseg.training.trainer import check_config
 
 RECIPES = sorted(p.stem for p in recipe_dirs()[0].glob("*.yaml"))

@@ -14,7 +14,7 @@ import torch
 from cascadeseg.config import Config, apply_overrides, save_config
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
-from cascadeseg.training.checkpoint import load_checkpoint
+from cascadeseg.models.checkpoint import load_checkpoint
 from cascadeseg.training.distributed import env_world, resolve_device
 from cascadeseg.training.trainer import train
 from toy import make_tiny_case

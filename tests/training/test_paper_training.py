@@ -19,15 +19,18 @@ from cascadeseg.config import Config, apply_overrides, load_config
 from cascadeseg.data.datasets import CropDataset3D
 from cascadeseg.data.preprocess import Preprocessed, preprocess_case
 from cascadeseg.errors import ConfigError
-from cascadeseg.inference.ensemble import load_models
-from cascadeseg.inference.predictor import PredictOptions, predict_case, slice_stack
+from cascadeseg.inference.loading import load_models
+from cascadeseg.inference.options import PredictOptions
+from cascadeseg.inference.predictor import predict_case
+from cascadeseg.inference.volume import slice_stack
 from cascadeseg.losses import build_loss
 from cascadeseg.models import build_model
 from cascadeseg.training.data import split_case_ids
 from cascadeseg.training.distributed import DistInfo
-from cascadeseg.training.monitor import lws_coverage, validation_objective, warn_lws_coverage
-from cascadeseg.training.schedules import EpochLoss, aux_weight_at
+from cascadeseg.training.monitor import lws_coverage, warn_lws_coverage
+from cascadeseg.training.schedules import aux_weight_at
 from cascadeseg.training.trainer import check_config, read_summary, train
+from cascadeseg.training.validation import validation_objective
 from toy import make_tiny_case
 
 
@@ -61,7 +64,13 @@ def test_validation_objective_is_the_training_loss_on_the_validation_slices(
     loss_fn = build_loss(model, cfg.loss)
     case = tiny_cases[0]
     value = validation_objective(
-        model, EpochLoss(loss_fn, cfg.loss), [case], cfg, DistInfo(), epoch=15, slice_batch=1000
+        model,
+        loss_fn,
+        [case],
+        cfg,
+        DistInfo(),
+        aux_weight=aux_weight_at(15, cfg.loss),
+        slice_batch=1000,
     )
     # By hand: every slice holding brain in one batch, eval mode, auxiliary outputs included
     # (Eq. 4 with the auxiliary weight of epoch 15: 0.01).
@@ -81,10 +90,10 @@ def test_validation_objective_is_the_training_loss_on_the_validation_slices(
     assert value == pytest.approx(float(expected), rel=1e-5)
     # LWS draws from a fixed seed: the same value twice, and the global RNG is untouched.
     cfg_lws = apply_overrides(cfg, ["loss.lws=true"])
-    lws_loss = EpochLoss(build_loss(model, cfg_lws.loss), cfg_lws.loss)
+    lws_loss = build_loss(model, cfg_lws.loss)
     state = torch.get_rng_state()
-    a = validation_objective(model, lws_loss, [case], cfg_lws, DistInfo(), epoch=0)
-    b = validation_objective(model, lws_loss, [case], cfg_lws, DistInfo(), epoch=0)
+    a = validation_objective(model, lws_loss, [case], cfg_lws, DistInfo(), aux_weight=0.1)
+    b = validation_objective(model, lws_loss, [case], cfg_lws, DistInfo(), aux_weight=0.1)
     assert a == b and torch.equal(state, torch.get_rng_state())
 
 

@@ -12,7 +12,7 @@ import torch
 
 from cascadeseg.config import Config, apply_overrides
 from cascadeseg.data.writers import write_case
-from cascadeseg.training.checkpoint import load_checkpoint
+from cascadeseg.models.checkpoint import load_checkpoint
 from cascadeseg.training.logs import read_steps_csv
 from cascadeseg.training.run_state import rng_states, set_rng_states
 from cascadeseg.training.session import SimulatedKill
@@ -121,7 +121,7 @@ def test_rng_states_round_trip() -> None:
 
 
 def test_checkpoint_state_loads_weights_only(tmp_path: Path) -> None:
-    from cascadeseg.training.checkpoint import atomic_torch_save
+    from cascadeseg.models.checkpoint import atomic_torch_save
 
     atomic_torch_save({"rng": rng_states()}, tmp_path / "r.pt")
     loaded = torch.load(tmp_path / "r.pt", weights_only=True)

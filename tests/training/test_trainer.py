@@ -19,15 +19,15 @@ from cascadeseg.config import Config, OptimConfig, apply_overrides, load_config
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
 from cascadeseg.models import build_model
+from cascadeseg.models.checkpoint import load_checkpoint
 from cascadeseg.training import session as session_module
 from cascadeseg.training.build import build_optimizer, build_training_model
-from cascadeseg.training.checkpoint import load_checkpoint
 from cascadeseg.training.data import EpochSampler
 from cascadeseg.training.logs import read_steps_csv
 from cascadeseg.training.run_state import seed_everything, should_stop_early, step_seed
 from cascadeseg.training.schedules import schedule_epoch
 from cascadeseg.training.session import TrainingError, to_float32
-from cascadeseg.training.trainer import dice_per_region, soft_dice_loss_from_probs, train
+from cascadeseg.training.trainer import train
 from toy import make_tiny_case
 
 #: A tiny GroupNorm 3D U-Net (two levels of 4 and 8 channels).
@@ -70,24 +70,6 @@ def tiny_config(*extra: str) -> Config:
 
 # --------------------------------------------------------------------------------------------
 # pure pieces
-
-
-def test_dice_per_region_hand_computed() -> None:
-    pred = np.zeros((3, 2, 2), dtype=bool)
-    ref = np.zeros((3, 2, 2), dtype=bool)
-    pred[0] = [[1, 1], [0, 0]]  # WT: 2 predicted, 1 overlapping 1 reference -> 2*1/3
-    ref[0] = [[1, 0], [0, 0]]
-    pred[1] = [[1, 0], [0, 0]]  # TC: predicted but absent -> 0
-    # ET: empty in both -> 1 (BraTS convention)
-    np.testing.assert_allclose(dice_per_region(pred, ref), [2 / 3, 0.0, 1.0])
-
-
-def test_soft_dice_loss_hand_computed() -> None:
-    probs = np.array([[0.5, 0.5], [1.0, 0.0], [0.0, 0.0]])
-    ref = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
-    # WT: 2*0.5 / (0.5 + 1) = 2/3; TC: 2*1/(1+1) = 1; ET: both empty -> 1.
-    expected = 1 - (2 / 3 + 1 + 1) / 3
-    assert soft_dice_loss_from_probs(probs, ref, eps=0.0) == pytest.approx(expected)
 
 
 def test_should_stop_early() -> None:

@@ -23,19 +23,15 @@ from cascadeseg.data.case import Case
 from cascadeseg.data.layouts import discover_cases, read_case
 from cascadeseg.data.preprocess import PreprocessConfig
 from cascadeseg.evaluation.metrics import dice
-from cascadeseg.inference.ensemble import LoadedModel, load_models, size_divisor_of
-from cascadeseg.inference.predictor import (
-    PredictOptions,
-    effective_precision,
-    predict_case,
-    probability_fn,
-    resolve_device,
-    use_channels_last,
-)
+from cascadeseg.inference.loading import LoadedModel, load_models, size_divisor_of
+from cascadeseg.inference.options import PredictOptions
+from cascadeseg.inference.predictor import predict_case
 from cascadeseg.inference.sliding import crop_padding, pad_to_multiple
 from cascadeseg.inference.tta import flip_tta_moments
+from cascadeseg.inference.volume import probability_fn, use_channels_last
+from cascadeseg.models import build_model
 from cascadeseg.models.inspect import count_input_flops
-from cascadeseg.models.registry import build_model
+from cascadeseg.runtime import effective_precision, resolve_device
 
 #: A BraTS brain after cropping to its bounding box (+4 voxels) is about this size (voxels).
 BRAIN_CROP_SIZE: tuple[int, int, int] = (144, 176, 144)

@@ -36,10 +36,11 @@ from cascadeseg.bench.inputs import (
 from cascadeseg.bench.models import benchmark_forward, forward_seconds, segmentation_agreement
 from cascadeseg.bench.rows import Suite, add_row, conv_limit, size_text, throughput
 from cascadeseg.bench.timing import free_memory, measure
-from cascadeseg.inference.export import OnnxNetwork, export_onnx_bytes
+from cascadeseg.inference.export import export_onnx_bytes
+from cascadeseg.inference.loading import OnnxNetwork
+from cascadeseg.models import build_model
 from cascadeseg.models.inspect import build_meta_model, count_flops, count_input_flops
 from cascadeseg.models.outputs import region_probabilities
-from cascadeseg.models.registry import build_model
 from cascadeseg.runtime import native_bf16
 
 

@@ -19,9 +19,9 @@ from torch import nn
 from cascadeseg.bench.timing import Timing, measure
 from cascadeseg.errors import ModelError
 from cascadeseg.evaluation.metrics import dice
+from cascadeseg.models import build_model
 from cascadeseg.models.inspect import build_meta_model, count_flops, network_input_shape
 from cascadeseg.models.outputs import region_probabilities
-from cascadeseg.models.registry import build_model
 from cascadeseg.runtime import autocast
 
 #: ``bf16``: autocast (convolutions in bf16, GroupNorm in fp32); ``bf16_pure``: the whole model

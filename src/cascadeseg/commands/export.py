@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     # Loaded when the command runs, not for --help: torch and ONNX (about 2 s).
     import torch
 
-    from cascadeseg.inference.ensemble import load_models
-    from cascadeseg.inference.export import OnnxNetwork, export_onnx
+    from cascadeseg.inference.export import export_onnx
+    from cascadeseg.inference.loading import OnnxNetwork, load_models
 
     if args.out.exists() and not args.overwrite:
         raise InputError(f"{args.out}: exists (use --overwrite to replace)")

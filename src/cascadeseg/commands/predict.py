@@ -3,7 +3,7 @@
 One source of truth for the recipe's inference settings: ``--tta/--no-tta``, ``--sliding-window``,
 ``--overlap``, ``--precision`` and ``--threshold`` override the ``inference.*`` values stored
 with the model only when given; otherwise the stored value is used, else the built-in default
-(:func:`cascadeseg.inference.predictor.options_from_recipe`). Each case's JSON says which.
+(:func:`cascadeseg.inference.options.options_from_recipe`). Each case's JSON says which.
 
 Scaling (:mod:`cascadeseg.inference.shards`): under ``torchrun`` the ranks split the cases
 (``cuda:LOCAL_RANK`` each, or ``cores / LOCAL_WORLD_SIZE`` CPU threads), rank 0 prints the summary
@@ -152,7 +152,7 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="ET smaller than N voxels becomes necrosis (default: the value stored with the "
-        "model by tune-postprocess, else off)",
+        "model by tune-postprocess, else the recipe's inference.et_min_voxels, else off)",
     )
     group.add_argument(
         "--min-lesion-voxels",
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     # Loaded when the command runs, not for --help: inference loads torch (about 2 s).
     from cascadeseg.inference import load_models, predict
     from cascadeseg.inference.lesion_postprocess import parse_min_lesion_voxels
-    from cascadeseg.inference.predictor import options_from_recipe, resolve_device
+    from cascadeseg.inference.options import options_from_recipe
     from cascadeseg.inference.shards import (
         env_int,
         join_ranks,
@@ -193,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         setup_rank_device,
         share_from_env,
     )
+    from cascadeseg.runtime import resolve_device
 
     share = share_from_env(args.part)
     device = resolve_device(args.device, env_int("LOCAL_RANK", 0))

@@ -78,8 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # Loaded when the command runs, not for --help: inference loads torch (about 2 s).
     from cascadeseg.inference.lesion_postprocess import AFFECTED_REGIONS
-    from cascadeseg.inference.postprocess import DEFAULT_ET_CANDIDATES, tune_postprocess
-    from cascadeseg.inference.predictor import PredictOptions
+    from cascadeseg.inference.options import PredictOptions
+    from cascadeseg.inference.tuning import DEFAULT_ET_CANDIDATES, tune_postprocess
 
     if not args.model.is_dir():
         raise InputError(f"{args.model}: not a run directory")

@@ -81,6 +81,43 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
     )
 
 
+def region_dice(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """:func:`dice` of each region of stacked masks.
+
+    Args:
+        pred: ``(R, ...)`` binary masks, e.g. regions ``[WT, TC, ET]`` of a volume.
+        ref: ``(R, ...)`` binary masks of the same shape.
+
+    Returns:
+        ``(R,)`` float64 Dice per region (1.0 where both masks of a region are empty).
+    """
+    if np.shape(pred) != np.shape(ref):
+        raise ValueError(f"shapes differ: {np.shape(pred)} vs {np.shape(ref)}")
+    return np.array([dice(p, r) for p, r in zip(pred, ref)], dtype=np.float64)
+
+
+def soft_region_dice(probs: np.ndarray, ref: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """Soft Dice with squared denominators (two-stage paper Eq. 2) of each region, in float64.
+
+    ``2 sum(P R) / (sum(P^2) + sum(R^2) + eps)`` per region, for probabilities rather than
+    masks (the differentiable training loss is :mod:`cascadeseg.losses.dice`); a region whose
+    denominator is at most ``eps`` (empty in both) scores 1, as :func:`dice` does.
+
+    Args:
+        probs: ``(R, ...)`` probabilities in [0, 1].
+        ref: ``(R, ...)`` binary references.
+        eps: denominator epsilon.
+
+    Returns:
+        ``(R,)`` float64 soft Dice per region.
+    """
+    p = np.asarray(probs, dtype=np.float64).reshape(np.shape(probs)[0], -1)
+    r = np.asarray(ref, dtype=np.float64).reshape(np.shape(ref)[0], -1)
+    denom = (p * p).sum(1) + (r * r).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > eps, 2 * (p * r).sum(1) / (denom + eps), 1.0)
+
+
 def sensitivity(pred: np.ndarray, ref: np.ndarray) -> float:
     """Sensitivity ``|P∧T| / |T|`` (CU-Net Eq. 5); NaN when the reference is empty."""
     p, r = _as_bool(pred), _as_bool(ref)

@@ -1,5 +1,13 @@
 """Inference: predictor, flip TTA, sliding window, ensembles, post-processing, export.
 
+Modules by job: ``loading`` (checkpoints and ONNX files -> :class:`LoadedModel`), ``ensemble``
+(flip plan, averaging members), ``options`` (:class:`PredictOptions`, the recipe's settings),
+``volume`` (one network on one preprocessed volume, :func:`predict_volume`), ``sliding`` (window
+arithmetic) and ``memory`` (memory policy, :class:`AdaptiveForward`), ``tta``, ``predictor``
+(cases), ``outputs`` (files and reports), ``plan`` (inputs and outputs checked before any
+inference), ``shards`` (several processes), ``postprocess`` / ``lesion_postprocess`` (pure
+post-processing) and ``tuning`` (its thresholds), ``export`` (ONNX).
+
 Typical use::
 
     from cascadeseg.inference import PredictOptions, load_models, options_from_recipe, predict
@@ -12,23 +20,17 @@ Typical use::
 
 from __future__ import annotations
 
-from cascadeseg.inference.ensemble import LoadedModel, average_probabilities, load_models
-from cascadeseg.inference.postprocess import (
-    fuse_brain_mask,
-    postprocess_et,
-    tune_et_threshold,
-    tune_postprocess,
-)
-from cascadeseg.inference.predictor import (
-    CaseResult,
-    Prediction,
-    PredictOptions,
-    options_from_recipe,
-    predict,
-    predict_case,
-)
-from cascadeseg.inference.sliding import AdaptiveForward, pad_to_multiple, sliding_window
+from cascadeseg.inference.ensemble import average_probabilities
+from cascadeseg.inference.loading import LoadedModel, load_models
+from cascadeseg.inference.memory import AdaptiveForward
+from cascadeseg.inference.options import PredictOptions, options_from_recipe
+from cascadeseg.inference.outputs import CaseResult, Prediction
+from cascadeseg.inference.postprocess import fuse_brain_mask, postprocess_et
+from cascadeseg.inference.predictor import predict, predict_case
+from cascadeseg.inference.sliding import pad_to_multiple, sliding_window
 from cascadeseg.inference.tta import flip_tta
+from cascadeseg.inference.tuning import tune_et_threshold, tune_postprocess
+from cascadeseg.inference.volume import predict_volume
 
 __all__ = [
     "AdaptiveForward",
@@ -45,6 +47,7 @@ __all__ = [
     "postprocess_et",
     "predict",
     "predict_case",
+    "predict_volume",
     "sliding_window",
     "tune_et_threshold",
     "tune_postprocess",

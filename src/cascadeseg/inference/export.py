@@ -1,4 +1,4 @@
-"""ONNX export of the inference network, and an ONNX Runtime backend for the predictor.
+"""ONNX export of the inference network, and the predictor's ``--backend onnx`` members.
 
 The exported graph is the eval-mode network followed by its output activation
 (:func:`cascadeseg.models.outputs.region_probabilities`), so it maps a ``(B, C, *spatial)`` image to
@@ -8,7 +8,8 @@ Several checkpoints (a run directory's snapshots) export as one graph that avera
 
 Everything the predictor needs to use the file alone (spatial dims, channels, slice context,
 preprocessing recipe, stored ET threshold, padding multiple) is written as JSON into the model's
-``metadata_props`` under the key ``cascadeseg``; :func:`load_onnx_model` reads it back, so
+``metadata_props`` under the key ``cascadeseg``;
+:func:`cascadeseg.inference.loading.load_onnx_model` reads it back, so
 ``cascadeseg predict --model model.onnx`` works without the checkpoint.
 
 The TorchScript-based exporter (``dynamo=False``) is used: the ``torch.export``-based one needs the
@@ -21,19 +22,27 @@ import io
 import json
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from cascadeseg.data.preprocess import PreprocessConfig
 from cascadeseg.errors import ModelError
 from cascadeseg.fsutil import atomic_path
-from cascadeseg.inference.ensemble import LoadedModel, check_member, load_models
+from cascadeseg.inference.ensemble import ensemble_et_min_voxels, ensemble_min_lesion_voxels
+from cascadeseg.inference.loading import (
+    ONNX_FORMAT,
+    ONNX_METADATA_KEY,
+    LoadedModel,
+    OnnxNetwork,
+    check_member,
+    load_models,
+    member_of_network,
+)
+from cascadeseg.models.outputs import region_probabilities
 
-METADATA_KEY = "cascadeseg"
 #: Lowest opset accepted (GroupNormalization-free graphs work from 13, but 17 is what we test).
 MIN_OPSET = 17
 
@@ -51,8 +60,6 @@ class ProbabilityHead(nn.Module):
         self.output_kind = output_kind
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from cascadeseg.models.outputs import region_probabilities
-
         total: torch.Tensor | None = None
         for net in self.networks:
             out = net(x)
@@ -68,10 +75,8 @@ class ProbabilityHead(nn.Module):
 
 def _metadata(members: Sequence[LoadedModel]) -> dict[str, Any]:
     first = members[0]
-    from cascadeseg.inference.ensemble import ensemble_et_min_voxels, ensemble_min_lesion_voxels
-
     return {
-        "format": "cascadeseg-onnx-1",
+        "format": ONNX_FORMAT,
         "model_name": first.name,
         "members": len(members),
         "sources": [str(m.source) for m in members],
@@ -97,24 +102,7 @@ def _as_members(model_or_ckpt: Any) -> list[LoadedModel]:
     ):
         return list(model_or_ckpt)
     if isinstance(model_or_ckpt, nn.Module):
-        from cascadeseg.inference.ensemble import size_divisor_of
-
-        spatial_dims = int(getattr(model_or_ckpt, "spatial_dims", 3))
-        in_channels = int(getattr(model_or_ckpt, "in_channels", 4))
-        member = LoadedModel(
-            network=model_or_ckpt.eval(),
-            name=type(model_or_ckpt).__name__,
-            spatial_dims=spatial_dims,
-            output_kind=str(getattr(model_or_ckpt, "output_kind", "regions")),
-            in_channels=in_channels,
-            slice_context=max(0, (in_channels // 4 - 1) // 2) if spatial_dims == 2 else 0,
-            preprocess=PreprocessConfig(),
-            patch_size=(128,) * spatial_dims,
-            size_divisor=size_divisor_of(model_or_ckpt),
-            et_min_voxels=None,
-            source=Path(f"<{type(model_or_ckpt).__name__}>"),
-        )
-        return [member]
+        return [member_of_network(model_or_ckpt.eval())]
     raise TypeError(f"cannot export {type(model_or_ckpt).__name__}")
 
 
@@ -136,6 +124,7 @@ def export_onnx_bytes(
     Returns:
         The serialized model with cascadeseg metadata.
     """
+    # onnx is an optional dependency, needed only to export.
     import onnx
 
     if opset < MIN_OPSET:
@@ -176,7 +165,7 @@ def export_onnx_bytes(
         )
     proto = onnx.load_from_string(buffer.getvalue())
     entry = proto.metadata_props.add()
-    entry.key = METADATA_KEY
+    entry.key = ONNX_METADATA_KEY
     entry.value = json.dumps(_metadata(members))
     return bytes(proto.SerializeToString())
 
@@ -199,85 +188,11 @@ def export_onnx(
     return out
 
 
-class OnnxNetwork:
-    """An ONNX Runtime session called like a network: torch tensor in, probabilities out.
-
-    Args:
-        model: path to an ``.onnx`` file or its bytes.
-        device: ``cuda`` uses the CUDA execution provider when ONNX Runtime has it, else CPU.
-        threads: intra-op threads (default: ``torch.get_num_threads()``).
-    """
-
-    def __init__(
-        self,
-        model: str | Path | bytes,
-        device: torch.device | str = "cpu",
-        threads: int | None = None,
-    ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or torch.get_num_threads())
-        options.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in (
-            ort.get_available_providers()
-        ):
-            providers.insert(0, "CUDAExecutionProvider")
-        source = model if isinstance(model, bytes) else str(model)
-        try:
-            self.session = ort.InferenceSession(source, options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            where = "<bytes>" if isinstance(model, bytes) else str(model)
-            raise ModelError(f"{where}: ONNX Runtime cannot load the model ({exc})") from None
-        self.input_name = self.session.get_inputs()[0].name
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
-        (out,) = self.session.run(None, {self.input_name: array})
-        return torch.from_numpy(np.asarray(out)).to(x.device)
-
-    def metadata(self) -> dict[str, Any]:
-        """The cascadeseg metadata stored at export (``{}`` if absent)."""
-        props = self.session.get_modelmeta().custom_metadata_map
-        raw = props.get(METADATA_KEY)
-        return json.loads(raw) if raw else {}
-
-
-def load_onnx_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """A :class:`LoadedModel` from an ``.onnx`` file written by :func:`export_onnx`."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{path}: ONNX model not found")
-    network = OnnxNetwork(path, device)
-    meta = network.metadata()
-    if meta.get("format") != "cascadeseg-onnx-1":
-        raise ModelError(f"{path}: not exported by cascadeseg (no {METADATA_KEY!r} metadata)")
-    pre = PreprocessConfig.from_dict(meta.get("preprocess") or {})
-    return LoadedModel(
-        network=network,
-        name=str(meta.get("model_name", "onnx")),
-        spatial_dims=int(meta["spatial_dims"]),
-        output_kind="probabilities",
-        in_channels=int(meta["in_channels"]),
-        slice_context=int(meta.get("slice_context", 0)),
-        preprocess=pre,
-        patch_size=tuple(int(s) for s in meta.get("patch_size", ())),
-        size_divisor=int(meta.get("size_divisor", 16)),
-        et_min_voxels=meta.get("et_min_voxels"),
-        min_lesion_voxels=meta.get("min_lesion_voxels"),
-        source=path,
-        device=torch.device(device),
-    )
-
-
 def to_onnx_member(member: LoadedModel) -> LoadedModel:
     """The same member run by ONNX Runtime (exported in memory; nothing is written to disk)."""
     if member.output_kind == "probabilities":
         return member
     data = export_onnx_bytes(member)
-    from dataclasses import replace
-
     onnx_member = replace(
         member, network=OnnxNetwork(data, member.device), output_kind="probabilities"
     )

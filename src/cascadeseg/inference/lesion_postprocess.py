@@ -26,7 +26,8 @@ components below a size tuned per region on validation cases. Here:
 * :func:`resolve_min_lesion_voxels` / :func:`postprocess_lesions`: the thresholds ``predict``
   uses: the ones stored with the model (``postprocess.json`` of ``tune-postprocess``),
   overridden per region by ``--min-lesion-voxels``.
-* :func:`lesion_summary`: lesion counts and volumes per region for ``predict``'s per-case JSON.
+* :func:`summarise_lesions` / :func:`lesion_summary`: lesion counts and volumes per region for
+  ``predict``'s per-case JSON (from the components :func:`postprocess_lesions` labelled).
 
 Thresholds are in voxels of the grid the label lies on (the source grid in ``predict``), like
 ``et_min_voxels``.
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -68,23 +69,18 @@ def region_mask(label: np.ndarray, region: str) -> np.ndarray:
     raise ValueError(f"unknown region {region!r} (known: {', '.join(LESION_REGIONS)})")
 
 
-def small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
-    """Voxels of the 26-connected components of ``mask`` with fewer than ``min_voxels`` voxels."""
-    return _small_components(mask, min_voxels)[0]
-
-
-def _small_components(mask: np.ndarray, min_voxels: int) -> tuple[np.ndarray, int]:
-    """:func:`small_components` and how many components it holds."""
-    if min_voxels <= 1 or not np.any(mask):
-        return np.zeros(np.shape(mask), dtype=bool), 0
+def _component_sizes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """26-connected component labels of ``mask`` and each label's voxel count (index 0: rest)."""
     labels, n = ndimage.label(np.asarray(mask, dtype=bool), structure=_CONN26)
-    small = np.bincount(labels.ravel(), minlength=n + 1) < min_voxels
-    small[0] = False
-    return small[labels], int(np.count_nonzero(small))
+    return labels, np.bincount(labels.ravel(), minlength=n + 1)
 
 
 #: What a removed component of each region becomes (see the module docstring).
 _REPLACEMENT = {"wt": 0, "tc": ED, "et": NCR}
+
+#: Region -> voxel counts of its 26-connected components (the lesions of the BraTS lesion-wise
+#: rules), e.g. ``{"wt": array([812, 40]), "tc": ..., "et": ...}``.
+ComponentSizes = dict[str, np.ndarray]
 
 
 def remove_small_lesions(label: np.ndarray, min_voxels: Mapping[str, int]) -> np.ndarray:
@@ -102,16 +98,27 @@ def remove_small_lesions(label: np.ndarray, min_voxels: Mapping[str, int]) -> np
 
 
 def _remove_small(
-    label: np.ndarray, min_voxels: Mapping[str, int]
-) -> tuple[np.ndarray, dict[str, int]]:
-    """:func:`remove_small_lesions` and the number of components removed per region."""
+    label: np.ndarray, min_voxels: Mapping[str, int], *, measure: bool = False
+) -> tuple[np.ndarray, dict[str, int], ComponentSizes]:
+    """:func:`remove_small_lesions`, the number of components removed per region and, with
+    ``measure``, the sizes of the components left (each region labelled once, in the order
+    WT, TC, ET; later steps never split, merge or shrink an earlier region's components)."""
     out = np.array(label, copy=True)
     removed: dict[str, int] = {}
+    kept: ComponentSizes = {}
     for region in LESION_REGIONS:
         threshold = int(min_voxels.get(region, 0))
-        small, removed[region] = _small_components(region_mask(out, region), threshold)
-        out[small] = _REPLACEMENT[region]
-    return out, removed
+        removed[region] = 0
+        mask = region_mask(out, region)
+        if not measure and (threshold <= 1 or not np.any(mask)):
+            continue
+        components, sizes = _component_sizes(mask)
+        small = sizes < threshold if threshold > 1 else np.zeros(sizes.shape, dtype=bool)
+        small[0] = False
+        out[small[components]] = _REPLACEMENT[region]
+        removed[region] = int(np.count_nonzero(small))
+        kept[region] = sizes[1:][~small[1:]]
+    return out, removed, kept
 
 
 @dataclass(frozen=True)
@@ -124,11 +131,13 @@ class LesionTuneResult:
             removal changes of the mean score over the cases (with the thresholds of the
             regions before it applied).
         n_cases: number of cases.
+        processed: the cases' predictions with the chosen thresholds applied, in case order.
     """
 
     best: dict[str, int]
     mean_score: dict[str, dict[int, float]]
     n_cases: int
+    processed: tuple[np.ndarray, ...] = field(default=(), repr=False, compare=False)
 
 
 #: The regions each region's removal changes (itself and the regions inside it): a WT threshold
@@ -200,14 +209,13 @@ def tune_min_lesion_voxels(
         scored = {c: v for c, v in means[region].items() if not math.isnan(v)}
         best = max(scored, key=lambda c: (scored[c], -c)) if scored else 0
         chosen[region] = best
-        current = [remove_small_lesions(pred, {region: best}) for pred in current]
-    return LesionTuneResult(best=chosen, mean_score=means, n_cases=len(cases))
-
-
-def _component_sizes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """26-connected component labels of ``mask`` and each label's voxel count (index 0: rest)."""
-    labels, n = ndimage.label(np.asarray(mask, dtype=bool), structure=_CONN26)
-    return labels, np.bincount(labels.ravel(), minlength=n + 1)
+        current = [
+            _without_small(pred, labels, sizes, best, region)
+            for pred, (labels, sizes) in zip(current, components)
+        ]
+    return LesionTuneResult(
+        best=chosen, mean_score=means, n_cases=len(cases), processed=tuple(current)
+    )
 
 
 def _without_small(
@@ -284,35 +292,50 @@ def resolve_min_lesion_voxels(
 
 def postprocess_lesions(
     label: np.ndarray, stored: Mapping[str, int] | None, override: Mapping[str, int] | None
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """:func:`remove_small_lesions` with the resolved thresholds, and a JSON-friendly record:
-    ``min_lesion_voxels``, ``min_lesion_voxels_source`` and the components removed per region."""
+) -> tuple[np.ndarray, dict[str, Any], ComponentSizes]:
+    """:func:`remove_small_lesions` with the resolved thresholds.
+
+    Returns:
+        ``(label, info, sizes)``: the new label map; a JSON-friendly record
+        (``min_lesion_voxels``, ``min_lesion_voxels_source`` and the components removed per
+        region); the voxel counts of the components left per region, for
+        :func:`summarise_lesions` (so each region is labelled once per case).
+    """
     values, sources = resolve_min_lesion_voxels(stored, override)
-    out, removed = _remove_small(label, values)
+    out, removed, kept = _remove_small(label, values, measure=True)
     info = {
         "min_lesion_voxels": values,
         "min_lesion_voxels_source": sources,
         "lesions_removed": removed,
     }
-    return out, info
+    return out, info, kept
 
 
-def lesion_summary(label: np.ndarray, spacing: Sequence[float]) -> dict[str, dict[str, Any]]:
-    """Lesion counts and volumes per region of an internal label map.
+def summarise_lesions(sizes: ComponentSizes, spacing: Sequence[float]) -> dict[str, dict[str, Any]]:
+    """Lesion counts and volumes per region from their components' voxel counts.
 
     Args:
-        label: ``(X, Y, Z)`` internal label map.
+        sizes: region (``wt``, ``tc``, ``et``) -> voxel count of each component.
         spacing: voxel size in mm.
 
     Returns:
-        ``{"WT": {"count": n, "volumes_ml": [largest first]}, "TC": ..., "ET": ...}``: the
-        26-connected components of each region (the lesions of the BraTS lesion-wise rules).
+        ``{"WT": {"count": n, "volumes_ml": [largest first]}, "TC": ..., "ET": ...}``.
     """
     voxel_ml = math.prod(abs(float(s)) for s in spacing) / 1000.0
     out: dict[str, dict[str, Any]] = {}
     for region in LESION_REGIONS:
-        labels, n = ndimage.label(region_mask(label, region), structure=_CONN26)
-        sizes = np.sort(np.bincount(labels.ravel(), minlength=n + 1)[1:])[::-1]
-        volumes = [round(int(v) * voxel_ml, 4) for v in sizes]
-        out[region.upper()] = {"count": int(n), "volumes_ml": volumes}
+        counts = np.sort(np.asarray(sizes[region]))[::-1]
+        volumes = [round(int(v) * voxel_ml, 4) for v in counts]
+        out[region.upper()] = {"count": len(volumes), "volumes_ml": volumes}
     return out
+
+
+def lesion_summary(label: np.ndarray, spacing: Sequence[float]) -> dict[str, dict[str, Any]]:
+    """Lesion counts and volumes per region of an internal label map (:func:`summarise_lesions`
+    of the 26-connected components of each region, the lesions of the BraTS lesion-wise rules).
+
+    Args:
+        label: ``(X, Y, Z)`` internal label map.
+        spacing: voxel size in mm.
+    """
+    return summarise_lesions(_remove_small(label, {}, measure=True)[2], spacing)

@@ -24,16 +24,20 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cascadeseg.data.case import MODALITIES, Case
+from cascadeseg.data.layouts import (
+    CaseRef,
+    discover_cases,
+    modality_from_name,
+    read_case,
+    read_files,
+)
 from cascadeseg.data.nifti import strip_nifti_suffix
 from cascadeseg.errors import ConfigError, InputError
-
-if TYPE_CHECKING:
-    from cascadeseg.data.layouts import CaseRef
-    from cascadeseg.inference.ensemble import LoadedModel
-    from cascadeseg.inference.predictor import PredictOptions
+from cascadeseg.inference.ensemble import flip_plan
+from cascadeseg.inference.loading import LoadedModel
+from cascadeseg.inference.options import PredictOptions
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,6 @@ _SEPARATORS = "-_. "
 
 
 def _modality_of_file(path: Path) -> str | None:
-    from cascadeseg.data.layouts import modality_from_name
-
     stem = strip_nifti_suffix(path.name)
     token = re.split(r"[_\-.]", stem)[-1]
     return modality_from_name(token)
@@ -93,8 +95,6 @@ def case_id_of_files(files: Sequence[Path]) -> str:
         InputError: no common prefix is left, or it is a modality name (``flair.nii.gz``,
             ``t1.nii.gz``, ...): the message asks for ``--case-id``.
     """
-    from cascadeseg.data.layouts import modality_from_name
-
     stems = [strip_nifti_suffix(Path(f).name) for f in files]
     prefix = os.path.commonprefix(stems)  # noqa: RUF071 (characters, cut back to a token below)
     while prefix and not (
@@ -125,8 +125,6 @@ def _ref_files(ref: CaseRef) -> tuple[Path, ...]:
 
 
 def _four_files(paths: list[Path], case_id: str | None) -> Source:
-    from cascadeseg.data.layouts import read_files
-
     if len(paths) != len(MODALITIES):
         raise InputError(
             f"{paths[0]}: give a case folder, a dataset folder or four modality files "
@@ -159,8 +157,6 @@ def resolve_inputs(
             case id comes from two inputs (both are named).
         ConfigError: ``case_id`` given with folders.
     """
-    from cascadeseg.data.layouts import discover_cases, read_case
-
     paths = [Path(inputs)] if isinstance(inputs, (str, Path)) else [Path(p) for p in inputs]
     if not paths:
         raise InputError("no input given")
@@ -297,8 +293,6 @@ def _provenance_differs(
         return "the segmentation was made by other models"
     if tta != options.tta:
         return f"the segmentation was made {'with' if tta else 'without'} TTA"
-    from cascadeseg.inference.ensemble import flip_plan
-
     recorded = [m.get("flips") for m in settings["members"]]
     planned = [[list(f) for f in flips] for flips in flip_plan(members, options.ensemble_mode, tta)]
     if all(r is not None for r in recorded) and recorded != planned:

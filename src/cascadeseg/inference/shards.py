@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+import torch.distributed as dist
 
 from cascadeseg.errors import ConfigError
 from cascadeseg.fsutil import (
@@ -138,8 +139,6 @@ def join_ranks(share: Share) -> bool:
     Raises:
         ConfigError: ``WORLD_SIZE`` > 1 without torchrun's rendezvous variables.
     """
-    import torch.distributed as dist
-
     if share.world_size == 1 or dist.is_initialized():
         return False
     if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
@@ -153,8 +152,6 @@ def join_ranks(share: Share) -> bool:
 
 def leave_ranks(joined: bool) -> None:
     """Leave the process group :func:`join_ranks` joined."""
-    import torch.distributed as dist
-
     if joined and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -177,8 +174,6 @@ def setup_rank_device(share: Share, device: torch.device) -> None:
 
 def gather(items: list[Any], share: Share) -> list[Any]:
     """Every rank's ``items``, concatenated in rank order, on every rank (waits for all)."""
-    import torch.distributed as dist
-
     if share.world_size == 1 or not dist.is_initialized():
         return list(items)
     everything: list[Any] = [None] * share.world_size

@@ -25,7 +25,7 @@ import torch
 from cascadeseg import __version__
 from cascadeseg.config import Config, TrainConfig, from_dict, to_dict
 from cascadeseg.errors import ConfigError, InputError
-from cascadeseg.training.checkpoint import load_checkpoint
+from cascadeseg.models.checkpoint import load_checkpoint
 from cascadeseg.training.schedules import budget_seconds
 
 # Keys that may differ between the saved config and the one given on ``--resume``: they change

@@ -10,7 +10,6 @@ trainer can update the learning rate every iteration and the warm-up is smooth.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from cascadeseg.config import LossConfig, OptimConfig, TrainConfig
 from cascadeseg.errors import ConfigError
@@ -194,19 +193,3 @@ def schedule_epoch(
             fraction = budget_fraction(step, elapsed_s, budget_s, step_s)
         progress = max(progress, epochs * fraction)
     return float(progress)
-
-
-class EpochLoss:
-    """A loss called as ``loss(output, batch, epoch=e)``, given the weights of epoch ``e``.
-
-    Losses take their epoch-dependent weights (``aux_weight``), not the epoch;
-    :func:`cascadeseg.training.monitor.validation_objective` still passes ``epoch=``, so the
-    trainer hands it the loss wrapped in this adapter.
-    """
-
-    def __init__(self, loss_fn: Any, loss_cfg: LossConfig) -> None:
-        self.loss_fn = loss_fn
-        self.loss_cfg = loss_cfg
-
-    def __call__(self, output: Any, batch: Any, *, epoch: float) -> Any:
-        return self.loss_fn(output, batch, aux_weight=aux_weight_at(epoch, self.loss_cfg))

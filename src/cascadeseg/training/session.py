@@ -28,6 +28,7 @@ from cascadeseg.config import Config, save_config, to_dict
 from cascadeseg.data.splits import save_split
 from cascadeseg.errors import CascadesegError, ConfigError
 from cascadeseg.losses import build_loss
+from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
 from cascadeseg.models.outputs import count_parameters
 from cascadeseg.runtime import autocast, resolve_precision, tune_device
 from cascadeseg.training import distributed as dist_utils
@@ -37,7 +38,6 @@ from cascadeseg.training.build import (
     saved_model_args,
     set_lr,
 )
-from cascadeseg.training.checkpoint import atomic_torch_save, make_checkpoint
 from cascadeseg.training.data import (
     EpochSampler,
     TrainingData,

@@ -38,30 +38,21 @@ writes guarantee. Checkpoints also carry the RNG states for completeness.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-from torch import nn
 
 from cascadeseg.config import Config
 from cascadeseg.config import validate as validate_config
-from cascadeseg.data.labels import REGIONS, label_to_regions
-from cascadeseg.runtime import autocast, resolve_precision
 from cascadeseg.training import distributed as dist_utils
-from cascadeseg.training.distributed import DistInfo
 from cascadeseg.training.logs import epoch_row, plot_curves, print_epoch
-from cascadeseg.training.monitor import validation_objective
 from cascadeseg.training.run_state import (
     prune_snapshots,
     read_summary,
     should_stop_early,
     write_summary,
 )
-from cascadeseg.training.schedules import EpochLoss
-from cascadeseg.training.session import Session, to_float32
+from cascadeseg.training.schedules import aux_weight_at
+from cascadeseg.training.session import Session
+from cascadeseg.training.validation import validate, validation_objective
 
 
 def check_config(cfg: Config) -> None:
@@ -71,140 +62,6 @@ def check_config(cfg: Config) -> None:
     this re-runs those checks for configs built around them.
     """
     validate_config(cfg)
-
-
-def dice_per_region(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Dice of each region, ``2|P & R| / (|P| + |R|)``; 1 when both are empty (BraTS convention).
-
-    Args:
-        pred: ``(3, ...)`` bool, regions ``[WT, TC, ET]``.
-        ref: ``(3, ...)`` bool, same shape.
-
-    Returns:
-        ``(3,)`` float64 Dice per region.
-    """
-    pred = np.asarray(pred, dtype=bool).reshape(pred.shape[0], -1)
-    ref = np.asarray(ref, dtype=bool).reshape(ref.shape[0], -1)
-    inter = np.logical_and(pred, ref).sum(1).astype(np.float64)
-    total = pred.sum(1).astype(np.float64) + ref.sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dice = np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
-    return dice
-
-
-def soft_dice_loss_from_probs(probs: np.ndarray, ref: np.ndarray, eps: float = 1e-5) -> float:
-    """Validation loss: ``1 - mean over regions`` of the soft Dice with squared denominators.
-
-    The papers define no validation loss for early stopping; this one (Eq. 2 of the two-stage
-    paper on probabilities) is deterministic, model-agnostic and follows the evaluation metric.
-    A region empty in both prediction and reference counts as Dice 1.
-
-    Args:
-        probs: ``(3, ...)`` region probabilities in [0, 1].
-        ref: ``(3, ...)`` binary references.
-    """
-    p = np.asarray(probs, dtype=np.float64).reshape(probs.shape[0], -1)
-    r = np.asarray(ref, dtype=np.float64).reshape(ref.shape[0], -1)
-    denom = (p * p).sum(1) + (r * r).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dice = np.where(denom > eps, 2 * (p * r).sum(1) / (denom + eps), 1.0)
-    return float(1.0 - dice.mean())
-
-
-# --------------------------------------------------------------------------------------------
-# Validation
-
-
-@torch.no_grad()
-def predict_probabilities(
-    model: nn.Module,
-    image: np.ndarray,
-    device: torch.device,
-    precision: str = "fp32",
-    *,
-    slice_context: int = 0,
-    slice_batch: int = 16,
-) -> np.ndarray:
-    """Region probabilities ``(3, x, y, z)`` ``[WT, TC, ET]`` of a whole preprocessed volume.
-
-    3D models: one forward of the whole volume (the model pads and crops back). 2D models:
-    axial slices in batches of ``slice_batch``; with ``slice_context = c`` the channels are
-    ``[slice z-c, ..., z+c]`` x 4 modalities, zeros beyond the volume, as
-    :class:`cascadeseg.data.datasets.SliceDataset2D` stacks them. The model is left in eval mode.
-
-    Args:
-        image: ``(4, x, y, z)`` float32 preprocessed image.
-    """
-    from cascadeseg.inference.predictor import slice_stack
-    from cascadeseg.models import region_probabilities
-
-    model.eval()
-    kind = str(model.output_kind)
-    if model.spatial_dims == 3:
-        # A copy: cached images are read-only memory maps. Models pad to their own size multiple
-        # and crop back (models/blocks.py).
-        x = torch.from_numpy(np.array(image, dtype=np.float32))[None].to(device)
-        with autocast(precision, device):
-            out = model(x)
-        return region_probabilities(to_float32(out), kind)[0].float().cpu().numpy()
-    depth = image.shape[-1]
-    result = np.zeros((3, *image.shape[1:]), dtype=np.float32)
-    for start in range(0, depth, slice_batch):
-        stop = min(depth, start + slice_batch)
-        x = torch.from_numpy(slice_stack(image, start, stop, slice_context)).to(device)
-        with autocast(precision, device):
-            out = model(x)
-        probs = region_probabilities(to_float32(out), kind)
-        result[..., start:stop] = probs.float().cpu().numpy().transpose(1, 2, 3, 0)
-    return result
-
-
-def validate(
-    model: nn.Module,
-    cases: Sequence[Any],
-    cfg: Config,
-    info: DistInfo,
-    *,
-    precision: str | None = None,
-) -> dict[str, float]:
-    """Mean per-region Dice and soft-Dice loss over ``cases`` (shared out over ranks).
-
-    Predictions are thresholded at 0.5 and restricted to the brain mask (CU-Net merges the
-    non-brain mask into its predictions, sec. 2.2; harmless for the others).
-
-    Returns:
-        ``{"val_loss", "dice_WT", "dice_TC", "dice_ET", "dice_mean", "val_cases"}``.
-    """
-    plain = dist_utils.unwrap_model(model)
-    sums = torch.zeros(5, dtype=torch.float64)
-    for i, case in enumerate(cases):
-        if i % info.world_size != info.rank:
-            continue
-        probs = predict_probabilities(
-            plain,
-            case.image,
-            info.device,
-            precision or resolve_precision(cfg.train.precision, info.device),
-            slice_context=cfg.data.slice_context,
-        )
-        mask = getattr(case, "brain_mask", None)
-        if mask is not None:
-            probs = probs * np.asarray(mask, dtype=np.float32)[None]
-        ref = label_to_regions(case.label)
-        dice = dice_per_region(probs >= cfg.inference.threshold, ref)
-        sums += torch.tensor(
-            [soft_dice_loss_from_probs(probs, ref), *dice, 1.0], dtype=torch.float64
-        )
-    if info.distributed:
-        sums = dist_utils.all_reduce_sum(sums.to(info.device), info).cpu()
-    n = max(1.0, float(sums[4]))
-    dice_means = (sums[1:4] / n).tolist()
-    result = {"val_loss": float(sums[0] / n)}
-    for name, value in zip(REGIONS, dice_means):
-        result[f"dice_{name}"] = float(value)
-    result["dice_mean"] = float(np.mean(dice_means))
-    result["val_cases"] = float(sums[4])
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,9 +172,13 @@ def _validation_values(session: Session, epoch: int) -> dict[str, float]:
     cfg, cases = session.cfg, session.data.val_cases
     values = validate(session.model, cases, cfg, session.info, precision=session.precision)
     if cfg.train.monitor == "objective":
-        loss_fn = EpochLoss(session.loss_fn, cfg.loss)
         values["val_objective"] = validation_objective(
-            session.model, loss_fn, cases, cfg, session.info, epoch=epoch
+            session.model,
+            session.loss_fn,
+            cases,
+            cfg,
+            session.info,
+            aux_weight=aux_weight_at(epoch, cfg.loss),
         )
     session.model.train()
     return values
@@ -338,10 +199,7 @@ def _save_epoch_weights(
 
 __all__ = [
     "check_config",
-    "dice_per_region",
-    "predict_probabilities",
     "read_summary",
-    "soft_dice_loss_from_probs",
     "train",
     "validate",
 ]
