@@ -44,6 +44,7 @@ class TinyTestNet(nn.Module):
 
     spatial_dims = 3
     output_kind = "regions"
+    size_multiple = 1  # no down-sampling: any input size
 
     def __init__(self, *, in_channels: int = 4, width: int = 4) -> None:
         super().__init__()

@@ -222,6 +222,7 @@ def test_register_checks_the_class_and_build_model_the_contract() -> None:
         "no attribute spatial_dims",
         "no attribute in_channels",
         "no attribute output_kind",
+        "no attribute size_multiple",
         "no attribute model_args",
         "not callable",
     ]

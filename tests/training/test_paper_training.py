@@ -118,8 +118,8 @@ def test_monitor_objective_drives_early_stopping(
     values = iter([1.0, 2.0, 3.0, 4.0, 5.0])
     calls: list[float] = []
 
-    def rising(*args: object, epoch: float, **kwargs: object) -> float:
-        calls.append(epoch)
+    def rising(*args: object, aux_weight: float, **kwargs: object) -> float:
+        calls.append(aux_weight)
         return next(values)
 
     monkeypatch.setattr(trainer_module, "validation_objective", rising)
@@ -127,7 +127,7 @@ def test_monitor_objective_drives_early_stopping(
     out = train(cfg, toy_data, tmp_path / "objective", progress=False)
     rows = _rows(out / "metrics.csv")
     assert [float(r["val_objective"]) for r in rows] == [1.0, 2.0]
-    assert calls == [0, 1]
+    assert calls == [aux_weight_at(0, cfg.loss), aux_weight_at(1, cfg.loss)]  # once per epoch
     assert read_summary(out)["stop_reason"] == "early_stop"
 
     # monitor=dice: the objective is neither computed nor watched.

@@ -26,6 +26,7 @@ class Tiny2DRegions(nn.Module):
 
     spatial_dims = 2
     output_kind = "regions"
+    size_multiple = 1  # no down-sampling: any input size
 
     def __init__(self, *, in_channels: int = 4) -> None:
         super().__init__()

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from cascadeseg.data.toy import make_tiny_case
 from torch import nn
 
 from cascadeseg.config import Config, apply_overrides
@@ -18,6 +17,7 @@ from cascadeseg.inference.volume import predict_volume, slice_stack
 from cascadeseg.models import build_model, region_probabilities
 from cascadeseg.training.distributed import DistInfo
 from cascadeseg.training.validation import validate
+from toy import make_tiny_case
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from torch import nn
 
 from cascadeseg.bench.data import crop_rate
 from cascadeseg.bench.inputs import (
@@ -36,7 +35,7 @@ from cascadeseg.bench.rows import Suite, add_row, size_text
 from cascadeseg.bench.timing import RssSampler, Timing, free_memory, measure, synchronize
 from cascadeseg.config import LossConfig
 from cascadeseg.losses import build_loss
-from cascadeseg.models import build_model
+from cascadeseg.models import SegmentationModule, build_model
 from cascadeseg.runtime import autocast, native_bf16, resolve_device, resolve_precision, tune_device
 from cascadeseg.training.session import to_float32
 
@@ -45,7 +44,7 @@ STEP_LIMIT = "compute (forward + backward convolutions)"
 
 
 def _training_step(
-    model: nn.Module,
+    model: SegmentationModule,
     data: dict[str, torch.Tensor],
     precision: str,
     dev: torch.device,

@@ -130,8 +130,7 @@ def padded_size(model: Any, size: list[int]) -> tuple[list[int], int]:
     Models zero-pad each side up to a multiple of their downsampling factor
     (``size_multiple``; :func:`cascadeseg.models.blocks.pad_to_multiple`).
     """
-    multiples = [int(getattr(m, "size_multiple", 1)) for m in model.modules()]
-    multiple = int(getattr(model, "size_multiple", 0)) or max(multiples, default=1)
+    multiple = int(model.size_multiple)
     return [s + (-s) % multiple for s in size], multiple
 
 

@@ -1,7 +1,8 @@
 """The network contract: what every registered network has, for the code that runs it.
 
 * :class:`SegmentationNetwork`: the attributes the trainer, the predictor and the exporters read
-  (``spatial_dims``, ``in_channels``, ``output_kind``, ``model_args``) and the call.
+  (``spatial_dims``, ``in_channels``, ``output_kind``, ``size_multiple``, ``model_args``) and
+  the call.
 * :class:`SegmentationModule`: the type :func:`cascadeseg.models.build_model` returns, an
   ``nn.Module`` with those attributes (``isinstance`` checks both; networks need not subclass it).
 * :class:`HasTrainingOnlyModules`: the optional ``training_only_modules()`` of networks with
@@ -30,6 +31,9 @@ class SegmentationNetwork(Protocol):
             2D networks given neighbouring slices).
         output_kind: key of :data:`cascadeseg.models.outputs.OUTPUT_KINDS`: what the network
             returns and how that becomes ``[WT, TC, ET]`` probabilities; a class attribute.
+        size_multiple: every spatial side of the input must be a multiple of this (the
+            network's total down-sampling, e.g. 16 for four stride-2 levels; 1 for none); the
+            predictor pads to it.
         model_args: the full constructor keyword arguments (set by ``build_model``;
             ``build_model(name, **model.model_args)`` rebuilds the network).
     """
@@ -37,6 +41,7 @@ class SegmentationNetwork(Protocol):
     spatial_dims: int
     in_channels: int
     output_kind: str
+    size_multiple: int
     model_args: dict[str, Any]
 
     def __call__(self, x: torch.Tensor) -> Any:
@@ -61,6 +66,7 @@ class SegmentationModule(nn.Module, metaclass=_ModuleAndNetwork):
     spatial_dims: int
     in_channels: int
     output_kind: str
+    size_multiple: int
     model_args: dict[str, Any]
 
 
@@ -77,12 +83,18 @@ def contract_problems(network: Any) -> list[str]:
     """What ``network`` lacks of :class:`SegmentationNetwork` (empty: it satisfies it).
 
     Checks the attributes' presence and values: ``spatial_dims`` 2 or 3, ``in_channels`` a
-    positive integer, ``output_kind`` a string, ``model_args`` a dict.
+    positive integer, ``output_kind`` a string, ``size_multiple`` a positive integer,
+    ``model_args`` a dict.
     """
+
+    def positive_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
     checks = {
         "spatial_dims": lambda v: v in (2, 3) and not isinstance(v, bool),
-        "in_channels": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        "in_channels": positive_int,
         "output_kind": lambda v: isinstance(v, str),
+        "size_multiple": positive_int,
         "model_args": lambda v: isinstance(v, dict),
     }
     problems = []

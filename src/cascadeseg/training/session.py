@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from cascadeseg.config import Config, save_config, to_dict
 from cascadeseg.data.splits import save_split
 from cascadeseg.errors import CascadesegError, ConfigError
 from cascadeseg.losses import build_loss
+from cascadeseg.models import SegmentationModule
 from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
 from cascadeseg.models.outputs import count_parameters
 from cascadeseg.runtime import autocast, resolve_precision, tune_device
@@ -238,7 +238,7 @@ class Session:
                 f"train.stage1_first={cfg.train.stage1_first}: model {cfg.model.name!r} is not a "
                 "cascade with a stage 1 to train first (use two_stage, or 0)"
             )
-        self.plain_model: nn.Module = model
+        self.plain_model: SegmentationModule = model
         self.loss_fn = build_loss(model, cfg.loss)
         self.optimizer = build_optimizer(model.parameters(), cfg.optim)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
