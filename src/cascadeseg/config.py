@@ -10,20 +10,52 @@ checkpoint (:func:`to_dict` / :func:`from_dict`), so a run can be rebuilt from i
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
+from cascadeseg.config_rules import (
+    INFERENCE_PRECISIONS,
+    OPTIMIZERS,
+    PRECISIONS,
+    RULES,
+    SCHEDULES,
+    SPLITS,
+    model_arg_problem,
+    validate,
+)
 from cascadeseg.errors import ConfigError
 
 T = TypeVar("T")
+
+__all__ = [
+    "INFERENCE_PRECISIONS",
+    "OPTIMIZERS",
+    "PRECISIONS",
+    "RULES",
+    "SCHEDULES",
+    "SPLITS",
+    "Config",
+    "DataConfig",
+    "InferenceConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "from_dict",
+    "load_config",
+    "model_arg_problem",
+    "recipe_dirs",
+    "resolve_recipe",
+    "save_config",
+    "to_dict",
+    "validate",
+]
 
 
 @dataclass(frozen=True)
@@ -275,210 +307,6 @@ class Config:
         # Every way of building a Config (YAML, overrides, checkpoints, dataclasses.replace)
         # passes here, so a bad value is refused where it is set, naming its key.
         validate(self)
-
-
-# --------------------------------------------------------------------------------------------
-# Validation: one table of rules, checked whenever a Config is built
-
-#: (what the value must be, the test); the message reads "<key> must be <what>, got <value>".
-Rule = tuple[str, Callable[[Any], bool]]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-POSITIVE_INT: Rule = ("a positive integer", lambda v: _is_int(v) and v > 0)
-NON_NEGATIVE_INT: Rule = ("an integer >= 0", lambda v: _is_int(v) and v >= 0)
-POSITIVE: Rule = ("a finite positive number", lambda v: _is_finite(v) and v > 0)
-NON_NEGATIVE: Rule = ("a finite number >= 0", lambda v: _is_finite(v) and v >= 0)
-PROBABILITY: Rule = ("a probability in [0, 1]", lambda v: _is_finite(v) and 0 <= v <= 1)
-FRACTION_BELOW_ONE: Rule = ("a number in [0, 1)", lambda v: _is_finite(v) and 0 <= v < 1)
-FACTOR: Rule = ("a factor in (0, 1]", lambda v: _is_finite(v) and 0 < v <= 1)
-
-
-def optional(rule: Rule) -> Rule:
-    """``rule`` or ``None``."""
-    what, test = rule
-    return (f"{what} or null", lambda v: v is None or test(v))
-
-
-def each(rule: Rule, lengths: tuple[int, ...] = ()) -> Rule:
-    """A non-empty list whose entries all satisfy ``rule`` (its length one of ``lengths``)."""
-    what, test = rule
-    text = "a list of " + (f"{lengths[0]} " if len(lengths) == 1 else "")
-    text += what.removeprefix("a ").replace("number", "numbers").replace("integer", "integers")
-    if len(lengths) > 1:
-        text += f" ({' or '.join(map(str, lengths))} values)"
-    return (
-        text,
-        lambda v: (
-            isinstance(v, (list, tuple))
-            and len(v) > 0
-            and (not lengths or len(v) in lengths)
-            and all(test(x) for x in v)
-        ),
-    )
-
-
-def one_of(*choices: str) -> Rule:
-    """One of ``choices`` (strings)."""
-    return (f"one of {', '.join(choices)}", lambda v: v in choices)
-
-
-#: Training precisions, shared with the trainer and ``runtime``; prediction takes fewer (fp16
-#: is refused there).
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("poly", "step", "constant")
-SPLITS = ("kfold", "cunet", "all")
-
-RULES: dict[str, Rule] = {
-    "data.target_spacing": optional(each(POSITIVE, (3,))),
-    "data.n4_shrink_factor": POSITIVE_INT,
-    "data.n4_iterations": each(POSITIVE_INT),
-    "data.n4_channels": optional(
-        ("a list of channel numbers 0-3", lambda v: all(_is_int(c) and 0 <= c <= 3 for c in v))
-    ),
-    "data.crop_margin": NON_NEGATIVE_INT,
-    "data.patch_size": each(POSITIVE_INT, (2, 3)),
-    "data.foreground_prob": PROBABILITY,
-    "data.crop_overhang": ("a number in [0, 0.5]", lambda v: _is_finite(v) and 0 <= v <= 0.5),
-    "data.bias_field_prob": PROBABILITY,
-    "data.bias_field_strength": (
-        "[low, high] with 0 <= low <= high",
-        lambda v: all(_is_finite(x) for x in v) and 0 <= v[0] <= v[1],
-    ),
-    "data.bias_field_spacing_mm": POSITIVE,
-    "data.slice_context": NON_NEGATIVE_INT,
-    "data.drop_empty_slices": PROBABILITY,
-    "data.num_workers": NON_NEGATIVE_INT,
-    "data.folds": ("an integer >= 2", lambda v: _is_int(v) and v >= 2),
-    "data.fold": NON_NEGATIVE_INT,
-    "data.split": one_of(*SPLITS),
-    "data.crop_region": one_of("brain", "volume"),
-    "model.name": ("a model name", lambda v: isinstance(v, str) and v.strip() != ""),
-    "loss.interp_decoder_weight": NON_NEGATIVE,
-    "loss.dice_eps": NON_NEGATIVE,
-    "loss.dice_smooth_nr": NON_NEGATIVE,
-    "loss.bce_weight": NON_NEGATIVE,
-    "loss.lws_alpha": NON_NEGATIVE,
-    "loss.lws_beta": POSITIVE,
-    "loss.contour_width": NON_NEGATIVE_INT,
-    "loss.aux_weight": NON_NEGATIVE,
-    "loss.boundary_weight": NON_NEGATIVE,
-    "loss.boundary_width": POSITIVE_INT,
-    "loss.aux_decay": FACTOR,
-    "loss.aux_decay_every": POSITIVE_INT,
-    "loss.aux_min": NON_NEGATIVE,
-    "optim.name": ("one of adam, adamw, sgd", lambda v: str(v).lower() in OPTIMIZERS),
-    "optim.lr": POSITIVE,
-    "optim.weight_decay": NON_NEGATIVE,
-    "optim.momentum": FRACTION_BELOW_ONE,
-    "optim.schedule": one_of(*SCHEDULES),
-    "optim.warmup_epochs": NON_NEGATIVE_INT,
-    "optim.poly_power": POSITIVE,
-    "optim.step_every": POSITIVE_INT,
-    "optim.step_gamma": FACTOR,
-    "optim.min_lr": NON_NEGATIVE,
-    "optim.grad_clip": optional(POSITIVE),
-    "train.epochs": POSITIVE_INT,
-    "train.iters_per_epoch": optional(POSITIVE_INT),
-    "train.batch_size": POSITIVE_INT,
-    "train.precision": one_of(*PRECISIONS),
-    "train.snapshots": NON_NEGATIVE_INT,
-    "train.val_every": NON_NEGATIVE_INT,
-    "train.val_cases": optional(POSITIVE_INT),
-    "train.early_stop_patience": NON_NEGATIVE_INT,
-    "train.max_minutes": optional(POSITIVE),
-    "train.checkpoint_every": NON_NEGATIVE_INT,
-    "train.stage1_first": FRACTION_BELOW_ONE,
-    "train.monitor": one_of("dice", "objective"),
-    "train.device": (
-        "auto, cpu, cuda or cuda:N",
-        lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
-    ),
-    "inference.threshold": PROBABILITY,
-    "inference.et_min_voxels": NON_NEGATIVE_INT,
-    "inference.sliding_window": one_of("auto", "always", "never"),
-    "inference.overlap": FRACTION_BELOW_ONE,
-    "inference.precision": one_of(*INFERENCE_PRECISIONS),  # what predict runs
-    "seed": NON_NEGATIVE_INT,
-}
-
-# Model arguments are free-form (each network has its own), so they are checked by name: sizes
-# (widths, channels, depths, group and block counts) are positive integers, dropout-like values
-# probabilities, and every number is finite. The registry checks their types against the
-# constructor and turns what the constructor rejects into a one-line error (models/registry.py).
-_SIZE_ARG = re.compile(r"width|channels|depth|groups|blocks|levels|features")
-_PROB_ARG = re.compile(r"dropout|prob")
-
-
-def model_arg_problem(name: str, value: Any) -> str | None:
-    """What is wrong with model argument ``name=value`` (``None``: nothing found).
-
-    Returns the end of a sentence, e.g. ``"must be a positive integer, got 0"``.
-    """
-    values = value if isinstance(value, (list, tuple)) else [value]
-    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-        return f"must be finite, got {_show(value)}"
-    if value is None or isinstance(value, bool):
-        return None
-    if _SIZE_ARG.search(name):
-        if "factor" in name:
-            what, test = POSITIVE
-        elif isinstance(value, (list, tuple)):
-            what, test = each(POSITIVE_INT)
-        else:
-            what, test = POSITIVE_INT
-        if not test(value):
-            return f"must be {what}, got {_show(value)}"
-    elif _PROB_ARG.search(name) and not PROBABILITY[1](value):
-        return f"must be {PROBABILITY[0]}, got {_show(value)}"
-    return None
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        value = list(value)
-    return repr(value)
-
-
-def _lookup(cfg: Config, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        node = getattr(node, part)
-    return node
-
-
-def validate(cfg: Config) -> None:
-    """Check every value of ``cfg`` against :data:`RULES` and the model arguments.
-
-    Raises:
-        ConfigError: the first bad value, e.g. ``optim.lr must be a finite positive number,
-            got nan``.
-    """
-    for key, (what, test) in RULES.items():
-        value = _lookup(cfg, key)
-        try:
-            ok = bool(test(value))
-        except (TypeError, ValueError, IndexError):
-            ok = False
-        if not ok:
-            raise ConfigError(f"{key} must be {what}, got {_show(value)}")
-    if cfg.data.fold >= cfg.data.folds:
-        raise ConfigError(
-            f"data.fold must be in [0, data.folds) = [0, {cfg.data.folds}), got {cfg.data.fold}"
-        )
-    for name, value in cfg.model.args.items():
-        problem = model_arg_problem(str(name), value)
-        if problem:
-            raise ConfigError(f"model.args.{name} {problem}")
 
 
 # --------------------------------------------------------------------------------------------

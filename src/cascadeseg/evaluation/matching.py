@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cascadeseg.data.layouts import detect_layout, discover_cases
 from cascadeseg.data.nifti import is_nifti, strip_nifti_suffix
 from cascadeseg.errors import InputError
 
@@ -167,10 +168,6 @@ def find_predictions(pred_dir: str | os.PathLike[str]) -> dict[str, Path]:
 
 def _detect_reference_layout(ref: Path) -> str:
     """``flat`` or a reader's layout name for a reference folder (see :func:`find_references`)."""
-    # The readers are imported here: cascadeseg.data.layouts is heavy and not needed for flat
-    # folders of label maps.
-    from cascadeseg.data.layouts import detect_layout
-
     has_files = any(p.is_file() and is_nifti(p) for p in _visible(ref))
     try:
         # A folder of NIfTI files may still be one BraTS case folder (<id>_flair ... <id>_seg).
@@ -182,8 +179,6 @@ def _detect_reference_layout(ref: Path) -> str:
 
 
 def _dataset_references(ref: Path, layout: str, convention: str | None) -> list[ReferenceItem]:
-    from cascadeseg.data.layouts import discover_cases
-
     items = []
     for case_ref in discover_cases(ref, layout=layout, label_convention=convention):
         seg = case_ref.files.get("seg")

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cascadeseg.errors import ModelError
-from cascadeseg.models import build_model
+from cascadeseg.models import HasTrainingOnlyModules, build_model
 
 
 def network_input_shape(model: nn.Module, size: Sequence[int], batch: int = 1) -> tuple[int, ...]:
@@ -92,8 +92,7 @@ def _shape_text(value: Any) -> str:
 
 def _training_only_ids(model: nn.Module) -> set[int]:
     """Ids of every module below the model's ``training_only_modules()`` (none without it)."""
-    training_only = getattr(model, "training_only_modules", None)
-    modules = training_only() if callable(training_only) else []
+    modules = model.training_only_modules() if isinstance(model, HasTrainingOnlyModules) else []
     return {id(sub) for module in modules for sub in module.modules()}
 
 
