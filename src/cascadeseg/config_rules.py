@@ -15,7 +15,6 @@ from typing import Any
 
 from cascadeseg.errors import ConfigError
 
-
 #: (what the value must be, the test); the message reads "<key> must be <what>, got <value>".
 Rule = tuple[str, Callable[[Any], bool]]
 

@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from cascadeseg.errors import ModelError
-from cascadeseg.models import HasTrainingOnlyModules, build_model
+from cascadeseg.models import build_model
+from cascadeseg.models.protocol import HasTrainingOnlyModules
 
 
 def network_input_shape(model: nn.Module, size: Sequence[int], batch: int = 1) -> tuple[int, ...]:
