@@ -109,7 +109,7 @@ def et_sweep(
 
 
 def tune_on_validation(settings: common.Settings, run: common.Run) -> dict[str, Any]:
-    """``cascadeseg tune-postprocess`` on the run's validation fold (snapshots + 8 flips)."""
+    """``cascadeseg tune-postprocess`` on the run's validation fold (paired snapshot ensemble)."""
     argv: list[Any] = ["tune-postprocess", "--model", run.run_dir, "--data", settings.train_dir]
     argv += ["--cases", "val", "--device", "cpu", "--candidates", *ET_CANDIDATES]
     if not settings.progress:

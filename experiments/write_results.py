@@ -730,7 +730,8 @@ def section_two_stage(study: dict[str, Any] | None, doc: Path, prefix: str = "re
         val_rows = [(k, fmt(v)) for k, v in tuning["mean_et_dice"].items()]
         text += (
             "\n**Threshold chosen as the paper does**, on the run's validation fold "
-            f"({tuning['n_cases']} cases, `cascadeseg tune-postprocess`, snapshots x 8 flips): "
+            f"({tuning['n_cases']} cases, `cascadeseg tune-postprocess`, the paired snapshot "
+            "ensemble, as the paper predicts): "
             f"**{chosen} voxels**.\n\n"
             + md_table(["et_min_voxels", "mean ET Dice (validation)"], val_rows)
         )
