@@ -50,6 +50,14 @@ STUDIES_BIAS_STRENGTH = (0.04, 0.2)
 #: Layouts of the two synthetic folders: different layouts give different case-id patterns.
 TRAIN_LAYOUT = "brats2021"
 TEST_LAYOUT = "brats2023"
+#: Default step budgets (``--steps``, ``--steps-3d``): optimiser steps per 2D and per 3D model.
+#: Chosen so that ``run_all.sh`` takes about an hour on 2 CPU cores (experiments/README.md).
+DEFAULT_STEPS_2D = 300
+DEFAULT_STEPS_3D = 600
+#: Batch size of every model of a dimensionality in the step mode, so that every 2D model sees
+#: the same number of slices and every 3D model the same number of crops (``steps x batch``):
+#: the CPU recipes' own batch sizes (``*_cpu.yaml``: 8 slices, 2 crops).
+STEP_BATCH: dict[int, int] = {2: 8, 3: 2}
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,12 @@ class Settings:
         test_cases: held-out synthetic cases, the same for every method.
         data_seed: seed of the training set; the held-out set uses ``data_seed + 100000``.
         seed: training seed of every run (``seed=`` override).
-        minutes: wall-clock training budget of every run (``train.max_minutes``).
+        steps: optimiser steps of every 2D model (the step mode, the default: the same
+            ``steps x batch`` training samples for every 2D model, no time budget, no early
+            stopping); 0 = the wall-clock mode (``minutes``).
+        steps_3d: optimiser steps of every 3D model in the step mode.
+        minutes: wall-clock training budget of every run in the wall-clock mode
+            (``train.max_minutes``; a faster network makes more steps).
         scale: synthetic grid scale (1 = BraTS 240 x 240 x 155 at 1 mm; smoke tests use less).
         bias_strength: the generator's bias-field strength (``cascadeseg synth
             --bias-strength``). The default is the field the published studies were measured
@@ -79,6 +92,8 @@ class Settings:
     test_cases: int = 6
     data_seed: int = 2026
     seed: int = 0
+    steps: int = DEFAULT_STEPS_2D
+    steps_3d: int = DEFAULT_STEPS_3D
     minutes: float = 4.0
     scale: float = 1.0
     bias_strength: tuple[float, float] = STUDIES_BIAS_STRENGTH
@@ -98,6 +113,23 @@ class Settings:
     def test_seed(self) -> int:
         return self.data_seed + TEST_SEED_OFFSET
 
+    @property
+    def budget_mode(self) -> str:
+        """``steps`` (the same optimiser steps per model) or ``minutes`` (wall clock)."""
+        return "steps" if self.steps > 0 else "minutes"
+
+    def steps_for(self, dims: int) -> int:
+        """The step budget of a ``dims``-D model (0 in the wall-clock mode)."""
+        if self.budget_mode != "steps":
+            return 0
+        return self.steps if dims == 2 else self.steps_3d
+
+    def budget_text(self) -> str:
+        """The budget in words, for banners."""
+        if self.budget_mode == "steps":
+            return f"{self.steps} steps per 2D model, {self.steps_3d} per 3D model"
+        return f"{self.minutes:g} min per model"
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["out"] = str(self.out)
@@ -105,6 +137,8 @@ class Settings:
         d["test_seed"] = self.test_seed
         d["train_layout"] = TRAIN_LAYOUT
         d["test_layout"] = TEST_LAYOUT
+        d["budget_mode"] = self.budget_mode
+        d["step_batch"] = {f"{k}d": v for k, v in STEP_BATCH.items()}
         return d
 
 
@@ -117,7 +151,24 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-seed", type=int, default=d.data_seed)
     parser.add_argument("--seed", type=int, default=d.seed, help="training seed of every run")
     parser.add_argument(
-        "--minutes", type=float, default=d.minutes, help="training budget per model (minutes)"
+        "--steps",
+        type=int,
+        default=d.steps,
+        help=f"optimiser steps per 2D model, batch {STEP_BATCH[2]} (default {d.steps}); 0: the "
+        "wall-clock mode, every model trains --minutes",
+    )
+    parser.add_argument(
+        "--steps-3d",
+        type=int,
+        default=d.steps_3d,
+        help=f"optimiser steps per 3D model, batch {STEP_BATCH[3]} (default {d.steps_3d}; "
+        "ignored in the wall-clock mode)",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=d.minutes,
+        help=f"wall-clock training budget per model with --steps 0 (default {d.minutes:g})",
     )
     parser.add_argument(
         "--scale", type=float, default=d.scale, help="synthetic grid scale (1 = BraTS size)"
@@ -150,6 +201,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         test_cases=args.test_cases,
         data_seed=args.data_seed,
         seed=args.seed,
+        steps=args.steps,
+        steps_3d=args.steps_3d,
         minutes=args.minutes,
         scale=args.scale,
         bias_strength=tuple(args.bias_strength),
@@ -182,7 +235,7 @@ def environment() -> dict[str, Any]:
         )
     except OSError:
         pass
-    commit, dirty = "", None
+    commit, dirty, changes = "", None, []
     try:
         commit = subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
@@ -190,13 +243,15 @@ def environment() -> dict[str, Any]:
             text=True,
             check=False,
         ).stdout.strip()
+        # Untracked files count (a new module changes what runs); ignored ones (outputs) do not.
         status = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(REPO), "status", "--porcelain"],
             capture_output=True,
             text=True,
             check=False,
         ).stdout
-        dirty = bool(status.strip())
+        changes = [line[3:] for line in status.splitlines() if line.strip()]
+        dirty = bool(changes) if commit else None
     except OSError:
         pass
     return {
@@ -210,6 +265,7 @@ def environment() -> dict[str, Any]:
         "cascadeseg": cascadeseg.__version__,
         "git_commit": commit,
         "git_dirty": dirty,
+        "git_changes": changes[:20],
     }
 
 
@@ -302,6 +358,89 @@ def prepare_data(settings: Settings) -> None:
         write_json(marker, wanted)
 
 
+def split_steps(steps: int, iters_per_epoch: int | None, min_epochs: int = 1) -> tuple[int, int]:
+    """``(epochs, iterations per epoch)`` whose product is exactly ``steps``.
+
+    The epochs are the divisor of ``steps`` nearest to ``steps / iters_per_epoch``, so an epoch
+    keeps about the recipe's length and what a recipe counts in epochs (warm-up, validation,
+    deep-supervision decay, snapshots) keeps its meaning; at least ``min_epochs`` where ``steps``
+    allows it (ties go to more epochs). ``iters_per_epoch`` ``None`` (one pass over the data,
+    unknown here) counts as ``steps`` (one epoch).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    length = max(1, iters_per_epoch or steps)
+    target = max(float(min_epochs), steps / length, 1.0)
+    floor = max(1, min(min_epochs, steps))
+    divisors = [d for d in range(floor, steps + 1) if steps % d == 0]
+    epochs = min(divisors, key=lambda d: (abs(d - target), -d))
+    return epochs, steps // epochs
+
+
+@dataclass(frozen=True)
+class StepBudget:
+    """The step mode's training budget of one model.
+
+    Attributes:
+        steps: optimiser steps (``epochs x iters_per_epoch``, exactly).
+        batch_size: samples per step (:data:`STEP_BATCH` of the model's dimensionality).
+        epochs, iters_per_epoch: how the steps are cut into epochs (:func:`split_steps`).
+        val_every: validate every N epochs: twice a run, half-way and at the end (0: never, as
+            the recipe). Validation changes nothing in the step mode (no early stopping, final
+            weights), so it only costs time: the recipes' every 2 epochs would cost DRN, whose
+            whole-volume pass is slow, more than a third of its training time.
+    """
+
+    steps: int
+    batch_size: int
+    epochs: int
+    iters_per_epoch: int
+    val_every: int = 0
+
+    @property
+    def samples(self) -> int:
+        """Training samples seen (2D slices or 3D crops)."""
+        return self.steps * self.batch_size
+
+    def overrides(self) -> list[str]:
+        """The ``key=value`` overrides that give a run this budget: no time budget (the
+        learning-rate schedule then follows the epochs) and no early stopping, so every model
+        makes all its steps."""
+        return [
+            f"train.epochs={self.epochs}",
+            f"train.iters_per_epoch={self.iters_per_epoch}",
+            f"train.batch_size={self.batch_size}",
+            "train.max_minutes=null",
+            "train.time_schedule=false",
+            "train.early_stop_patience=0",
+            f"train.val_every={self.val_every}",
+        ]
+
+
+def step_budget(
+    steps: int, dims: int, iters_per_epoch: int | None, snapshots: int = 0, val_every: int = 1
+) -> StepBudget:
+    """The step budget of a ``dims``-D model whose recipe has ``iters_per_epoch`` iterations an
+    epoch, keeps ``snapshots`` snapshots (the last epochs' weights) and validates every
+    ``val_every`` epochs (0: never).
+
+    A run with snapshots gets at least ``3 x snapshots`` epochs, so its snapshots span at most
+    the last third of the steps (the two-stage paper's 8 are the last 8 of 405 epochs). A run
+    that validates does so twice (:class:`StepBudget`).
+    """
+    if dims not in STEP_BATCH:
+        raise ValueError(f"no step batch for {dims}-D models")
+    min_epochs = 3 * snapshots if snapshots > 0 else 1
+    epochs, per_epoch = split_steps(steps, iters_per_epoch, min_epochs)
+    validate = max(1, epochs // 2) if val_every > 0 else 0
+    return StepBudget(steps, STEP_BATCH[dims], epochs, per_epoch, validate)
+
+
+def recipe_dims(cfg: Any) -> int:
+    """Spatial dimensionality of a recipe's model (its patch size: 2D slices or 3D crops)."""
+    return len(cfg.data.patch_size)
+
+
 @dataclass
 class Run:
     """A finished training run.
@@ -315,6 +454,9 @@ class Run:
         summary: the trainer's ``summary.json`` (epochs, steps, minutes, stop reason).
         parameters: trainable parameters of the network.
         note: anything a reader must know (e.g. a stand-in model).
+        budget: the budget it was given: ``mode`` (``steps``/``minutes``), ``dims``,
+            ``batch_size``, and ``steps``, ``epochs``, ``iters_per_epoch`` (step mode) or
+            ``minutes`` (wall-clock mode).
     """
 
     name: str
@@ -325,6 +467,7 @@ class Run:
     summary: dict[str, Any] = field(default_factory=dict)
     parameters: int = 0
     note: str = ""
+    budget: dict[str, Any] = field(default_factory=dict)
 
     @property
     def last(self) -> Path:
@@ -339,7 +482,36 @@ class Run:
         d = asdict(self)
         d["run_dir"] = str(self.run_dir)
         d["snapshots"] = [p.name for p in self.snapshots]
+        d.update(run_figures(d))
         return d
+
+
+def run_figures(run: dict[str, Any]) -> dict[str, Any]:
+    """What a run received, from its record: ``steps`` made, ``samples_seen`` (steps x batch),
+    ``minutes`` of training (``None`` where unknown)."""
+    summary = run.get("summary") or {}
+    budget = run.get("budget") or {}
+    steps = summary.get("steps")
+    batch = budget.get("batch_size")
+    samples = int(steps) * int(batch) if steps is not None and batch else None
+    return {"steps": steps, "samples_seen": samples, "minutes": summary.get("minutes")}
+
+
+def budget_table(runs: Sequence[Run | dict[str, Any]]) -> str:
+    """A plain-text table of what each run received: steps, samples seen, minutes, s/step."""
+    lines = [f"{'run':<18} {'steps':>7} {'samples':>9} {'minutes':>8} {'s/step':>7}"]
+    for run in runs:
+        d = run.as_dict() if isinstance(run, Run) else run
+        f = run_figures(d) if "samples_seen" not in d else d
+        steps, minutes = f.get("steps"), f.get("minutes")
+        per_step = minutes * 60 / steps if steps and minutes is not None else None
+        lines.append(
+            f"{Path(str(d['run_dir'])).name:<18} {steps if steps is not None else '?':>7} "
+            f"{f.get('samples_seen') or '?':>9} "
+            f"{f'{minutes:.2f}' if minutes is not None else '?':>8} "
+            f"{f'{per_step:.2f}' if per_step is not None else '?':>7}"
+        )
+    return "\n".join(lines)
 
 
 def _parameters(checkpoint: Path) -> int:
@@ -357,43 +529,71 @@ def train_run(
 
     Every method gets ``data.split=kfold`` (5 folds, fold 0) so all train on the same cases: the
     CU-Net recipes' own 3:1:1 split would hold out a test fifth that the studies replace by the
-    separate held-out folder.
+    separate held-out folder. The budget is the step mode's :func:`step_budget` (the same steps
+    and samples for every model of a dimensionality) or, with ``settings.steps == 0``, the
+    wall-clock ``train.max_minutes``.
     """
+    from cascadeseg.config import load_config
+
     run_dir = settings.out / "runs" / name
     # Testing hook: CASCADESEG_STUDY_RECIPES=DIR takes DIR/<recipe>.yaml instead of the shipped
     # recipe (smoke tests before the shipped CPU recipes exist, or with tinier ones).
     recipe_dir = os.environ.get("CASCADESEG_STUDY_RECIPES")
     if recipe_dir and (Path(recipe_dir) / f"{recipe}.yaml").is_file():
         recipe = str(Path(recipe_dir) / f"{recipe}.yaml")
+    cfg = load_config(recipe, [*overrides, *settings.overrides])
+    dims = recipe_dims(cfg)
+    budget: dict[str, Any] = {"mode": settings.budget_mode, "dims": dims}
+    if settings.budget_mode == "steps":
+        plan = step_budget(
+            settings.steps_for(dims),
+            dims,
+            cfg.train.iters_per_epoch,
+            cfg.train.snapshots,
+            cfg.train.val_every,
+        )
+        budget_overrides = plan.overrides()
+        budget.update(steps=plan.steps, epochs=plan.epochs, iters_per_epoch=plan.iters_per_epoch)
+    else:
+        budget_overrides = [f"train.max_minutes={settings.minutes:g}"]
+        budget["minutes"] = settings.minutes
     all_overrides = [
         "data.split=kfold",
-        f"train.max_minutes={settings.minutes:g}",
+        *budget_overrides,
         f"seed={settings.seed}",
         *overrides,
         *settings.overrides,
     ]
+    budget["batch_size"] = load_config(recipe, all_overrides).train.batch_size
     argv = ["train", recipe, "--data", str(settings.train_dir), "--out", str(run_dir)]
     argv += all_overrides
     if not settings.progress:
         argv.insert(1, "--no-progress")
     line = command_line(argv)
     record = run_dir / "experiment.json"
+    finish = (name, recipe, all_overrides, run_dir, line, note, budget)
     if (run_dir / "summary.json").is_file() and record.is_file():
         if read_json(record).get("command") == line:
             print(f"train: reusing {run_dir}")
-            return _finish_run(name, recipe, all_overrides, run_dir, line, note)
+            return _finish_run(*finish)
     if run_dir.exists():
         print(f"train: {run_dir} holds another or unfinished run; training again")
         shutil.rmtree(run_dir)
     seconds = cascadeseg(argv, settings)
     write_json(record, {"command": line, "wall_seconds": seconds})
-    return _finish_run(name, recipe, all_overrides, run_dir, line, note)
+    return _finish_run(*finish)
 
 
 def _finish_run(
-    name: str, recipe: str, overrides: list[str], run_dir: Path, line: str, note: str
+    name: str,
+    recipe: str,
+    overrides: list[str],
+    run_dir: Path,
+    line: str,
+    note: str,
+    budget: dict[str, Any],
 ) -> Run:
-    run = Run(name, recipe, overrides, run_dir, line, note=note)
+    run = Run(name, recipe, overrides, run_dir, line, note=note, budget=budget)
     run.summary = read_json(run_dir / "summary.json")
     run.parameters = _parameters(run.last)
     return run
@@ -412,6 +612,12 @@ class Condition:
         pred_dir, eval_dir: outputs.
         predict_command: the shell line that predicted.
         predict_seconds: its wall time (all held-out cases, model loading included).
+        ensemble_mode: how the snapshots shared the flips (``paired``/``product``; ``""`` for
+            one model).
+        passes: network passes per case (members x flips each ran), from the predictor's
+            per-case record.
+        seconds_per_case: mean seconds per case the predictor recorded (preprocessing, the
+            passes and post-processing; model loading excluded).
     """
 
     name: str
@@ -424,6 +630,9 @@ class Condition:
     predict_command: str = ""
     evaluate_command: str = ""
     predict_seconds: float = 0.0
+    ensemble_mode: str = ""
+    passes: int = 0
+    seconds_per_case: float = float("nan")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -432,6 +641,9 @@ class Condition:
             "checkpoints": [p.name for p in self.checkpoints],
             "members": len(self.checkpoints),
             "tta": self.tta,
+            "ensemble_mode": self.ensemble_mode,
+            "passes": self.passes,
+            "seconds_per_case": self.seconds_per_case,
             "et_min_voxels": self.et_min_voxels,
             "pred_dir": str(self.pred_dir),
             "eval_dir": str(self.eval_dir),
@@ -439,6 +651,21 @@ class Condition:
             "evaluate_command": self.evaluate_command,
             "predict_seconds": self.predict_seconds,
         }
+
+
+def prediction_timing(pred_dir: Path) -> tuple[int, float]:
+    """``(passes per case, mean seconds per case)`` from the predictor's ``<case>.json`` files
+    (``settings.passes``, ``settings.seconds.total``); ``(0, nan)`` when there are none."""
+    passes, seconds = 0, []
+    for path in sorted(Path(pred_dir).glob("*.json")):
+        if path.name == "experiment.json":
+            continue
+        info = read_json(path).get("settings", {})
+        passes = max(passes, int(info.get("passes", 0)))
+        total = info.get("seconds", {}).get("total")
+        if total is not None:
+            seconds.append(float(total))
+    return passes, (sum(seconds) / len(seconds) if seconds else float("nan"))
 
 
 def safe_name(name: str) -> str:
@@ -455,6 +682,7 @@ def predict_and_evaluate(
     et_min_voxels: int = 0,
     max_snapshots: int = 0,
     fuse_brain_mask: bool | None = None,
+    ensemble_mode: str = "paired",
 ) -> Condition:
     """Predict the held-out cases with ``run`` (last weights or snapshot ensemble) and evaluate.
 
@@ -464,7 +692,10 @@ def predict_and_evaluate(
     keeps only the last that many snapshots (a cost cap on CPU; the tables say how many).
     ``fuse_brain_mask`` other than ``None`` sets :class:`PredictOptions.fuse_brain_mask`, which
     the command line does not expose: that prediction runs through the Python API
-    (:func:`cascadeseg.inference.predict`) and its recorded command says so.
+    (:func:`cascadeseg.inference.predict`) and its recorded command says so. With snapshots,
+    ``ensemble_mode`` (``predict --ensemble-mode``, passed explicitly) says how they share the
+    flips: ``paired`` (snapshot i with flip i, the two-stage paper) or ``product`` (every flip
+    on every snapshot).
     """
     checkpoints = run.snapshots if snapshots else [run.last]
     if snapshots and max_snapshots > 0:
@@ -482,9 +713,12 @@ def predict_and_evaluate(
     argv += ["--device", "cpu", "--overwrite"]
     if not tta:
         argv.append("--no-tta")
+    if snapshots:
+        argv += ["--ensemble-mode", ensemble_mode]
     if not settings.progress:
         argv.append("--no-progress")
     cond = Condition(name, run, checkpoints, tta, et_min_voxels, pred_dir, eval_dir)
+    cond.ensemble_mode = ensemble_mode if snapshots else ""
     cond.predict_command = command_line([str(a) for a in argv])
     if fuse_brain_mask is not None:
         cond.predict_command += (
@@ -509,6 +743,7 @@ def predict_and_evaluate(
         else:
             cond.predict_seconds = _predict_api(settings, cond, fuse_brain_mask)
         write_json(record, {"command": cond.predict_command, "wall_seconds": cond.predict_seconds})
+    cond.passes, cond.seconds_per_case = prediction_timing(pred_dir)
     eval_argv: list[Any] = ["evaluate", "--pred", pred_dir, "--ref", settings.test_dir]
     eval_argv += ["--out", eval_dir, "--no-report", "--workers", settings.workers]
     if not settings.progress:
@@ -533,6 +768,7 @@ def _predict_api(settings: Settings, cond: Condition, fuse_brain_mask: bool) -> 
         overwrite=True,
         fuse_brain_mask=fuse_brain_mask,
         progress=settings.progress,
+        ensemble_mode=cond.ensemble_mode or "paired",
     )
     results = predict(
         load_models(cond.checkpoints, "cpu"), settings.test_dir, cond.pred_dir, options, echo=print
@@ -653,11 +889,27 @@ RUNS: dict[str, tuple[str, str, list[str]]] = {
     "unet2d": ("U-Net (2D)", "unet2d_cpu", []),
     "bfcn": ("BFCN", "bfcn_cpu", []),
     "drn": ("DRN", "drn_cpu", []),
-    "cunet_nolws": ("CUN", "cunet_cpu", ["loss.lws=false"]),
-    "cunet_lws": ("CUN+LWS", "cunet_cpu", ["loss.lws=true"]),
-    # The demo recipe keeps one snapshot (its time budget goes to training); the study keeps 3
-    # for its "+ snapshots" condition (the paper keeps 8).
-    "two_stage": ("Two-stage", "two_stage_cpu", ["train.snapshots=3"]),
+    # CUN and CUN+LWS as the paper builds them: U-Net 2 sees the first net's features and
+    # prediction, not the image (cunet_brats17); the CPU recipe's U-Net 2 also sees the image,
+    # measured as a row of its own.
+    "cunet_nolws": (
+        "CUN",
+        "cunet_cpu",
+        ["loss.lws=false", "model.args.unet2_image_input=false"],
+    ),
+    "cunet_lws": (
+        "CUN+LWS",
+        "cunet_cpu",
+        ["loss.lws=true", "model.args.unet2_image_input=false"],
+    ),
+    "cunet_lws_image": (
+        "CUN+LWS, U-Net 2 sees the image",
+        "cunet_cpu",
+        ["loss.lws=true", "model.args.unet2_image_input=true"],
+    ),
+    # The demo recipe keeps one snapshot (its time budget goes to training); the study keeps 8,
+    # as the paper, for its snapshot-ensemble rows (paired: 8 passes; product: 64).
+    "two_stage": ("Two-stage", "two_stage_cpu", ["train.snapshots=8"]),
     "unet3d": ("U-Net (3D)", "unet3d_cpu", []),
 }
 

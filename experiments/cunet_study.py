@@ -1,10 +1,17 @@
-"""CU-Net paper, Table 1 and Fig. 4, on synthetic data: U-Net vs CUN vs CUN+LWS (2D).
+"""CU-Net paper, Table 1 and Fig. 4, on synthetic data: U-Net, BFCN, DRN, CUN, CUN+LWS (2D).
 
-Three 2D models trained with the same wall-clock budget, seed and training cases:
+The paper's five methods in its order, plus one variant, all 2D, trained with the same budget
+(by default the same number of optimiser steps and of training slices, ``--steps``; or the same
+wall-clock minutes, ``--steps 0 --minutes M``), seed and training cases:
 
 * ``U-Net (2D)``: the recipe ``unet2d_cpu`` (the paper's U-Net baseline);
-* ``CUN``: ``cunet_cpu`` with ``loss.lws=false`` (plain cross-entropy over the brain);
-* ``CUN+LWS``: ``cunet_cpu`` with ``loss.lws=true`` (loss weighted sampling, Eqs. 1-3).
+* ``BFCN``: ``bfcn_cpu`` (boundary-aware FCN, the paper's [8]);
+* ``DRN``: ``drn_cpu`` (dilated residual network, the paper's [5]);
+* ``CUN``: ``cunet_cpu`` with ``loss.lws=false`` (plain cross-entropy over the brain) and
+  ``model.args.unet2_image_input=false`` (U-Net 2 as the paper builds it);
+* ``CUN+LWS``: the same with ``loss.lws=true`` (loss weighted sampling, Eqs. 1-3);
+* ``CUN+LWS, U-Net 2 sees the image``: CUN+LWS with ``model.args.unet2_image_input=true``, the
+  CPU recipe's departure from the paper, so that its effect is measured.
 
 Each predicts the held-out cases with its final weights and no test-time augmentation (the paper
 uses none); every 2D model's probabilities are fused with the brain mask as the CU-Net paper
@@ -13,9 +20,10 @@ does (the predictor's default for 2D models).
 this script adds the paired per-case effect of LWS on sensitivity, the paper's claim
 ("when LWS is adopted, there is an additional average growth of 1.5 percent in sensitivity").
 
-Usage (defaults: 16 training + 6 held-out cases, 4 min per model)::
+Usage (defaults: 16 training + 6 held-out cases, 300 steps of 8 slices per model)::
 
-    python experiments/cunet_study.py [--minutes 4] [--train-cases 16] [--test-cases 6]
+    python experiments/cunet_study.py [--steps 300] [--train-cases 16] [--test-cases 6]
+    python experiments/cunet_study.py --steps 0 --minutes 4     # the same wall-clock minutes
 
 Writes ``<out>/cunet_study/`` (table.md, table.csv, boxplots.png, report.html, study.json).
 """
@@ -32,11 +40,17 @@ import numpy as np
 #: (condition name, run key, predict options): the order of the table rows. Every 2D model's
 #: probabilities are fused with the brain mask by the predictor (CU-Net's test-time step; the 2D
 #: U-Net is trained on brain voxels only, like CU-Net), so the rows are like for like.
+#: The paper's Table 1 order (U-Net, BFCN, DRN, CUN, CUN+LWS), then the CPU recipe's variant.
 CONDITIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("U-Net (2D)", "unet2d", {}),
+    ("BFCN", "bfcn", {}),
+    ("DRN", "drn", {}),
     ("CUN", "cunet_nolws", {}),
     ("CUN+LWS", "cunet_lws", {}),
+    ("CUN+LWS, U-Net 2 sees the image", "cunet_lws_image", {}),
 )
+#: The row of the U-Net 2 image-input variant (compared with CUN+LWS).
+IMAGE_INPUT_ROW = "CUN+LWS, U-Net 2 sees the image"
 #: The U-Net row the paper's claims are checked against.
 UNET_REFERENCE = "U-Net (2D)"
 REGIONS = ("wt", "tc", "et")
@@ -87,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = {}
     for name, key, _ in CONDITIONS:
         if key not in runs:
-            common.banner(f"CU-Net study: training {name} ({settings.minutes:g} min)")
+            common.banner(f"CU-Net study: training {name} ({settings.budget_text()})")
             runs[key] = common.train_named(settings, key)
     conditions = []
     for name, key, options in CONDITIONS:
@@ -108,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
         metric: paired_effect(rows[UNET_REFERENCE], rows["CUN"], metric)
         for metric in ("dice", "sens", "spec")
     }
+    image_input_effect = {
+        metric: paired_effect(rows["CUN+LWS"], rows[IMAGE_INPUT_ROW], metric)
+        for metric in ("dice", "sens", "spec")
+    }
     study = {
         "study": "cunet",
         "settings": settings.as_dict(),
@@ -118,10 +136,13 @@ def main(argv: list[str] | None = None) -> None:
         "per_case": rows,
         "lws_effect": effects,
         "cascade_effect": cascade_effect,
+        "image_input_effect": image_input_effect,
+        "image_input_row": IMAGE_INPUT_ROW,
         "unet_reference": UNET_REFERENCE,
     }
     path = common.write_json(out_dir / "study.json", study)
     print(f"\nwrote {path}")
+    print(common.budget_table([runs[key] for key in dict.fromkeys(k for _, k, _ in CONDITIONS)]))
     for region in REGIONS:
         e = effects["sens"][region]
         print(

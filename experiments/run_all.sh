@@ -3,18 +3,23 @@
 # docs/results.md. Every step is reused when its outputs already exist, so an interrupted run
 # can simply be started again.
 #
-#   bash experiments/run_all.sh      # the documented settings (about 50 min on 2 CPU cores)
-#   MINUTES=0.3 TRAIN_CASES=4 TEST_CASES=2 SCALE=0.5 OUT=experiments/out/smoke \
+#   bash experiments/run_all.sh      # the documented settings (about 65 min on 2 CPU cores)
+#   STEPS=4 STEPS_3D=4 TRAIN_CASES=5 TEST_CASES=2 SCALE=0.5 OUT=/tmp/studies_smoke \
 #     DOC=/tmp/results_smoke.md bash experiments/run_all.sh      # smoke test of every step
+#   MINUTES=4 bash experiments/run_all.sh   # the wall-clock mode: 4 min per model instead
 #
-# Settings (environment variables): MINUTES (training budget per model), TRAIN_CASES,
-# TEST_CASES, DATA_SEED, SEED, SCALE (synthetic grid scale), OUT (outputs), DOC (page written),
-# EXTRA (extra options for every study script, e.g. "--set key=value --no-progress"),
-# MAX_SNAPSHOTS (cap on the snapshot ensemble), TUNE=0 (skip tuning the ET threshold).
+# Settings (environment variables): STEPS (optimiser steps per 2D model, batch 8), STEPS_3D
+# (per 3D model, batch 2), MINUTES (set: the wall-clock mode, that many minutes per model,
+# instead of the steps), TRAIN_CASES, TEST_CASES, DATA_SEED, SEED, SCALE (synthetic grid scale),
+# OUT (outputs), DOC (page written), EXTRA (extra options for every study script, e.g.
+# "--set key=value --no-progress"), MAX_SNAPSHOTS (cap on the snapshot ensemble), TUNE=0 (skip
+# tuning the ET threshold).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
-MINUTES="${MINUTES:-4}"
+STEPS="${STEPS:-300}"
+STEPS_3D="${STEPS_3D:-600}"
+MINUTES="${MINUTES:-}"
 TRAIN_CASES="${TRAIN_CASES:-16}"
 TEST_CASES="${TEST_CASES:-6}"
 DATA_SEED="${DATA_SEED:-2026}"
@@ -23,10 +28,15 @@ SCALE="${SCALE:-1}"
 OUT="${OUT:-experiments/out}"
 DOC="${DOC:-docs/results.md}"
 EXTRA="${EXTRA:-}"
-MAX_SNAPSHOTS="${MAX_SNAPSHOTS:-0}"   # 0: every snapshot the two-stage run kept
+MAX_SNAPSHOTS="${MAX_SNAPSHOTS:-0}"   # 0: every snapshot the two-stage run kept (8)
 TUNE="${TUNE:-1}"                     # 0: skip tuning the ET threshold on the validation fold
 
-ARGS=(--out "$OUT" --minutes "$MINUTES" --train-cases "$TRAIN_CASES" --test-cases "$TEST_CASES"
+if [ -n "$MINUTES" ]; then
+  BUDGET=(--steps 0 --minutes "$MINUTES")
+else
+  BUDGET=(--steps "$STEPS" --steps-3d "$STEPS_3D")
+fi
+ARGS=(--out "$OUT" "${BUDGET[@]}" --train-cases "$TRAIN_CASES" --test-cases "$TEST_CASES"
       --data-seed "$DATA_SEED" --seed "$SEED" --scale "$SCALE")
 # shellcheck disable=SC2206
 [ -n "$EXTRA" ] && ARGS+=($EXTRA)

@@ -4,12 +4,12 @@ Every run of the two studies (trained once; reused when the studies already ran)
 3D U-Net with the two-stage recipe as a same-budget peer (BRATS-FACTS: "the studies should put
 such a same-budget peer beside the papers' methods"). Rows: each model's final weights without
 TTA (the like-for-like comparison), and each paper's full inference (two-stage: 8 flips x
-snapshots). The table adds the training steps done in the budget, the parameter count and the
-prediction time per case.
+snapshots, paired). The table adds the training steps and minutes each model had, the parameter
+count and the prediction time per case.
 
 Usage::
 
-    python experiments/side_by_side.py [--minutes 4] [--train-cases 16] [--test-cases 6]
+    python experiments/side_by_side.py [--steps 300] [--steps-3d 600] [--train-cases 16]
 
 Writes ``<out>/side_by_side/`` (table.md, table.csv, boxplots.png, report.html, study.json).
 """
@@ -20,17 +20,20 @@ import argparse
 from typing import Any
 
 import common
+from two_stage_study import PAIRED
 
 #: (condition name, run key, predict options, dimensionality); names match the two studies so
 #: their predictions are reused.
 CONDITIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
     ("U-Net (2D)", "unet2d", {}, "2D"),
+    ("BFCN", "bfcn", {}, "2D"),
+    ("DRN", "drn", {}, "2D"),
     ("CUN", "cunet_nolws", {}, "2D"),
     ("CUN+LWS", "cunet_lws", {}, "2D"),
     ("U-Net (3D)", "unet3d", {}, "3D"),
     ("Stage 1 alone", "stage1", {}, "3D"),
     ("Two-stage", "two_stage", {}, "3D"),
-    ("Two-stage + TTA + snapshots", "two_stage", {"tta": True, "snapshots": True}, "3D"),
+    (PAIRED, "two_stage", {"tta": True, "snapshots": True, "ensemble_mode": "paired"}, "3D"),
 )
 
 
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, common.Run] = {}
     for _, key, _, _ in CONDITIONS:
         if key not in runs:
-            common.banner(f"side by side: training {key} ({settings.minutes:g} min)")
+            common.banner(f"side by side: training {key} ({settings.budget_text()})")
             runs[key] = common.train_named(settings, key)
 
     conditions, dims = [], {}

@@ -1,19 +1,27 @@
-"""Two-stage paper on synthetic data: stage 1 alone vs the cascade vs TTA + snapshot ensemble,
-and the effect of the ET post-processing threshold.
+"""Two-stage paper on synthetic data: stage 1 alone, the cascade, + TTA, + the paper's snapshot
+ensemble, + every flip on every snapshot, and the effect of the ET post-processing threshold.
 
-Two 3D runs with the same wall-clock budget, seed and training cases: the stage-1 network alone
-(see :func:`common.stage_one_spec`) and the two-stage cascade (``two_stage_cpu``). Conditions on
-the held-out cases, all without ET post-processing unless named:
+Two 3D runs with the same budget (by default the same number of optimiser steps and of training
+crops, ``--steps-3d``; or the same wall-clock minutes, ``--steps 0 --minutes M``), seed and
+training cases: the stage-1 network alone (see :func:`common.stage_one_spec`) and the two-stage
+cascade (``two_stage_cpu`` keeping 8 snapshots, as the paper). Conditions on the held-out cases,
+in this order, all without ET post-processing, with their network passes and seconds per case:
 
-* ``Stage 1 alone``: stage-1 network, final weights, no TTA;
-* ``Two-stage``: the cascade, final weights, no TTA;
-* ``Two-stage + TTA``: the same with 8 flips (sec. 3.3);
-* ``Two-stage + TTA + snapshots``: the snapshots of the last epochs (the recipe's
-  ``train.snapshots``; the paper keeps 8), each with 8 flips, probabilities averaged (sec. 3.3);
+* ``Stage 1 alone``: stage-1 network, final weights, no TTA (1 pass);
+* ``Two-stage``: the cascade, final weights, no TTA (1 pass);
+* ``Two-stage + TTA``: the same with 8 flips (8 passes);
+* ``Two-stage + TTA + snapshots (paired)``: the paper's inference (sec. 3.3): the snapshots of
+  the last epochs, snapshot i with flip i (``predict --ensemble-mode paired``; 8 passes for 8
+  snapshots), probabilities averaged;
+* ``Two-stage + TTA + snapshots (product)``: every flip on every snapshot (``--ensemble-mode
+  product``; 64 passes for 8 snapshots), what the paper's eight maps stand in for;
 * ET post-processing as the paper does it (sec. 3.4: the threshold is "chosen ... depending on
   the performance of [the] validation dataset"): ``cascadeseg tune-postprocess`` on the run's
   validation fold; its threshold's held-out ET Dice is read from the sweep below (post-processing
   only relabels ET, so no second prediction is needed).
+
+This folds in ``snapshot_pairing.py`` (paired against product on the demo's data): one run gives
+every row.
 
 The ET threshold sweep applies :func:`cascadeseg.inference.postprocess.postprocess_et` with each
 candidate to the un-post-processed held-out predictions of every condition and reports the mean
@@ -21,7 +29,8 @@ ET Dice per threshold (descriptive: on the held-out cases themselves, not a tuni
 
 Usage::
 
-    python experiments/two_stage_study.py [--minutes 4] [--train-cases 16] [--test-cases 6]
+    python experiments/two_stage_study.py [--steps-3d 600] [--train-cases 16] [--test-cases 6]
+    python experiments/two_stage_study.py --steps 0 --minutes 4    # the same wall-clock minutes
 
 Writes ``<out>/two_stage_study/`` (table.md, table.csv, boxplots.png, report.html, study.json).
 """
@@ -38,6 +47,24 @@ import numpy as np
 #: ET thresholds swept on the held-out cases, in voxels of the source grid (1 mm^3 at scale 1);
 #: the predictor's tuning candidates plus larger ones (synthetic ET components are often large).
 ET_CANDIDATES: tuple[int, ...] = (0, 25, 50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000)
+
+STAGE1 = "Stage 1 alone"
+CASCADE = "Two-stage"
+TTA = "Two-stage + TTA"
+PAIRED = "Two-stage + TTA + snapshots (paired)"
+PRODUCT = "Two-stage + TTA + snapshots (product)"
+#: (condition name, run key, predict options), in the table's order: each row adds one step of
+#: the paper's inference to the row above, the last runs every flip on every snapshot.
+CONDITIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    (STAGE1, "stage1", {}),
+    (CASCADE, "two_stage", {}),
+    (TTA, "two_stage", {"tta": True}),
+    (PAIRED, "two_stage", {"tta": True, "snapshots": True, "ensemble_mode": "paired"}),
+    (PRODUCT, "two_stage", {"tta": True, "snapshots": True, "ensemble_mode": "product"}),
+)
+#: Run order: the costliest row (every flip on every snapshot) last, so an interrupted run has
+#: the others.
+RUN_ORDER: tuple[int, ...] = (0, 1, 3, 2, 4)
 
 
 def et_sweep(
@@ -82,7 +109,7 @@ def et_sweep(
 
 
 def tune_on_validation(settings: common.Settings, run: common.Run) -> dict[str, Any]:
-    """``cascadeseg tune-postprocess`` on the run's validation fold (snapshots + 8 flips)."""
+    """``cascadeseg tune-postprocess`` on the run's validation fold (paired snapshot ensemble)."""
     argv: list[Any] = ["tune-postprocess", "--model", run.run_dir, "--data", settings.train_dir]
     argv += ["--cases", "val", "--device", "cpu", "--candidates", *ET_CANDIDATES]
     if not settings.progress:
@@ -126,27 +153,20 @@ def main(argv: list[str] | None = None) -> None:
 
     common.banner("two-stage study: data")
     common.prepare_data(settings)
-    common.banner(f"two-stage study: training stage 1 alone ({settings.minutes:g} min)")
+    common.banner(f"two-stage study: training stage 1 alone ({settings.budget_text()})")
     stage1 = common.train_named(settings, "stage1")
-    common.banner(f"two-stage study: training the two-stage cascade ({settings.minutes:g} min)")
+    common.banner(f"two-stage study: training the two-stage cascade ({settings.budget_text()})")
     cascade = common.train_named(settings, "two_stage")
+    runs = {"stage1": stage1, "two_stage": cascade}
 
-    ensemble = {"tta": True, "snapshots": True, "max_snapshots": args.max_snapshots}
-    # Run order: the paper's three conditions first, the TTA-only row (an extra that separates
-    # the effect of the flips from that of the snapshots) last; the table keeps this list's order.
-    specs: list[tuple[str, common.Run, dict[str, Any]]] = [
-        ("Stage 1 alone", stage1, {}),
-        ("Two-stage", cascade, {}),
-        ("Two-stage + TTA", cascade, {"tta": True}),
-        ("Two-stage + TTA + snapshots", cascade, ensemble),
-    ]
-    run_order = [0, 1, 3, 2]
     done: dict[int, common.Condition] = {}
-    for i in run_order:
-        name, run, kwargs = specs[i]
+    for i in RUN_ORDER:
+        name, key, kwargs = CONDITIONS[i]
+        if kwargs.get("snapshots"):
+            kwargs = {**kwargs, "max_snapshots": args.max_snapshots}
         common.banner(f"two-stage study: predicting held-out cases, {name}")
-        done[i] = common.predict_and_evaluate(settings, name, run, **kwargs)
-    conditions = [done[i] for i in range(len(specs))]
+        done[i] = common.predict_and_evaluate(settings, name, runs[key], **kwargs)
+    conditions = [done[i] for i in range(len(CONDITIONS))]
 
     tuning: dict[str, Any] | None = None
     if not args.no_tune:
@@ -166,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         "study": "two_stage",
         "settings": settings.as_dict(),
         "environment": env,
-        "runs": {"stage1": stage1.as_dict(), "two_stage": cascade.as_dict()},
+        "runs": {key: run.as_dict() for key, run in runs.items()},
         "stage1_note": stage1.note,
         "conditions": [c.as_dict() for c in conditions],
         "comparison": comparison,
@@ -177,6 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     path = common.write_json(out_dir / "study.json", study)
     print(f"\nwrote {path}")
+    print(common.budget_table(list(runs.values())))
+    for c in conditions:
+        print(f"{c.name}: {c.passes} passes, {c.seconds_per_case:.1f} s per case")
     for name, sweep in sweeps.items():
         best = sweep["best"]
         print(

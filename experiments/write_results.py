@@ -23,12 +23,24 @@ import numpy as np
 
 REGIONS = ("WT", "TC", "ET")
 
-#: CU-Net paper, Table 1 (BraTS 2017 HGG, local test split of 42 cases), quoted for contrast.
+#: CU-Net paper (Liu et al., BraTS 2017), Table 1: "Dice score, sensitivity and specificity of
+#: the five methods for Whole Tumor, Tumor Core and Enhancing Tumor over the testing set" (42 HGG
+#: cases of BraTS 2017, a 3:1:1 split of its 210), copied exactly, in the paper's row order.
 PAPER_CUNET_TABLE1: dict[str, dict[str, float]] = {
     "U-Net": {
         "dice_wt": 0.872, "sens_wt": 0.885, "spec_wt": 0.996,
         "dice_tc": 0.779, "sens_tc": 0.811, "spec_tc": 0.999,
         "dice_et": 0.751, "sens_et": 0.829, "spec_et": 0.999,
+    },
+    "BFCN": {
+        "dice_wt": 0.874, "sens_wt": 0.857, "spec_wt": 0.997,
+        "dice_tc": 0.788, "sens_tc": 0.850, "spec_tc": 0.998,
+        "dice_et": 0.757, "sens_et": 0.851, "spec_et": 0.998,
+    },
+    "DRN": {
+        "dice_wt": 0.881, "sens_wt": 0.871, "spec_wt": 0.996,
+        "dice_tc": 0.810, "sens_tc": 0.854, "spec_tc": 0.998,
+        "dice_et": 0.768, "sens_et": 0.878, "spec_et": 0.998,
     },
     "CUN": {
         "dice_wt": 0.886, "sens_wt": 0.892, "spec_wt": 0.997,
@@ -41,6 +53,47 @@ PAPER_CUNET_TABLE1: dict[str, dict[str, float]] = {
         "dice_et": 0.768, "sens_et": 0.881, "spec_et": 0.998,
     },
 }  # fmt: skip
+PAPER_CUNET_CITATION = (
+    "Liu et al., CU-Net: Cascaded U-Net with Loss Weighted Sampling for Brain Tumor "
+    "Segmentation, Table 1 (BraTS 2017, 42 HGG test cases)"
+)
+PAPER_CUNET_TEST_CASES = 42
+#: Our CU-Net study's rows -> the paper's Table 1 row of the same method.
+CUNET_PAPER_ROW: dict[str, str] = {
+    "U-Net (2D)": "U-Net",
+    "BFCN": "BFCN",
+    "DRN": "DRN",
+    "CUN": "CUN",
+    "CUN+LWS": "CUN+LWS",
+}
+
+#: Two-stage paper (Jiang et al., BraTS 2019), Table 3: "Mean Dice and Hausdorff measurements of
+#: the proposed segmentation method on BraTS 2019 validation set" (125 cases, online
+#: evaluation), copied exactly. The paper has no ablation of stage 1, TTA or the snapshot
+#: ensemble: these rows compare ensembles of whole trained models, each with the sec. 3.3
+#: inference (8 snapshots, snapshot i with flip i).
+PAPER_TWO_STAGE_TABLE3: dict[str, dict[str, float]] = {
+    "Ensemble of 5-fold": {
+        "dice_wt": 0.90797, "dice_tc": 0.85888, "dice_et": 0.79667,
+        "hd95_wt": 4.35413, "hd95_tc": 5.69195, "hd95_et": 3.12642,
+    },
+    "Best Single Model": {
+        "dice_wt": 0.90819, "dice_tc": 0.86321, "dice_et": 0.80199,
+        "hd95_wt": 4.44375, "hd95_tc": 5.86201, "hd95_et": 3.20551,
+    },
+    "Ensemble of 12 Models": {
+        "dice_wt": 0.90941, "dice_tc": 0.86473, "dice_et": 0.80211,
+        "hd95_wt": 4.26398, "hd95_tc": 5.43931, "hd95_et": 3.14581,
+    },
+}  # fmt: skip
+PAPER_TWO_STAGE_CITATION = (
+    "Jiang et al., Two-Stage Cascaded U-Net: 1st Place Solution to BraTS Challenge 2019 "
+    "Segmentation Task, Table 3 (BraTS 2019 validation set, 125 cases)"
+)
+PAPER_TWO_STAGE_CASES = 125
+#: Names of the two-stage study's paired-ensemble row, now and in study.json files written
+#: before it also measured the product ensemble.
+PAIRED_NAMES = ("Two-stage + TTA + snapshots (paired)", "Two-stage + TTA + snapshots")
 
 
 def paper_change(a: str, b: str, metric: str) -> str:
@@ -103,6 +156,58 @@ def mean_dice(row: dict[str, Any]) -> float:
 # Sections
 
 
+def code_text(envs: Sequence[dict[str, Any]]) -> str:
+    """The commit(s) the studies ran at (``git rev-parse``), each marked when the tree had
+    uncommitted changes (``git status --porcelain``, untracked files included)."""
+    parts: list[str] = []
+    for env in envs:
+        commit, dirty = env.get("git_commit") or "", env.get("git_dirty")
+        if not commit:
+            text = "commit unknown (not run from a git checkout)"
+        elif dirty:
+            changed = env.get("git_changes") or []
+            shown = ", ".join(f"`{c}`" for c in changed[:5]) + (", ..." if len(changed) > 5 else "")
+            text = f"commit `{commit}` with uncommitted changes" + (f" ({shown})" if shown else "")
+        elif dirty is None:
+            text = f"commit `{commit}` (uncommitted changes not checked)"
+        else:
+            text = f"commit `{commit}`, clean tree"
+        if text not in parts:
+            parts.append(text)
+    return "; ".join(parts) if parts else "commit unknown"
+
+
+def budget_text(st: dict[str, Any]) -> str:
+    """The training budget of a study's settings in words (step or wall-clock mode)."""
+    if st.get("budget_mode", "minutes") == "steps":
+        batch = st.get("step_batch") or {"2d": 8, "3d": 2}
+        b2, b3 = int(batch["2d"]), int(batch["3d"])
+        return (
+            f"the same number of optimiser steps per model: {st['steps']} steps of {b2} slices "
+            f"({st['steps'] * b2:,} training slices) per 2D model, {st['steps_3d']} steps of "
+            f"{b3} crops ({st['steps_3d'] * b3:,} training crops) per 3D model; no time budget "
+            "and no early stopping (the learning rate follows the epochs), so no model makes "
+            f"more steps than another of its kind; training seed {st['seed']}"
+        )
+    return (
+        f"{st['minutes']:g} min of wall-clock training per model (`train.max_minutes`, "
+        "validation included, preprocessing excluded): a faster model makes more steps; "
+        f"training seed {st['seed']}"
+    )
+
+
+def run_figures(run: dict[str, Any]) -> dict[str, Any]:
+    """``steps``, ``samples_seen``, ``minutes`` and ``seconds_per_step`` of a run's record
+    (recomputed for records written before they were stored)."""
+    f = common.run_figures(run)
+    for key in ("steps", "samples_seen", "minutes"):
+        if run.get(key) is not None:
+            f[key] = run[key]
+    steps, minutes = f["steps"], f["minutes"]
+    f["seconds_per_step"] = minutes * 60 / steps if steps and minutes is not None else None
+    return f
+
+
 def section_setup(studies: dict[str, dict[str, Any] | None]) -> str:
     first = next((s for s in studies.values() if s is not None), None)
     if first is None:
@@ -128,7 +233,7 @@ def section_setup(studies: dict[str, dict[str, Any] | None]) -> str:
         else (f"BraTS grid scaled by {st['scale']:g}")
     )
     dates = sorted({s["environment"]["date_utc"] for s in studies.values() if s is not None})
-    commit = env["git_commit"] + (" with uncommitted changes" if env["git_dirty"] else "")
+    commit = code_text([s["environment"] for s in studies.values() if s is not None])
     rows = [
         (
             "machine",
@@ -138,7 +243,7 @@ def section_setup(studies: dict[str, dict[str, Any] | None]) -> str:
         ("date", ", ".join(dates)),
         (
             "code",
-            f"cascadeseg {env['cascadeseg']}, commit {commit}; Python {env['python']}, "
+            f"cascadeseg {env['cascadeseg']}, {commit}; Python {env['python']}, "
             f"torch {env['torch']}",
         ),
         (
@@ -152,16 +257,71 @@ def section_setup(studies: dict[str, dict[str, Any] | None]) -> str:
             f"{st['test_cases']} synthetic cases (seed {st['test_seed']}, "
             f"{st['test_layout']} layout), the same for every method",
         ),
-        (
-            "budget",
-            f"{st['minutes']:g} min of wall-clock training per model "
-            "(`train.max_minutes`, validation included, preprocessing excluded), "
-            f"training seed {st['seed']}",
-        ),
+        ("budget", budget_text(st)),
     ]
     if st["overrides"]:
         rows.append(("extra overrides", ", ".join(f"`{o}`" for o in st["overrides"])))
     return md_table(["", ""], [(k, v) for k, v in rows], align="ll")
+
+
+#: Overrides every run gets from the study's budget and seed (the run table leaves them out).
+BUDGET_KEYS = (
+    "train.max_minutes=",
+    "seed=",
+    "train.epochs=",
+    "train.iters_per_epoch=",
+    "train.batch_size=",
+    "train.time_schedule=",
+    "train.early_stop_patience=",
+    "train.val_every=",
+)
+
+
+def run_row(run: dict[str, Any]) -> list[Any]:
+    """One row of the training-run table."""
+    s = run["summary"]
+    f = run_figures(run)
+    budget = run.get("budget") or {}
+    overrides = [o for o in run["overrides"] if not o.startswith(BUDGET_KEYS)]
+    if budget.get("mode") == "steps":
+        planned = f"{budget['steps']} steps ({budget['epochs']} x {budget['iters_per_epoch']})"
+    elif budget.get("minutes") is not None:
+        planned = f"{budget['minutes']:g} min"
+    else:
+        minutes = next((o.split("=", 1)[1] for o in run["overrides"] if "max_minutes=" in o), "?")
+        planned = f"{minutes} min"
+    return [
+        f"`{Path(run['run_dir']).name}`",
+        f"`{run['recipe']}`",
+        " ".join(f"`{o}`" for o in overrides),
+        f"{run['parameters']:,}",
+        planned,
+        budget.get("batch_size", "—"),
+        s.get("epochs_done", "—"),
+        f["steps"] if f["steps"] is not None else "—",
+        f"{f['samples_seen']:,}" if f["samples_seen"] is not None else "—",
+        fmt(f["minutes"], 2),
+        fmt(f["seconds_per_step"], 2),
+        s.get("stop_reason", "—"),
+        len(run.get("snapshots", [])),
+    ]
+
+
+RUN_HEADER = [
+    "run",
+    "recipe",
+    "overrides",
+    "parameters",
+    "budget",
+    "batch",
+    "epochs",
+    "steps",
+    "samples seen",
+    "minutes",
+    "s/step",
+    "stopped by",
+    "snapshots",
+]
 
 
 def section_runs(studies: dict[str, dict[str, Any] | None]) -> str:
@@ -172,39 +332,11 @@ def section_runs(studies: dict[str, dict[str, Any] | None]) -> str:
                 runs.setdefault(run["run_dir"], run)
     if not runs:
         return ""
-    rows = []
-    for run in runs.values():
-        s = run["summary"]
-        overrides = [
-            o for o in run["overrides"] if not o.startswith(("train.max_minutes=", "seed="))
-        ]
-        rows.append(
-            (
-                f"`{Path(run['run_dir']).name}`",
-                f"`{run['recipe']}`",
-                " ".join(f"`{o}`" for o in overrides),
-                f"{run['parameters']:,}",
-                s.get("epochs_done", "—"),
-                s.get("steps", "—"),
-                fmt(s.get("minutes"), 2),
-                s.get("stop_reason", "—"),
-                len(run.get("snapshots", [])),
-            )
-        )
-    text = md_table(
-        [
-            "run",
-            "recipe",
-            "overrides",
-            "parameters",
-            "epochs",
-            "steps",
-            "minutes",
-            "stopped by",
-            "snapshots",
-        ],
-        rows,
-        align="lllrrrrlr",
+    rows = [run_row(run) for run in runs.values()]
+    text = (
+        "What each model received: optimiser steps, training samples seen (steps x batch: 2D "
+        "slices or 3D crops), training minutes (validation included) and seconds per step on "
+        "this machine.\n\n" + md_table(RUN_HEADER, rows, align="llllrrrrrrrlr")
     )
     commands = sorted({run["command"] for run in runs.values()})
     return text + "\nTraining commands:\n\n" + code_block(commands)
@@ -220,21 +352,85 @@ def _boxplot(study: dict[str, Any], path: Path, metrics: Sequence[str], title: s
     return boxplot_figure(per_case_arrays(study), path, metrics=metrics, title=title)
 
 
+def condition_run(study: dict[str, Any], cond: dict[str, Any]) -> dict[str, Any]:
+    """The run record whose weights a condition used."""
+    return next(r for r in study["runs"].values() if r["name"] == cond["run"])
+
+
+def ordered_rows(study: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``(condition, compare-table row)`` in the study's condition order."""
+    rows = table_rows(study)
+    return [(c, rows[c["name"]]) for c in study["conditions"] if c["name"] in rows]
+
+
+def cunet_table(study: dict[str, Any]) -> str:
+    """The CU-Net study's Table-1-like table: each of our rows, then the paper's row of that
+    method (italics); steps and minutes of training per model."""
+    cols = [f"{m}_{r.lower()}" for r in REGIONS for m in ("dice", "sens", "spec")]
+    header = ["Method"] + [f"{r} {m}" for r in REGIONS for m in ("Dice", "Sens", "Spec")]
+    header += ["n", "steps", "minutes"]
+    body: list[list[Any]] = []
+    for cond, row in ordered_rows(study):
+        f = run_figures(condition_run(study, cond))
+        steps = f["steps"] if f["steps"] is not None else "—"
+        ours = [fmt(row[c]) for c in cols]
+        body.append([cond["name"], *ours, row["n"], steps, fmt(f["minutes"], 1)])
+        paper = CUNET_PAPER_ROW.get(cond["name"])
+        if paper is not None:
+            vals = [f"*{fmt(PAPER_CUNET_TABLE1[paper][c])}*" for c in cols]
+            body.append([f"*paper: {paper}*", *vals, f"*{PAPER_CUNET_TEST_CASES}*", "—", "—"])
+    return md_table(header, body)
+
+
+def steps_sentence(settings: dict[str, Any], steps: dict[str, Any]) -> str:
+    """What the budget meant for the models of a table, in one sentence."""
+    listed = ", ".join(f"{name} {n}" for name, n in steps.items())
+    if settings.get("budget_mode", "minutes") == "steps":
+        return (
+            f"Every model made the same number of steps ({listed}) on as many training samples, "
+            "so the ranking is not decided by who made more steps."
+        )
+    return (
+        f"Training steps each model made in the same wall-clock budget: {listed} (a faster "
+        "network makes more; LWS draws its sample matrix every step, which costs time)."
+    )
+
+
+def image_input_text(study: dict[str, Any]) -> str:
+    """The measured effect of U-Net 2 seeing the image (``model.args.unet2_image_input``)."""
+    effect = study.get("image_input_effect")
+    row = study.get("image_input_row")
+    if not effect or not row:
+        return ""
+    parts = []
+    for metric, label in (("dice", "Dice"), ("sens", "sensitivity")):
+        parts.append(
+            f"{label} "
+            + ", ".join(
+                f"{r} {fmt(effect[metric][r.lower()]['mean_diff'], sign=True)}" for r in REGIONS
+            )
+        )
+    counts = ", ".join(
+        f"{r} {effect['dice'][r.lower()]['up']} up / {effect['dice'][r.lower()]['down']} down"
+        for r in REGIONS
+    )
+    return (
+        f'\n**U-Net 2 sees the image** ("{row}": `model.args.unet2_image_input=true`, the CPU '
+        "recipe's departure from the paper, whose U-Net 2 sees only U-Net 1's features and "
+        "prediction). Paired per case, minus CUN+LWS: " + "; ".join(parts) + f" (Dice per case: "
+        f"{counts}). The paper has no such row.\n"
+    )
+
+
 def section_cunet(study: dict[str, Any] | None, doc: Path) -> str:
     if study is None:
         return "**Not run** (no `experiments/out/cunet_study/study.json`).\n"
     rows = table_rows(study)
-    cols = [f"{m}_{r.lower()}" for r in REGIONS for m in ("dice", "sens", "spec")]
-    header = ["Method"] + [f"{r} {m}" for r in REGIONS for m in ("Dice", "Sens", "Spec")] + ["n"]
-    body = [[name] + [fmt(row[c]) for c in cols] + [row["n"]] for name, row in rows.items()]
-    paper = [
-        [f"*paper: {name}*"] + [fmt(vals[c]) for c in cols] + ["42"]
-        for name, vals in PAPER_CUNET_TABLE1.items()
-    ]
     text = (
-        "Mean over the held-out cases (`cascadeseg compare`); the paper's Table 1 rows "
-        "(BraTS 2017, 42 real test cases) below them for contrast.\n\n"
-        + md_table(header, body + paper)
+        "Mean over the held-out cases (`cascadeseg compare`), in the paper's row order; under "
+        f"each method, in italics, its row of the paper's Table 1 ({PAPER_CUNET_CITATION}), "
+        "copied exactly, for contrast (real data: only the direction of a difference is "
+        "comparable). Steps and minutes: the training each model received.\n\n" + cunet_table(study)
     )
     img = _boxplot(
         study,
@@ -310,12 +506,7 @@ def section_cunet(study: dict[str, Any] | None, doc: Path) -> str:
             "within the budget, not by the converged behaviour the paper measures.\n"
         )
     dice_d = {r: effect["dice"][r.lower()]["mean_diff"] for r in REGIONS}
-    steps = {
-        c["name"]: study["runs"][key]["summary"].get("steps", "?")
-        for c in study["conditions"]
-        for key in study["runs"]
-        if study["runs"][key]["name"] == c["run"]
-    }
+    steps = {c["name"]: run_figures(condition_run(study, c))["steps"] for c in study["conditions"]}
     dropped = [
         r
         for r in REGIONS
@@ -333,11 +524,11 @@ def section_cunet(study: dict[str, Any] | None, doc: Path) -> str:
     text += (
         "\nDice moved with it: CUN+LWS minus CUN "
         + ", ".join(f"{r} {fmt(dice_d[r], sign=True)}" for r in REGIONS)
-        + f" (paper: {paper_change('CUN', 'CUN+LWS', 'dice')}). Training steps each model "
-        "made in the same budget: "
-        + ", ".join(f"{name} {n}" for name, n in steps.items())
-        + " (LWS draws its sample matrix every step, which costs time).\n"
+        + f" (paper: {paper_change('CUN', 'CUN+LWS', 'dice')}). "
+        + steps_sentence(study["settings"], steps)
+        + "\n"
     )
+    text += image_input_text(study)
     casc = study["cascade_effect"]
     reference = study.get("unet_reference", "U-Net (2D)")
     if reference != "U-Net (2D)" and "U-Net (2D)" in rows:
@@ -389,6 +580,40 @@ def _sweep_plot(study: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def two_stage_table(study: dict[str, Any]) -> str:
+    """The two-stage study's table: Dice, HD95, passes and seconds per case per condition, the
+    training steps and minutes of its run, then the paper's Table 3 rows (italics)."""
+    n_test = max(1, int(study["settings"]["test_cases"]))
+    header = ["Condition", "models", "TTA", "ensemble", "passes"]
+    header += [f"Dice {r}" for r in REGIONS] + ["mean Dice"]
+    header += [f"HD95 {r} (mm)" for r in REGIONS] + ["s/case", "steps", "minutes"]
+    body: list[list[Any]] = []
+    for c, row in ordered_rows(study):
+        f = run_figures(condition_run(study, c))
+        seconds = c.get("seconds_per_case")
+        if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+            seconds = c["predict_seconds"] / n_test  # records before the predictor's timing
+        body.append(
+            [c["name"], c["members"], "8 flips" if c["tta"] else "—"]
+            + [c.get("ensemble_mode") or "—", c.get("passes") or "—"]
+            + [fmt(row[f"dice_{r.lower()}"]) for r in REGIONS]
+            + [fmt(mean_dice(row))]
+            + [fmt(row[f"hd95_{r.lower()}"], 2) for r in REGIONS]
+            + [fmt(seconds, 1), f["steps"] if f["steps"] is not None else "—"]
+            + [fmt(f["minutes"], 1)]
+        )
+    for name, vals in PAPER_TWO_STAGE_TABLE3.items():
+        dice = [vals[f"dice_{r.lower()}"] for r in REGIONS]
+        body.append(
+            [f"*paper: {name}*", "—", "—", "—", "—"]
+            + [f"*{fmt(v)}*" for v in dice]
+            + ["—"]
+            + [f"*{fmt(vals[f'hd95_{r.lower()}'], 2)}*" for r in REGIONS]
+            + ["—", "—", "—"]
+        )
+    return md_table(header, body)
+
+
 def section_two_stage(study: dict[str, Any] | None, doc: Path, prefix: str = "results_") -> str:
     if study is None:
         return "**Not run** (no `experiments/out/two_stage_study/study.json`).\n"
@@ -396,25 +621,16 @@ def section_two_stage(study: dict[str, Any] | None, doc: Path, prefix: str = "re
     if study.get("stage1_note"):
         text += f"> **Note:** {study['stage1_note']}.\n\n"
     rows = table_rows(study)
-    conds = {c["name"]: c for c in study["conditions"]}
-    n_test = study["settings"]["test_cases"]
-    body = []
-    for name, row in rows.items():
-        c = conds[name]
-        body.append(
-            [name, c["members"], "8 flips" if c["tta"] else "—", c["et_min_voxels"] or "off"]
-            + [fmt(row[f"dice_{r.lower()}"]) for r in REGIONS]
-            + [fmt(mean_dice(row))]
-            + [fmt(row[f"hd95_{r.lower()}"], 2) for r in REGIONS]
-            + [fmt(c["predict_seconds"] / max(1, n_test), 1)]
-        )
-    text += md_table(
-        ["Condition", "models", "TTA", "ET threshold"]
-        + [f"Dice {r}" for r in REGIONS]
-        + ["mean Dice"]
-        + [f"HD95 {r} (mm)" for r in REGIONS]
-        + ["predict s/case"],
-        body,
+    text += (
+        "Mean over the held-out cases; each row adds one step of the paper's inference to the "
+        "row above (sec. 3.3), the last runs every flip on every snapshot. Passes: network "
+        "passes per case; s/case: the predictor's seconds per case (preprocessing, passes and "
+        "post-processing; model loading excluded). Steps and minutes: the training of the run "
+        "the row uses. In italics, the paper's Table 3 "
+        f"({PAPER_TWO_STAGE_CITATION}), copied exactly: the paper has no ablation of stage 1, "
+        "TTA or the snapshot ensemble; its rows are ensembles of whole trained models, each "
+        "with the paired snapshot inference, on real data (only directions are "
+        "comparable).\n\n" + two_stage_table(study)
     )
     img = _boxplot(
         study,
@@ -444,23 +660,35 @@ def section_two_stage(study: dict[str, Any] | None, doc: Path, prefix: str = "re
             "this budget the model did not learn that, so the comparisons there say nothing "
             "about the methods.\n"
         )
-    steps = {k: r["summary"].get("steps", "?") for k, r in study["runs"].items()}
+    steps = {
+        "stage 1 alone": run_figures(study["runs"].get("stage1", {}))["steps"],
+        "two-stage": run_figures(study["runs"].get("two_stage", {}))["steps"],
+    }
     snaps = {k: len(r.get("snapshots", [])) for k, r in study["runs"].items()}
     text += (
-        f"\nTraining steps in the budget: stage 1 alone {steps.get('stage1', '?')}, two-stage "
-        f"{steps.get('two_stage', '?')} ({snaps.get('two_stage', '?')} snapshots kept: the "
-        "recipe keeps the last epochs' weights, and only that many epochs fitted in the "
-        "budget).\n"
+        "\n"
+        + steps_sentence(study["settings"], steps)
+        + f" The cascade kept {snaps.get('two_stage', '?')} snapshots (the weights of its last "
+        "epochs; the paper keeps 8).\n"
     )
+    paired = next((n for n in PAIRED_NAMES if n in rows), PAIRED_NAMES[0])
+    product = "Two-stage + TTA + snapshots (product)"
     text += (
         "\nMean Dice changes (from these numbers):\n\n"
         f"- cascade over stage 1 alone: {diff('Stage 1 alone', 'Two-stage')} (the paper claims "
         "the second stage refines the first; it gives no stage-1-only numbers);\n"
         f"- 8-flip TTA on the cascade: {diff('Two-stage', 'Two-stage + TTA')};\n"
-        "- snapshot ensemble on top of TTA: "
-        f"{diff('Two-stage + TTA', 'Two-stage + TTA + snapshots')}"
-        ' (the paper uses both "to obtain a more robust prediction", without an ablation).\n'
+        f"- the paper's snapshot ensemble (snapshot i with flip i) over TTA alone: "
+        f"{diff('Two-stage + TTA', paired)}"
+        ' (the paper uses both "to obtain a more robust prediction", without an ablation);\n'
+        f"- every flip on every snapshot over the paper's pairing: {diff(paired, product)}.\n"
     )
+    if (doc.parent / "results-snapshot-pairing.md").is_file():
+        text += (
+            "\nAn earlier measurement of the paired ensemble against the product, on the demo's "
+            "data with a 7-minute run: [results-snapshot-pairing.md](results-snapshot-pairing.md) "
+            "(`experiments/snapshot_pairing.py`).\n"
+        )
 
     sweeps = study["et_sweep"]
     cands = [str(c) for c in study["et_candidates"]]
@@ -483,7 +711,7 @@ def section_two_stage(study: dict[str, Any] | None, doc: Path, prefix: str = "re
         + md_table(["et_min_voxels", *names], sweep_rows)
         + f"\n![ET Dice against the threshold](images/{img2.name})\n"
     )
-    full = "Two-stage + TTA + snapshots"
+    full = next((n for n in PAIRED_NAMES if n in sweeps), PAIRED_NAMES[0])
     if full in sweeps:
         case_rows = [
             (c["case"], c["ref_et_voxels"], c["pred_et_voxels"], fmt(c["dice"]))
@@ -502,7 +730,8 @@ def section_two_stage(study: dict[str, Any] | None, doc: Path, prefix: str = "re
         val_rows = [(k, fmt(v)) for k, v in tuning["mean_et_dice"].items()]
         text += (
             "\n**Threshold chosen as the paper does**, on the run's validation fold "
-            f"({tuning['n_cases']} cases, `cascadeseg tune-postprocess`, snapshots x 8 flips): "
+            f"({tuning['n_cases']} cases, `cascadeseg tune-postprocess`, the paired snapshot "
+            "ensemble, as the paper predicts): "
             f"**{chosen} voxels**.\n\n"
             + md_table(["et_min_voxels", "mean ET Dice (validation)"], val_rows)
         )
@@ -542,6 +771,11 @@ def section_side_by_side(study: dict[str, Any] | None, doc: Path) -> str:
         inference = ("8 flips" if c["tta"] else "no TTA") + (
             f" x {c['members']} snapshots" if c["members"] > 1 else ""
         )
+        if c.get("ensemble_mode"):
+            inference += f" ({c['ensemble_mode']})"
+        seconds = c.get("seconds_per_case")
+        if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+            seconds = c["predict_seconds"] / max(1, n_test)
         body.append(
             [name, c["dims"], inference]
             + [fmt(row[f"dice_{r.lower()}"]) for r in REGIONS]
@@ -549,8 +783,9 @@ def section_side_by_side(study: dict[str, Any] | None, doc: Path) -> str:
             + [fmt(row[f"hd95_{r.lower()}"], 2) for r in REGIONS]
             + [
                 f"{run['parameters']:,}",
-                run["summary"].get("steps", "—"),
-                fmt(c["predict_seconds"] / max(1, n_test), 1),
+                run_figures(run)["steps"] or "—",
+                fmt(run_figures(run)["minutes"], 1),
+                fmt(seconds, 1),
             ]
         )
     text = md_table(
@@ -558,14 +793,23 @@ def section_side_by_side(study: dict[str, Any] | None, doc: Path) -> str:
         + [f"Dice {r}" for r in REGIONS]
         + ["mean Dice"]
         + [f"HD95 {r} (mm)" for r in REGIONS]
-        + ["parameters", "training steps", "predict s/case"],
+        + ["parameters", "steps", "minutes", "s/case"],
         body,
     )
     best = max(rows, key=lambda n: mean_dice(rows[n]))
+    if study["settings"].get("budget_mode", "minutes") == "steps":
+        budget = (
+            "Every 2D model made the same number of steps on as many slices, every 3D model the "
+            "same number on as many crops; the minutes show what each cost"
+        )
+    else:
+        budget = (
+            "Every model had the same wall-clock training budget, so the columns of training "
+            "steps and parameters show what each could do with it"
+        )
     text += (
         f"\nHighest mean Dice on these cases: **{best}** ({fmt(mean_dice(rows[best]))}). "
-        "Every model had the same wall-clock training budget, so the columns of training steps "
-        "and parameters show what each could do with it.\n"
+        f"{budget}.\n"
     )
     img = _boxplot(
         study,
@@ -740,6 +984,24 @@ def section_sweep_round6(out: Path) -> str:
     )
 
 
+def budget_caveat(studies: dict[str, dict[str, Any] | None]) -> str:
+    """What the training budget means for the comparisons (step or wall-clock mode)."""
+    first = next((s for s in studies.values() if s is not None), None)
+    if first is not None and first["settings"].get("budget_mode", "minutes") == "steps":
+        return (
+            "- Same number of steps, not the same time: every 2D model made the same optimiser "
+            "steps on as many slices, every 3D model the same on as many crops, without early "
+            "stopping (the CU-Net paper stops early) and with the learning rate following the "
+            "epochs. A slower network costs more minutes (run table). Far from convergence, the "
+            "papers trained for days instead.\n"
+        )
+    return (
+        "- Same wall-clock budget, not the same number of steps: a faster model gets more "
+        "updates. This is the question a CPU user faces; the papers trained to convergence "
+        "instead.\n"
+    )
+
+
 BIAS_CAVEAT_PUBLISHED = """\
 - Bias field: the studies' cases were written with the generator's earlier, stronger bias field
   (`--bias-strength 0.04 0.2`, the studies' default, `experiments/common.py`); the generator's
@@ -756,8 +1018,6 @@ CAVEATS = """\
   (`*_cpu.yaml`: smaller widths, coarser voxels and crops than the paper recipes), one training
   run (one seed) per method and a handful of held-out cases. Differences of a few hundredths are
   within what a different seed or different held-out cases could produce.
-- Same wall-clock budget, not the same number of steps: a faster model gets more updates. This
-  is the question a CPU user faces; the papers trained to convergence instead.
 - Final weights for every single-model row (no selection on the validation fold), no TTA unless
   the row says so. The 2D models' probabilities are fused with the brain mask (the predictor's
   default for 2D models, CU-Net's test-time step); the 3D models' are not.
@@ -783,10 +1043,45 @@ def section_page(doc: Path, page_name: str, heading: str) -> str:
 
 
 #: Sections written by their own experiment scripts: (page beside docs/results.md, heading).
-EXTRA_PAGES = (
-    ("results-lesion-postprocess.md", "5. Lesion-aware post-processing"),
-    ("results-snapshot-pairing.md", "6. Snapshot ensemble: paired as published, or every flip"),
-)
+#: The snapshot-pairing page (``snapshot_pairing.py``) is not embedded: the two-stage study
+#: measures paired against product itself (section 2).
+EXTRA_PAGES = (("results-lesion-postprocess.md", "5. Lesion-aware post-processing"),)
+
+
+def section_supplement(study: dict[str, Any], tag: str, doc: Path) -> list[str]:
+    """A two-stage study run again with another budget into ``<out>/<tag>/``."""
+    st = study["settings"]
+    if st.get("budget_mode", "minutes") == "steps":
+        budget = f"{st['steps_3d']} steps per 3D model"
+        option = f"--steps-3d {st['steps_3d']}"
+        what = f"a budget of {st['steps_3d']} optimiser steps per 3D model"
+    else:
+        budget = f"{st['minutes']:g} min per model"
+        option = f"--steps 0 --minutes {st['minutes']:g}"
+        what = f"a {st['minutes']:g}-minute training budget per 3D model"
+    run_rows = []
+    for name, run in study["runs"].items():
+        f = run_figures(run)
+        run_rows.append(
+            (
+                name,
+                run["summary"].get("epochs_done", "—"),
+                f["steps"] if f["steps"] is not None else "—",
+                f"{f['samples_seen']:,}" if f["samples_seen"] is not None else "—",
+                fmt(f["minutes"], 2),
+                len(run.get("snapshots", [])),
+            )
+        )
+    return [
+        f"\n## Supplement: the two-stage study with {budget}\n",
+        f"The same study, data and seeds with {what}, run after the main studies "
+        f"(`python experiments/two_stage_study.py --out experiments/out/{tag} {option} "
+        f"--no-tune`, data shared with the main run). Date: "
+        f"{study['environment']['date_utc']}.\n\n"
+        + md_table(["run", "epochs", "steps", "samples seen", "minutes", "snapshots"], run_rows)
+        + "\n",
+        section_two_stage(study, doc, prefix=f"results_{tag}_"),
+    ]
 
 
 def write_results(out: Path, doc: Path) -> Path:
@@ -809,9 +1104,9 @@ def write_results(out: Path, doc: Path) -> Path:
         section_setup(studies),
         "\n## Training runs\n",
         section_runs(studies),
-        "\n## 1. CU-Net paper: U-Net vs CUN vs CUN+LWS (Table 1, Fig. 4)\n",
+        "\n## 1. CU-Net paper: U-Net, BFCN, DRN, CUN, CUN+LWS (Table 1, Fig. 4)\n",
         section_cunet(studies["cunet"], doc),
-        "\n## 2. Two-stage paper: stage 1, cascade, TTA + snapshots, ET threshold\n",
+        "\n## 2. Two-stage paper: stage 1, cascade, TTA, snapshot ensembles, ET threshold\n",
         section_two_stage(studies["two_stage"], doc),
         "\n## 3. 2D and 3D methods side by side\n",
         section_side_by_side(studies["side_by_side"], doc),
@@ -820,32 +1115,12 @@ def write_results(out: Path, doc: Path) -> Path:
     if sweep.is_file():
         parts += ["\n## 4. The demo recipe: a sweep at equal steps\n", section_sweep(sweep)]
     parts += [section_page(doc, name, heading) for name, heading in EXTRA_PAGES]
-    parts += ["\n## How to read these numbers\n", bias_caveat(studies, doc) + CAVEATS]
+    parts += [
+        "\n## How to read these numbers\n",
+        bias_caveat(studies, doc) + budget_caveat(studies) + CAVEATS,
+    ]
     for supp in sorted(out.glob("supp_*/two_stage_study/study.json")):
-        study = dict(common.read_json(supp))
-        minutes = study["settings"]["minutes"]
-        tag = supp.parent.parent.name
-        run_rows = [
-            (
-                name,
-                run["summary"].get("epochs_done", "—"),
-                run["summary"].get("steps", "—"),
-                fmt(run["summary"].get("minutes"), 2),
-                len(run.get("snapshots", [])),
-            )
-            for name, run in study["runs"].items()
-        ]
-        parts += [
-            f"\n## Supplement: the two-stage study with {minutes:g} min per model\n",
-            f"The same study, data and seeds with a {minutes:g}-minute training budget per 3D "
-            f"model (the CPU recipes' own default), run after the main studies "
-            f"(`python experiments/two_stage_study.py --out experiments/out/{tag} --minutes "
-            f"{minutes:g} --no-tune`, data shared with the main run). Date: "
-            f"{study['environment']['date_utc']}.\n\n"
-            + md_table(["run", "epochs", "steps", "minutes", "snapshots"], run_rows)
-            + "\n",
-            section_two_stage(study, doc, prefix=f"results_{tag}_"),
-        ]
+        parts += section_supplement(dict(common.read_json(supp)), supp.parent.parent.name, doc)
     for folder in sorted(out.glob("supp_*")):
         if folder.is_dir() and not (folder / "two_stage_study" / "study.json").is_file():
             parts.append(
