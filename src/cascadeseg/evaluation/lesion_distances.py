@@ -17,6 +17,7 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
+from cascadeseg.evaluation.metrics import dice
 from cascadeseg.evaluation.surface import bounding_box, surface_distances
 
 
@@ -34,8 +35,7 @@ def pair_metrics_panoptica(
     ref: np.ndarray, pred: np.ndarray, spacing: tuple[float, float, float]
 ) -> tuple[float, float, float]:
     """``(dice, hd95, nsd)`` of two non-empty masks cropped with a one-voxel pad."""
-    inter = int(np.count_nonzero(ref & pred))
-    dice = 2.0 * inter / (int(np.count_nonzero(ref)) + int(np.count_nonzero(pred)))
+    overlap = dice(pred, ref)
     # The global metrics' border distances (6-connected erosion borders, as medpy/panoptica).
     pred_to_ref, ref_to_pred = surface_distances(pred, ref, spacing)
     hd95 = float(np.percentile(np.concatenate([ref_to_pred, pred_to_ref]), 95))
@@ -45,7 +45,7 @@ def pair_metrics_panoptica(
     frac_a = np.count_nonzero(pred_to_ref <= tol) / pred_to_ref.size
     frac_b = np.count_nonzero(ref_to_pred <= tol) / ref_to_pred.size
     nsd = float((frac_a + frac_b) / (frac_a + frac_b + (1 - frac_a) + (1 - frac_b)))
-    return dice, hd95, nsd
+    return overlap, hd95, nsd
 
 
 # ------------------------------------------------------------------------ distances (brats2023)

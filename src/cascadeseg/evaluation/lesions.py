@@ -72,6 +72,7 @@ from cascadeseg.evaluation.lesion_clusters import (
     union_box,
 )
 from cascadeseg.evaluation.lesion_distances import _spacing3, pair_metrics_panoptica, surfel_hd95
+from cascadeseg.evaluation.metrics import dice
 from cascadeseg.evaluation.surface import bounding_box
 
 Rules = Literal["panoptica", "brats2023"]
@@ -249,10 +250,10 @@ def _match_panoptica(
     ref_sizes = np.bincount(ref_lab.ravel(), minlength=n_ref + 1)
     pred_sizes = np.bincount(pred_lab.ravel(), minlength=n_pred + 1)
     r, p, inter = _pair_counts(ref_lab, n_ref, pred_lab, n_pred)
-    dice = 2.0 * inter / (ref_sizes[r] + pred_sizes[p])
+    overlap = 2.0 * inter / (ref_sizes[r] + pred_sizes[p])
     cost = np.full((n_ref, n_pred), 1.0 + 1e-6)
-    ok = dice >= PANOPTICA_MATCH_THRESHOLD
-    cost[r[ok] - 1, p[ok] - 1] = 1.0 - dice[ok]
+    ok = overlap >= PANOPTICA_MATCH_THRESHOLD
+    cost[r[ok] - 1, p[ok] - 1] = 1.0 - overlap[ok]
     rows, cols = linear_sum_assignment(cost)
     pairs = [(int(i) + 1, int(j) + 1) for i, j in zip(rows, cols) if cost[i, j] < 1.0]
     return pairs
@@ -511,9 +512,8 @@ def _lesion_scores_2023(
     )
     gt = les_lab[sub] == g
     pr = np.isin(pred_lab[sub], preds)
-    dice = 2.0 * np.count_nonzero(gt & pr) / (np.count_nonzero(gt) + np.count_nonzero(pr))
     hd = surfel_hd95(gt, pr, spacing)
-    return float(dice), (BRATS2023_FP_HD95 if math.isinf(hd) else hd)
+    return dice(pr, gt), (BRATS2023_FP_HD95 if math.isinf(hd) else hd)
 
 
 def lesion_matching(
