@@ -70,3 +70,12 @@ def make_tiny_case(
         label_convention="brats2021",
     )
     return Case(image=image, label=label, meta=meta)
+
+
+def label_with_et(n_et: int) -> np.ndarray:
+    """``(4, 4, 4)`` uint8 label map: edema in the first x-slice, then its first ``n_et`` voxels
+    (C order) enhancing tumour."""
+    label = np.zeros((4, 4, 4), dtype=np.uint8)
+    label[0] = ED
+    label.reshape(-1)[:n_et] = ET
+    return label
