@@ -284,23 +284,15 @@ def segresnet_row(
     bench: Bench, size: Sequence[int], *, quick: bool, repeats: int, warmup: int, peak: dict
 ) -> None:
     """MONAI's SegResNet on the same crop, fp32: one pass timed, 8 flips extrapolated."""
-    try:
-        from monai.networks.nets import SegResNet
-    except ImportError:
-        bench.result["notes"].append("monai is not installed: the SegResNet row is left out")
-        return
+    from cascadeseg.bench.models import segresnet_peer
     from cascadeseg.models.inspect import count_input_flops
 
     width = 8 if quick else 16
-    torch.manual_seed(0)
-    model = SegResNet(
-        spatial_dims=3,
-        init_filters=width,
-        in_channels=4,
-        out_channels=3,
-        blocks_down=(1, 2, 2, 4),
-        blocks_up=(1, 1, 1),
-    ).eval()
+    model = segresnet_peer(width)
+    if model is None:
+        bench.result["notes"].append("monai is not installed: the SegResNet row is left out")
+        return
+    model.eval()
     x = torch.randn((1, 4, *size))
     one = _median_seconds(_pass_fn(model, x, "fp32"), repeats, warmup)
     flops = count_input_flops(model, x.shape)

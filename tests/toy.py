@@ -1,4 +1,4 @@
-"""Tiny in-memory cases for the tests (no template, no files).
+"""Tiny cases for the tests (no template; in memory, or written as a small dataset).
 
 :func:`make_tiny_case` draws an ellipsoidal "brain" with a nested tumour (edema around a core of
 necrosis with an enhancing rim) in a few milliseconds. It is *not* the synthetic BraTS generator
@@ -7,11 +7,14 @@ necrosis with an enhancing rim) in a few milliseconds. It is *not* the synthetic
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from cascadeseg.data.case import Case, Meta
 from cascadeseg.data.labels import ED, ET, NCR
 from cascadeseg.data.synth_config import brats_affine
+from cascadeseg.data.writers import write_case
 
 
 def make_tiny_case(
@@ -70,3 +73,20 @@ def make_tiny_case(
         label_convention="brats2021",
     )
     return Case(image=image, label=label, meta=meta)
+
+
+def write_tiny_dataset(root: Path, n: int = 2, shape: tuple[int, int, int] = (24, 24, 16)) -> Path:
+    """``n`` tiny cases (seeds ``0..n-1``, ids ``BraTS2021_00000``, ...) written in the BraTS 2021
+    layout below ``root``; returns ``root``."""
+    for i in range(n):
+        write_case(make_tiny_case(shape, seed=i, case_id=f"BraTS2021_{i:05d}"), root, "brats2021")
+    return root
+
+
+def label_with_et(n_et: int) -> np.ndarray:
+    """``(4, 4, 4)`` uint8 label map: edema in the first x-slice, then its first ``n_et`` voxels
+    (C order) enhancing tumour."""
+    label = np.zeros((4, 4, 4), dtype=np.uint8)
+    label[0] = ED
+    label.reshape(-1)[:n_et] = ET
+    return label

@@ -8,18 +8,12 @@ import pytest
 
 from cascadeseg.bench.data import benchmark_lws, benchmark_preprocess
 from cascadeseg.data.layouts import CaseRef, discover_cases
-from cascadeseg.data.writers import write_case
-from toy import make_tiny_case
+from toy import make_tiny_case, write_tiny_dataset
 
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> list[CaseRef]:
-    root = tmp_path / "data"
-    for i in range(2):
-        write_case(
-            make_tiny_case((24, 24, 16), seed=i, case_id=f"BraTS2021_{i:05d}"), root, "brats2021"
-        )
-    return discover_cases(root)
+    return discover_cases(write_tiny_dataset(tmp_path / "data"))
 
 
 def test_benchmark_on_files(dataset: list[CaseRef]) -> None:

@@ -14,17 +14,12 @@ from cascadeseg.data.layouts import CaseRef, discover_cases, read_case
 from cascadeseg.data.preprocess import PreprocessConfig, preprocess_case, restore_to_source
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import InputError
-from toy import make_tiny_case
+from toy import make_tiny_case, write_tiny_dataset
 
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> list[CaseRef]:
-    root = tmp_path / "data"
-    for i in range(2):
-        write_case(
-            make_tiny_case((24, 24, 16), seed=i, case_id=f"BraTS2021_{i:05d}"), root, "brats2021"
-        )
-    return discover_cases(root)
+    return discover_cases(write_tiny_dataset(tmp_path / "data"))
 
 
 @pytest.fixture
@@ -40,6 +35,12 @@ def builds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
+@pytest.fixture
+def cache(tmp_path: Path) -> PreprocessCache:
+    """An empty cache of the default settings in ``tmp_path / "cache"``."""
+    return PreprocessCache(tmp_path / "cache")
+
+
 def assert_same(a, b) -> None:
     np.testing.assert_array_equal(a.image, b.image)
     np.testing.assert_array_equal(a.label, b.label)
@@ -48,9 +49,8 @@ def assert_same(a, b) -> None:
 
 
 def test_hit_returns_identical_memory_mapped_arrays(
-    tmp_path: Path, dataset: list[CaseRef], builds: list[str]
+    tmp_path: Path, cache: PreprocessCache, dataset: list[CaseRef], builds: list[str]
 ) -> None:
-    cache = PreprocessCache(tmp_path / "cache")
     ref = dataset[0]
     first = cache.get(ref)
     second = cache.get(ref)
@@ -72,9 +72,8 @@ def test_hit_returns_identical_memory_mapped_arrays(
 
 
 def test_changed_file_makes_the_entry_stale(
-    tmp_path: Path, dataset: list[CaseRef], builds: list[str]
+    cache: PreprocessCache, dataset: list[CaseRef], builds: list[str]
 ) -> None:
-    cache = PreprocessCache(tmp_path / "cache")
     ref = dataset[0]
     before = cache.get(ref)
     case = read_case(ref)
@@ -111,9 +110,8 @@ def test_other_settings_use_other_entries(
     ],
 )
 def test_corrupt_entry_is_rebuilt(
-    tmp_path: Path, dataset: list[CaseRef], builds: list[str], damage: str
+    cache: PreprocessCache, dataset: list[CaseRef], builds: list[str], damage: str
 ) -> None:
-    cache = PreprocessCache(tmp_path / "cache")
     ref = dataset[0]
     good = preprocess_case(read_case(ref))
     cache.get(ref)
@@ -142,8 +140,7 @@ def test_corrupt_entry_is_rebuilt(
     assert cache.contains(ref)
 
 
-def test_in_memory_cases(tmp_path: Path, builds: list[str]) -> None:
-    cache = PreprocessCache(tmp_path / "cache")
+def test_in_memory_cases(cache: PreprocessCache, builds: list[str]) -> None:
     case = make_tiny_case(seed=3)
     first = cache.get_case(case)
     second = cache.get_case(case)
@@ -154,8 +151,9 @@ def test_in_memory_cases(tmp_path: Path, builds: list[str]) -> None:
     assert builds == ["toy_000", "toy_000"]
 
 
-def test_warm_builds_reuses_and_reports_failures(tmp_path: Path, dataset: list[CaseRef]) -> None:
-    cache = PreprocessCache(tmp_path / "cache")
+def test_warm_builds_reuses_and_reports_failures(
+    cache: PreprocessCache, dataset: list[CaseRef]
+) -> None:
     broken = CaseRef(
         case_id="broken",
         files={**dataset[0].files, "t1": dataset[0].files["t1"].with_name("missing.nii.gz")},
@@ -171,10 +169,9 @@ def test_warm_builds_reuses_and_reports_failures(tmp_path: Path, dataset: list[C
         cache.get(broken)
 
 
-def test_file_digest_memo_follows_changes(tmp_path: Path) -> None:
+def test_file_digest_memo_follows_changes(tmp_path: Path, cache: PreprocessCache) -> None:
     path = tmp_path / "f.bin"
     path.write_bytes(b"abc")
-    cache = PreprocessCache(tmp_path / "cache")
     first = cache._file_digest(path)
     assert first == file_digest(path)
     path.write_bytes(b"abcd")  # new size: the memo does not apply

@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+from quiet import evaluate_quietly
 
 from cascadeseg.cli import main
 from cascadeseg.data.labels import from_internal
@@ -35,14 +36,7 @@ def two_methods(tmp_path):
 
 def test_compare_evaluation_folder_and_prediction_folder(two_methods):
     root = two_methods
-    evaluated = evaluate(
-        root / "shifted",
-        root / "data",
-        root / "eval_shifted",
-        workers=1,
-        progress=False,
-        print_table=False,
-    )
+    evaluated = evaluate_quietly(root / "shifted", root / "data", root / "eval_shifted")
     result = compare(
         [root / "exact", root / "eval_shifted"],
         root / "cmp",
@@ -168,7 +162,7 @@ def test_compare_allow_missing_and_evaluation_folders(official_folders, capsys):
 def test_compare_broken_evaluation_folder_is_one_line(official_folders, capsys, broken):
     root = official_folders
     run = root / "evalA"
-    evaluate(root / "A", root / "ref", run, workers=1, progress=False, print_table=False)
+    evaluate_quietly(root / "A", root / "ref", run)
     if broken == "no_metrics":
         (run / "metrics.csv").unlink()
     elif broken == "empty_folder":

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from quiet import evaluate_quietly
 
 from cascadeseg.cli import main
 from cascadeseg.data.labels import from_internal
@@ -65,6 +66,20 @@ def _expected(case, i):
     return case_metrics(_prediction(case.label, i), case.label, case.meta.spacing)
 
 
+def _written(tmp_path, n=3, pred_convention="brats2021", skip=()):
+    """``n`` cases written as a BraTS 2021 dataset in ``data/``, their predictions in ``pred/``."""
+    cases = _cases(n)
+    for case in cases:
+        write_case(case, tmp_path / "data", "brats2021")
+    _write_preds(cases, tmp_path / "pred", pred_convention, skip=skip)
+    return cases
+
+
+def _evaluate(tmp_path, ref="data", out="out", **options):
+    """:func:`evaluate` of ``pred/`` against ``ref``: one worker, no progress bar, no table."""
+    return evaluate_quietly(tmp_path / "pred", tmp_path / ref, tmp_path / out, **options)
+
+
 def test_first_columns_are_exact():
     assert list(csv_columns()[:13]) == FIRST_COLUMNS
     assert list(METRIC_NAMES) == FIRST_COLUMNS[1:]
@@ -93,18 +108,8 @@ def test_detect_convention_rejects_unknown_values():
 
 
 def test_brats2023_predictions_against_brats2021_dataset(tmp_path):
-    cases = _cases()
-    for case in cases:
-        write_case(case, tmp_path / "data", "brats2021")
-    _write_preds(cases, tmp_path / "pred", "brats2023")
-    result = evaluate(
-        tmp_path / "pred",
-        tmp_path / "data",
-        tmp_path / "out",
-        workers=1,
-        progress=False,
-        print_table=False,
-    )
+    cases = _written(tmp_path, pred_convention="brats2023")
+    result = _evaluate(tmp_path)
     assert [r["case"] for r in result.rows] == [c.case_id for c in cases]
     for i, (case, row) in enumerate(zip(cases, result.rows)):
         assert row["status"] == "ok"
@@ -130,14 +135,7 @@ def test_brats2021_predictions_against_flat_brats2023_references(tmp_path):
             tmp_path / "ref" / f"{case.case_id}.nii.gz",
         )
     _write_preds(cases, tmp_path / "pred", "brats2021")
-    result = evaluate(
-        tmp_path / "pred",
-        tmp_path / "ref",
-        tmp_path / "out",
-        workers=1,
-        progress=False,
-        print_table=False,
-    )
+    result = _evaluate(tmp_path, "ref")
     for i, (case, row) in enumerate(zip(cases, result.rows)):
         assert row["ref_convention"] == "brats2023"
         assert row["pred_convention"] == "brats2021"
@@ -149,15 +147,7 @@ def test_msd_dataset_with_named_prediction_convention(tmp_path):
     for case in cases:
         write_case(case, tmp_path / "msd", "msd")
     _write_preds(cases, tmp_path / "pred", "msd")
-    result = evaluate(
-        tmp_path / "pred",
-        tmp_path / "msd",
-        tmp_path / "out",
-        workers=1,
-        pred_convention="msd",
-        progress=False,
-        print_table=False,
-    )
+    result = _evaluate(tmp_path, "msd", pred_convention="msd")
     for i, (case, row) in enumerate(zip(cases, result.rows)):
         assert row["status"] == "ok", row["message"]
         assert row["ref_convention"] == "msd"
@@ -171,14 +161,7 @@ def test_missing_prediction_scored_as_empty_and_listed(tmp_path):
     for case in cases:
         write_case(case, tmp_path / "data", "brats2021")
     _write_preds(cases, tmp_path / "pred", "brats2021", skip={cases[1].case_id})
-    result = evaluate(
-        tmp_path / "pred",
-        tmp_path / "data",
-        tmp_path / "out",
-        workers=1,
-        progress=False,
-        print_table=False,
-    )
+    result = _evaluate(tmp_path)
     row = result.rows[1]
     assert row["status"] == "missing"
     assert result.missing == [cases[1].case_id]
@@ -194,10 +177,7 @@ def test_missing_prediction_scored_as_empty_and_listed(tmp_path):
 
 
 def test_shape_and_affine_mismatch_are_reported_per_case(tmp_path):
-    cases = _cases(3)
-    for case in cases:
-        write_case(case, tmp_path / "data", "brats2021")
-    _write_preds(cases, tmp_path / "pred", "brats2021")
+    cases = _written(tmp_path, 3)
     bad_shape = np.zeros((28, 28, 19), np.uint8)
     save_nifti(
         bad_shape, cases[0].meta.affine, None, tmp_path / "pred" / f"{cases[0].case_id}.nii.gz"
@@ -211,14 +191,7 @@ def test_shape_and_affine_mismatch_are_reported_per_case(tmp_path):
         tmp_path / "pred" / f"{cases[1].case_id}.nii.gz",
     )
     save_nifti(bad_shape, None, None, tmp_path / "pred" / "not_a_case.nii.gz")
-    result = evaluate(
-        tmp_path / "pred",
-        tmp_path / "data",
-        tmp_path / "out",
-        workers=1,
-        progress=False,
-        print_table=False,
-    )
+    result = _evaluate(tmp_path)
     statuses = [r["status"] for r in result.rows]
     assert statuses == ["error", "error", "ok"]
     assert "shape (28, 28, 19)" in result.rows[0]["message"]
@@ -230,18 +203,8 @@ def test_shape_and_affine_mismatch_are_reported_per_case(tmp_path):
 
 
 def test_csv_and_summary_files(tmp_path):
-    cases = _cases(3)
-    for case in cases:
-        write_case(case, tmp_path / "data", "brats2021")
-    _write_preds(cases, tmp_path / "pred", "brats2021")
-    result = evaluate(
-        tmp_path / "pred",
-        tmp_path / "data",
-        tmp_path / "out",
-        workers=1,
-        progress=False,
-        print_table=False,
-    )
+    _written(tmp_path, 3)
+    result = _evaluate(tmp_path)
     with (tmp_path / "out" / "metrics.csv").open() as f:
         header = next(csv.reader(f))
     assert header[:13] == FIRST_COLUMNS
@@ -267,26 +230,9 @@ def test_csv_and_summary_files(tmp_path):
 
 
 def test_two_workers_give_the_same_rows(tmp_path):
-    cases = _cases(3)
-    for case in cases:
-        write_case(case, tmp_path / "data", "brats2021")
-    _write_preds(cases, tmp_path / "pred", "brats2021")
-    one = evaluate(
-        tmp_path / "pred",
-        tmp_path / "data",
-        tmp_path / "o1",
-        workers=1,
-        progress=False,
-        print_table=False,
-    )
-    two = evaluate(
-        tmp_path / "pred",
-        tmp_path / "data",
-        tmp_path / "o2",
-        workers=2,
-        progress=False,
-        print_table=False,
-    )
+    _written(tmp_path, 3)
+    one = _evaluate(tmp_path, out="o1")
+    two = _evaluate(tmp_path, out="o2", workers=2)
     for a, b in zip(one.rows, two.rows):
         for name in METRIC_NAMES:
             np.testing.assert_allclose(a[name], b[name], equal_nan=True)
@@ -347,8 +293,6 @@ def test_single_brats_case_folder_as_reference(tmp_path):
     case = _cases(1)[0]
     folder = write_case(case, tmp_path / "data", "brats2021")
     _write_preds([case], tmp_path / "pred", "brats2021")
-    result = evaluate(
-        tmp_path / "pred", folder, tmp_path / "out", workers=1, progress=False, print_table=False
-    )
+    result = evaluate_quietly(tmp_path / "pred", folder, tmp_path / "out")
     assert [r["case"] for r in result.rows] == [case.case_id]
     assert result.rows[0]["dice_wt"] == pytest.approx(_expected(case, 0)["dice_wt"])

@@ -9,11 +9,12 @@ import math
 import numpy as np
 import pytest
 from lesion_cases import make_lesion_case
+from quiet import evaluate_quietly
 
 from cascadeseg.cli import main
 from cascadeseg.data.nifti import save_nifti
 from cascadeseg.evaluation.compare import compare
-from cascadeseg.evaluation.evaluate import evaluate, load_evaluation
+from cascadeseg.evaluation.evaluate import load_evaluation
 from cascadeseg.evaluation.lesion_eval import LESIONS_CSV_COLUMNS
 from cascadeseg.evaluation.lesions import lesion_matching
 
@@ -38,15 +39,7 @@ def _write_pairs(root, seeds=(0, 1), *, with_rc=False, skip=()):
 
 
 def _run(root, **kwargs):
-    return evaluate(
-        root / "pred",
-        root / "ref",
-        root / "out",
-        workers=1,
-        progress=False,
-        print_table=False,
-        **kwargs,
-    )
+    return evaluate_quietly(root / "pred", root / "ref", root / "out", **kwargs)
 
 
 def test_columns_values_and_lesions_csv_for_brats2024_maps(tmp_path):
@@ -113,10 +106,9 @@ def test_brats2021_maps_have_the_three_regions_only_and_none_switches_off(tmp_pa
         for r in ("wt", "tc", "et")
     }
     assert (tmp_path / "out" / "lesions.csv").is_file()
-    off = evaluate(
-        tmp_path / "pred", tmp_path / "ref", tmp_path / "off", workers=1, progress=False,
-        print_table=False, lesion_rules="none",
-    )  # fmt: skip
+    off = evaluate_quietly(
+        tmp_path / "pred", tmp_path / "ref", tmp_path / "off", lesion_rules="none"
+    )
     assert not any(k.startswith("lesion") for k in off.rows[0])
     assert not (tmp_path / "off" / "lesions.csv").exists()
 

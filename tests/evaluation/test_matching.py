@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from quiet import evaluate_quietly
 
 from cascadeseg.cli import main
 from cascadeseg.errors import InputError
-from cascadeseg.evaluation.evaluate import evaluate
 from cascadeseg.evaluation.matching import (
     case_id_from_label_file,
     find_predictions,
@@ -20,15 +20,7 @@ def _ids(n: int, pattern: str = "BraTS-GLI-{:05d}-000") -> list[str]:
 
 
 def _evaluate(root, **kwargs):
-    return evaluate(
-        root / "pred",
-        root / "ref",
-        root / "out",
-        workers=1,
-        progress=False,
-        print_table=False,
-        **kwargs,
-    )
+    return evaluate_quietly(root / "pred", root / "ref", root / "out", **kwargs)
 
 
 @pytest.mark.parametrize(

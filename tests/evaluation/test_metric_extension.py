@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from quiet import evaluate_quietly
 
-from cascadeseg.evaluation.evaluate import evaluate
 from cascadeseg.evaluation.metrics import (
     METRIC_NAMES,
     CaseRegion,
@@ -55,10 +55,7 @@ def test_a_registered_metric_appears_in_every_output(volume_difference, write_la
     write_label(tmp_path / "ref" / "b.nii.gz")
     write_label(tmp_path / "pred" / "a.nii.gz", offset=1)  # the tumour moved: same volume
     write_label(tmp_path / "pred" / "b.nii.gz", empty=True)  # nothing found: all of it differs
-    result = evaluate(
-        tmp_path / "pred", tmp_path / "ref", tmp_path / "out", workers=1, progress=False,
-        print_table=False,
-    )  # fmt: skip
+    result = evaluate_quietly(tmp_path / "pred", tmp_path / "ref", tmp_path / "out")
     wt_ml = result.rows[1]["vol_wt_ref_ml"]
     assert wt_ml > 0
 

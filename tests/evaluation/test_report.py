@@ -7,11 +7,11 @@ import re
 
 import numpy as np
 import pytest
+from quiet import evaluate_quietly
 
 from cascadeseg.data.labels import ED, ET, NCR, from_internal
 from cascadeseg.data.nifti import save_nifti
 from cascadeseg.data.writers import write_case
-from cascadeseg.evaluation.evaluate import evaluate
 from cascadeseg.evaluation.plots import LABEL_COLOURS, label_to_rgb, pick_slice
 from cascadeseg.evaluation.report import mean_dice, worst_cases, write_report
 from toy import make_tiny_case
@@ -32,14 +32,7 @@ def evaluated(tmp_path):
             None,
             tmp_path / "pred" / f"{case.case_id}.nii.gz",
         )
-    return evaluate(
-        tmp_path / "pred",
-        tmp_path / "data",
-        tmp_path / "out",
-        workers=1,
-        progress=False,
-        print_table=False,
-    )
+    return evaluate_quietly(tmp_path / "pred", tmp_path / "data", tmp_path / "out")
 
 
 def test_report_is_self_contained(evaluated, tmp_path):
@@ -81,14 +74,7 @@ def test_report_counts_nan_left_out(tmp_path):
         None,
         tmp_path / "pred" / "c1.nii.gz",
     )
-    result = evaluate(
-        tmp_path / "pred",
-        tmp_path / "ref",
-        tmp_path / "out",
-        workers=1,
-        progress=False,
-        print_table=False,
-    )
+    result = evaluate_quietly(tmp_path / "pred", tmp_path / "ref", tmp_path / "out")
     page = write_report(tmp_path / "out", result).read_text()
     assert "NaN values left out" in page and "sens_et: 1" in page
 

@@ -9,15 +9,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from tiny_members import save_model_checkpoint
 
-from cascadeseg.config import Config, apply_overrides, to_dict
 from cascadeseg.data.case import Case
 from cascadeseg.inference.export import export_onnx
 from cascadeseg.inference.loading import OnnxNetwork, load_models, load_onnx_model
 from cascadeseg.inference.options import PredictOptions
 from cascadeseg.inference.predictor import predict_case
 from cascadeseg.models import build_model
-from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
 
 TINY = {
     "two_stage": {"base_width": 4, "blocks": [1, 1], "norm_groups": 2, "dropout": 0.0},
@@ -33,17 +32,9 @@ def _checkpoint(path: Path, name: str, seed: int = 0, overrides: tuple[str, ...]
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    config = to_dict(apply_overrides(Config(), [f"model.name={name}", *overrides]))
-    ckpt = make_checkpoint(
-        model_name=name,
-        model_args=model.model_args,
-        model_state=model.state_dict(),
-        config=config,
-        epoch=1,
-        extra={"et_min_voxels": 42},
+    return save_model_checkpoint(
+        path, name, model, overrides=overrides, extra={"et_min_voxels": 42}
     )
-    atomic_torch_save(ckpt, path)
-    return path
 
 
 @pytest.mark.parametrize(

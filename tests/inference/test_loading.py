@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import torch
+from tiny_members import save_model_checkpoint, tiny_member
 
-from cascadeseg.config import Config, apply_overrides, to_dict
 from cascadeseg.data.preprocess import PreprocessConfig
 from cascadeseg.errors import ModelError
 from cascadeseg.inference.ensemble import ensemble_et_min_voxels
@@ -21,7 +21,6 @@ from cascadeseg.inference.loading import (
     load_models,
 )
 from cascadeseg.models import build_model
-from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
 
 TINY_UNET3D = {"base_width": 4, "depth": 1, "norm_groups": 2}
 
@@ -36,17 +35,7 @@ def write_checkpoint(
 ) -> Path:
     torch.manual_seed(seed)
     model = build_model(name, **(TINY_UNET3D if model_args is None else model_args))
-    config = to_dict(apply_overrides(Config(), [f"model.name={name}", *overrides]))
-    ckpt = make_checkpoint(
-        model_name=name,
-        model_args=model.model_args,
-        model_state=model.state_dict(),
-        config=config,
-        epoch=1,
-        extra=extra,
-    )
-    atomic_torch_save(ckpt, path)
-    return path
+    return save_model_checkpoint(path, name, model, overrides=overrides, extra=extra)
 
 
 def test_run_directory_expands_to_snapshots_else_best_else_last(tmp_path: Path) -> None:
@@ -177,21 +166,8 @@ def test_untrusted_checkpoint_cannot_execute_code(tmp_path: Path) -> None:
 
 def test_check_member_and_stored_threshold_median(tmp_path: Path) -> None:
     def member(**kw: Any) -> LoadedModel:
-        base: dict[str, Any] = dict(
-            network=lambda x: x,
-            name="x",
-            spatial_dims=3,
-            output_kind="regions",
-            in_channels=4,
-            slice_context=0,
-            preprocess=PreprocessConfig(),
-            patch_size=(16, 16, 16),
-            size_divisor=8,
-            et_min_voxels=None,
-            source=tmp_path / "x.pt",
-        )
-        base.update(kw)
-        return LoadedModel(**base)
+        fields = {"name": "x", "output_kind": "regions", "source": tmp_path / "x.pt", **kw}
+        return tiny_member(lambda x: x, **fields)
 
     check_member(member())
     with pytest.raises(ModelError, match="unknown output kind"):

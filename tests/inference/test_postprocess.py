@@ -5,19 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cascadeseg.data.labels import ED, ET, NCR
+from cascadeseg.data.labels import ET, NCR
 from cascadeseg.inference.postprocess import fuse_brain_mask, postprocess_et
-
-
-def _label_with_et(n_et: int) -> np.ndarray:
-    label = np.zeros((4, 4, 4), dtype=np.uint8)
-    label[0] = ED
-    label.reshape(-1)[:n_et] = ET
-    return label
+from toy import label_with_et
 
 
 def test_small_et_becomes_necrosis() -> None:
-    label = _label_with_et(5)
+    label = label_with_et(5)
     out = postprocess_et(label, 10)
     assert not np.any(out == ET)
     assert np.count_nonzero(out == NCR) == 5
@@ -27,10 +21,10 @@ def test_small_et_becomes_necrosis() -> None:
 
 
 def test_threshold_is_strict_and_zero_disables() -> None:
-    label = _label_with_et(5)
+    label = label_with_et(5)
     assert np.array_equal(postprocess_et(label, 5), label)  # 5 is not below 5
     assert np.array_equal(postprocess_et(label, 0), label)
-    assert np.array_equal(postprocess_et(_label_with_et(0), 100), _label_with_et(0))
+    assert np.array_equal(postprocess_et(label_with_et(0), 100), label_with_et(0))
 
 
 def test_fuse_brain_mask_zeroes_outside() -> None:

@@ -9,25 +9,18 @@ import numpy as np
 import pytest
 from tiny_members import tiny_run
 
-from cascadeseg.data.labels import ED, ET
 from cascadeseg.errors import InputError
 from cascadeseg.inference.tuning import EtStats, et_stats, tune_et_threshold, tune_postprocess
-
-
-def _label_with_et(n_et: int) -> np.ndarray:
-    label = np.zeros((4, 4, 4), dtype=np.uint8)
-    label[0] = ED
-    label.reshape(-1)[:n_et] = ET
-    return label
+from toy import label_with_et
 
 
 def test_tune_picks_best_mean_et_dice() -> None:
     # A: no ET in the reference, 3 false-positive voxels (Dice 0; 1 once removed)
     # B: 10 ET voxels predicted exactly (Dice 1; 0 once removed)
     # C: 4 ET voxels predicted exactly
-    ref_a, pred_a = _label_with_et(0), _label_with_et(3)
-    ref_b = pred_b = _label_with_et(10)
-    ref_c = pred_c = _label_with_et(4)
+    ref_a, pred_a = label_with_et(0), label_with_et(3)
+    ref_b = pred_b = label_with_et(10)
+    ref_c = pred_c = label_with_et(4)
     result = tune_et_threshold(
         [(pred_a, ref_a), (pred_b, ref_b), (pred_c, ref_c)], candidates=[0, 4, 5, 11]
     )
@@ -37,12 +30,12 @@ def test_tune_picks_best_mean_et_dice() -> None:
 
 
 def test_tune_accepts_probabilities_and_ties_go_low() -> None:
-    ref = _label_with_et(2)
+    ref = label_with_et(2)
     probs = np.zeros((3, 4, 4, 4), np.float32)
     probs[:, 0, 0, :2] = 0.9  # WT, TC and ET at two voxels = ET
     result = tune_et_threshold([(probs, ref)], candidates=[2, 0, 1])
     assert result.best == 0  # all three score 1: the smallest wins
-    assert et_stats(_label_with_et(2), ref) == EtStats(pred_voxels=2, dice=1.0, ref_empty=False)
+    assert et_stats(label_with_et(2), ref) == EtStats(pred_voxels=2, dice=1.0, ref_empty=False)
 
 
 def test_tune_postprocess_writes_threshold_predict_uses(tmp_path: Path) -> None:

@@ -5,8 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from cascadeseg.config import Config, apply_overrides, to_dict
 from cascadeseg.data.preprocess import PreprocessConfig
+from cascadeseg.data.splits import save_split
+from cascadeseg.data.writers import write_case
 from cascadeseg.inference.loading import LoadedModel
+from cascadeseg.models import build_model
+from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
+from toy import make_tiny_case
 
 
 def tiny_member(
@@ -24,9 +32,10 @@ def tiny_member(
         source: the checkpoint path it claims to come from.
         name: its registry name.
         output_kind: how its output becomes probabilities (default: it already is).
-        fields: other :class:`LoadedModel` fields (``run_dir``, ``config``, ...).
+        fields: other :class:`LoadedModel` fields (``run_dir``, ``config``, ...) or other values of
+            the fixed ones (``et_min_voxels``, ...).
     """
-    return LoadedModel(
+    defaults: dict[str, Any] = dict(
         network=network,
         name=name,
         spatial_dims=3,
@@ -38,8 +47,35 @@ def tiny_member(
         size_divisor=8,
         et_min_voxels=None,
         source=Path(source),
-        **fields,
     )
+    return LoadedModel(**{**defaults, **fields})
+
+
+def save_model_checkpoint(
+    path: Path,
+    name: str,
+    model: Any,
+    *,
+    overrides: tuple[str, ...] = (),
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """``model`` (built by ``build_model(name, ...)``) saved as an epoch-1 checkpoint at ``path``.
+
+    Args:
+        overrides: ``key=value`` changes to the default recipe stored with it (``model.name`` is
+            set to ``name`` first).
+        extra: the checkpoint's ``extra`` entries (stored thresholds, ...).
+    """
+    ckpt = make_checkpoint(
+        model_name=name,
+        model_args=model.model_args,
+        model_state=model.state_dict(),
+        config=to_dict(apply_overrides(Config(), [f"model.name={name}", *overrides])),
+        epoch=1,
+        extra=extra,
+    )
+    atomic_torch_save(ckpt, path)
+    return path
 
 
 def tiny_checkpoint(
@@ -56,24 +92,9 @@ def tiny_checkpoint(
         overrides: ``key=value`` changes to the default recipe stored with it.
         extra: the checkpoint's ``extra`` entries (stored thresholds, ...).
     """
-    import torch
-
-    from cascadeseg.config import Config, apply_overrides, to_dict
-    from cascadeseg.models import build_model
-    from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
-
     torch.manual_seed(seed)
     model = build_model("unet3d", base_width=4, depth=1, norm_groups=2)
-    ckpt = make_checkpoint(
-        model_name="unet3d",
-        model_args=model.model_args,
-        model_state=model.state_dict(),
-        config=to_dict(apply_overrides(Config(), ["model.name=unet3d", *overrides])),
-        epoch=1,
-        extra=extra,
-    )
-    atomic_torch_save(ckpt, path)
-    return path
+    return save_model_checkpoint(path, "unet3d", model, overrides=overrides, extra=extra)
 
 
 def tiny_run(root: Path, *, last_without_et: bool = False) -> tuple[Path, Path]:
@@ -83,10 +104,6 @@ def tiny_run(root: Path, *, last_without_et: bool = False) -> tuple[Path, Path]:
         ``(run_dir, data_dir)``: three 24x24x16 toy cases in the brats2021 layout; with
         ``last_without_et`` the third has no enhancing tumour.
     """
-    from cascadeseg.data.splits import save_split
-    from cascadeseg.data.writers import write_case
-    from toy import make_tiny_case
-
     data, run = root / "data", root / "run"
     ids = []
     for i in range(3):

@@ -8,47 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_trainer import tiny_config, write_toy_dataset
 
 from cascadeseg.cli import main as cli_main
 from cascadeseg.commands.train import budget_overrides
-from cascadeseg.config import Config, OptimConfig, apply_overrides, load_config, save_config
-from cascadeseg.data.writers import write_case
+from cascadeseg.config import OptimConfig, load_config, save_config
 from cascadeseg.training import session as session_module
 from cascadeseg.training.data import batch_to_device
 from cascadeseg.training.logs import read_steps_csv
 from cascadeseg.training.schedules import budget_fraction, lr_at, schedule_epoch
 from cascadeseg.training.trainer import train
-from toy import make_tiny_case
 
 
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("toy") / "data"
-    for i in range(4):
-        case = make_tiny_case((32, 32, 32), seed=i, case_id=f"toy_{i:03d}", with_et=i != 3)
-        write_case(case, root, "brats2021")
-    return root
-
-
-def tiny_config(*extra: str) -> Config:
-    """A tiny GroupNorm 3D U-Net (4 and 8 channels) on 16^3 crops, fp32, no workers."""
-    return apply_overrides(
-        Config(),
-        [
-            "model.name=unet3d",
-            "model.args={base_width: 4, depth: 2, norm_groups: 2}",
-            "data.patch_size=[16,16,16]",
-            "data.num_workers=0",
-            "data.folds=4",
-            "train.batch_size=2",
-            "train.precision=fp32",
-            "train.snapshots=1",
-            "train.tensorboard=false",
-            "optim.lr=1e-2",
-            "optim.warmup_epochs=0",
-            *extra,
-        ],
-    )
+    return write_toy_dataset(tmp_path_factory.mktemp("toy") / "data")
 
 
 def test_budget_fraction_counts_expected_steps() -> None:

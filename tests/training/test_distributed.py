@@ -10,17 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_trainer import tiny_config
 
-from cascadeseg.config import Config, apply_overrides, save_config
+from cascadeseg.config import Config, save_config
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
 from cascadeseg.models.checkpoint import load_checkpoint
 from cascadeseg.training.distributed import env_world, resolve_device
 from cascadeseg.training.trainer import train
 from toy import make_tiny_case
-
-#: GroupNorm, no dropout: per-sample computations, so the split batch is exactly comparable.
-TINY_UNET3D = "{base_width: 4, depth: 2, norm_groups: 2}"
 
 
 def _free_port() -> int:
@@ -30,28 +28,21 @@ def _free_port() -> int:
 
 
 def _config(batch: int) -> Config:
-    return apply_overrides(
-        Config(),
-        [
-            "model.name=unet3d",
-            f"model.args={TINY_UNET3D}",
-            "data.patch_size=[16,16,16]",
-            "data.num_workers=0",
-            "data.folds=4",
-            "train.epochs=1",
-            "train.iters_per_epoch=1",
-            f"train.batch_size={batch}",
-            "train.precision=fp32",
-            "train.val_every=0",
-            "train.snapshots=0",
-            "train.tensorboard=false",
-            # Plain SGD: the update is lr * gradient, so equal parameters mean equal gradients.
-            "optim.name=sgd",
-            "optim.momentum=0",
-            "optim.weight_decay=0",
-            "optim.schedule=constant",
-            "optim.lr=0.5",
-        ],
+    """The tiny U-Net of :func:`tiny_config` (GroupNorm, no dropout: per-sample computations, so
+    the split batch is exactly comparable), one step of plain SGD (no momentum, no decay, a
+    constant rate, which has no warm-up): the update is lr * gradient, so equal parameters mean
+    equal gradients."""
+    return tiny_config(
+        "train.epochs=1",
+        "train.iters_per_epoch=1",
+        f"train.batch_size={batch}",
+        "train.val_every=0",
+        "train.snapshots=0",
+        "optim.name=sgd",
+        "optim.momentum=0",
+        "optim.weight_decay=0",
+        "optim.schedule=constant",
+        "optim.lr=0.5",
     )
 
 

@@ -20,13 +20,14 @@ from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError
 from cascadeseg.models import build_model
 from cascadeseg.models.checkpoint import load_checkpoint
+from cascadeseg.runtime import to_float32
 from cascadeseg.training import session as session_module
 from cascadeseg.training.build import build_optimizer, build_training_model
 from cascadeseg.training.data import EpochSampler
 from cascadeseg.training.logs import read_steps_csv
 from cascadeseg.training.run_state import seed_everything, should_stop_early, step_seed
 from cascadeseg.training.schedules import schedule_epoch
-from cascadeseg.training.session import TrainingError, to_float32
+from cascadeseg.training.session import TrainingError
 from cascadeseg.training.trainer import train
 from toy import make_tiny_case
 

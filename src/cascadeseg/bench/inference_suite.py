@@ -33,7 +33,12 @@ from cascadeseg.bench.inputs import (
     quick_overrides,
     synthetic_data,
 )
-from cascadeseg.bench.models import benchmark_forward, forward_seconds, segmentation_agreement
+from cascadeseg.bench.models import (
+    benchmark_forward,
+    forward_seconds,
+    segmentation_agreement,
+    segresnet_peer,
+)
 from cascadeseg.bench.rows import Suite, add_row, conv_limit, size_text, throughput
 from cascadeseg.bench.timing import free_memory, measure
 from cascadeseg.inference.export import export_onnx_bytes
@@ -242,21 +247,14 @@ def _segresnet_rows(
 ) -> None:
     """MONAI's SegResNet (Myronenko 2018: blocks 1, 2, 2, 4) at stage 1's and stage 2's widths:
     the same architecture family as the two stages, as a peer reference."""
-    try:
-        from monai.networks.nets import SegResNet  # optional: a peer network
-    except ImportError:
-        suite.notes.append("monai not installed: SegResNet peer left out")
-        return
     for width in (QUICK_WIDTH,) if quick else (16, 32):
-        torch.manual_seed(0)
-        model = SegResNet(
-            spatial_dims=3,
-            init_filters=width,
-            in_channels=4,
-            out_channels=3,
-            blocks_down=(1, 1, 1) if quick else (1, 2, 2, 4),
-            blocks_up=(1, 1) if quick else (1, 1, 1),
-        )
+        if quick:
+            model = segresnet_peer(width, blocks_down=(1, 1, 1), blocks_up=(1, 1))
+        else:
+            model = segresnet_peer(width)
+        if model is None:
+            suite.notes.append("monai not installed: SegResNet peer left out")
+            return
         x = torch.randn((1, 4, *size))
         flops = count_input_flops(model, x.shape)
         seconds = forward_seconds(model, x, device=device, repeats=repeats)

@@ -204,3 +204,25 @@ def segmentation_agreement(
         model, x, "bf16", device=device, channels_last=False, threshold=threshold
     )
     return {**scores, "max_abs_diff": diff}
+
+
+def segresnet_peer(
+    width: int,
+    blocks_down: Sequence[int] = (1, 2, 2, 4),
+    blocks_up: Sequence[int] = (1, 1, 1),
+) -> nn.Module | None:
+    """MONAI's SegResNet (Myronenko 2018) as a peer network: 4 modalities in, 3 regions out,
+    ``init_filters=width``, random weights of seed 0; ``None`` where monai is not installed."""
+    try:
+        from monai.networks.nets import SegResNet  # optional: a peer network
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    return SegResNet(
+        spatial_dims=3,
+        init_filters=width,
+        in_channels=4,
+        out_channels=3,
+        blocks_down=tuple(blocks_down),
+        blocks_up=tuple(blocks_up),
+    )

@@ -36,8 +36,14 @@ from cascadeseg.bench.timing import RssSampler, Timing, free_memory, measure, sy
 from cascadeseg.config import LossConfig
 from cascadeseg.losses import build_loss
 from cascadeseg.models import SegmentationModule, build_model
-from cascadeseg.runtime import autocast, native_bf16, resolve_device, resolve_precision, tune_device
-from cascadeseg.training.session import to_float32
+from cascadeseg.runtime import (
+    autocast,
+    native_bf16,
+    resolve_device,
+    resolve_precision,
+    to_float32,
+    tune_device,
+)
 
 #: What limits a training step's time.
 STEP_LIMIT = "compute (forward + backward convolutions)"

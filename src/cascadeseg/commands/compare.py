@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cascadeseg.commands._options import add_no_progress, add_workers
+
 HELP = "compare several evaluated methods side by side (table, box plots, overlays, report)"
 #: The folder this command writes, locked while it runs (see cascadeseg.cli).
 OUTPUT_FOLDER = "out"
@@ -53,10 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="exit 0 although a method has missing predictions (they are still scored as empty "
         "and named) (default: off, missing predictions exit 1)",
     )
-    parser.add_argument("--workers", type=int, default=2, help="processes (default: %(default)s)")
-    parser.add_argument(
-        "--no-progress", action="store_true", help="no progress bars (default: off)"
-    )
+    add_workers(parser, default=2, help="processes (default: %(default)s)")
+    add_no_progress(parser, "no progress bars (default: off)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from cascadeseg import demo
+from cascadeseg.commands._options import add_multifocal_prob, add_synth_scale, add_workers
 from cascadeseg.demo import DEMO_CASES, DEMO_MODELS, DEMO_TEST_CASES
 
 HELP = "run the whole pipeline on synthetic data (no download, no GPU needed)"
@@ -27,19 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model to train with its small CPU recipe",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
-    parser.add_argument("--workers", type=int, default=2, help="parallel processes")
-    parser.add_argument(
-        "--scale",
-        type=float,
-        default=1.0,
-        help="grid scale of the synthetic cases (1: BraTS 240x240x155 at 1 mm; 0.25: smoke run)",
+    add_workers(parser, default=2, help="parallel processes")
+    add_synth_scale(
+        parser, "grid scale of the synthetic cases (1: BraTS 240x240x155 at 1 mm; 0.25: smoke run)"
     )
-    parser.add_argument(
-        "--multifocal-prob",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="share of multi-focal synthetic cases (several tumours, satellites; default 0)",
+    add_multifocal_prob(
+        parser, "share of multi-focal synthetic cases (several tumours, satellites; default 0)"
     )
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
 

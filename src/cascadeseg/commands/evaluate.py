@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cascadeseg.commands._options import add_no_progress, add_workers
 from cascadeseg.data.labels import CONVENTIONS
 from cascadeseg.data.layouts import LAYOUTS
 
@@ -79,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="BraTS 2023 challenge for --lesion-rules brats2023: GLI, SSA, PED (3 dilations, "
         "50 mm^3), MEN (1, 50), MET (1, 2) (default: GLI)",
     )
-    parser.add_argument("--workers", type=int, default=2, help="processes (default: %(default)s)")
+    add_workers(parser, default=2, help="processes (default: %(default)s)")
     parser.add_argument(
         "--no-report", action="store_true", help="do not write report.html (default: off)"
     )
@@ -88,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="dataset with FLAIR/T1ce images for the overlays (default: --ref, when it has them)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (default: off)")
+    add_no_progress(parser, "no progress bar (default: off)")
 
 
 def run(args: argparse.Namespace) -> int:

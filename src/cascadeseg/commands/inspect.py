@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from cascadeseg.commands._options import add_dataset_layout, add_label_convention
 from cascadeseg.data.case import Case
 from cascadeseg.data.labels import CONVENTIONS, NUM_CLASSES, get_convention
-from cascadeseg.data.layouts import LAYOUTS, discover_cases, read_case
+from cascadeseg.data.layouts import discover_cases, read_case
 from cascadeseg.errors import InputError
 
 HELP = "list and validate the cases of a dataset folder"
@@ -27,18 +28,11 @@ HELP = "list and validate the cases of a dataset folder"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, metavar="DIR", help="dataset folder or one case folder")
-    parser.add_argument(
-        "--layout",
-        choices=[name for name in LAYOUTS if name != "files"],
-        default=None,
-        help="dataset layout (default: detected from the file names)",
-    )
-    parser.add_argument(
+    add_dataset_layout(parser, "dataset layout (default: detected from the file names)")
+    add_label_convention(
+        parser,
         "--labels",
-        choices=sorted(CONVENTIONS),
-        default=None,
-        metavar="CONV",
-        help="label convention of the segmentations, e.g. brats2024 for post-treatment data "
+        "label convention of the segmentations, e.g. brats2024 for post-treatment data "
         "(default: the layout's, or dataset.json's); one of: " + ", ".join(sorted(CONVENTIONS)),
     )
 

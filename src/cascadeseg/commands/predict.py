@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cascadeseg.commands._options import add_no_progress
+
 HELP = "segment cases with one or more trained models (TTA, ensembles, post-processing)"
 
 
@@ -77,7 +79,7 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace existing outputs (without it, cases with outputs are skipped: exit 1)",
     )
-    group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(group)
 
 
 def _add_inference(parser: argparse.ArgumentParser) -> None:

@@ -11,8 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from cascadeseg.data.labels import CONVENTIONS
-from cascadeseg.data.layouts import LAYOUTS, discover_cases
+from cascadeseg.commands._options import (
+    add_dataset_layout,
+    add_label_convention,
+    add_no_progress,
+    add_workers,
+)
+from cascadeseg.data.layouts import discover_cases
 
 HELP = "preprocess a dataset into the cache used by training"
 
@@ -27,18 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cache folder (default: DATA/.cascadeseg_cache; for a read-only DATA a folder "
         "under $XDG_CACHE_HOME/cascadeseg or ~/.cache/cascadeseg, printed)",
     )
-    parser.add_argument(
-        "--layout",
-        choices=[name for name in LAYOUTS if name != "files"],
-        default=None,
-        help="dataset layout (default: detected)",
-    )
-    parser.add_argument(
-        "--label-convention",
-        choices=sorted(CONVENTIONS),
-        default=None,
-        metavar="CONV",
-        help="label convention of the seg files (default: the layout's)",
+    add_dataset_layout(parser, "dataset layout (default: detected)")
+    add_label_convention(
+        parser, "--label-convention", "label convention of the seg files (default: the layout's)"
     )
     parser.add_argument(
         "--spacing",
@@ -58,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--crop-margin", type=int, default=4, help="voxels kept around the brain (default 4)"
     )
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_workers(parser, default=2, help="worker processes (default 2)")
+    add_no_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cascadeseg.commands._options import (
+    add_multifocal_prob,
+    add_no_progress,
+    add_synth_scale,
+    add_workers,
+)
 from cascadeseg.errors import ConfigError
 
 HELP = "write synthetic BraTS-like cases (MNI152 anatomy, glioma with edema, ET, necrosis)"
@@ -31,12 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layout", choices=LAYOUTS, default="brats2021", help="dataset layout (default brats2021)"
     )
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
-    parser.add_argument(
-        "--scale",
-        type=float,
-        default=1.0,
-        help="grid scale; 1 = BraTS 240x240x155 at 1 mm (smaller values: quick tests only)",
+    add_workers(parser, default=1, help="parallel processes (default 1)")
+    add_synth_scale(
+        parser, "grid scale; 1 = BraTS 240x240x155 at 1 mm (smaller values: quick tests only)"
     )
     parser.add_argument(
         "--bias-strength",
@@ -52,12 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace files that exist (default: refuse, writing nothing, if any does)",
     )
-    parser.add_argument(
-        "--multifocal-prob",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="share of multi-focal cases: 2-3 tumours plus satellite nodules near them, some "
+    add_multifocal_prob(
+        parser,
+        "share of multi-focal cases: 2-3 tumours plus satellite nodules near them, some "
         "within the BraTS 2023 3-voxel dilation reach, some farther (default 0: off)",
     )
     parser.add_argument(
@@ -67,7 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="most tumour foci (tumours + satellites) of a multi-focal case (default 6)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:

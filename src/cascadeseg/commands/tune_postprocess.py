@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from cascadeseg.commands._options import add_no_progress
 from cascadeseg.errors import ConfigError, InputError
 
 HELP = (
@@ -72,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision", choices=["fp32", "bf16"], default="fp32", help="inference precision"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_no_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from cascadeseg.losses import build_loss
 from cascadeseg.models import SegmentationModule
 from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
 from cascadeseg.models.outputs import count_parameters
-from cascadeseg.runtime import autocast, resolve_precision, tune_device
+from cascadeseg.runtime import autocast, resolve_precision, to_float32, tune_device
 from cascadeseg.training import distributed as dist_utils
 from cascadeseg.training.build import (
     build_optimizer,
@@ -66,25 +66,6 @@ class TrainingError(CascadesegError):
 
 class SimulatedKill(BaseException):
     """Raised by the ``_stop_after_steps`` test hook of ``train`` to imitate a kill."""
-
-
-def to_float32(obj: Any) -> Any:
-    """Floating tensors inside ``obj`` (tensor, tuple/NamedTuple, list, dict, dataclass) as float32.
-
-    Model outputs come out of autocast in bf16/fp16; the losses are evaluated in float32.
-    """
-    if isinstance(obj, torch.Tensor):
-        return obj.float() if obj.is_floating_point() else obj
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        changes = {f.name: to_float32(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        return dataclasses.replace(obj, **changes)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(to_float32(v) for v in obj))
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_float32(v) for v in obj)
-    if isinstance(obj, dict):
-        return {k: to_float32(v) for k, v in obj.items()}
-    return obj
 
 
 def check_paper_conditions(cfg: Config, data: TrainingData, passes_per_epoch: float) -> None:
