@@ -478,3 +478,10 @@ def test_page_from_studies_written_before_the_step_mode(tmp_path: Path) -> None:
     assert "4 min of wall-clock training per model" in page
     assert "| 4 min |" in page  # the run table's budget, from the overrides
     assert "Same wall-clock budget" in page
+
+
+def test_the_studies_run_on_the_generators_current_data() -> None:
+    from cascadeseg.data.synth import SynthConfig
+
+    assert common.GENERATOR_BIAS_STRENGTH == tuple(SynthConfig().bias_strength)
+    assert common.Settings().bias_strength == common.GENERATOR_BIAS_STRENGTH
