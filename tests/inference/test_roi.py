@@ -248,3 +248,33 @@ def test_case_json_records_the_box_and_passes(tmp_path: Path) -> None:
     assert record["margin"] == 4 and record["threshold"] == 0.05
     assert 0.0 <= record["box_fraction"] <= 1.0
     assert settings["passes"] in (1, 8)
+
+
+def test_maps_are_not_added_to_a_segmentation_of_the_other_region(tmp_path: Path) -> None:
+    from cascadeseg.inference.predictor import predict
+
+    data = tmp_path / "data"
+    write_case(make_tiny_case(seed=0, case_id="c1"), data, "brats2021")
+    ensemble = members(2, tmp_path / "run")
+    out = tmp_path / "out"
+    assert predict(ensemble, data, out, VOLUME)[0].status == "ok"
+    result = predict(ensemble, data, out, replace(TUMOUR, save_probabilities=True))[0]
+    assert result.status == "skipped" and "tta_region volume" in result.message
+    assert predict(ensemble, data, out, replace(VOLUME, save_probabilities=True))[0].status == "ok"
+
+
+def test_a_member_of_another_multiple_counts_where_its_crop_ran() -> None:
+    image = blob_image()
+    first = tiny_member(BlobNet(0).eval(), source="a.pt")
+    coarse = tiny_member(BlobNet(1).eval(), source="b.pt", size_divisor=16)
+    mean, variance, info = predict_preprocessed(pre_of(image), [first, coarse], TUMOUR)
+    box = info["tta_region_box"]["box"]
+    covers = info["members"][1]["covers"]
+    assert all(c_lo <= b_lo and b_hi <= c_hi for (b_lo, b_hi), (c_lo, c_hi) in zip(box, covers))
+    outside = np.ones(image.shape[1:], bool)
+    outside[tuple(slice(lo, hi) for lo, hi in covers)] = False
+    alone, _, _ = member_moments(first, image, VOLUME, CPU, "fp32", [()])
+    np.testing.assert_array_equal(mean[:, outside], alone.numpy()[:, outside])
+    assert not variance[:, outside].any()
+    inside = ~outside
+    assert np.abs(mean[:, inside] - alone.numpy()[:, inside]).max() > 1e-4  # both members count
