@@ -281,6 +281,13 @@ class InferenceConfig:
         overlap: sliding-window overlap.
         precision: ``auto`` (bf16 where the device computes it natively, else fp32), ``fp32``
             or ``bf16``.
+        tta_region: where the TTA passes after a case's first run: ``volume`` (every pass on
+            the whole volume) or ``tumour`` (on the first pass's tumour box plus a margin; see
+            ``cascadeseg.inference.roi``). ``volume`` until measured (benchmarks/roi_flips.py).
+        tta_region_threshold: a voxel belongs to the tumour box when any region probability
+            of the first pass exceeds it.
+        tta_region_margin: voxels added to every side of the tumour box (16: one coarsest
+            block of the two-stage network).
     """
 
     tta: bool = True
@@ -289,6 +296,9 @@ class InferenceConfig:
     sliding_window: str = "auto"
     overlap: float = 0.5
     precision: str = "auto"
+    tta_region: str = "volume"
+    tta_region_threshold: float = 0.05
+    tta_region_margin: int = 16
 
 
 @dataclass(frozen=True)

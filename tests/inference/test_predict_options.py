@@ -35,6 +35,9 @@ STORED = {
     "overlap": 0.25,
     "precision": "fp32",
     "threshold": 0.4,
+    "tta_region": "tumour",
+    "tta_region_threshold": 0.1,
+    "tta_region_margin": 8,
     "et_min_voxels": 3,  # not one of the resolved keys (its own rule: tune-postprocess)
 }
 
@@ -55,6 +58,11 @@ def test_recipe_values_used_when_no_flag_given() -> None:
     options = options_from_recipe(models, NONE_GIVEN, device="cpu")
     assert (options.tta, options.sliding_window, options.overlap) == (False, "always", 0.25)
     assert (options.precision, options.threshold) == ("fp32", 0.4)
+    assert (options.tta_region, options.tta_region_threshold, options.tta_region_margin) == (
+        "tumour",
+        0.1,
+        8,
+    )
     assert set(options.settings_origin.values()) == {"recipe"}
 
 
@@ -72,6 +80,9 @@ def test_flag_overrides_recipe_and_default_fills_the_rest() -> None:
         "overlap": "default",
         "precision": "recipe",
         "threshold": "option",
+        "tta_region": "default",
+        "tta_region_threshold": "default",
+        "tta_region_margin": "default",
     }
     # No recipe at all (an ONNX export): defaults, precision auto.
     bare = options_from_recipe([member({})], NONE_GIVEN)
@@ -176,6 +187,9 @@ RECIPE_FIELDS = [
     ("overlap", "0.25", 0.25, ["--overlap", "0.75"], 0.75),
     ("precision", "bf16", "bf16", ["--precision", "fp32"], "fp32"),
     ("et_min_voxels", "7", 7, ["--et-min-voxels", "3"], 3),
+    ("tta_region", "tumour", "tumour", ["--tta-region", "volume"], "volume"),
+    ("tta_region_margin", "8", 8, ["--tta-margin", "4"], 4),
+    ("tta_region_threshold", "0.1", 0.1, ["--tta-region-threshold", "0.2"], 0.2),
 ]
 
 

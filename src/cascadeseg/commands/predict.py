@@ -1,8 +1,9 @@
 """``cascadeseg predict``: segment cases with one or more trained models.
 
 One source of truth for the recipe's inference settings: ``--tta/--no-tta``, ``--sliding-window``,
-``--overlap``, ``--precision`` and ``--threshold`` override the ``inference.*`` values stored
-with the model only when given; otherwise the stored value is used, else the built-in default
+``--overlap``, ``--precision``, ``--threshold``, ``--tta-region``, ``--tta-region-margin`` and
+``--tta-region-threshold`` override the ``inference.*`` values stored with the model only when
+given; otherwise the stored value is used, else the built-in default
 (:func:`cascadeseg.inference.options.options_from_recipe`). Each case's JSON says which.
 
 Scaling (:mod:`cascadeseg.inference.shards`): under ``torchrun`` the ranks split the cases
@@ -23,6 +24,7 @@ HELP = "segment cases with one or more trained models (TTA, ensembles, post-proc
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_inputs(parser)
     _add_inference(parser)
+    _add_tta_region(parser)
     _add_outputs(parser)
 
 
@@ -138,6 +140,39 @@ def _add_inference(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tta_region(parser: argparse.ArgumentParser) -> None:
+    """Where the TTA passes after a case's first run (issue 20, :mod:`cascadeseg.inference.roi`)."""
+    group = parser.add_argument_group("flip passes on the tumour's box")
+    group.add_argument(
+        "--tta-region",
+        choices=["volume", "tumour"],
+        default=None,
+        help="where the TTA passes after a case's first run: volume (every flip on the whole "
+        "volume) or tumour (on the first pass's tumour box plus --tta-margin; outside it the "
+        "first pass alone; 3D models only) (default: the recipe's inference.tta_region, else "
+        "volume)",
+    )
+    group.add_argument(
+        "--tta-region-margin",
+        "--tta-margin",
+        dest="tta_region_margin",
+        type=int,
+        default=None,
+        metavar="N",
+        help="voxels added to every side of the tumour box of --tta-region tumour (default: "
+        "the recipe's inference.tta_region_margin, else 16)",
+    )
+    group.add_argument(
+        "--tta-region-threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="a voxel is in the tumour box of --tta-region tumour when any region probability "
+        "of the first pass exceeds P (default: the recipe's inference.tta_region_threshold, "
+        "else 0.05)",
+    )
+
+
 def _add_outputs(parser: argparse.ArgumentParser) -> None:
     """What is written: threshold, post-processing, label values, extra maps."""
     group = parser.add_argument_group("what is written")
@@ -207,6 +242,9 @@ def run(args: argparse.Namespace) -> int:
         "overlap": args.overlap,
         "precision": args.precision,
         "threshold": args.threshold,
+        "tta_region": args.tta_region,
+        "tta_region_margin": args.tta_region_margin,
+        "tta_region_threshold": args.tta_region_threshold,
     }
     options = options_from_recipe(
         models,

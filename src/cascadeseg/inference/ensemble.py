@@ -18,6 +18,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,29 +87,55 @@ class MomentSum:
 
     :meth:`add` one member's ``(mean, mean_of_squares)`` over its passes (e.g. ``(3, X, Y, Z)``
     float32 arrays); :meth:`result` gives the ensemble mean and the voxel-wise variance over all
-    passes of all members, as float32 arrays of that shape.
+    passes of all members, as float32 arrays of that shape. A member whose passes cover only a
+    box (``tta_region="tumour"``, :mod:`~cascadeseg.inference.roi`) is added with it: each voxel
+    is then the mean over the members that ran there.
     """
 
     def __init__(self) -> None:
         self.total: np.ndarray | None = None
         self.total_sq: np.ndarray | None = None
         self.count = 0
+        self.boxes: list[tuple[Any, ...]] = []  # indices (..., slices) of partial members
 
-    def add(self, mean: np.ndarray, mean_sq: np.ndarray) -> None:
-        """Add one member's moments (the arrays are copied, never kept)."""
+    def add(
+        self,
+        mean: np.ndarray,
+        mean_sq: np.ndarray,
+        covers: Sequence[Sequence[int]] | None = None,
+    ) -> None:
+        """Add one member's moments (the arrays are copied, never kept).
+
+        Args:
+            mean, mean_sq: the member's moments.
+            covers: ``None``: the member ran on every voxel; else ``[[lo, hi], ...]`` of the
+                trailing axes it ran on (its values outside are ignored; an empty box adds
+                nothing).
+        """
+        index: tuple[Any, ...] = (...,)
+        if covers is not None:
+            index = (..., *(slice(int(lo), int(hi)) for lo, hi in covers))
         if self.total is None or self.total_sq is None:
-            self.total, self.total_sq = mean.copy(), mean_sq.copy()
+            self.total, self.total_sq = np.zeros_like(mean), np.zeros_like(mean_sq)
+        self.total[index] += mean[index]
+        self.total_sq[index] += mean_sq[index]
+        if covers is None:
+            self.count += 1
         else:
-            self.total += mean
-            self.total_sq += mean_sq
-        self.count += 1
+            self.boxes.append(index)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """``(mean, variance)`` float32 over the members added (at least one)."""
         if self.total is None or self.total_sq is None:
             raise ValueError("MomentSum.result needs at least one member")
-        mean = self.total / self.count
-        variance = np.maximum(self.total_sq / self.count - mean**2, 0.0)
+        count: float | np.ndarray = self.count
+        if self.boxes:
+            count = np.full(self.total.shape, self.count, dtype=np.float32)
+            for box in self.boxes:
+                count[box] += 1
+            count = np.maximum(count, 1)
+        mean = self.total / count
+        variance = np.maximum(self.total_sq / count - mean**2, 0.0)
         return mean.astype(np.float32), variance.astype(np.float32)
 
 

@@ -291,6 +291,9 @@ RECIPE_INFERENCE_KEYS: tuple[str, ...] = (
     "overlap",
     "precision",
     "threshold",
+    "tta_region",
+    "tta_region_threshold",
+    "tta_region_margin",
 )
 
 

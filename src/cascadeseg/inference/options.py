@@ -19,6 +19,7 @@ from cascadeseg.inference.ensemble import ENSEMBLE_MODES, ensemble_et_min_voxels
 from cascadeseg.inference.lesion_postprocess import check_min_lesion_voxels
 from cascadeseg.inference.loading import RECIPE_INFERENCE_KEYS, LoadedModel, recipe_inference_values
 from cascadeseg.inference.memory import POLICIES
+from cascadeseg.inference.roi import TTA_REGIONS, check_tta_region
 from cascadeseg.runtime import effective_precision
 
 PRECISIONS: tuple[str, ...] = INFERENCE_PRECISIONS
@@ -90,6 +91,19 @@ class PredictOptions:
         cache_dir: folder of a preprocessing cache (:mod:`cascadeseg.data.cache`): a case
             predicted again (other models of the same recipe, added maps) is not preprocessed
             again; ``None`` (default) keeps nothing.
+        tta_region: where the passes after a case's first run (:mod:`~.roi`, issue 20):
+            ``volume`` (default: every pass on the whole volume) or ``tumour`` (on the first
+            pass's tumour box grown by ``tta_region_margin``; outside it the first pass stands
+            alone). The default stays ``volume`` until ``benchmarks/roi_flips.py`` has measured
+            the time saved and the Dice changed on trained models. 3D members only.
+        tta_region_threshold: a voxel is tumour for the box when any region probability of the
+            first pass exceeds it (default 0.05: ten times below the label threshold, so the
+            box holds every voxel the first pass comes near to labelling).
+        tta_region_margin: voxels added to every side of the box (default 16: the coarsest
+            down-sampling block of the two-stage network, whose size multiple is 16, so the
+            deepest features of each box-edge voxel still see the real neighbourhood of a
+            whole block; the receptive field is larger, and whether labels change is what
+            the benchmark measures).
         settings_origin: where ``tta``, ``sliding_window``, ``overlap``, ``precision`` and
             ``threshold`` came from (``option``, ``recipe`` or ``default``), recorded in each
             case's JSON; set by :func:`options_from_recipe`.
@@ -117,6 +131,9 @@ class PredictOptions:
     cache_dir: str | None = None
     ensemble_mode: str = "paired"
     compile: bool = False
+    tta_region: str = "volume"
+    tta_region_threshold: float = 0.05
+    tta_region_margin: int = 16
     settings_origin: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -130,6 +147,14 @@ class PredictOptions:
             raise ConfigError(
                 f"ensemble_mode must be one of {ENSEMBLE_MODES}, got {self.ensemble_mode!r}"
             )
+        if self.tta_region not in TTA_REGIONS:
+            raise ConfigError(f"tta_region must be one of {TTA_REGIONS}, got {self.tta_region!r}")
+        if not 0.0 < self.tta_region_threshold < 1.0:
+            raise ConfigError(
+                f"tta_region_threshold must be in (0, 1), got {self.tta_region_threshold}"
+            )
+        if self.tta_region_margin < 0:
+            raise ConfigError(f"tta_region_margin must be >= 0, got {self.tta_region_margin}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if not 0.0 <= self.overlap < 1.0:
@@ -155,7 +180,8 @@ def options_from_recipe(
 ) -> PredictOptions:
     """Prediction options with one source of truth for the recipe's ``inference.*`` values.
 
-    For each of ``tta``, ``sliding_window``, ``overlap``, ``precision`` and ``threshold``: the
+    For each of ``tta``, ``sliding_window``, ``overlap``, ``precision``, ``threshold`` and the
+    ``tta_region*`` settings (:data:`~.loading.RECIPE_INFERENCE_KEYS`): the
     value in ``given`` when it is not ``None`` (a command-line flag), else the value stored
     with the models' recipe (:func:`cascadeseg.inference.loading.recipe_inference_values`),
     else :class:`PredictOptions`' default. Where each came from is kept in
@@ -184,7 +210,9 @@ def options_from_recipe(
             values[key], origin[key] = stored[key], "recipe"
         else:
             origin[key] = "default"
-    return dataclasses.replace(base, **values, settings_origin=origin)
+    options = dataclasses.replace(base, **values, settings_origin=origin)
+    check_tta_region(models, options.tta_region)
+    return options
 
 
 def run_precision(options: PredictOptions, device: torch.device) -> tuple[str, str]:

@@ -298,4 +298,7 @@ def _provenance_differs(
     if all(r is not None for r in recorded) and recorded != planned:
         mode = settings.get("ensemble_mode", "another")
         return f"the segmentation was made with the {mode} snapshot ensemble"
+    region = settings.get("tta_region", "volume")
+    if region != options.tta_region:
+        return f"the segmentation was made with tta_region {region}"
     return None

@@ -68,6 +68,7 @@ from cascadeseg.inference.outputs import (
 )
 from cascadeseg.inference.plan import Source, check_outputs, existing_outputs, resolve_inputs
 from cascadeseg.inference.postprocess import postprocess_et
+from cascadeseg.inference.roi import case_region
 from cascadeseg.inference.shards import Share, env_int, folder_lock, gather
 from cascadeseg.inference.volume import member_moments
 from cascadeseg.runtime import resolve_device, tune_device
@@ -116,9 +117,12 @@ def predict_preprocessed(
     moments = MomentSum()
     members_info = []
     plan = flip_plan(models, options.ensemble_mode, options.tta)
+    region = case_region(
+        options.tta_region, options.tta_region_threshold, options.tta_region_margin
+    )
     for member, flips in zip(models, plan):
         mean_t, mean_sq_t, info = member_moments(
-            member, pre.image, options, device, precision, flips
+            member, pre.image, options, device, precision, flips, region=region
         )
         mean, mean_sq = mean_t.numpy(), mean_sq_t.numpy()
         if _fuses_brain_mask(member, options):
@@ -128,7 +132,7 @@ def predict_preprocessed(
         info["source"] = str(member.source)
         info["flips"] = [list(f) for f in flips]
         members_info.append(info)
-        moments.add(mean, mean_sq)
+        moments.add(mean, mean_sq, info.get("covers"))
     mean_all, variance = moments.result()
     info_all = {
         "device": str(device),
@@ -139,7 +143,10 @@ def predict_preprocessed(
         # Network passes over the whole case, all members (8 for a paired run of 8 snapshots).
         "passes": int(sum(m["passes"] for m in members_info)),
         "members": members_info,
+        "tta_region": options.tta_region,
     }
+    if region is not None:
+        info_all["tta_region_box"] = region.record()
     return mean_all, variance, info_all
 
 

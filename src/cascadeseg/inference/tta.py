@@ -33,47 +33,34 @@ def flip_combinations(spatial_dims: int) -> list[tuple[int, ...]]:
     return [combo for r in range(spatial_dims + 1) for combo in combinations(axes, r)]
 
 
-def flip_tta_moments(
+def flip_tta_sums(
     fn: ProbabilityFn,
     x: torch.Tensor,
     *,
-    spatial_dims: int,
-    tta: bool = True,
+    flips: Sequence[tuple[int, ...]],
     flips_per_call: int = 1,
-    flips: Sequence[tuple[int, ...]] | None = None,
+    total: torch.Tensor | None = None,
+    total_sq: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """First and second moments of ``fn`` over the flips of ``x``.
-
-    Running sums are kept instead of the 8 outputs, so memory stays at two output-sized tensors
-    whatever the number of passes (a whole-brain output is ~100 MB per pass), plus what one call
-    of ``fn`` needs.
+    """Sums of ``fn``'s outputs and of their squares over ``flips`` of ``x``, flipped back.
 
     Args:
         fn: maps ``(B, C, *spatial)`` to ``(B, K, *spatial)`` probabilities.
         x: ``(B, C, *spatial)`` input.
-        spatial_dims: 2 or 3 (number of trailing spatial axes of ``x``).
-        tta: ``False`` runs the identity pass only.
+        flips: the flips to run (items of :func:`flip_combinations`), at least one.
         flips_per_call: flipped copies stacked along the batch axis of one call of ``fn``
-            (``k * B`` inputs per call): fewer, larger calls, for back-ends that run a batch of
-            one slowly (PyTorch's CPU 3D convolutions of narrow layers); ``k`` times the memory
-            of one pass. The sums are the same up to floating-point rounding (a back-end may
-            pick another kernel for another batch size).
-        flips: the flips to run (items of :func:`flip_combinations`); ``None``: all of them
-            with ``tta``, the identity alone without (a snapshot of a paired snapshot ensemble
-            runs its own share, see :func:`paired_flip_indices`).
+            (see :func:`flip_tta_moments`).
+        total, total_sq: ``(B, K, *spatial)`` sums to add into, in place (a view of larger
+            sums: a crop's passes added into the crop of the whole volume's sums); ``None``:
+            new tensors.
 
     Returns:
-        ``(mean, mean_of_squares, passes)``: float32 ``(B, K, *spatial)`` tensors and the number
-        of passes averaged. The voxel-wise variance over passes is ``mean_of_squares - mean**2``.
+        ``(total, total_sq, passes)``: float32 sums and the number of passes added.
     """
     if flips_per_call < 1:
         raise ValueError(f"flips_per_call must be >= 1, got {flips_per_call}")
-    if flips is None:
-        flips = flip_combinations(spatial_dims) if tta else [()]
     if not flips:
         raise ValueError("flips must name at least one flip")
-    total: torch.Tensor | None = None
-    total_sq: torch.Tensor | None = None
     batch = x.shape[0]
     for start in range(0, len(flips), flips_per_call):
         group = flips[start : start + flips_per_call]
@@ -93,7 +80,45 @@ def flip_tta_moments(
             del out
         del outs, xin
     assert total is not None and total_sq is not None
-    n = len(flips)
+    return total, total_sq, len(flips)
+
+
+def flip_tta_moments(
+    fn: ProbabilityFn,
+    x: torch.Tensor,
+    *,
+    spatial_dims: int,
+    tta: bool = True,
+    flips_per_call: int = 1,
+    flips: Sequence[tuple[int, ...]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """First and second moments of ``fn`` over the flips of ``x``.
+
+    Running sums are kept instead of the 8 outputs (:func:`flip_tta_sums`), so memory stays at
+    two output-sized tensors whatever the number of passes (a whole-brain output is ~100 MB per
+    pass), plus what one call of ``fn`` needs.
+
+    Args:
+        fn: maps ``(B, C, *spatial)`` to ``(B, K, *spatial)`` probabilities.
+        x: ``(B, C, *spatial)`` input.
+        spatial_dims: 2 or 3 (number of trailing spatial axes of ``x``).
+        tta: ``False`` runs the identity pass only.
+        flips_per_call: flipped copies stacked along the batch axis of one call of ``fn``
+            (``k * B`` inputs per call): fewer, larger calls, for back-ends that run a batch of
+            one slowly (PyTorch's CPU 3D convolutions of narrow layers); ``k`` times the memory
+            of one pass. The sums are the same up to floating-point rounding (a back-end may
+            pick another kernel for another batch size).
+        flips: the flips to run (items of :func:`flip_combinations`); ``None``: all of them
+            with ``tta``, the identity alone without (a snapshot of a paired snapshot ensemble
+            runs its own share, see :func:`paired_flip_indices`).
+
+    Returns:
+        ``(mean, mean_of_squares, passes)``: float32 ``(B, K, *spatial)`` tensors and the number
+        of passes averaged. The voxel-wise variance over passes is ``mean_of_squares - mean**2``.
+    """
+    if flips is None:
+        flips = flip_combinations(spatial_dims) if tta else [()]
+    total, total_sq, n = flip_tta_sums(fn, x, flips=flips, flips_per_call=flips_per_call)
     return total / n, total_sq / n, n
 
 

@@ -39,8 +39,9 @@ from cascadeseg.inference.memory import (
     memory_budget,
 )
 from cascadeseg.inference.options import PredictOptions
+from cascadeseg.inference.roi import Box, TumourRegion, check_tta_region, region_flip_moments
 from cascadeseg.inference.sliding import Pads, crop_padding, pad_to_multiple
-from cascadeseg.inference.tta import flip_tta_moments
+from cascadeseg.inference.tta import flip_combinations, flip_tta_moments
 from cascadeseg.runtime import autocast, to_float32
 
 #: ``(mean, mean_of_squares, info)`` of one network over its passes: ``(3, X, Y, Z)`` CPU float32
@@ -127,35 +128,17 @@ def _padded_input(
     return x, pads
 
 
-def member_moments_3d(
+def _forward_3d(
     member: LoadedModel,
-    image: np.ndarray,
+    x: torch.Tensor,
     options: PredictOptions,
     device: torch.device,
     precision: str,
-    flips: Sequence[tuple[int, ...]] | None = None,
-    *,
-    estimate_memory: bool = True,
-) -> Moments:
-    """Mean and mean-of-squares ``(3, x, y, z)`` of one 3D member over its TTA passes.
-
-    Args:
-        member: a 3D ensemble member.
-        image: ``(4, x, y, z)`` preprocessed image.
-        options: prediction options.
-        device: where the network runs.
-        precision: effective precision (``fp32``, ``bf16`` or ``fp16``).
-        flips: the flips this member runs (:func:`~cascadeseg.inference.ensemble.flip_plan`);
-            ``None``: all with ``options.tta``, the identity without.
-        estimate_memory: with ``sliding_window="auto"``, estimate the memory of a whole-volume
-            pass first (a probe pass, once per network) and go straight to the sliding window
-            when it exceeds the budget; ``False``: try the whole volume, fall back on an
-            out-of-memory error only.
-
-    Returns:
-        ``(mean, mean_sq, info)``; CPU float32 tensors and a dict with the mode used.
-    """
-    x, pads = _padded_input(member, image, device)
+    n_flips: int,
+    estimate_memory: bool,
+) -> tuple[AdaptiveForward, int, bool]:
+    """The network call of a 3D member with its memory policy: ``(forward, flips_per_call,
+    channels_last)`` for the padded input ``x`` (see :func:`member_moments_3d`)."""
     channels_last = use_channels_last(member, options, device)
     fn = probability_fn(member, precision, device, channels_last, options.compile)
     budget = memory_budget(options.memory_budget_gb, device)
@@ -169,7 +152,6 @@ def member_moments_3d(
         per_voxel = bytes_per_voxel(member.network, member.in_channels, device, side)
         if precision == "bf16":
             per_voxel /= 2
-    n_flips = len(flips) if flips is not None else (8 if options.tta else 1)
     per_call = options.flips_per_call
     if per_call is None:
         per_call = default_flips_per_call(n_flips > 1, device, per_voxel, x.shape[2:], budget)
@@ -186,17 +168,72 @@ def member_moments_3d(
         else functools.partial(estimate_forward_bytes, per_voxel, per_call),
         device=device,
     )
+    return forward, per_call, channels_last
+
+
+def member_moments_3d(
+    member: LoadedModel,
+    image: np.ndarray,
+    options: PredictOptions,
+    device: torch.device,
+    precision: str,
+    flips: Sequence[tuple[int, ...]] | None = None,
+    *,
+    estimate_memory: bool = True,
+    region: TumourRegion | None = None,
+) -> Moments:
+    """Mean and mean-of-squares ``(3, x, y, z)`` of one 3D member over its TTA passes.
+
+    Args:
+        member: a 3D ensemble member.
+        image: ``(4, x, y, z)`` preprocessed image.
+        options: prediction options.
+        device: where the network runs.
+        precision: effective precision (``fp32``, ``bf16`` or ``fp16``).
+        flips: the flips this member runs (:func:`~cascadeseg.inference.ensemble.flip_plan`);
+            ``None``: all with ``options.tta``, the identity without.
+        estimate_memory: with ``sliding_window="auto"``, estimate the memory of a whole-volume
+            pass first (a probe pass, once per network) and go straight to the sliding window
+            when it exceeds the budget; ``False``: try the whole volume, fall back on an
+            out-of-memory error only.
+        region: the case's tumour box (``tta_region="tumour"``, :mod:`~.roi`): the passes
+            after the case's first run on it only; ``None``: every pass on the whole volume.
+
+    Returns:
+        ``(mean, mean_sq, info)``; CPU float32 tensors and a dict with the mode used and, with
+        a region, ``covers``: the image box this member's passes cover (``None``: all of it).
+    """
+    x, pads = _padded_input(member, image, device)
+    if flips is None:
+        flips = flip_combinations(3) if options.tta else [()]
+    forward, per_call, channels_last = _forward_3d(
+        member, x, options, device, precision, len(flips), estimate_memory
+    )
+    covers: Box | None = None
     with torch.inference_mode():
-        mean, mean_sq, passes = flip_tta_moments(
-            forward, x, spatial_dims=3, tta=options.tta, flips_per_call=per_call, flips=flips
-        )
-    info = {
+        if region is None:
+            mean, mean_sq, passes = flip_tta_moments(
+                forward, x, spatial_dims=3, flips_per_call=per_call, flips=flips
+            )
+        else:
+            mean, mean_sq, passes, covers = region_flip_moments(
+                forward,
+                x,
+                region,
+                flips=flips,
+                pads=pads,
+                multiple=member.size_divisor,
+                flips_per_call=per_call,
+            )
+    info: dict[str, Any] = {
         "passes": passes,
         "mode": forward.mode,
         "fallbacks": forward.fallbacks,
         "channels_last": channels_last,
         "flips_per_call": per_call,
     }
+    if region is not None:
+        info["covers"] = None if covers is None else [list(r) for r in covers]
     return crop_padding(mean, pads)[0].cpu(), crop_padding(mean_sq, pads)[0].cpu(), info
 
 
@@ -292,21 +329,28 @@ def member_moments(
     flips: Sequence[tuple[int, ...]] | None = None,
     *,
     estimate_memory: bool = True,
+    region: TumourRegion | None = None,
 ) -> Moments:
     """:func:`member_moments_3d` or :func:`member_moments_2d`, by the member's spatial dims.
 
     Out of memory outside the network call (the TTA sums, the padded input) retries the member
-    with sliding windows only; if that fails too, the error propagates.
+    with sliding windows only; if that fails too, the error propagates. A ``region``
+    (``tta_region="tumour"``) is for 3D members only: a 2D member is refused.
     """
     run: Callable[..., Moments] = member_moments_2d
+    if region is not None:
+        check_tta_region([member], "tumour")
     if member.spatial_dims == 3:
-        run = functools.partial(member_moments_3d, estimate_memory=estimate_memory)
+        run = functools.partial(member_moments_3d, estimate_memory=estimate_memory, region=region)
+    box = None if region is None else region.box
     try:
         return run(member, image, options, device, precision, flips)
     except Exception as exc:
         if not is_out_of_memory(exc) or options.sliding_window == "always":
             raise
     free_memory(device)  # outside the except block: its traceback holds the failed tensors
+    if region is not None:
+        region.box = box  # the retry runs the case's first pass again if this member ran it
     fallback = dataclasses.replace(options, sliding_window="always")
     mean, mean_sq, info = run(member, image, fallback, device, precision, flips)
     info["fallbacks"] = ["out of memory: member retried with sliding windows"]
