@@ -14,6 +14,7 @@ import torch
 
 from cascadeseg.config import INFERENCE_PRECISIONS
 from cascadeseg.data.labels import CONVENTIONS
+from cascadeseg.data.missing import parse_sequences
 from cascadeseg.errors import ConfigError
 from cascadeseg.inference.ensemble import ENSEMBLE_MODES, ensemble_et_min_voxels
 from cascadeseg.inference.lesion_postprocess import check_min_lesion_voxels
@@ -90,6 +91,9 @@ class PredictOptions:
         cache_dir: folder of a preprocessing cache (:mod:`cascadeseg.data.cache`): a case
             predicted again (other models of the same recipe, added maps) is not preprocessed
             again; ``None`` (default) keeps nothing.
+        missing: sequences to treat as missing in every case (``--missing t1ce``): their files
+            are ignored and the channels zero-filled (:mod:`cascadeseg.data.missing`), to
+            measure or show a model on complete cases as if those sequences were absent.
         settings_origin: where ``tta``, ``sliding_window``, ``overlap``, ``precision`` and
             ``threshold`` came from (``option``, ``recipe`` or ``default``), recorded in each
             case's JSON; set by :func:`options_from_recipe`.
@@ -117,6 +121,7 @@ class PredictOptions:
     cache_dir: str | None = None
     ensemble_mode: str = "paired"
     compile: bool = False
+    missing: tuple[str, ...] = ()
     settings_origin: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -144,6 +149,8 @@ class PredictOptions:
             raise ConfigError(f"et_min_voxels must be >= 0, got {self.et_min_voxels}")
         if self.min_lesion_voxels is not None:
             check_min_lesion_voxels(self.min_lesion_voxels, "predict options")
+        # Checked and put in the order of the modalities (a frozen field, set once here).
+        object.__setattr__(self, "missing", parse_sequences(self.missing, "missing"))
         if self.labels is not None and self.labels not in CONVENTIONS:
             raise ConfigError(
                 f"labels must be one of {', '.join(sorted(CONVENTIONS))}, got {self.labels!r}"
