@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from toy import make_tiny_case
 
 from cascadeseg.config import Config, apply_overrides
 from cascadeseg.data.case import MODALITIES
@@ -25,6 +24,7 @@ from cascadeseg.data.missing import (
 from cascadeseg.data.preprocess import preprocess_case
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ConfigError, InputError
+from toy import make_tiny_case
 
 
 def test_dropped_subsets_are_every_non_empty_proper_subset() -> None:
@@ -95,9 +95,9 @@ def test_recipe_fill_needs_sequence_dropout() -> None:
         "zero"
     )
     assert missing_fill_of_recipe({}) is None
-    with pytest.raises(ConfigError, match="data.sequence_dropout_max must be 1, 2 or 3"):
+    with pytest.raises(ConfigError, match=r"data\.sequence_dropout_max must be 1, 2 or 3"):
         apply_overrides(Config(), ["data.sequence_dropout_max=4"])
-    with pytest.raises(ConfigError, match="data.missing_fill must be one of mask, zero"):
+    with pytest.raises(ConfigError, match=r"data\.missing_fill must be one of mask, zero"):
         apply_overrides(Config(), ["data.missing_fill=noise"])
 
 

@@ -34,7 +34,7 @@ def test_in_channels_grow_with_the_mask_fill_only() -> None:
     two_d = ("model.name=unet2d", "model.args={base_width: 4, depth: 1}", "data.slice_context=1")
     assert build_training_model(tiny_config(*two_d, dropout)).in_channels == 16
     cunet = ("model.name=cunet", "model.args={base_width: 4}", dropout)
-    with pytest.raises(ConfigError, match="data.missing_fill=zero"):
+    with pytest.raises(ConfigError, match=r"data\.missing_fill=zero"):
         build_training_model(tiny_config(*cunet))
     assert build_training_model(tiny_config(*cunet, "data.missing_fill=zero")).in_channels == 4
 

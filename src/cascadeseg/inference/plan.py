@@ -149,7 +149,10 @@ def _four_files(paths: list[Path], case_id: str | None, allow_missing: bool = Fa
     case_id = case_id or case_id_of_files(ordered)
     read = functools.partial(
         read_files,
-        **{m: files.get(m) for m in MODALITIES},
+        flair=files.get("flair"),
+        t1=files.get("t1"),
+        t1ce=files.get("t1ce"),
+        t2=files.get("t2"),
         case_id=case_id,
         allow_missing=allow_missing,
     )
