@@ -106,3 +106,27 @@ def test_loading_checks_the_availability_channels(tmp_path: Path) -> None:
     bad = _mask_checkpoint(tmp_path / "bad.pt", in_channels=4)
     with pytest.raises(ModelError, match="4 availability channels"):
         load_models([bad], "cpu")
+
+
+def test_onnx_exports_keep_the_fill(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    model = _mask_checkpoint(tmp_path / "mask.pt")
+    assert cli.main(["export", "--model", str(model), "--out", str(tmp_path / "m.onnx")]) == 0
+    (member,) = load_models([tmp_path / "m.onnx"], "cpu")
+    assert (member.missing_fill, member.in_channels) == ("mask", 8)
+    data = _data(tmp_path / "data")
+    assert _predict(tmp_path / "m.onnx", [data / "BraTS2021_00001"], tmp_path / "out") == 0
+    record = json.loads((tmp_path / "out" / "BraTS2021_00001.json").read_text())
+    assert record["missing_sequences"] == ["t1ce"]
+
+
+def test_maps_are_not_added_to_a_segmentation_made_with_other_sequences(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _mask_checkpoint(tmp_path / "mask.pt")
+    case = _data(tmp_path / "data") / "BraTS2021_00000"
+    out = tmp_path / "out"
+    assert _predict(model, [case], out) == 0
+    assert _predict(model, [case], out, "--missing", "t2", "--save-probabilities") == 1
+    assert "see --missing" in capsys.readouterr().out
+    assert not (out / "BraTS2021_00000_probabilities.nii.gz").exists()

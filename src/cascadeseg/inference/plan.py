@@ -315,6 +315,8 @@ def _provenance_differs(
         return "the segmentation was made by other models"
     if tta != options.tta:
         return f"the segmentation was made {'with' if tta else 'without'} TTA"
+    if not set(options.missing) <= set(record.get("missing_sequences") or ()):
+        return f"the segmentation was made with {', '.join(options.missing)} (see --missing)"
     recorded = [m.get("flips") for m in settings["members"]]
     planned = [[list(f) for f in flips] for flips in flip_plan(members, options.ensemble_mode, tta)]
     if all(r is not None for r in recorded) and recorded != planned:
