@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_members import save_model_checkpoint, tiny_checkpoint
+from tiny_members import save_model_checkpoint, tiny_checkpoint, tiny_member
 
 from cascadeseg import cli
+from cascadeseg.data.missing import without_sequences
 from cascadeseg.data.writers import write_case
 from cascadeseg.errors import ModelError
 from cascadeseg.inference import load_models
+from cascadeseg.inference.options import PredictOptions
+from cascadeseg.inference.predictor import predict_case
 from cascadeseg.models import build_model
 from toy import make_tiny_case
 
@@ -130,3 +133,35 @@ def test_maps_are_not_added_to_a_segmentation_made_with_other_sequences(
     assert _predict(model, [case], out, "--missing", "t2", "--save-probabilities") == 1
     assert "see --missing" in capsys.readouterr().out
     assert not (out / "BraTS2021_00000_probabilities.nii.gz").exists()
+
+
+def test_a_2d_model_with_dropout_and_slice_context(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model("unet2d", base_width=4, depth=1, in_channels=3 * 4 + 4)
+    overrides = ("data.sequence_dropout=0.5", "data.slice_context=1")
+    path = save_model_checkpoint(tmp_path / "u2.pt", "unet2d", model, overrides=overrides)
+    (member,) = load_models([path], "cpu")
+    assert (member.missing_fill, member.slice_context, member.in_channels) == ("mask", 1, 16)
+    data = _data(tmp_path / "data")
+    assert _predict(path, [data / "BraTS2021_00001"], tmp_path / "out") == 0
+    record = json.loads((tmp_path / "out" / "BraTS2021_00001.json").read_text())
+    assert record["missing_sequences"] == ["t1ce"]
+
+
+def test_the_network_sees_constant_availability_channels_on_every_pass() -> None:
+    seen: list[torch.Tensor] = []
+
+    def network(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return torch.full((x.shape[0], 3, *x.shape[2:]), 0.25)
+
+    member = tiny_member(network, in_channels=8, missing_fill="mask")
+    case = without_sequences(make_tiny_case((20, 22, 14)), ["t1ce"])
+    options = PredictOptions(progress=False, device="cpu", tta=True, precision="fp32")
+    predict_case(case, [member], options)
+    assert seen and all(x.shape[1] == 8 for x in seen)
+    for x in seen:  # padded, flipped: still 1, 1, 0, 1 everywhere
+        flags = x[:, 4:].transpose(0, 1).reshape(4, -1)
+        assert torch.equal(flags.amin(dim=1), torch.tensor([1.0, 1.0, 0.0, 1.0]))
+        assert torch.equal(flags.amax(dim=1), torch.tensor([1.0, 1.0, 0.0, 1.0]))
+        assert not x[:, 2].any()

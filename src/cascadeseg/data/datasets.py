@@ -11,7 +11,9 @@ follow the epoch too. Call :func:`set_loader_epoch` at the start of every epoch.
 
 Items are dicts of tensors:
 
-* ``"image"``: ``(C, X, Y, Z)`` (3D) or ``(C, H, W)`` (2D) float32, z-scored modalities;
+* ``"image"``: ``(C, X, Y, Z)`` (3D) or ``(C, H, W)`` (2D) float32, z-scored modalities (with
+  sequence dropout's ``mask`` fill followed by 4 availability channels,
+  :mod:`cascadeseg.data.missing`);
 * ``"label"``: ``(X, Y, Z)`` / ``(H, W)`` int64 internal labels (0 background, 1 NCR, 2 ED, 3 ET);
 * ``"regions"``: ``(3, ...)`` float32 region masks ``[WT, TC, ET]``;
 * ``"brain_mask"``: ``(...)`` bool;
