@@ -158,3 +158,16 @@ def test_without_sequences_records_and_zero_fills() -> None:
     assert not gone.image[[0, 3]].any() and gone.image[1].any()
     assert case.image[0].any()  # the original is untouched
     assert without_sequences(case, []) is case
+
+
+def test_nnunet_case_without_a_channel_file(tmp_path: Path) -> None:
+    case = make_tiny_case((16, 16, 12), case_id="BRATS_001")
+    write_case(case, tmp_path, "nnunet")
+    (tmp_path / "imagesTr" / "BRATS_001_0003.nii.gz").unlink()  # FLAIR in nnU-Net's order
+    (ref,) = discover_cases(tmp_path)
+    assert ref.extra["missing"] == ("flair",)
+    with pytest.raises(InputError, match="is missing flair"):
+        read_case(ref)
+    read = read_case(ref, allow_missing=True)
+    assert read.missing == ("flair",) and not read.image[0].any()
+    np.testing.assert_array_equal(read.image[1:], case.image[1:])
