@@ -20,6 +20,7 @@ import yaml
 
 from cascadeseg.config_rules import (
     INFERENCE_PRECISIONS,
+    MISSING_FILLS,
     OPTIMIZERS,
     PRECISIONS,
     RULES,
@@ -34,6 +35,7 @@ T = TypeVar("T")
 
 __all__ = [
     "INFERENCE_PRECISIONS",
+    "MISSING_FILLS",
     "OPTIMIZERS",
     "PRECISIONS",
     "RULES",
@@ -98,6 +100,13 @@ class DataConfig:
             brain-cropped volume, with ``crop_overhang``) or ``"volume"`` (uniformly over the
             original image grid, e.g. 240 x 240 x 155 for BraTS, as the two-stage paper crops;
             the parts outside the brain box are background padding).
+        sequence_dropout: probability that a training sample loses some of its four sequences
+            (0 = off; :class:`cascadeseg.data.missing.SequenceDropout`). A model trained with it
+            accepts cases with missing sequences in ``predict``.
+        sequence_dropout_max: most sequences one sample loses (1 to 3; at least one stays).
+        missing_fill: how a missing sequence reaches the network (with ``sequence_dropout`` > 0
+            only): ``mask`` (default: zero-filled, plus four binary availability channels) or
+            ``zero`` (zero-filled alone); see :mod:`cascadeseg.data.missing`.
     """
 
     layout: str | None = None
@@ -122,6 +131,9 @@ class DataConfig:
     fold: int = 0
     split: str = "kfold"
     crop_region: str = "brain"
+    sequence_dropout: float = 0.0
+    sequence_dropout_max: int = 3
+    missing_fill: str = "mask"
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ INFERENCE_PRECISIONS = ("auto", "fp32", "bf16")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("poly", "step", "constant")
 SPLITS = ("kfold", "cunet", "all")
+#: How a missing sequence reaches the network (:mod:`cascadeseg.data.missing`).
+MISSING_FILLS = ("mask", "zero")
 
 RULES: dict[str, Rule] = {
     "data.target_spacing": optional(each(POSITIVE, (3,))),
@@ -98,6 +100,9 @@ RULES: dict[str, Rule] = {
     "data.fold": NON_NEGATIVE_INT,
     "data.split": one_of(*SPLITS),
     "data.crop_region": one_of("brain", "volume"),
+    "data.sequence_dropout": PROBABILITY,
+    "data.sequence_dropout_max": ("1, 2 or 3", lambda v: _is_int(v) and 1 <= v <= 3),
+    "data.missing_fill": one_of(*MISSING_FILLS),
     "model.name": ("a model name", lambda v: isinstance(v, str) and v.strip() != ""),
     "loss.interp_decoder_weight": NON_NEGATIVE,
     "loss.dice_eps": NON_NEGATIVE,

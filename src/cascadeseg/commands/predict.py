@@ -9,6 +9,10 @@ given; otherwise the stored value is used, else the built-in default
 Scaling (:mod:`cascadeseg.inference.shards`): under ``torchrun`` the ranks split the cases
 (``cuda:LOCAL_RANK`` each, or ``cores / LOCAL_WORLD_SIZE`` CPU threads), rank 0 prints the summary
 of all cases; ``--part i/n`` (``i`` from 1) predicts the ``i``-th of ``n`` shares, for job arrays.
+
+Missing sequences (:mod:`cascadeseg.data.missing`): a model trained with sequence dropout takes
+cases that lack sequence files (each case's line and JSON name them); ``--missing t1ce`` ignores
+a sequence of complete cases.
 """
 
 from __future__ import annotations
@@ -47,7 +51,18 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="PATH",
         help="a case folder, a dataset folder (any supported layout), or four modality files "
-        "(FLAIR T1 T1ce T2; recognised by name when the names say, else in that order)",
+        "(FLAIR T1 T1ce T2; recognised by name when the names say, else in that order); for "
+        "models trained with sequence dropout a case may lack sequences (fewer files, named "
+        "after their sequences)",
+    )
+    group.add_argument(
+        "--missing",
+        action="append",
+        default=None,
+        metavar="SEQ",
+        help="treat sequence SEQ (flair, t1, t1ce, t2; repeat or comma-separate) as missing in "
+        "every case: its file is ignored and the channel filled as the model was trained, to "
+        "measure or show a model on complete cases (default: none)",
     )
     group.add_argument(
         "--output",
@@ -265,6 +280,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=None if args.cache is None else str(args.cache),
         ensemble_mode=args.ensemble_mode,
         compile=args.compile,
+        missing=tuple(args.missing or ()),
     )
     inputs = args.input[0] if len(args.input) == 1 else args.input
     joined = join_ranks(share)

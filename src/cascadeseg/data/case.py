@@ -9,7 +9,10 @@ A :class:`Case` holds
   (:data:`cascadeseg.data.labels.INTERNAL`: 0 background, 1 NCR/NET, 2 ED, 3 ET);
 * ``meta``: a :class:`Meta` with the geometry (affine, spacing in mm, shape), the NIfTI header of
   the reference modality (so the writer can restore the exact header), the layout the case came
-  from and the label convention its files use.
+  from and the label convention its files use;
+* ``missing``: the sequences the case lacks (zero-filled in ``image``), ``()`` for a whole case;
+  only readers asked to allow missing files (``read_case(ref, allow_missing=True)``) produce
+  them, for models trained with sequence dropout (:mod:`cascadeseg.data.missing`).
 
 Readers (``cascadeseg.data.layouts``) convert source label values to the internal convention
 on read; the writer converts back to ``meta.label_convention`` (or one the user names) on write.
@@ -65,11 +68,14 @@ class Case:
         image: ``(4, X, Y, Z)`` float32, channels ordered as :data:`MODALITIES`.
         label: ``(X, Y, Z)`` uint8 in the internal convention, or ``None`` (inference input).
         meta: geometry and provenance, see :class:`Meta`.
+        missing: names of the sequences the case lacks (of :data:`MODALITIES`, in that order);
+            their channels of ``image`` are zeros.
     """
 
     image: np.ndarray
     label: np.ndarray | None
     meta: Meta
+    missing: tuple[str, ...] = ()
 
     @property
     def case_id(self) -> str:

@@ -11,7 +11,9 @@ follow the epoch too. Call :func:`set_loader_epoch` at the start of every epoch.
 
 Items are dicts of tensors:
 
-* ``"image"``: ``(C, X, Y, Z)`` (3D) or ``(C, H, W)`` (2D) float32, z-scored modalities;
+* ``"image"``: ``(C, X, Y, Z)`` (3D) or ``(C, H, W)`` (2D) float32, z-scored modalities (with
+  sequence dropout's ``mask`` fill followed by 4 availability channels,
+  :mod:`cascadeseg.data.missing`);
 * ``"label"``: ``(X, Y, Z)`` / ``(H, W)`` int64 internal labels (0 background, 1 NCR, 2 ED, 3 ET);
 * ``"regions"``: ``(3, ...)`` float32 region masks ``[WT, TC, ET]``;
 * ``"brain_mask"``: ``(...)`` bool;
@@ -31,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from cascadeseg.data import augment
 from cascadeseg.data.labels import label_to_regions
+from cascadeseg.data.missing import SequenceDropout
 from cascadeseg.data.preprocess import Preprocessed
 from cascadeseg.errors import ConfigError, InputError
 from cascadeseg.runtime import meminfo_available_bytes
@@ -138,6 +141,16 @@ def _require_labels(cases: Sequence[Preprocessed]) -> None:
             raise InputError(f"{case.case_id}: a training case needs a label map")
 
 
+def _drop_sequences(
+    dropout: SequenceDropout | None, rng: np.random.Generator, image: np.ndarray
+) -> np.ndarray:
+    """The sample's sequence dropout, drawn last from its generator (so the crop and the
+    augmentation draw as without it); ``image`` unchanged when there is none."""
+    if dropout is None:
+        return image
+    return dropout.apply(image, dropout.draw(rng))
+
+
 def _to_item(
     image: np.ndarray, label: np.ndarray, brain_mask: np.ndarray, case_index: int
 ) -> dict[str, torch.Tensor]:
@@ -182,6 +195,9 @@ class CropDataset3D(Dataset):
             with each case's voxel size).
         bias_field_offset: ``mean / std`` of a channel's brain intensities, used for cases
             whose preprocessing did not record it (``extra["mean_over_std"]``).
+        sequence_dropout: drop sequences of each crop and fill them
+            (:class:`cascadeseg.data.missing.SequenceDropout`; with the ``mask`` fill the crop
+            gets 4 availability channels); ``None``: off.
     """
 
     def __init__(
@@ -202,6 +218,7 @@ class CropDataset3D(Dataset):
         bias_field_strength: tuple[float, float] = (0.05, 0.2),
         bias_field_spacing_mm: float = 60.0,
         bias_field_offset: float = DEFAULT_MEAN_OVER_STD,
+        sequence_dropout: SequenceDropout | None = None,
     ) -> None:
         if not cases:
             raise InputError("no training cases")
@@ -225,6 +242,7 @@ class CropDataset3D(Dataset):
         self.bias_field_strength = tuple(bias_field_strength)
         self.bias_field_spacing_mm = float(bias_field_spacing_mm)
         self.bias_field_offset = float(bias_field_offset)
+        self.sequence_dropout = sequence_dropout
         self.epoch = 0
         self._foreground: dict[int, np.ndarray] = {}
 
@@ -304,6 +322,7 @@ class CropDataset3D(Dataset):
                 rng, image.shape[0], shift=self.intensity_shift, scale=self.intensity_scale
             )
             image = augment.shift_scale_intensity(image, shifts, scales, brain_mask=brain_mask)
+        image = _drop_sequences(self.sequence_dropout, rng, image)
         return _to_item(image, label, brain_mask, case_index)
 
 
@@ -332,6 +351,9 @@ class SliceDataset2D(Dataset):
         max_rotation: rotation half-range in degrees.
         flip_prob: probability of a flip on each in-plane axis.
         skip_background_slices: leave out slices without any brain voxel (they carry no signal).
+        sequence_dropout: drop sequences of each slice stack (every context slice alike) and
+            fill them (:class:`cascadeseg.data.missing.SequenceDropout`; the ``mask`` fill
+            appends 4 availability channels after the context channels); ``None``: off.
     """
 
     def __init__(
@@ -346,6 +368,7 @@ class SliceDataset2D(Dataset):
         max_rotation: float = 15.0,
         flip_prob: float = 0.5,
         skip_background_slices: bool = True,
+        sequence_dropout: SequenceDropout | None = None,
     ) -> None:
         if not cases:
             raise InputError("no training cases")
@@ -360,6 +383,7 @@ class SliceDataset2D(Dataset):
         self.seed = int(seed)
         self.max_rotation = max_rotation
         self.flip_prob = flip_prob
+        self.sequence_dropout = sequence_dropout
         self.epoch = 0
         tumour, empty = [], []
         for case_index, case in enumerate(self.cases):
@@ -379,7 +403,8 @@ class SliceDataset2D(Dataset):
 
     @property
     def in_channels(self) -> int:
-        return self.cases[0].image.shape[0] * (2 * self.slice_context + 1)
+        extra = 0 if self.sequence_dropout is None else self.sequence_dropout.extra_channels
+        return self.cases[0].image.shape[0] * (2 * self.slice_context + 1) + extra
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -432,6 +457,7 @@ class SliceDataset2D(Dataset):
             image = augment.flip(image, axes, spatial_dims=2)
             label = augment.flip(label, axes, spatial_dims=2)
             brain_mask = augment.flip(brain_mask, axes, spatial_dims=2)
+        image = _drop_sequences(self.sequence_dropout, rng, image)
         return _to_item(image, label, brain_mask, case_index)
 
 

@@ -242,12 +242,12 @@ def validate_case(case: Case, *, source: PathLike | None = None) -> None:
 
     Raises:
         InputError: wrong image rank or channel count, shape not matching ``meta.shape``,
-            non-finite voxels, an all-zero modality, label shape differing from the image,
-            internal label values outside 0-3. The message names the file at fault.
+            non-finite voxels, an all-zero modality (not in ``case.missing``), label shape
+            differing from the image, internal label values outside 0-3. The message names the
+            file at fault.
     """
-    where = str(
-        source or case.meta.files.get("flair") or case.meta.files.get("image") or case.case_id
-    )
+    first = next((case.meta.files[m] for m in MODALITIES if m in case.meta.files), None)
+    where = str(source or first or case.meta.files.get("image") or case.case_id)
     check_affine(case.meta.affine, where)
     image = case.image
     if image.ndim != 4 or image.shape[0] != len(MODALITIES):
@@ -262,7 +262,8 @@ def validate_case(case: Case, *, source: PathLike | None = None) -> None:
     for channel in range(image.shape[0]):
         name = _channel_source(case, channel, source)
         check_finite(image[channel], name)
-        check_not_empty(image[channel], name)
+        if MODALITIES[channel] not in case.missing:  # a missing sequence is zero-filled
+            check_not_empty(image[channel], name)
     if case.label is not None:
         seg = str(case.meta.files.get("seg", where))
         label = case.label

@@ -89,6 +89,7 @@ def _metadata(members: Sequence[LoadedModel]) -> dict[str, Any]:
         "size_divisor": first.size_divisor,
         "et_min_voxels": ensemble_et_min_voxels(members),
         "min_lesion_voxels": ensemble_min_lesion_voxels(members),
+        "missing_fill": first.missing_fill,
     }
 
 

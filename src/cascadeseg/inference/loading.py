@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from cascadeseg.data.case import MODALITIES
+from cascadeseg.data.missing import extra_input_channels, missing_fill_of_recipe
 from cascadeseg.data.preprocess import PreprocessConfig
 from cascadeseg.errors import ConfigError, ModelError
 from cascadeseg.inference.lesion_postprocess import check_min_lesion_voxels
@@ -54,7 +55,8 @@ class LoadedModel:
         output_kind: ``regions``, ``labels``, ``cunet``, ``bfcn`` (raw network outputs, see
             :func:`cascadeseg.models.outputs.region_probabilities`) or ``probabilities``
             (the network already returns ``[WT, TC, ET]`` probabilities: ONNX exports).
-        in_channels: input channels, ``4 * (2 * slice_context + 1)``.
+        in_channels: input channels, ``4 * (2 * slice_context + 1)``, plus 4 availability
+            channels with the ``mask`` fill.
         slice_context: neighbouring slices on each side (2.5D models; 0 for 3D).
         preprocess: the recipe's preprocessing (reorientation, spacing, N4, crop margin).
         patch_size: training patch, the default sliding-window size.
@@ -67,6 +69,9 @@ class LoadedModel:
         config: the resolved recipe (plain dict), ``{}`` when unknown.
         model_args: constructor arguments.
         device: where ``network`` runs.
+        missing_fill: ``None``: trained without sequence dropout, every sequence must be
+            there; ``mask`` or ``zero``: trained with it, a case may lack sequences, filled so
+            (:mod:`cascadeseg.data.missing`; from the checkpoint's recipe, ``data.*``).
     """
 
     network: Callable[..., Any]
@@ -85,6 +90,7 @@ class LoadedModel:
     model_args: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     min_lesion_voxels: dict[str, int] | None = None
+    missing_fill: str | None = None
 
     def to_probabilities(self, output: Any) -> torch.Tensor:
         """``(B, 3, *spatial)`` probabilities ``[WT, TC, ET]`` of one output of :attr:`network`."""
@@ -116,6 +122,7 @@ def member_of_network(
     slice_context: int | None = None,
     patch_size: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
+    missing_fill: str | None = None,
 ) -> LoadedModel:
     """A :class:`LoadedModel` around a network in memory (a model being trained, say).
 
@@ -127,12 +134,14 @@ def member_of_network(
             its ``in_channels = 4 * (2k + 1)`` implies).
         patch_size: the sliding-window size (default 128 per axis).
         device: where ``network`` runs.
+        missing_fill: how the network takes missing sequences (:attr:`LoadedModel.missing_fill`).
     """
     net: Any = network  # attributes of the network contract, not of nn.Module
     spatial_dims = int(net.spatial_dims)
     in_channels = int(net.in_channels)
     if slice_context is None:
-        slice_context = max(0, (in_channels // len(MODALITIES) - 1) // 2)
+        image_channels = in_channels - extra_input_channels(missing_fill)
+        slice_context = max(0, (image_channels // len(MODALITIES) - 1) // 2)
     return LoadedModel(
         network=network,
         name=type(network).__name__,
@@ -147,6 +156,7 @@ def member_of_network(
         source=Path(f"<{type(network).__name__}>"),
         model_args=dict(net.model_args),
         device=torch.device(device),
+        missing_fill=missing_fill,
     )
 
 
@@ -320,9 +330,11 @@ def recipe_inference_values(members: Sequence[LoadedModel]) -> tuple[dict[str, A
 # checks
 
 
-def expected_in_channels(spatial_dims: int, slice_context: int) -> int:
-    """Input channels that fit the data: 4 modalities, times ``2k + 1`` slices for 2.5D."""
-    return len(MODALITIES) * (2 * slice_context + 1 if spatial_dims == 2 else 1)
+def expected_in_channels(spatial_dims: int, slice_context: int, missing_fill: str | None) -> int:
+    """Input channels that fit the data: 4 modalities, times ``2k + 1`` slices for 2.5D, plus 4
+    availability channels with the ``mask`` fill."""
+    slices = 2 * slice_context + 1 if spatial_dims == 2 else 1
+    return len(MODALITIES) * slices + extra_input_channels(missing_fill)
 
 
 def check_member(member: LoadedModel) -> None:
@@ -334,13 +346,15 @@ def check_member(member: LoadedModel) -> None:
             f"{member.source}: unknown output kind {member.output_kind!r} "
             f"(known: {', '.join(OUTPUT_KINDS)})"
         )
-    want = expected_in_channels(member.spatial_dims, member.slice_context)
+    want = expected_in_channels(member.spatial_dims, member.slice_context, member.missing_fill)
     if member.in_channels != want:
         what = (
             f"{len(MODALITIES)} modalities x {2 * member.slice_context + 1} slices"
             if member.spatial_dims == 2
             else f"{len(MODALITIES)} modalities ({', '.join(MODALITIES)})"
         )
+        if member.missing_fill == "mask":
+            what += " + 4 availability channels"
         raise ModelError(
             f"{member.source}: model takes {member.in_channels} input channels, "
             f"the data give {want} ({what})"
@@ -426,11 +440,16 @@ def load_checkpoint_model(path: Path, device: torch.device | str = "cpu") -> Loa
     data = _section(config, "data")
     # 2.5D context: the model's own argument (CU-Net) or the recipe's data.slice_context.
     context = model_args.get("slice_context", data.get("slice_context", 0))
+    try:
+        fill = missing_fill_of_recipe(config)
+    except ConfigError as exc:
+        raise ModelError(f"{path}: {exc}") from None
     member = member_of_network(
         network,
         slice_context=int(context or 0),
         patch_size=tuple(int(s) for s in (data.get("patch_size") or (128, 128, 128))),
         device=device,
+        missing_fill=fill,
     )
     run_dir = run_dir_of(path)
     thresholds = stored_thresholds(ckpt, run_dir)
@@ -521,6 +540,7 @@ def load_onnx_model(path: str | Path, device: torch.device | str = "cpu") -> Loa
         min_lesion_voxels=meta.get("min_lesion_voxels"),
         source=path,
         device=torch.device(device),
+        missing_fill=meta.get("missing_fill"),
     )
 
 

@@ -14,6 +14,7 @@ import torch
 
 from cascadeseg.config import INFERENCE_PRECISIONS
 from cascadeseg.data.labels import CONVENTIONS
+from cascadeseg.data.missing import parse_sequences
 from cascadeseg.errors import ConfigError
 from cascadeseg.inference.ensemble import ENSEMBLE_MODES, ensemble_et_min_voxels
 from cascadeseg.inference.lesion_postprocess import check_min_lesion_voxels
@@ -104,6 +105,9 @@ class PredictOptions:
             deepest features of each box-edge voxel still see the real neighbourhood of a
             whole block; the receptive field is larger, and whether labels change is what
             the benchmark measures).
+        missing: sequences to treat as missing in every case (``--missing t1ce``): their files
+            are ignored and the channels zero-filled (:mod:`cascadeseg.data.missing`), to
+            measure or show a model on complete cases as if those sequences were absent.
         settings_origin: where ``tta``, ``sliding_window``, ``overlap``, ``precision`` and
             ``threshold`` came from (``option``, ``recipe`` or ``default``), recorded in each
             case's JSON; set by :func:`options_from_recipe`.
@@ -134,6 +138,7 @@ class PredictOptions:
     tta_region: str = "volume"
     tta_region_threshold: float = 0.05
     tta_region_margin: int = 16
+    missing: tuple[str, ...] = ()
     settings_origin: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -169,6 +174,8 @@ class PredictOptions:
             raise ConfigError(f"et_min_voxels must be >= 0, got {self.et_min_voxels}")
         if self.min_lesion_voxels is not None:
             check_min_lesion_voxels(self.min_lesion_voxels, "predict options")
+        # Checked and put in the order of the modalities (a frozen field, set once here).
+        object.__setattr__(self, "missing", parse_sequences(self.missing, "missing"))
         if self.labels is not None and self.labels not in CONVENTIONS:
             raise ConfigError(
                 f"labels must be one of {', '.join(sorted(CONVENTIONS))}, got {self.labels!r}"

@@ -65,6 +65,7 @@ class CaseResult:
         message: why it failed or was skipped ("" when ok).
         volumes_ml: region volumes in mL (ok cases).
         seconds: wall time of the case (reading, prediction and writing).
+        missing: the sequences the case lacked (zero-filled; ``--missing`` included).
     """
 
     case_id: str
@@ -73,6 +74,7 @@ class CaseResult:
     message: str = ""
     volumes_ml: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    missing: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,7 +159,8 @@ def write_prediction(
         "label_convention": convention,
         "shape": list(case.meta.shape),
         "spacing_mm": list(case.meta.spacing),
-        "inputs": {k: str(v) for k, v in case.meta.files.items()},
+        "inputs": {k: str(v) for k, v in case.meta.files.items() if k not in case.missing},
+        "missing_sequences": list(case.missing),
         "outputs": {k: p.name for k, p in paths.items() if k != "json"},
         "probability_volumes": list(REGIONS),
         "lesions": prediction.lesions,
@@ -196,7 +199,8 @@ def format_result(result: CaseResult) -> str:
     if result.status == "ok":
         vols = "  ".join(f"{k} {v:8.2f} mL" for k, v in result.volumes_ml.items())
         note = f"  [{result.message}]" if result.message else ""
-        return f"{result.case_id}  {vols}  ({result.seconds:.1f} s){note}"
+        gone = f"  missing: {', '.join(result.missing)}" if result.missing else ""
+        return f"{result.case_id}  {vols}  ({result.seconds:.1f} s){gone}{note}"
     return f"{result.case_id}  {result.status.upper()}: {result.message}"
 
 

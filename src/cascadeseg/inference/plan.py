@@ -124,33 +124,55 @@ def _ref_files(ref: CaseRef) -> tuple[Path, ...]:
     return tuple(files)
 
 
-def _four_files(paths: list[Path], case_id: str | None) -> Source:
-    if len(paths) != len(MODALITIES):
+def _modality_files(paths: list[Path], allow_missing: bool) -> dict[str, Path]:
+    """The modality files of four-file mode by modality; fewer than four (``allow_missing``)
+    must each be named after a different modality (``_t1ce``, ``-t2f``, ...)."""
+    if len(paths) == len(MODALITIES):
+        return dict(zip(MODALITIES, files_in_modality_order(paths)))
+    named = [_modality_of_file(p) for p in paths]
+    if not allow_missing or len(paths) > len(MODALITIES):
         raise InputError(
             f"{paths[0]}: give a case folder, a dataset folder or four modality files "
             f"(FLAIR, T1, T1ce, T2); got {len(paths)} file(s)"
         )
-    ordered = files_in_modality_order(paths)
+    if not all(named) or len(set(named)) != len(named):
+        raise InputError(
+            f"{paths[0]}: with fewer than four modality files each name must say its sequence "
+            f"(e.g. case_flair.nii.gz, case-t1c.nii.gz); got {', '.join(p.name for p in paths)}"
+        )
+    return {str(m): p for m, p in zip(named, paths)}
+
+
+def _four_files(paths: list[Path], case_id: str | None, allow_missing: bool = False) -> Source:
+    files = _modality_files(paths, allow_missing)
+    ordered = [files[m] for m in MODALITIES if m in files]
     case_id = case_id or case_id_of_files(ordered)
     read = functools.partial(
         read_files,
-        flair=ordered[0],
-        t1=ordered[1],
-        t1ce=ordered[2],
-        t2=ordered[3],
+        flair=files.get("flair"),
+        t1=files.get("t1"),
+        t1ce=files.get("t1ce"),
+        t2=files.get("t2"),
         case_id=case_id,
+        allow_missing=allow_missing,
     )
     return Source(case_id, read, tuple(ordered), paths[0].parent)
 
 
 def resolve_inputs(
-    inputs: Path | str | Sequence[Path | str], case_id: str | None = None
+    inputs: Path | str | Sequence[Path | str],
+    case_id: str | None = None,
+    *,
+    allow_missing: bool = False,
 ) -> list[Source]:
     """The cases an ``--input`` names: case folder(s), dataset folder(s) or four files.
 
     Args:
         inputs: one path or several.
         case_id: the case id of four modality files (default: their common prefix).
+        allow_missing: cases may lack modality files (models trained with sequence dropout):
+            they are read with those channels zero-filled (``Case.missing``), and four-file
+            mode takes one to three files named after their sequences.
 
     Raises:
         InputError: nothing readable was named, four files share no case name, or the same
@@ -164,7 +186,7 @@ def resolve_inputs(
     if missing:
         raise InputError(f"{missing[0]}: no such file or folder")
     if all(p.is_file() for p in paths):
-        return [_four_files(paths, case_id)]
+        return [_four_files(paths, case_id, allow_missing)]
     if case_id is not None:
         raise ConfigError("--case-id names the case of four modality files; folders name theirs")
     sources: list[Source] = []
@@ -172,7 +194,7 @@ def resolve_inputs(
         if not path.is_dir():
             raise InputError(f"{path}: mixes files and folders; give folders or four files")
         for ref in discover_cases(path):
-            read = functools.partial(read_case, ref)
+            read = functools.partial(read_case, ref, allow_missing=allow_missing)
             sources.append(Source(ref.case_id, read, _ref_files(ref), path))
     check_unique_case_ids(sources)
     return sources
@@ -293,6 +315,8 @@ def _provenance_differs(
         return "the segmentation was made by other models"
     if tta != options.tta:
         return f"the segmentation was made {'with' if tta else 'without'} TTA"
+    if not set(options.missing) <= set(record.get("missing_sequences") or ()):
+        return f"the segmentation was made with {', '.join(options.missing)} (see --missing)"
     recorded = [m.get("flips") for m in settings["members"]]
     planned = [[list(f) for f in flips] for flips in flip_plan(members, options.ensemble_mode, tta)]
     if all(r is not None for r in recorded) and recorded != planned:

@@ -48,6 +48,7 @@ from tqdm import tqdm
 from cascadeseg.data.cache import PreprocessCache
 from cascadeseg.data.case import Case
 from cascadeseg.data.labels import ET, probabilities_to_label
+from cascadeseg.data.missing import present_flags, without_sequences
 from cascadeseg.data.preprocess import Preprocessed, preprocess_case, restore_to_source
 from cascadeseg.errors import CascadesegError, ConfigError, InputError
 from cascadeseg.inference.ensemble import MomentSum, ensemble_min_lesion_voxels, flip_plan
@@ -103,8 +104,12 @@ def predict_preprocessed(
     options: PredictOptions,
     *,
     device: torch.device | None = None,
+    missing: Sequence[str] = (),
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Ensemble + TTA region probabilities on the preprocessed grid.
+
+    ``missing``: the sequences the case lacks (zero-filled in ``pre.image``); members with the
+    ``mask`` fill get the matching availability channels.
 
     Returns:
         ``(mean, variance, info)``: ``(3, x, y, z)`` float32 arrays ``[WT, TC, ET]`` on the grid
@@ -122,7 +127,14 @@ def predict_preprocessed(
     )
     for member, flips in zip(models, plan):
         mean_t, mean_sq_t, info = member_moments(
-            member, pre.image, options, device, precision, flips, region=region
+            member,
+            pre.image,
+            options,
+            device,
+            precision,
+            flips,
+            region=region,
+            present=present_flags(missing),
         )
         mean, mean_sq = mean_t.numpy(), mean_sq_t.numpy()
         if _fuses_brain_mask(member, options):
@@ -144,6 +156,8 @@ def predict_preprocessed(
         "passes": int(sum(m["passes"] for m in members_info)),
         "members": members_info,
         "tta_region": options.tta_region,
+        "missing_sequences": list(missing),
+        "missing_fill": [m.missing_fill for m in models],
     }
     if region is not None:
         info_all["tta_region_box"] = region.record()
@@ -188,7 +202,8 @@ def predict_case(
     """Segment one case with an ensemble (see the module docstring for the steps).
 
     Args:
-        case: the input :class:`Case` (its label, if any, is ignored).
+        case: the input :class:`Case` (its label, if any, is ignored); the sequences it lacks
+            (``case.missing``, zero-filled) are told to members with the ``mask`` fill.
         models: ensemble members from :func:`cascadeseg.inference.load_models` (one recipe).
         options: prediction options.
 
@@ -204,7 +219,7 @@ def predict_case(
     else:
         pre = preprocess_case(case.with_label(None), models[0].preprocess)
     t_pre = time.perf_counter() - start
-    mean, variance, info = predict_preprocessed(pre, models, options)
+    mean, variance, info = predict_preprocessed(pre, models, options, missing=case.missing)
     t_net = time.perf_counter() - start - t_pre
     probabilities = restore_to_source(mean, pre, order=1)
     uncertainty = restore_to_source(variance, pre, order=1) if options.save_uncertainty else None
@@ -260,6 +275,12 @@ def _lock_command() -> str:
     if name in ("__main__.py", "cascadeseg"):
         name = "cascadeseg"
     return " ".join([name, *sys.argv[1:]])
+
+
+def supports_missing(models: Sequence[LoadedModel]) -> bool:
+    """Whether every member was trained with sequence dropout (:attr:`LoadedModel.missing_fill`):
+    only then may cases lack sequence files."""
+    return bool(models) and all(m.missing_fill is not None for m in models)
 
 
 def check_uncertainty(options: PredictOptions, models: Sequence[LoadedModel]) -> None:
@@ -331,12 +352,17 @@ def predict(
     """
     options = options or PredictOptions()
     output_dir = Path(output_dir)
-    sources = resolve_inputs(inputs, case_id)
+    sources = resolve_inputs(inputs, case_id, allow_missing=supports_missing(models))
     check_uncertainty(options, models)
     planned = plan_outputs(sources, output_dir, options)
     share = share or Share()
     mine = share.select(sources, key=lambda s: s.case_id)
     say = echo or (tqdm.write if options.progress else print)
+    if options.missing and not supports_missing(models):
+        say(
+            f"note: --missing {','.join(options.missing)}: the model was trained without "
+            "sequence dropout; those sequences are zero-filled (a baseline, not a supported use)"
+        )
     if not share.whole:
         say(f"{share.tag}: {len(mine)} of {len(sources)} case(s)")
     device = resolve_device(options.device, env_int("LOCAL_RANK", 0))
@@ -397,7 +423,8 @@ def _predict_source(
         if action == "skip":
             result.status, result.message = "skipped", reason
         else:
-            case = source.read()
+            case = without_sequences(source.read(), options.missing)
+            result.missing = case.missing
             if case.case_id != source.case_id:  # the reader named it differently
                 raise InputError(
                     f"{source.files[0]}: read as case {case.case_id!r}, not "

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cascadeseg.data.missing import with_availability
 from cascadeseg.inference.loading import LoadedModel, member_of_network
 from cascadeseg.inference.memory import (
     AdaptiveForward,
@@ -86,14 +87,19 @@ def probability_fn(
     device: torch.device,
     channels_last: bool = False,
     compile_network: bool = False,
+    present: np.ndarray | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x -> member's [WT, TC, ET] probabilities``, float32.
 
     The network runs under the autocast of ``precision``; its output is turned into
     probabilities in float32 (as the training losses see it). With ``compile_network`` a
     PyTorch member runs through ``torch.compile`` (see :class:`PredictOptions`), compiled once
-    per member and kept for later cases.
+    per member and kept for later cases. A member with the ``mask`` fill gets the availability
+    channels of ``present`` (``(4,)``, 1 present; ``None``: all present) appended to every
+    input it sees (:func:`cascadeseg.data.missing.with_availability`).
     """
+    masked = member.missing_fill == "mask"
+    flags = np.ones(4, dtype=np.float32) if present is None else present
     if channels_last:
         assert isinstance(member.network, torch.nn.Module)
         member.network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
@@ -101,6 +107,8 @@ def probability_fn(
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device, non_blocking=True)
+        if masked:
+            x = with_availability(x, flags)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with autocast(precision, device):
@@ -136,11 +144,12 @@ def _forward_3d(
     precision: str,
     n_flips: int,
     estimate_memory: bool,
+    present: np.ndarray | None = None,
 ) -> tuple[AdaptiveForward, int, bool]:
     """The network call of a 3D member with its memory policy: ``(forward, flips_per_call,
     channels_last)`` for the padded input ``x`` (see :func:`member_moments_3d`)."""
     channels_last = use_channels_last(member, options, device)
-    fn = probability_fn(member, precision, device, channels_last, options.compile)
+    fn = probability_fn(member, precision, device, channels_last, options.compile, present)
     budget = memory_budget(options.memory_budget_gb, device)
     per_voxel: float | None = None
     if (
@@ -181,6 +190,7 @@ def member_moments_3d(
     *,
     estimate_memory: bool = True,
     region: TumourRegion | None = None,
+    present: np.ndarray | None = None,
 ) -> Moments:
     """Mean and mean-of-squares ``(3, x, y, z)`` of one 3D member over its TTA passes.
 
@@ -198,6 +208,7 @@ def member_moments_3d(
             out-of-memory error only.
         region: the case's tumour box (``tta_region="tumour"``, :mod:`~.roi`): the passes
             after the case's first run on it only; ``None``: every pass on the whole volume.
+        present: the case's sequence availability (:func:`probability_fn`).
 
     Returns:
         ``(mean, mean_sq, info)``; CPU float32 tensors and a dict with the mode used and, with
@@ -207,7 +218,7 @@ def member_moments_3d(
     if flips is None:
         flips = flip_combinations(3) if options.tta else [()]
     forward, per_call, channels_last = _forward_3d(
-        member, x, options, device, precision, len(flips), estimate_memory
+        member, x, options, device, precision, len(flips), estimate_memory, present
     )
     covers: Box | None = None
     with torch.inference_mode():
@@ -273,18 +284,21 @@ def member_moments_2d(
     device: torch.device,
     precision: str,
     flips: Sequence[tuple[int, ...]] | None = None,
+    *,
+    present: np.ndarray | None = None,
 ) -> Moments:
     """Mean and mean-of-squares ``(3, x, y, z)`` of one 2D member, slice by slice.
 
     Batches of ``options.batch_slices`` axial slices go through the network with in-plane flip
     TTA (``flips``, as for :func:`member_moments_3d`); on an out-of-memory error the batch is
-    halved and the slices retried.
+    halved and the slices retried. ``present``: the case's sequence availability
+    (:func:`probability_fn`).
     """
     depth = image.shape[-1]
     spatial = image.shape[1:3]
     mean = torch.zeros((3, *spatial, depth))
     mean_sq = torch.zeros((3, *spatial, depth))
-    fn = probability_fn(member, precision, device, compile_network=options.compile)
+    fn = probability_fn(member, precision, device, compile_network=options.compile, present=present)
     batch = options.batch_slices
     passes = 0
     fallbacks: list[str] = []
@@ -330,18 +344,23 @@ def member_moments(
     *,
     estimate_memory: bool = True,
     region: TumourRegion | None = None,
+    present: np.ndarray | None = None,
 ) -> Moments:
     """:func:`member_moments_3d` or :func:`member_moments_2d`, by the member's spatial dims.
 
     Out of memory outside the network call (the TTA sums, the padded input) retries the member
     with sliding windows only; if that fails too, the error propagates. A ``region``
-    (``tta_region="tumour"``) is for 3D members only: a 2D member is refused.
+    (``tta_region="tumour"``) is for 3D members only: a 2D member is refused. ``present``: the
+    case's sequence availability ``(4,)`` (1 present, 0 missing; ``None``: all), given to
+    members with the ``mask`` fill.
     """
-    run: Callable[..., Moments] = member_moments_2d
+    run: Callable[..., Moments] = functools.partial(member_moments_2d, present=present)
     if region is not None:
         check_tta_region([member], "tumour")
     if member.spatial_dims == 3:
-        run = functools.partial(member_moments_3d, estimate_memory=estimate_memory, region=region)
+        run = functools.partial(
+            member_moments_3d, estimate_memory=estimate_memory, region=region, present=present
+        )
     box = None if region is None else region.box
     try:
         return run(member, image, options, device, precision, flips)
@@ -369,6 +388,7 @@ def predict_volume(
     overlap: float = 0.5,
     roi_size: Sequence[int] | None = None,
     batch_slices: int = 16,
+    missing_fill: str | None = None,
 ) -> np.ndarray:
     """Region probabilities of a whole preprocessed volume by a network in memory.
 
@@ -391,12 +411,18 @@ def predict_volume(
         overlap: sliding-window overlap.
         roi_size: sliding-window size (default 128 per axis).
         batch_slices: axial slices per network call of a 2D network.
+        missing_fill: the network's fill of missing sequences (``mask``: it takes the
+            availability channels, all present here; :mod:`cascadeseg.data.missing`).
 
     Returns:
         ``(3, X, Y, Z)`` float32 probabilities ``[WT, TC, ET]``.
     """
     member = member_of_network(
-        network, slice_context=slice_context, patch_size=roi_size, device=device
+        network,
+        slice_context=slice_context,
+        patch_size=roi_size,
+        device=device,
+        missing_fill=missing_fill,
     )
     options = PredictOptions(
         tta=tta,

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 
 from cascadeseg.config import OPTIMIZERS, Config, OptimConfig
+from cascadeseg.data.case import MODALITIES
+from cascadeseg.data.missing import extra_input_channels, model_missing_fill
 from cascadeseg.errors import ConfigError, ModelError
 from cascadeseg.models import SegmentationModule, build_model, model_defaults, network_spec
 
@@ -19,11 +21,20 @@ def model_spatial_dims(model_name: str) -> int:
     return network_spec(model_name).spatial_dims
 
 
+def training_missing_fill(cfg: Config) -> str | None:
+    """How the model of ``cfg`` takes missing sequences: ``None`` (no sequence dropout),
+    ``mask`` or ``zero`` (:func:`cascadeseg.data.missing.model_missing_fill`)."""
+    return model_missing_fill(cfg.data.sequence_dropout, cfg.data.missing_fill)
+
+
 def build_training_model(cfg: Config) -> SegmentationModule:
-    """The registered model with ``model.args``, the checkpointing flag and the slice context.
+    """The registered model with ``model.args``, the checkpointing flag, the slice context and
+    the availability channels.
 
     2D models get ``data.slice_context`` as their own ``slice_context`` argument (CU-Net) or as
-    ``4 * (2c + 1)`` input channels (the others).
+    ``4 * (2c + 1)`` input channels (the others). With sequence dropout and the ``mask`` fill
+    the input has 4 more channels (:mod:`cascadeseg.data.missing`); a model without an
+    ``in_channels`` argument (CU-Net) takes the ``zero`` fill only.
 
     Raises:
         ConfigError: an option the model does not support, or ``model.args`` the model rejects.
@@ -34,13 +45,23 @@ def build_training_model(cfg: Config) -> SegmentationModule:
         if "checkpointing" not in defaults:
             raise ConfigError(f"train.checkpointing: model {cfg.model.name!r} does not support it")
         args["checkpointing"] = True
+    channels = len(MODALITIES)
     if cfg.data.slice_context:
         if model_spatial_dims(cfg.model.name) != 2:
             raise ConfigError("data.slice_context applies to 2D models only")
         if "slice_context" in defaults:
             args.setdefault("slice_context", cfg.data.slice_context)
         else:
-            args.setdefault("in_channels", 4 * (2 * cfg.data.slice_context + 1))
+            channels *= 2 * cfg.data.slice_context + 1
+            args.setdefault("in_channels", channels)
+    extra = extra_input_channels(training_missing_fill(cfg))
+    if extra:
+        if "in_channels" not in defaults:
+            raise ConfigError(
+                f"data.missing_fill=mask: model {cfg.model.name!r} has no in_channels argument "
+                "for the availability channels; use data.missing_fill=zero"
+            )
+        args["in_channels"] = int(args.get("in_channels", channels)) + extra
     try:
         return build_model(cfg.model.name, **args)
     except ModelError as exc:

@@ -21,6 +21,7 @@ from cascadeseg.config import Config, DataConfig
 from cascadeseg.data import datasets, layouts, splits
 from cascadeseg.data.cache import PreprocessCache, resolve_cache_dir
 from cascadeseg.data.layouts import CaseRef
+from cascadeseg.data.missing import SequenceDropout
 from cascadeseg.data.preprocess import PreprocessConfig, Preprocessed
 from cascadeseg.errors import ConfigError, InputError
 from cascadeseg.training import distributed as dist_utils
@@ -127,10 +128,21 @@ def _load_cases(
     return {ref.case_id: cache.get(ref) for ref in refs}
 
 
+def sequence_dropout_of(data_cfg: DataConfig) -> SequenceDropout | None:
+    """The recipe's sequence dropout (``data.sequence_dropout`` > 0), else ``None``."""
+    if data_cfg.sequence_dropout <= 0:
+        return None
+    return SequenceDropout(
+        data_cfg.sequence_dropout, data_cfg.sequence_dropout_max, data_cfg.missing_fill
+    )
+
+
 def _train_dataset(
     train_cases: list[Preprocessed], data_cfg: DataConfig, spatial_dims: int, *, seed: int
 ) -> Dataset[Any]:
-    """3D crops (``spatial_dims == 3``) or 2D axial slices of ``train_cases``."""
+    """3D crops (``spatial_dims == 3``) or 2D axial slices of ``train_cases``, with the
+    recipe's sequence dropout."""
+    dropout = sequence_dropout_of(data_cfg)
     if spatial_dims == 3:
         return datasets.CropDataset3D(
             train_cases,
@@ -142,6 +154,7 @@ def _train_dataset(
             bias_field_prob=data_cfg.bias_field_prob,
             bias_field_strength=data_cfg.bias_field_strength,
             bias_field_spacing_mm=data_cfg.bias_field_spacing_mm,
+            sequence_dropout=dropout,
         )
     if len(data_cfg.patch_size) < 2:
         raise ConfigError(f"data.patch_size={list(data_cfg.patch_size)}: 2D needs (H, W)")
@@ -151,6 +164,7 @@ def _train_dataset(
         slice_context=data_cfg.slice_context,
         drop_empty=data_cfg.drop_empty_slices,
         seed=seed,
+        sequence_dropout=dropout,
     )
 
 

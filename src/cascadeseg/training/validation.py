@@ -23,6 +23,7 @@ from torch import nn
 
 from cascadeseg.config import Config
 from cascadeseg.data.labels import REGIONS, label_to_regions
+from cascadeseg.data.missing import model_missing_fill, with_availability
 from cascadeseg.evaluation.metrics import region_dice, soft_region_dice
 from cascadeseg.inference.volume import predict_volume, slice_stack
 from cascadeseg.runtime import resolve_precision, to_float32
@@ -74,6 +75,7 @@ def validate(
             precision=precision,
             slice_context=cfg.data.slice_context,
             roi_size=cfg.data.patch_size,
+            missing_fill=model_missing_fill(cfg.data.sequence_dropout, cfg.data.missing_fill),
         )
         mask = getattr(case, "brain_mask", None)
         if mask is not None:
@@ -94,13 +96,17 @@ def validate(
     return result
 
 
-def _forward_with_aux(model: nn.Module) -> Any:
+def _forward_with_aux(model: nn.Module, cfg: Config) -> Any:
     """``x -> model(x)`` with its auxiliary (training-only) outputs where it has an ``aux``
     switch (CU-Net), computed in eval mode (BatchNorm running statistics, no dropout); the
-    switch is looked up once per model, not per batch."""
+    switch is looked up once per model, not per batch. With the ``mask`` fill of sequence
+    dropout the (whole) validation inputs get availability channels of ones."""
+    net: Any = model
     if "aux" in inspect.signature(model.forward).parameters:
-        return lambda x: model(x, aux=True)
-    return model
+        net = lambda x: model(x, aux=True)  # noqa: E731
+    if model_missing_fill(cfg.data.sequence_dropout, cfg.data.missing_fill) != "mask":
+        return net
+    return lambda x: net(with_availability(x, np.ones(4, dtype=np.float32)))
 
 
 def _case_tensors(case: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +139,7 @@ def validation_objective(
     """
     plain = dist_utils.unwrap_model(model)
     plain.eval()
-    forward = _forward_with_aux(plain)
+    forward = _forward_with_aux(plain, cfg)
     device = info.device
     sums = torch.zeros(2, dtype=torch.float64)
     fork_devices = [device.index or 0] if device.type == "cuda" else []

@@ -204,10 +204,13 @@ def load_dataset(
     label_convention: str | None = None,
     *,
     progress: bool = True,
+    allow_missing: bool = False,
 ) -> list[Case]:
-    """Discover and read every case of a folder (small datasets; training uses the cache)."""
+    """Discover and read every case of a folder (small datasets; training uses the cache);
+    ``allow_missing``: cases may lack modality files (:func:`read_case`)."""
     refs = discover_cases(root, layout, label_convention)
-    return [read_case(ref) for ref in tqdm(refs, desc="reading cases", disable=not progress)]
+    bar = tqdm(refs, desc="reading cases", disable=not progress)
+    return [read_case(ref, allow_missing=allow_missing) for ref in bar]
 
 
 # --------------------------------------------------------------------------------------------

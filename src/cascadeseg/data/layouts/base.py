@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cascadeseg.data.case import Case
+from cascadeseg.data.case import MODALITIES, Case
 from cascadeseg.data.labels import from_internal
 from cascadeseg.data.nifti import is_nifti, save_nifti, strip_nifti_suffix
 from cascadeseg.errors import InputError
@@ -35,7 +35,9 @@ class CaseRef:
         extra: provenance and reading hints: ``grade`` (``HGG``/``LGG``), ``group`` (another
             enclosing folder), ``channels`` (modality -> channel index of a 4D ``image``),
             ``dataset_json``, ``problems`` (messages about missing or duplicated files, raised by
-            :func:`cascadeseg.data.layouts.read_case`).
+            :func:`cascadeseg.data.layouts.read_case`), ``missing`` (the modalities without a
+            file; their message is the first of ``problems``, which
+            ``read_case(ref, allow_missing=True)`` passes over).
     """
 
     case_id: str
@@ -152,13 +154,20 @@ def names_of(paths: Iterable[Path]) -> str:
 # discovery checks
 
 
-def check_ref(ref: CaseRef) -> None:
+def check_ref(ref: CaseRef, *, allow_missing: bool = False) -> None:
     """Raise the first problem found while discovering ``ref``'s files (missing, duplicated).
 
     Discovery records problems in ``ref.extra["problems"]`` instead of failing at once, so that
-    ``cascadeseg inspect`` can list every bad case of a dataset.
+    ``cascadeseg inspect`` can list every bad case of a dataset. With ``allow_missing``, missing
+    modality files (``extra["missing"]``, whose message comes first) are no problem as long as
+    one modality is left.
     """
-    problems = ref.extra.get("problems", ())
+    problems = tuple(ref.extra.get("problems", ()))
+    missing = ref.extra.get("missing", ())
+    if allow_missing and missing:
+        if not any(key in ref.files for key in (*MODALITIES, "image")):
+            raise InputError(problems[0] if problems else f"{ref.case_id}: no modality file")
+        problems = problems[1:]
     if problems:
         raise InputError(problems[0])
 

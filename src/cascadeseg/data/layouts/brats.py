@@ -126,6 +126,8 @@ def _case_ref(folder: Path, group: str | None, layout: str, convention: str) -> 
     extra: dict[str, Any] = {}
     if group is not None:
         extra["grade" if group.lower() in _GROUP_NAMES else "group"] = group
+    if missing:
+        extra["missing"] = tuple(missing)
     if problems:
         extra["problems"] = tuple(problems)
     return CaseRef(case_id, files, layout, convention, extra)
@@ -199,11 +201,11 @@ BRATS2023 = _brats_layout(
 
 
 def convention_of_file_name(path: Path) -> str | None:
-    """The convention of the BraTS layout whose FLAIR naming ``path`` has (``x-t2f.nii.gz`` ->
-    ``brats2023``), or None."""
+    """The convention of the BraTS layout whose naming of a modality ``path`` has
+    (``x-t2f.nii.gz``, ``x-t1c.nii.gz`` -> ``brats2023``), or None."""
     name = stem(path).lower()
     for layout, (sep, suffixes) in BRATS_FILE_NAMES.items():
-        if name.endswith(sep + suffixes["flair"]):
+        if any(name.endswith(sep + suffixes[m]) for m in MODALITIES):
             return layout
     return None
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cascadeseg.data.case import Case
+from cascadeseg.data.case import MODALITIES, Case
 from cascadeseg.data.labels import get_convention
 from cascadeseg.data.layouts.base import CaseRef, Layout, stem
 from cascadeseg.data.layouts.brats import case_id_of_file_name, convention_of_file_name
 from cascadeseg.data.layouts.dataset_json import NNUNET_CHANNEL
 from cascadeseg.data.layouts.reading import read_case
+from cascadeseg.errors import InputError
 
 FILES = Layout(
     name="files",
@@ -35,32 +36,50 @@ def _case_id_from_file(path: Path) -> str:
 
 def read_files(
     *,
-    flair: str | os.PathLike[str],
-    t1: str | os.PathLike[str],
-    t1ce: str | os.PathLike[str],
-    t2: str | os.PathLike[str],
+    flair: str | os.PathLike[str] | None,
+    t1: str | os.PathLike[str] | None,
+    t1ce: str | os.PathLike[str] | None,
+    t2: str | os.PathLike[str] | None,
     seg: str | os.PathLike[str] | None = None,
     case_id: str | None = None,
     label_convention: str | None = None,
+    allow_missing: bool = False,
 ) -> Case:
     """Read one case given as four explicit files (inference on one patient).
 
     Args:
-        flair, t1, t1ce, t2: the modality files (3D, same grid).
+        flair, t1, t1ce, t2: the modality files (3D, same grid); ``None`` for a missing one
+            (with ``allow_missing`` only).
         seg: optional segmentation.
-        case_id: names the output; default: the FLAIR file name without its modality suffix.
+        case_id: names the output; default: the first modality file's name without its modality
+            suffix.
         label_convention: convention of ``seg`` and of label maps written for this case. Default:
-            ``brats2023`` when the FLAIR file is named ``*-t2f.nii*`` (BraTS 2023+), else
-            ``brats2021``. (The file names decide, so a 2023 case gets 2023 labels back.)
+            ``brats2023`` when the first modality file is named like BraTS 2023+ (``*-t2f``,
+            ``*-t1n``, ...), else ``brats2021``. (The file names decide, so a 2023 case gets 2023
+            labels back.)
+        allow_missing: accept ``None`` for some modalities: their channels are zeros and
+            ``Case.missing`` names them (:func:`cascadeseg.data.layouts.read_case`).
 
     Returns:
         A validated :class:`Case` with ``meta.source_layout == "files"``.
+
+    Raises:
+        InputError: a modality is ``None`` without ``allow_missing``, or all four are.
     """
-    paths = {"flair": Path(flair), "t1": Path(t1), "t1ce": Path(t1ce), "t2": Path(t2)}
+    given = {"flair": flair, "t1": t1, "t1ce": t1ce, "t2": t2}
+    paths = {m: Path(p) for m, p in given.items() if p is not None}
+    missing = tuple(m for m in MODALITIES if m not in paths)
+    if not paths or (missing and not allow_missing):
+        raise InputError(
+            f"{case_id or 'case'}: no {', '.join(missing)} file given (this needs all four: "
+            "FLAIR, T1, T1ce, T2)"
+        )
+    first = next(iter(paths.values()))
     if seg is not None:
         paths["seg"] = Path(seg)
     if label_convention is None:
-        label_convention = convention_of_file_name(paths["flair"]) or FILES.label_convention
+        label_convention = convention_of_file_name(first) or FILES.label_convention
     get_convention(label_convention)
-    ref = CaseRef(case_id or _case_id_from_file(paths["flair"]), paths, "files", label_convention)
-    return read_case(ref)
+    extra = {"missing": missing} if missing else {}
+    ref = CaseRef(case_id or _case_id_from_file(first), paths, "files", label_convention, extra)
+    return read_case(ref, allow_missing=allow_missing)

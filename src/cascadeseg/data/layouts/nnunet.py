@@ -105,6 +105,8 @@ def _discover(root: Path, convention: str | None) -> list[CaseRef]:
         if seg is not None:
             files["seg"] = seg
         extra: dict[str, Any] = {"channels": dict(channels), "dataset_json": json_path}
+        if missing:
+            extra["missing"] = tuple(missing)
         if problems:
             extra["problems"] = tuple(problems)
         refs.append(CaseRef(case_id, files, "nnunet", convention, extra))

@@ -47,9 +47,10 @@ def _read_headers(ref: CaseRef) -> dict[str, NiftiInfo]:
         check_channel_count(reference.path, reference.shape)
         grid = reference.shape[:3]
     else:
-        reference = infos[MODALITIES[0]]
+        present = [m for m in MODALITIES if m in infos]
+        reference = infos[present[0]]
         grid = volume_shape(reference.shape, reference.path)
-        for modality in MODALITIES[1:]:
+        for modality in present[1:]:
             info = infos[modality]
             shape = volume_shape(info.shape, info.path)
             check_same_geometry(
@@ -78,18 +79,22 @@ def _read_4d(info: NiftiInfo, ref: CaseRef) -> tuple[np.ndarray, np.ndarray, Any
 
 
 def _read_3d(infos: dict[str, NiftiInfo]) -> tuple[np.ndarray, np.ndarray, Any]:
-    first = infos[MODALITIES[0]]
-    image = np.empty((len(MODALITIES), *first.shape[:3]), dtype=np.float32)
+    """The ``(4, X, Y, Z)`` image of one file per modality (a modality without a file stays
+    zero), the affine and the header of the first file."""
+    first = next(infos[m] for m in MODALITIES if m in infos)
+    image = np.zeros((len(MODALITIES), *first.shape[:3]), dtype=np.float32)
     header = None
     for c, modality in enumerate(MODALITIES):
-        info = infos[modality]
+        info = infos.get(modality)
+        if info is None:
+            continue
         # Stored values (int16 for BraTS): the cast to float32 happens in the copy below, in one
         # pass with the reordering from the file's Fortran order (measured ~2x faster than
         # converting first).
         data, _, file_header = load_nifti(info.path, info=info)
         data = as_volume(data, info.path)
         warn_if_wrapped(data, str(info.path))
-        if c == 0:
+        if header is None:
             header = file_header
         image[c] = data
         del data
@@ -102,8 +107,15 @@ def _read_label(ref: CaseRef, info: NiftiInfo) -> np.ndarray:
     return to_internal(raw, ref.label_convention, source=str(info.path))
 
 
-def read_case(ref: CaseRef) -> Case:
+def read_case(ref: CaseRef, *, allow_missing: bool = False) -> Case:
     """Load, convert and validate one case.
+
+    Args:
+        ref: the case's files (:func:`cascadeseg.data.layouts.discover_cases`).
+        allow_missing: read a case that lacks some of the four modality files (for models
+            trained with sequence dropout, :mod:`cascadeseg.data.missing`): their channels are
+            zeros and ``Case.missing`` names them. Without it such a case raises, as any
+            missing file does.
 
     Returns:
         A :class:`Case`: float32 image ``(4, X, Y, Z)`` in the order FLAIR, T1, T1ce, T2, uint8
@@ -118,7 +130,7 @@ def read_case(ref: CaseRef) -> Case:
             read), a 4D file with the wrong channel count, label values outside the convention,
             non-finite voxels, an all-zero modality (see :mod:`cascadeseg.data.validate`).
     """
-    check_ref(ref)
+    check_ref(ref, allow_missing=allow_missing)
     infos = _read_headers(ref)
     if "image" in ref.files:
         image, affine, header = _read_4d(infos["image"], ref)
@@ -134,8 +146,9 @@ def read_case(ref: CaseRef) -> Case:
         label_convention=ref.label_convention,
         header=header,
         files=dict(ref.files),
-        extra={k: v for k, v in ref.extra.items() if k != "problems"},
+        extra={k: v for k, v in ref.extra.items() if k not in ("problems", "missing")},
     )
-    case = Case(image=image, label=label, meta=meta)
+    missing = tuple(m for m in MODALITIES if "image" not in ref.files and m not in ref.files)
+    case = Case(image=image, label=label, meta=meta, missing=missing)
     validate_case(case)
     return case
