@@ -125,6 +125,7 @@ def predict_preprocessed(
     region = case_region(
         options.tta_region, options.tta_region_threshold, options.tta_region_margin
     )
+    present = present_flags(missing)
     for member, flips in zip(models, plan):
         mean_t, mean_sq_t, info = member_moments(
             member,
@@ -134,7 +135,7 @@ def predict_preprocessed(
             precision,
             flips,
             region=region,
-            present=present_flags(missing),
+            present=present,
         )
         mean, mean_sq = mean_t.numpy(), mean_sq_t.numpy()
         if _fuses_brain_mask(member, options):
