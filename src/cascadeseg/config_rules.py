@@ -100,6 +100,7 @@ RULES: dict[str, Rule] = {
     "data.fold": NON_NEGATIVE_INT,
     "data.split": one_of(*SPLITS),
     "data.crop_region": one_of("brain", "volume"),
+    "data.case_balance": ("a number in [0, 1]", lambda v: _is_finite(v) and 0 <= v <= 1),
     "data.sequence_dropout": PROBABILITY,
     "data.sequence_dropout_max": ("1, 2 or 3", lambda v: _is_int(v) and 1 <= v <= 3),
     "data.missing_fill": one_of(*MISSING_FILLS),

@@ -399,3 +399,16 @@ def test_cli_bias_strength(tmp_path: Path) -> None:
     )
     np.testing.assert_array_equal(case.image, expected.image)
     assert cli_main([*argv[:1], str(tmp_path / "bad"), "--bias-strength", "0.2", "0.1"]) == 2
+
+
+def test_cli_no_et_prob(tmp_path: Path) -> None:
+    from cascadeseg.data.layouts import discover_cases, read_case
+
+    out = tmp_path / "no_et"
+    argv = ["synth", str(out), "--cases", "3", "--seed", "5", "--scale", "0.25", "--no-progress"]
+    assert cli_main([*argv, "--no-et-prob", "1"]) == 0
+    for ref in discover_cases(out):
+        label = read_case(ref).label
+        assert label is not None and (label == 1).any()  # a core, all of it non-enhancing
+        assert not (label == 3).any() and not (label == 4).any()
+    assert cli_main(["synth", str(tmp_path / "bad"), "--no-et-prob", "1.5"]) == 2

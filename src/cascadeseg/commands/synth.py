@@ -51,6 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 0.02 0.1: up to about BrainWeb's strongest, 40%% INU; 0 0: no field)",
     )
     parser.add_argument(
+        "--no-et-prob",
+        type=float,
+        default=None,
+        metavar="P",
+        help="share of cases without enhancing tumour, their core non-enhancing (lower-grade "
+        "glioma-like; default 0.15; 1: every case, e.g. a test set of such cases)",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace files that exist (default: refuse, writing nothing, if any does)",
@@ -90,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
                 f"--bias-strength must be LOW HIGH with 0 <= LOW <= HIGH (got {low} {high})"
             )
         config = replace(config, bias_strength=(low, high))
+    if args.no_et_prob is not None:
+        if not 0.0 <= args.no_et_prob <= 1.0:
+            raise ConfigError(f"--no-et-prob must lie in [0, 1] (got {args.no_et_prob})")
+        config = replace(config, p_no_et=args.no_et_prob)
     config = _multifocal_options(config, args.multifocal_prob, args.max_lesions)
     paths = synthesize_dataset(
         args.out,

@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from cascadeseg.data import augment
+from cascadeseg.data import case_balance as case_balance_
 from cascadeseg.data.labels import label_to_regions
 from cascadeseg.data.missing import SequenceDropout
 from cascadeseg.data.preprocess import Preprocessed
@@ -198,6 +199,8 @@ class CropDataset3D(Dataset):
         sequence_dropout: drop sequences of each crop and fill them
             (:class:`cascadeseg.data.missing.SequenceDropout`; with the ``mask`` fill the crop
             gets 4 availability channels); ``None``: off.
+        case_balance: power ``p`` of the case weights ``1 / n_c ** p`` over tumour
+            compositions (:mod:`cascadeseg.data.case_balance`); 0: every case once per pass.
     """
 
     def __init__(
@@ -219,6 +222,7 @@ class CropDataset3D(Dataset):
         bias_field_spacing_mm: float = 60.0,
         bias_field_offset: float = DEFAULT_MEAN_OVER_STD,
         sequence_dropout: SequenceDropout | None = None,
+        case_balance: float = 0.0,
     ) -> None:
         if not cases:
             raise InputError("no training cases")
@@ -243,6 +247,12 @@ class CropDataset3D(Dataset):
         self.bias_field_spacing_mm = float(bias_field_spacing_mm)
         self.bias_field_offset = float(bias_field_offset)
         self.sequence_dropout = sequence_dropout
+        self.compositions = [case_balance_.composition(c.label) for c in self.cases]
+        self.case_weights = (
+            case_balance_.balanced_case_weights(self.compositions, case_balance)
+            if case_balance > 0
+            else None
+        )
         self.epoch = 0
         self._foreground: dict[int, np.ndarray] = {}
 
@@ -290,7 +300,9 @@ class CropDataset3D(Dataset):
     def __getitem__(self, key: Index) -> dict[str, torch.Tensor]:
         epoch, index = _split_index(key, self.epoch)
         rng = item_rng(self.seed, epoch, index)
-        case_index = index % len(self.cases)
+        case_index = case_balance_.draw_case(
+            self.seed, epoch, index, len(self.cases), self.case_weights
+        )
         case = self.cases[case_index]
         assert case.label is not None
         start = self.crop_start(rng, case_index)

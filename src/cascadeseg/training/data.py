@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cascadeseg.config import Config, DataConfig
-from cascadeseg.data import datasets, layouts, splits
+from cascadeseg.data import case_balance, datasets, layouts, splits
 from cascadeseg.data.cache import PreprocessCache, resolve_cache_dir
 from cascadeseg.data.layouts import CaseRef
 from cascadeseg.data.missing import SequenceDropout
@@ -91,11 +91,27 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
         [case.geometry.resampled_shape for case in train_cases],
         batch_size=cfg.train.batch_size,
     )
+    train_dataset = _train_dataset(train_cases, cfg.data, spatial_dims, seed=cfg.seed)
+    if info.is_main:
+        _print_case_balance(train_dataset)
     return TrainingData(
-        train_dataset=_train_dataset(train_cases, cfg.data, spatial_dims, seed=cfg.seed),
+        train_dataset=train_dataset,
         val_cases=[loaded[c] for c in val_ids],
         split=split,
     )
+
+
+def _print_case_balance(dataset: Dataset[Any]) -> None:
+    """One line: the training cases per tumour composition and their share of the crops."""
+    weights = getattr(dataset, "case_weights", None)
+    if weights is None:
+        return
+    shares = case_balance.composition_shares(dataset.compositions, weights)  # type: ignore[attr-defined]
+    parts = [
+        f"labels {'+'.join(map(str, comp)) or 'none'}: {n} case(s), {share:.0%} of crops"
+        for comp, (n, share) in sorted(shares.items(), key=lambda kv: -kv[1][0])
+    ]
+    print("case balance: " + "; ".join(parts), flush=True)
 
 
 def _labelled_cases(data: Path, data_cfg: DataConfig) -> dict[str, CaseRef]:
@@ -155,6 +171,7 @@ def _train_dataset(
             bias_field_strength=data_cfg.bias_field_strength,
             bias_field_spacing_mm=data_cfg.bias_field_spacing_mm,
             sequence_dropout=dropout,
+            case_balance=data_cfg.case_balance,
         )
     if len(data_cfg.patch_size) < 2:
         raise ConfigError(f"data.patch_size={list(data_cfg.patch_size)}: 2D needs (H, W)")
