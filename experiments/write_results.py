@@ -1153,7 +1153,10 @@ def section_page(doc: Path, page_name: str, heading: str) -> str:
 #: Sections written by their own experiment scripts: (page beside docs/results.md, heading).
 #: The snapshot-pairing page (``snapshot_pairing.py``) is not embedded: the two-stage study
 #: measures paired against product itself (section 2).
-EXTRA_PAGES = (("results-lesion-postprocess.md", "Lesion-aware post-processing"),)
+EXTRA_PAGES = (
+    ("results-lesion-postprocess.md", "Lesion-aware post-processing"),
+    ("results-no-et.md", "Tumour cores without enhancing tumour"),
+)
 
 
 def section_supplement(study: dict[str, Any], tag: str, doc: Path) -> list[str]:
