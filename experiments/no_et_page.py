@@ -35,7 +35,8 @@ def results_table(study: dict[str, Any]) -> str:
         cells = [" / ".join(_f(s["mean"][r]) for r in REGIONS) for s in (u, b)]
         change = _f(b["mean"]["dice_tc"] - u["mean"]["dice_tc"], sign=True)
         no_et = f"{n}: {_f(tu)} -> {_f(tb)}" if n else "none"
-        rows.append(f"| {name} | {len(u['cases'])} | {cells[0]} | {cells[1]} | {change} | {no_et} |")
+        cells += [change, no_et]
+        rows.append(f"| {name} | {len(u['cases'])} | " + " | ".join(cells) + " |")
     return head + "\n".join(rows) + "\n"
 
 

@@ -16,29 +16,56 @@ import write_results  # noqa: E402
 
 def _score(tc_no_et: float) -> dict[str, Any]:
     cases = [
-        {"case": "A", "dice_wt": 0.9, "dice_tc": 0.95, "dice_et": 0.9, "vol_tc_ref_ml": 30.0,
-         "vol_tc_pred_ml": 29.0, "vol_et_ref_ml": 10.0},
-        {"case": "B", "dice_wt": 0.8, "dice_tc": tc_no_et, "dice_et": 1.0, "vol_tc_ref_ml": 4.0,
-         "vol_tc_pred_ml": 1.0, "vol_et_ref_ml": 0.0},
+        {
+            "case": "A",
+            "dice_wt": 0.9,
+            "dice_tc": 0.95,
+            "dice_et": 0.9,
+            "vol_tc_ref_ml": 30.0,
+            "vol_tc_pred_ml": 29.0,
+            "vol_et_ref_ml": 10.0,
+        },
+        {
+            "case": "B",
+            "dice_wt": 0.8,
+            "dice_tc": tc_no_et,
+            "dice_et": 1.0,
+            "vol_tc_ref_ml": 4.0,
+            "vol_tc_pred_ml": 1.0,
+            "vol_et_ref_ml": 0.0,
+        },
     ]
     mean = {k: sum(c[k] for c in cases) / 2 for k in ("dice_wt", "dice_tc", "dice_et")}
-    return {"cases": cases, "mean": mean, "predict_command": "cascadeseg predict ...",
-            "pred_dir": "x"}
+    return {
+        "cases": cases,
+        "mean": mean,
+        "predict_command": "cascadeseg predict ...",
+        "pred_dir": "x",
+    }
 
 
 def fake_study() -> dict[str, Any]:
-    scores = {f"{k}/{s}": _score(0.123 if k == "uniform" else 0.789)
-              for k in ("uniform", "balanced") for s in ("test", "no_et", "other")}
+    scores = {
+        f"{k}/{s}": _score(0.123 if k == "uniform" else 0.789)
+        for k in ("uniform", "balanced")
+        for s in ("test", "no_et", "other")
+    }
     return {
         "settings": {"train_cases": 32, "seed": 0},
         "environment": {"cpu": "Test CPU", "torch_threads": 2, "date_utc": "2026-01-01"},
-        "runs": {"uniform": {"command": "cascadeseg train u", "steps": 600},
-                 "balanced": {"command": "cascadeseg train b", "steps": 600}},
+        "runs": {
+            "uniform": {"command": "cascadeseg train u", "steps": 600},
+            "balanced": {"command": "cascadeseg train b", "steps": 600},
+        },
         "scores": scores,
-        "training_cases": [{"case": "t1", "composition": [1, 2, 3], "core_ml": 20.0},
-                           {"case": "t2", "composition": [1, 2], "core_ml": 6.5}],
-        "core_probabilities": [{"case": "A", "core_voxels": 9, "p10_50_90": [0.0, 0.0042, 0.1]},
-                               {"case": "B", "core_voxels": 9, "p10_50_90": [0.0, 0.31, 0.9]}],
+        "training_cases": [
+            {"case": "t1", "composition": [1, 2, 3], "core_ml": 20.0},
+            {"case": "t2", "composition": [1, 2], "core_ml": 6.5},
+        ],
+        "core_probabilities": [
+            {"case": "A", "core_voxels": 9, "p10_50_90": [0.0, 0.0042, 0.1]},
+            {"case": "B", "core_voxels": 9, "p10_50_90": [0.0, 0.31, 0.9]},
+        ],
     }
 
 
