@@ -127,6 +127,8 @@ def run_demo(
     print(f"  predictions:   {predictions}")
     print(f"  metrics:       {out / 'evaluation' / 'metrics.csv'}")
     print(f"  report:        {report}")
+    if missing:
+        print(f"  without {', '.join(missing)}: {out / 'evaluation' / 'missing_sequences.json'}")
     return DemoResult(out, run_dir, predictions, report, summary, seconds)
 
 
@@ -256,17 +258,13 @@ def _predict_missing(
             out / "predictions_missing" / f"{reference.case_id}.nii.gz", reference
         ),
     }
-    record = {
-        "case": reference.case_id,
-        "missing": list(missing),
-        "dice": {
-            name: {r: float(row[f"dice_{r}"]) for r in ("wt", "tc", "et")}
-            for name, row in rows.items()
-        },
+    dice = {
+        name: {r: float(row[f"dice_{r}"]) for r in ("wt", "tc", "et")} for name, row in rows.items()
     }
+    record = {"case": reference.case_id, "missing": list(missing), "dice": dice}
     print(f"\n{reference.case_id}: Dice with all four sequences and without {', '.join(missing)}")
     print(f"{'sequences':<24}{'WT':>8}{'TC':>8}{'ET':>8}")
-    for name, dice in record["dice"].items():
-        print(f"{name:<24}" + "".join(f"{dice[r]:>8.3f}" for r in ("wt", "tc", "et")))
+    for name, values in dice.items():
+        print(f"{name:<24}" + "".join(f"{values[r]:>8.3f}" for r in ("wt", "tc", "et")))
     write_json_atomic(record, out / "evaluation" / "missing_sequences.json", indent=1)
     return record

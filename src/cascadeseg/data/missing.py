@@ -18,7 +18,8 @@ sequence dropout takes any non-empty subset of the four sequences (FLAIR, T1, T1
   constant over space, so the network's input has 4 more channels. ``mask`` is the default
   because a zero-filled sequence alone is ambiguous: a z-scored zero is also a present
   sequence's brain-mean intensity, and only the mask tells the network which sequences to
-  trust. Issue 21 asks to measure it against ``zero``; those measurements are pending.
+  trust. Issue 21 asks to measure it against ``zero``: ``experiments/missing_study.py`` does
+  (docs/results.md, section Missing sequences).
 * **Inference**: readers asked to allow it fill a missing file with zeros and record it
   (:attr:`cascadeseg.data.case.Case.missing`); preprocessing keeps a zero sequence zero (its
   z-score has no variance); the predictor appends the same availability channels to every
