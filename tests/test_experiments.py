@@ -628,3 +628,19 @@ def test_missing_section_and_heat_map(tmp_path: Path) -> None:
     assert "-0.005: within the issue's 0.01" in text
     assert "python experiments/missing_study.py --steps-3d 8" in text
     assert "**Not run**" in write_results.section_missing(None, doc)
+
+
+def test_train_run_reuses_a_finished_run_when_asked(tmp_path: Path) -> None:
+    """``--reuse``: a finished run trained by another command is kept, not trained again."""
+    sys.path.insert(0, str(EXPERIMENTS.parent / "tests" / "inference"))
+    from tiny_members import tiny_checkpoint
+
+    settings = common.Settings(out=tmp_path, steps_3d=8)
+    run_dir = tmp_path / "runs" / "missing_ordinary"
+    tiny_checkpoint(run_dir / "checkpoints" / "last.pt")
+    common.write_json(run_dir / "summary.json", {"steps": 4, "minutes": 0.1})
+    common.write_json(run_dir / "experiment.json", {"command": "cascadeseg train other"})
+    run = common.train_run(settings, "missing_ordinary", "two_stage_cpu", reuse_finished=True)
+    assert run.command == "cascadeseg train other"
+    assert run.summary == {"steps": 4, "minutes": 0.1} and run.parameters > 0
+    assert (run_dir / "checkpoints" / "last.pt").is_file()

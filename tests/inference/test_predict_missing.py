@@ -227,3 +227,18 @@ def test_a_model_with_dropout_ignores_substitute_missing(
     assert "--substitute-missing sibling ignored" in capsys.readouterr().out
     record = json.loads((tmp_path / "out" / "BraTS2021_00001.json").read_text())
     assert record["substituted"] == {} and record["settings"]["substitute_missing"] is None
+
+
+def test_maps_are_not_added_to_a_segmentation_made_with_another_substitute(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tiny_checkpoint(tmp_path / "plain.pt")
+    case = _data(tmp_path / "data") / "BraTS2021_00001"
+    out = tmp_path / "out"
+    assert _predict(model, [case], out, "--substitute-missing", "sibling") == 0
+    argv = ["--substitute-missing", "zero", "--save-probabilities"]
+    assert _predict(model, [case], out, *argv) == 1
+    assert "made with --substitute-missing sibling" in capsys.readouterr().out
+    argv = ["--substitute-missing", "sibling", "--save-probabilities"]
+    assert _predict(model, [case], out, *argv) == 0
+    assert (out / "BraTS2021_00001_probabilities.nii.gz").exists()
