@@ -526,7 +526,13 @@ def _parameters(checkpoint: Path) -> int:
 
 
 def train_run(
-    settings: Settings, name: str, recipe: str, overrides: Sequence[str] = (), note: str = ""
+    settings: Settings,
+    name: str,
+    recipe: str,
+    overrides: Sequence[str] = (),
+    note: str = "",
+    *,
+    reuse_finished: bool = False,
 ) -> Run:
     """Train ``recipe`` with the shared budget and seed (or reuse an identical finished run).
 
@@ -534,7 +540,9 @@ def train_run(
     CU-Net recipes' own 3:1:1 split would hold out a test fifth that the studies replace by the
     separate held-out folder. The budget is the step mode's :func:`step_budget` (the same steps
     and samples for every model of a dimensionality) or, with ``settings.steps == 0``, the
-    wall-clock ``train.max_minutes``.
+    wall-clock ``train.max_minutes``. ``reuse_finished``: a finished run (``summary.json`` and
+    ``checkpoints/last.pt``) is kept even when its recorded command differs (said, and its
+    recorded command kept).
     """
     from cascadeseg.config import load_config
 
@@ -579,6 +587,14 @@ def train_run(
         if read_json(record).get("command") == line:
             print(f"train: reusing {run_dir}")
             return _finish_run(*finish)
+    finished = (run_dir / "summary.json").is_file() and (
+        run_dir / "checkpoints" / "last.pt"
+    ).is_file()
+    if reuse_finished and finished:
+        recorded = read_json(record).get("command", line) if record.is_file() else line
+        if recorded != line:
+            print(f"train: reusing the finished run {run_dir}, trained by: {recorded}")
+        return _finish_run(name, recipe, all_overrides, run_dir, recorded, note, budget)
     if run_dir.exists():
         print(f"train: {run_dir} holds another or unfinished run; training again")
         shutil.rmtree(run_dir)

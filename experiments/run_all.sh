@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Run both papers' studies and the side-by-side table on synthetic data, then write
-# docs/results.md. Every step is reused when its outputs already exist, so an interrupted run
+# Run both papers' studies, the side-by-side table and the missing-sequence study on synthetic
+# data, then write docs/results.md. Every step is reused when its outputs already exist, so an interrupted run
 # can simply be started again.
 #
-#   bash experiments/run_all.sh      # the documented settings (about 65 min on 2 CPU cores)
+#   bash experiments/run_all.sh      # the documented settings (about 90 min on 2 CPU cores)
 #   STEPS=4 STEPS_3D=4 TRAIN_CASES=5 TEST_CASES=2 SCALE=0.5 OUT=/tmp/studies_smoke \
 #     DOC=/tmp/results_smoke.md bash experiments/run_all.sh      # smoke test of every step
 #   MINUTES=4 bash experiments/run_all.sh   # the wall-clock mode: 4 min per model instead
@@ -13,7 +13,8 @@
 # instead of the steps), TRAIN_CASES, TEST_CASES, DATA_SEED, SEED, SCALE (synthetic grid scale),
 # OUT (outputs), DOC (page written), EXTRA (extra options for every study script, e.g.
 # "--set key=value --no-progress"), MAX_SNAPSHOTS (cap on the snapshot ensemble), TUNE=0 (skip
-# tuning the ET threshold).
+# tuning the ET threshold), MISSING_TTA=1 (8-flip TTA in the missing-sequence study: about
+# 4 times its prediction time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
@@ -30,6 +31,7 @@ DOC="${DOC:-docs/results.md}"
 EXTRA="${EXTRA:-}"
 MAX_SNAPSHOTS="${MAX_SNAPSHOTS:-0}"   # 0: every snapshot the two-stage run kept (8)
 TUNE="${TUNE:-1}"                     # 0: skip tuning the ET threshold on the validation fold
+MISSING_TTA="${MISSING_TTA:-0}"       # 1: flip TTA on every prediction of the missing study
 
 if [ -n "$MINUTES" ]; then
   BUDGET=(--steps 0 --minutes "$MINUTES")
@@ -51,6 +53,10 @@ echo "== $(date -u '+%F %T') CU-Net study done"
 echo "== $(date -u '+%F %T') two-stage study done"
 "$PY" experiments/side_by_side.py "${ARGS[@]}" --max-snapshots "$MAX_SNAPSHOTS"
 echo "== $(date -u '+%F %T') side-by-side done"
+MISSING_ARGS=()
+[ "$MISSING_TTA" != 0 ] && MISSING_ARGS+=(--tta)
+"$PY" experiments/missing_study.py "${ARGS[@]}" ${MISSING_ARGS[@]+"${MISSING_ARGS[@]}"}
+echo "== $(date -u '+%F %T') missing-sequence study done"
 "$PY" experiments/write_results.py --out "$OUT" --doc "$DOC"
 echo "== $(date -u '+%F %T') results written"
 if [ "$TUNE" != 0 ]; then

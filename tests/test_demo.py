@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -10,32 +11,30 @@ import pytest
 
 from cascadeseg import cli
 
+#: Quarter-scale cases (4 mm voxels) and a few iterations: the pipeline, not the accuracy.
+SMOKE = [
+    "--cases",
+    "4",
+    "--test-cases",
+    "1",
+    "--scale",
+    "0.25",
+    "--workers",
+    "1",
+    "data.target_spacing=null",
+    "data.patch_size=[32,32,32]",
+    "train.epochs=1",
+    "train.iters_per_epoch=2",
+    "train.val_every=1",
+    "train.snapshots=1",
+]
+
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
     # Quarter-scale cases (4 mm voxels) and a few iterations: the pipeline, not the accuracy.
-    status = cli.main(
-        [
-            "demo",
-            "--out",
-            str(out),
-            "--cases",
-            "4",
-            "--test-cases",
-            "1",
-            "--scale",
-            "0.25",
-            "--workers",
-            "1",
-            "data.target_spacing=null",
-            "data.patch_size=[32,32,32]",
-            "train.epochs=1",
-            "train.iters_per_epoch=2",
-            "train.val_every=1",
-            "train.snapshots=1",
-        ]
-    )
+    status = cli.main(["demo", "--out", str(out), *SMOKE])
     assert status == 0
     printed = capsys.readouterr().out
     assert "report:" in printed and "dice_wt" in printed
@@ -54,3 +53,21 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "SynthBraTS2021_00000" in report and "data:image/png;base64," in report
     # The trained run is a model `cascadeseg predict --model` accepts.
     assert (out / "run" / "checkpoints").is_dir()
+
+
+@pytest.mark.slow
+def test_demo_with_a_missing_sequence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--missing", "t1ce", *SMOKE]) == 0
+    printed = capsys.readouterr().out
+    assert "recipe two_stage_missing_cpu" in printed and "5/5" in printed
+    case_id = "SynthBraTS2021_00000"
+    assert f"{case_id}: Dice with all four sequences and without t1ce" in printed
+    record = json.loads((out / "evaluation" / "missing_sequences.json").read_text())
+    assert record["case"] == case_id and record["missing"] == ["t1ce"]
+    assert set(record["dice"]) == {"all four", "without t1ce"}
+    assert all(0.0 <= v <= 1.0 for d in record["dice"].values() for v in d.values())
+    predicted = json.loads((out / "predictions_missing" / f"{case_id}.json").read_text())
+    assert predicted["missing_sequences"] == ["t1ce"] and predicted["substituted"] == {}
+    config = (out / "run" / "config.yaml").read_text()
+    assert "sequence_dropout: 0.5" in config

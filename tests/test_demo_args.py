@@ -19,6 +19,13 @@ from cascadeseg.cli import main
         (["--cases", "2"], "--cases must leave at least 2 training cases"),
         (["optim.lr=nan"], "optim.lr must be a finite positive number, got nan"),
         (["model.args.base_width=0"], "model.args.base_width must be a positive integer"),
+        (
+            ["--model", "cunet", "--missing", "t1ce"],
+            "--missing: the model cunet has no missing-sequence recipe (cunet_missing_cpu); "
+            "use --model two_stage",
+        ),
+        (["--missing", "t1c"], "--missing: unknown sequence 't1c'"),
+        (["--missing", "flair,t1,t1ce,t2"], "all four sequences missing"),
     ],
 )
 def test_demo_bad_arguments_stop_before_any_work(

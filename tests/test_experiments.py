@@ -18,6 +18,7 @@ sys.path.insert(0, str(EXPERIMENTS))
 
 import common  # noqa: E402
 import cunet_study  # noqa: E402
+import missing_study  # noqa: E402
 import two_stage_study  # noqa: E402
 import write_results  # noqa: E402
 
@@ -485,3 +486,161 @@ def test_the_studies_run_on_the_generators_current_data() -> None:
 
     assert common.GENERATOR_BIAS_STRENGTH == tuple(SynthConfig().bias_strength)
     assert common.Settings().bias_strength == common.GENERATOR_BIAS_STRENGTH
+
+
+# --------------------------------------------------------------------------------------------
+# the missing-sequence study
+
+
+def test_missing_study_subsets_and_labels() -> None:
+    subsets = missing_study.subsets()
+    assert len(subsets) == 15 and len(set(subsets)) == 15
+    assert subsets[0] == ("flair", "t1", "t1ce", "t2")
+    assert [len(s) for s in subsets] == [4] * 1 + [3] * 4 + [2] * 6 + [1] * 4
+    assert missing_study.subset_label(("flair", "t1", "t2")) == "FLAIR T1 -- T2"
+    assert missing_study.subset_label(("t1ce",)) == "-- -- T1ce --"
+    assert missing_study.subset_label(("flair", "t1", "t2"), aligned=True) == "FLAIR T1 --   T2"
+    swaps = missing_study.substitutions()
+    assert swaps["FLAIR T1 T1ce T2"] == {}
+    assert swaps["FLAIR T1 -- T2"] == {"t1ce": "t1"}
+    assert swaps["-- -- -- T2"] == {"flair": "t2", "t1": "t2", "t1ce": "t2"}
+
+
+def test_missing_study_runs_get_the_same_budget() -> None:
+    """The three runs differ only in sequence dropout and its fill, and make the same steps."""
+    from cascadeseg.config import apply_overrides, load_config
+
+    plans, configs = set(), {}
+    for key, (recipe, overrides) in missing_study.RUNS.items():
+        cfg = load_config(recipe, overrides)
+        plan = common.step_budget(600, 3, cfg.train.iters_per_epoch, cfg.train.snapshots)
+        plans.add(tuple(plan.overrides()))
+        configs[key] = apply_overrides(cfg, plan.overrides())
+    assert len(plans) == 1
+    dropout = {k: (c.data.sequence_dropout, c.data.missing_fill) for k, c in configs.items()}
+    assert dropout == {
+        "ordinary": (0.0, "mask"),
+        "dropout_mask": (0.5, "mask"),
+        "dropout_zero": (0.5, "zero"),
+    }
+    from cascadeseg.config import to_dict
+
+    def rest(cfg: Any) -> dict[str, Any]:
+        d = to_dict(cfg)
+        for key in ("sequence_dropout", "sequence_dropout_max", "missing_fill"):
+            d["data"].pop(key)
+        return d
+
+    assert (
+        rest(configs["ordinary"]) == rest(configs["dropout_mask"]) == rest(configs["dropout_zero"])
+    )
+    assert [c[0] for c in missing_study.CONFIGS] == [
+        "dropout-mask",
+        "dropout-zero",
+        "ordinary + zero",
+        "ordinary + sibling",
+    ]
+
+
+def test_missing_study_quick_defaults_and_explicit_options() -> None:
+    quick = missing_study.parse_args(["--quick"])
+    assert (quick.train_cases, quick.test_cases, quick.steps_3d, quick.scale) == (5, 2, 4, 0.25)
+    assert quick.out == missing_study.QUICK["out"] and not quick.tta
+    mine = missing_study.parse_args(["--quick", "--steps-3d", "6", "--tta", "--reuse"])
+    assert (mine.steps_3d, mine.tta, mine.reuse) == (6, True, True)
+    plain = missing_study.parse_args([])
+    assert (plain.train_cases, plain.steps_3d) == (16, common.DEFAULT_STEPS_3D)
+
+
+def _missing_study(tmp: Path) -> dict[str, Any]:
+    """A fake study.json of the missing study: Dice 0.8 with all four, lower with fewer."""
+    names = [c[0] for c in missing_study.CONFIGS]
+    subsets = [
+        {"label": missing_study.subset_label(p), "present": list(p)}
+        for p in missing_study.subsets()
+    ]
+    mean: dict[str, Any] = {}
+    for s in subsets:
+        value = 0.2 * len(s["present"])
+        mean[s["label"]] = {
+            n: {"wt": value, "tc": value - 0.1, "et": value - 0.2, "mean": value - 0.1}
+            for n in names
+        }
+    # With all four: dropout-mask 0.005 below the ordinary model.
+    full = mean[subsets[0]["label"]]
+    full["dropout-mask"] = {k: v - 0.005 for k, v in full["dropout-mask"].items()}
+    runs = {
+        key: {**_run(tmp, f"missing_{key}", 8, 0.5, 2), "recipe": recipe}
+        for key, (recipe, _) in missing_study.RUNS.items()
+    }
+    return {
+        "study": "missing",
+        "command": "python experiments/missing_study.py --steps-3d 8",
+        "settings": {**SETTINGS, "out": str(tmp)},
+        "environment": _environment(dirty=False),
+        "tta": False,
+        "test_cases": 2,
+        "runs": runs,
+        "configs": [{"name": c, "run": k, "substitute": s} for c, k, s in missing_study.CONFIGS],
+        "subsets": subsets,
+        "substituted": missing_study.substitutions(),
+        "mean_dice": mean,
+        "per_case": {},
+        "seconds_per_prediction": {n: 1.0 for n in names},
+    }
+
+
+def test_missing_study_means() -> None:
+    cases = [
+        {"case": "c0", "dice_wt": 1.0, "dice_tc": 0.5, "dice_et": 0.0},
+        {"case": "c1", "dice_wt": 0.0, "dice_tc": 0.5, "dice_et": 1.0},
+    ]
+    per_case = {"A": {"x": cases}}
+    assert missing_study.mean_dice(per_case) == {
+        "A": {"x": {"wt": 0.5, "tc": 0.5, "et": 0.5, "mean": 0.5}}
+    }
+
+
+def test_missing_all_four_comparison(tmp_path: Path) -> None:
+    rows = write_results.missing_all_four(_missing_study(tmp_path))
+    assert [r[0] for r in rows] == ["WT", "TC", "ET", "mean"]
+    assert rows[0][1:] == ["0.795", "0.800", "-0.005", "yes"]
+    study = _missing_study(tmp_path)
+    full = study["mean_dice"]["FLAIR T1 T1ce T2"]
+    full["dropout-mask"]["mean"] = full["ordinary + zero"]["mean"] - 0.02
+    assert write_results.missing_all_four(study)[-1][-1] == "no"
+
+
+@pytest.mark.slow
+def test_missing_section_and_heat_map(tmp_path: Path) -> None:
+    """The section from a fake study (the heat map included, hence slow-marked)."""
+    study = _missing_study(tmp_path)
+    doc = tmp_path / "docs" / "results.md"
+    text = write_results.section_missing(study, doc)
+    assert (tmp_path / "docs" / "images" / "results_missing_subsets.png").is_file()
+    table = _table_lines(text.split("![", 1)[0].split("marks a missing sequence:", 1)[1])
+    header, body = table[0], table[2:]
+    assert header == ["sequences present", *[c[0] for c in missing_study.CONFIGS],
+                      "sibling substitutes"]  # fmt: skip
+    assert len(body) == 16 and body[0][0] == "`FLAIR T1 T1ce T2`"
+    assert body[2] == ["`FLAIR T1 -- T2`", "0.500", "0.500", "0.500", "0.500", "t1ce <- t1"]
+    assert body[-1][0] == "*mean of the 14 incomplete subsets*"
+    assert "-0.005: within the issue's 0.01" in text
+    assert "python experiments/missing_study.py --steps-3d 8" in text
+    assert "**Not run**" in write_results.section_missing(None, doc)
+
+
+def test_train_run_reuses_a_finished_run_when_asked(tmp_path: Path) -> None:
+    """``--reuse``: a finished run trained by another command is kept, not trained again."""
+    sys.path.insert(0, str(EXPERIMENTS.parent / "tests" / "inference"))
+    from tiny_members import tiny_checkpoint
+
+    settings = common.Settings(out=tmp_path, steps_3d=8)
+    run_dir = tmp_path / "runs" / "missing_ordinary"
+    tiny_checkpoint(run_dir / "checkpoints" / "last.pt")
+    common.write_json(run_dir / "summary.json", {"steps": 4, "minutes": 0.1})
+    common.write_json(run_dir / "experiment.json", {"command": "cascadeseg train other"})
+    run = common.train_run(settings, "missing_ordinary", "two_stage_cpu", reuse_finished=True)
+    assert run.command == "cascadeseg train other"
+    assert run.summary == {"steps": 4, "minutes": 0.1} and run.parameters > 0
+    assert (run_dir / "checkpoints" / "last.pt").is_file()

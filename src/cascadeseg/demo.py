@@ -10,6 +10,12 @@ Steps (each with a progress bar), everything under ``out``:
 4. ``evaluation``: ``metrics.csv``, ``summary.json`` and ``report.html``.
 
 Finally a table of Dice and HD95 per region and the paths of the report and predictions.
+
+With ``missing`` (``cascadeseg demo --missing t1ce``) the model is trained with its
+missing-sequence recipe (``<model>_missing_cpu``: sequence dropout, :mod:`cascadeseg.data.missing`)
+and a fifth step predicts the first held-out case again without those sequences
+(``predictions_missing``), and prints its Dice per region beside the same case's with all four
+(also in ``evaluation/missing_sequences.json`` and the summary, key ``missing_sequences``).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cascadeseg.config import load_config
+from cascadeseg.config import load_config, resolve_recipe
 from cascadeseg.errors import ConfigError
 
 DEMO_MODELS = ("two_stage", "unet3d", "cunet", "unet2d")
@@ -62,6 +68,7 @@ def run_demo(
     synth_scale: float = 1.0,
     overrides: tuple[str, ...] = (),
     multifocal_prob: float = 0.0,
+    missing: tuple[str, ...] = (),
 ) -> DemoResult:
     """Generate data, train, predict held-out cases with TTA, evaluate, write the report.
 
@@ -78,23 +85,27 @@ def run_demo(
         overrides: extra ``key=value`` config overrides.
         multifocal_prob: share of multi-focal synthetic cases (several tumours and satellites,
             :class:`~cascadeseg.data.synth.SynthConfig`); 0 keeps the demo's data as it was.
+        missing: sequences (``flair``, ``t1``, ``t1ce``, ``t2``) the last step leaves out of the
+            first held-out case; given, the model trains with ``<model>_missing_cpu``.
     """
     _check_arguments(model, cases, test_cases, minutes, synth_scale, workers, multifocal_prob)
+    recipe, missing = _recipe(model, missing)
     # The recipe first: a bad budget or override stops the demo before minutes of data making.
     # Validation cases come from the training folder: k folds, fewer when there are few cases.
     folds = max(2, min(5, cases - test_cases))
     cfg = load_config(
-        f"{model}_cpu",
+        recipe,
         [f"train.max_minutes={minutes}", f"seed={seed}", f"data.folds={folds}", *overrides],
     )
     start = time.perf_counter()
     out = Path(out)
     train_dir, test_dir = out / "data" / "train", out / "data" / "test"
+    steps = 5 if missing else 4
 
-    _stage(f"1/4 synthetic data: {cases - test_cases} training + {test_cases} held-out cases")
+    _stage(f"1/{steps} synthetic data: {cases - test_cases} training + {test_cases} held-out cases")
     _make_data(train_dir, test_dir, cases, test_cases, seed, workers, synth_scale, multifocal_prob)
 
-    _stage(f"2/4 training {model} for {minutes:g} min (recipe {model}_cpu)")
+    _stage(f"2/{steps} training {model} for {minutes:g} min (recipe {recipe})")
     # Loaded when the demo runs, not for `cascadeseg demo --help`: torch, about 2 s.
     from cascadeseg.training.trainer import train
 
@@ -102,17 +113,22 @@ def run_demo(
     resume = (out / "run" / "checkpoints" / "last.pt").is_file()
     run_dir = train(cfg, train_dir, out / "run", resume=resume)
 
-    _stage("3/4 predicting the held-out cases with 8-flip TTA")
+    _stage(f"3/{steps} predicting the held-out cases with 8-flip TTA")
     predictions = _predict(run_dir, test_dir, out / "predictions")
 
-    _stage("4/4 evaluating")
+    _stage(f"4/{steps} evaluating")
     summary, report = _evaluate(predictions, test_dir, out / "evaluation", workers, model)
+    if missing:
+        _stage(f"5/5 the first held-out case again without {', '.join(missing)}")
+        summary["missing_sequences"] = _predict_missing(run_dir, test_dir, out, missing)
     seconds = time.perf_counter() - start
     print(f"\nfinished in {seconds / 60:.1f} min")
     print(f"  trained model: {run_dir}   (cascadeseg predict --model {run_dir} ...)")
     print(f"  predictions:   {predictions}")
     print(f"  metrics:       {out / 'evaluation' / 'metrics.csv'}")
     print(f"  report:        {report}")
+    if missing:
+        print(f"  without {', '.join(missing)}: {out / 'evaluation' / 'missing_sequences.json'}")
     return DemoResult(out, run_dir, predictions, report, summary, seconds)
 
 
@@ -139,6 +155,34 @@ def _check_arguments(
     # SynthConfig does not check its fields itself, so its value is checked here.
     if not 0.0 <= multifocal_prob <= 1.0:
         raise ConfigError(f"--multifocal-prob must lie in [0, 1] (got {multifocal_prob})")
+
+
+def _recipe(model: str, missing: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """The demo's recipe for ``model`` and the checked ``missing`` sequences: ``<model>_cpu``,
+    or with ``missing`` ``<model>_missing_cpu`` (a :class:`ConfigError` when there is none)."""
+    if not missing:
+        return f"{model}_cpu", ()
+    # Loaded only with --missing, not for `cascadeseg demo --help`: the module loads torch.
+    from cascadeseg.data.missing import parse_sequences
+
+    sequences = parse_sequences(missing, "--missing")
+    try:
+        resolve_recipe(f"{model}_missing_cpu")
+    except ConfigError:
+        able = [m for m in DEMO_MODELS if _has_recipe(f"{m}_missing_cpu")]
+        raise ConfigError(
+            f"--missing: the model {model} has no missing-sequence recipe ({model}_missing_cpu); "
+            f"use --model {' or '.join(able) or '(none)'}"
+        ) from None
+    return f"{model}_missing_cpu", sequences
+
+
+def _has_recipe(name: str) -> bool:
+    try:
+        resolve_recipe(name)
+    except ConfigError:
+        return False
+    return True
 
 
 def _make_data(
@@ -188,3 +232,39 @@ def _evaluate(
     result = evaluate(predictions, test_dir, folder, workers=workers)
     report = write_report(folder, result, methods=[model], title=f"cascadeseg demo: {model}")
     return dict(result.summary), report
+
+
+def _predict_missing(
+    run_dir: Path, test_dir: Path, out: Path, missing: tuple[str, ...]
+) -> dict[str, Any]:
+    """The first held-out case predicted again without ``missing`` (8-flip TTA) into
+    ``out/predictions_missing``; its Dice per region beside the same case's with all four
+    sequences (``out/predictions``), printed and written to
+    ``out/evaluation/missing_sequences.json``."""
+    # Loaded when the demo runs, not for `cascadeseg demo --help`: torch, about 2 s.
+    from cascadeseg.evaluation.evaluate import evaluate_case
+    from cascadeseg.evaluation.matching import find_references
+    from cascadeseg.fsutil import write_json_atomic
+    from cascadeseg.inference import load_models, options_from_recipe, predict
+
+    reference = find_references(test_dir)[0]
+    folder = Path(reference.seg).parent
+    models = load_models([run_dir])
+    options = options_from_recipe(models, {"tta": True}, overwrite=True, missing=missing)
+    predict(models, folder, out / "predictions_missing", options)
+    rows = {
+        "all four": evaluate_case(out / "predictions" / f"{reference.case_id}.nii.gz", reference),
+        "without " + ", ".join(missing): evaluate_case(
+            out / "predictions_missing" / f"{reference.case_id}.nii.gz", reference
+        ),
+    }
+    dice = {
+        name: {r: float(row[f"dice_{r}"]) for r in ("wt", "tc", "et")} for name, row in rows.items()
+    }
+    record = {"case": reference.case_id, "missing": list(missing), "dice": dice}
+    print(f"\n{reference.case_id}: Dice with all four sequences and without {', '.join(missing)}")
+    print(f"{'sequences':<24}{'WT':>8}{'TC':>8}{'ET':>8}")
+    for name, values in dice.items():
+        print(f"{name:<24}" + "".join(f"{values[r]:>8.3f}" for r in ("wt", "tc", "et")))
+    write_json_atomic(record, out / "evaluation" / "missing_sequences.json", indent=1)
+    return record

@@ -18,6 +18,7 @@ from cascadeseg.data.missing import (
     missing_fill_of_recipe,
     parse_sequences,
     present_flags,
+    substitute_missing,
     with_availability,
     without_sequences,
 )
@@ -171,3 +172,43 @@ def test_nnunet_case_without_a_channel_file(tmp_path: Path) -> None:
     read = read_case(ref, allow_missing=True)
     assert read.missing == ("flair",) and not read.image[0].any()
     np.testing.assert_array_equal(read.image[1:], case.image[1:])
+
+
+def _channels(n: int = 4) -> np.ndarray:
+    """``(n, 2, 2)``: channel ``c`` filled with ``c + 1`` (which channel a copy came from)."""
+    return np.stack([np.full((2, 2), c + 1.0, np.float32) for c in range(n)])
+
+
+def test_substitute_missing_by_the_nearest_sibling() -> None:
+    image = _channels()
+    out, substituted = substitute_missing(image, ["t1ce"], "sibling")
+    assert substituted == {"t1ce": "t1"}
+    assert [float(out[c, 0, 0]) for c in range(4)] == [1.0, 2.0, 2.0, 4.0]
+    assert float(image[2, 0, 0]) == 3.0  # the input is untouched
+    out, substituted = substitute_missing(image, ["flair", "t1"], "sibling")
+    assert substituted == {"flair": "t2", "t1": "t1ce"}
+    assert [float(out[c, 0, 0]) for c in range(4)] == [4.0, 3.0, 3.0, 4.0]
+    # Both siblings missing: the preference order after the sibling.
+    t1_pair = substitute_missing(image, ["t1", "t1ce"], "sibling")[1]
+    assert t1_pair == {"t1": "flair", "t1ce": "flair"}
+    t2_pair = substitute_missing(image, ["flair", "t2"], "sibling")[1]
+    assert t2_pair == {"flair": "t1ce", "t2": "t1ce"}
+    only_t1 = substitute_missing(image, ["flair", "t1ce", "t2"], "sibling")[1]
+    assert only_t1 == {"flair": "t1", "t1ce": "t1", "t2": "t1"}
+    # A 2.5D stack (offset * 4 + sequence): the same slice offset's sibling.
+    stack, _ = substitute_missing(_channels(12), ["t2"], "sibling")
+    assert [float(stack[c, 0, 0]) for c in (3, 7, 11)] == [1.0, 5.0, 9.0]
+
+
+def test_substitute_missing_by_zeros() -> None:
+    out, substituted = substitute_missing(_channels(), ["t2", "flair"], "zero")
+    assert substituted == {"flair": "zero", "t2": "zero"}
+    assert not out[[0, 3]].any() and out[[1, 2]].all()
+    image = _channels()
+    assert substitute_missing(image, [], "sibling") == (image, {})
+    with pytest.raises(ValueError, match="all four"):
+        substitute_missing(image, MODALITIES, "zero")
+    with pytest.raises(ValueError, match="how must be one of"):
+        substitute_missing(image, ["t1"], "mean")
+    with pytest.raises(ValueError, match="unknown sequence"):
+        substitute_missing(image, ["t1c"], "zero")

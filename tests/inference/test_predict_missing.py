@@ -1,8 +1,10 @@
 """``predict`` on cases with missing sequences: models trained with sequence dropout take them,
-the others keep their one-line error; ``--missing`` ignores a sequence of complete cases."""
+the others keep their one-line error unless ``--substitute-missing`` fills them; ``--missing``
+ignores a sequence of complete cases."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from tiny_members import save_model_checkpoint, tiny_checkpoint, tiny_member
 from cascadeseg import cli
 from cascadeseg.data.missing import without_sequences
 from cascadeseg.data.writers import write_case
-from cascadeseg.errors import ModelError
+from cascadeseg.errors import ConfigError, ModelError
 from cascadeseg.inference import load_models
 from cascadeseg.inference.options import PredictOptions
 from cascadeseg.inference.predictor import predict_case
@@ -98,10 +100,11 @@ def test_missing_option_ignores_a_sequence_of_complete_cases(
     second = json.loads((out / "BraTS2021_00001.json").read_text())
     assert second["missing_sequences"] == ["flair", "t1ce", "t2"]
     assert "missing: flair, t2" in capsys.readouterr().out
-    # An ordinary model: zero-filled with a note (a baseline to measure against).
+    # An ordinary model: a usage error unless --substitute-missing says how to fill.
     plain = tiny_checkpoint(tmp_path / "plain.pt")
-    assert _predict(plain, [data / "BraTS2021_00000"], tmp_path / "o2", "--missing", "t1") == 0
-    assert "trained without sequence dropout" in capsys.readouterr().out
+    assert _predict(plain, [data / "BraTS2021_00000"], tmp_path / "o2", "--missing", "t1") == 2
+    assert "--substitute-missing sibling or zero" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
     assert _predict(model, [data], tmp_path / "o3", "--missing", "t1c") == 2
 
 
@@ -165,3 +168,77 @@ def test_the_network_sees_constant_availability_channels_on_every_pass() -> None
         assert torch.equal(flags.amin(dim=1), torch.tensor([1.0, 1.0, 0.0, 1.0]))
         assert torch.equal(flags.amax(dim=1), torch.tensor([1.0, 1.0, 0.0, 1.0]))
         assert not x[:, 2].any()
+
+
+@pytest.mark.parametrize(("how", "replaced_by"), [("sibling", "t1"), ("zero", "zero")])
+def test_an_ordinary_model_with_substitute_missing(
+    how: str, replaced_by: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tiny_checkpoint(tmp_path / "plain.pt")
+    data, out = _data(tmp_path / "data"), tmp_path / "out"
+    assert _predict(model, [data], out, "--substitute-missing", how) == 0
+    text = capsys.readouterr().out
+    line = next(ln for ln in text.splitlines() if ln.startswith("BraTS2021_00001"))
+    assert f"missing: t1ce (t1ce <- {replaced_by})" in line
+    assert f"t1ce <- {replaced_by} in 1 case(s)" in text
+    record = json.loads((out / "BraTS2021_00001.json").read_text())
+    assert record["missing_sequences"] == ["t1ce"]
+    assert record["substituted"] == {"t1ce": replaced_by}
+    assert record["settings"]["substitute_missing"] == how
+    complete = json.loads((out / "BraTS2021_00000.json").read_text())
+    assert complete["substituted"] == {} and complete["missing_sequences"] == []
+    # --missing on a complete case, and three named files, take the same path.
+    folder = data / "BraTS2021_00000"
+    argv = ["--missing", "flair", "--substitute-missing", how]
+    assert _predict(model, [folder], tmp_path / "o2", *argv) == 0
+    record = json.loads((tmp_path / "o2" / "BraTS2021_00000.json").read_text())
+    assert record["substituted"] == {"flair": "t2" if how == "sibling" else "zero"}
+    three = sorted((data / "BraTS2021_00001").glob("*_[ft]*.nii.gz"))
+    assert _predict(model, three, tmp_path / "o3", "--substitute-missing", how) == 0
+
+
+def test_the_network_sees_the_substitute() -> None:
+    seen: list[torch.Tensor] = []
+
+    def network(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return torch.full((x.shape[0], 3, *x.shape[2:]), 0.25)
+
+    member = tiny_member(network)
+    case = without_sequences(make_tiny_case((20, 22, 14)), ["t1ce"])
+    options = PredictOptions(progress=False, device="cpu", tta=False, precision="fp32")
+    with pytest.raises(ConfigError, match="trained without sequence dropout"):
+        predict_case(case, [member], options)
+    sibling = dataclasses.replace(options, substitute_missing="sibling")
+    prediction = predict_case(case, [member], sibling)
+    assert prediction.info["substituted"] == {"t1ce": "t1"}
+    assert torch.equal(seen[-1][:, 2], seen[-1][:, 1]) and seen[-1][:, 1].any()
+    predict_case(case, [member], dataclasses.replace(options, substitute_missing="zero"))
+    assert not seen[-1][:, 2].any() and seen[-1][:, 1].any()
+
+
+def test_a_model_with_dropout_ignores_substitute_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _mask_checkpoint(tmp_path / "mask.pt")
+    data = _data(tmp_path / "data")
+    case = data / "BraTS2021_00001"
+    assert _predict(model, [case], tmp_path / "out", "--substitute-missing", "sibling") == 0
+    assert "--substitute-missing sibling ignored" in capsys.readouterr().out
+    record = json.loads((tmp_path / "out" / "BraTS2021_00001.json").read_text())
+    assert record["substituted"] == {} and record["settings"]["substitute_missing"] is None
+
+
+def test_maps_are_not_added_to_a_segmentation_made_with_another_substitute(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tiny_checkpoint(tmp_path / "plain.pt")
+    case = _data(tmp_path / "data") / "BraTS2021_00001"
+    out = tmp_path / "out"
+    assert _predict(model, [case], out, "--substitute-missing", "sibling") == 0
+    argv = ["--substitute-missing", "zero", "--save-probabilities"]
+    assert _predict(model, [case], out, *argv) == 1
+    assert "made with --substitute-missing sibling" in capsys.readouterr().out
+    argv = ["--substitute-missing", "sibling", "--save-probabilities"]
+    assert _predict(model, [case], out, *argv) == 0
+    assert (out / "BraTS2021_00001_probabilities.nii.gz").exists()

@@ -35,6 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_multifocal_prob(
         parser, "share of multi-focal synthetic cases (several tumours, satellites; default 0)"
     )
+    parser.add_argument(
+        "--missing",
+        action="append",
+        default=None,
+        metavar="SEQ",
+        help="train the model's missing-sequence recipe (<model>_missing_cpu, two_stage only) and "
+        "finally predict the first held-out case again without sequence SEQ (flair, t1, t1ce, "
+        "t2; repeat or comma-separate), its Dice beside that with all four (default: none)",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
 
 
@@ -50,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         synth_scale=args.scale,
         overrides=tuple(args.overrides),
         multifocal_prob=args.multifocal_prob,
+        missing=tuple(args.missing or ()),
     )
     # Missing or failed held-out cases (a prediction that failed is scored as missing) are no
     # success: the evaluation's exit code (0 all evaluated, 1 otherwise) is the demo's.

@@ -12,7 +12,9 @@ of all cases; ``--part i/n`` (``i`` from 1) predicts the ``i``-th of ``n`` share
 
 Missing sequences (:mod:`cascadeseg.data.missing`): a model trained with sequence dropout takes
 cases that lack sequence files (each case's line and JSON name them); ``--missing t1ce`` ignores
-a sequence of complete cases.
+a sequence of complete cases. Models trained without sequence dropout need all four, unless
+``--substitute-missing sibling|zero`` fills the missing ones (a baseline; each case's line and
+JSON say what replaced what).
 """
 
 from __future__ import annotations
@@ -63,6 +65,16 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
         help="treat sequence SEQ (flair, t1, t1ce, t2; repeat or comma-separate) as missing in "
         "every case: its file is ignored and the channel filled as the model was trained, to "
         "measure or show a model on complete cases (default: none)",
+    )
+    group.add_argument(
+        "--substitute-missing",
+        choices=["sibling", "zero"],
+        default=None,
+        help="let a model trained without sequence dropout run on cases lacking sequences (or "
+        "with --missing), as a baseline: sibling replaces a missing sequence by its nearest "
+        "present sibling (T1 for T1ce, T1ce for T1, T2 for FLAIR, FLAIR for T2; then FLAIR, T2 "
+        "for the T1 pair, T1ce, T1 for the T2 pair), zero fills zeros in the normalised space "
+        "(default: none, such cases are an error; models trained with dropout ignore it)",
     )
     group.add_argument(
         "--output",
@@ -281,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
         ensemble_mode=args.ensemble_mode,
         compile=args.compile,
         missing=tuple(args.missing or ()),
+        substitute_missing=args.substitute_missing,
     )
     inputs = args.input[0] if len(args.input) == 1 else args.input
     joined = join_ranks(share)

@@ -18,12 +18,18 @@ sequence dropout takes any non-empty subset of the four sequences (FLAIR, T1, T1
   constant over space, so the network's input has 4 more channels. ``mask`` is the default
   because a zero-filled sequence alone is ambiguous: a z-scored zero is also a present
   sequence's brain-mean intensity, and only the mask tells the network which sequences to
-  trust. Issue 21 asks to measure it against ``zero``; those measurements are pending.
+  trust. Issue 21 asks to measure it against ``zero``: ``experiments/missing_study.py`` does
+  (docs/results.md, section Missing sequences).
 * **Inference**: readers asked to allow it fill a missing file with zeros and record it
   (:attr:`cascadeseg.data.case.Case.missing`); preprocessing keeps a zero sequence zero (its
   z-score has no variance); the predictor appends the same availability channels to every
   network input (:func:`with_availability`: after padding, windows, flips and slice stacking,
   so they are constant over the whole input as in training).
+* **Ordinary models** (trained without sequence dropout) need all four sequences. ``predict
+  --substitute-missing`` lets them run anyway, as a baseline (:func:`substitute_missing`):
+  ``zero`` leaves a missing sequence zero in the normalised space (what a dropout model with
+  ``missing_fill: zero`` sees, without having learnt it); ``sibling`` copies the normalised
+  image of its nearest present sibling (:data:`SUBSTITUTE_ORDER`).
 """
 
 from __future__ import annotations
@@ -42,6 +48,20 @@ from cascadeseg.errors import ConfigError
 
 #: Channels the ``mask`` fill appends to the network input: one per sequence.
 AVAILABILITY_CHANNELS = len(MODALITIES)
+
+#: How an ordinary model gets a missing sequence (``predict --substitute-missing``).
+SUBSTITUTES = ("sibling", "zero")
+
+#: Where ``sibling`` takes a missing sequence from: the first present sequence of its list. First
+#: the nearest sibling, the other image of the same weighting (T1 <-> T1ce, FLAIR <-> T2); then,
+#: for the T1 pair, FLAIR before T2 (its CSF is dark, as in T1 images; T2's is bright), and for
+#: the T2 pair, T1ce before T1 (it shows the tumour core, which T1 hardly does).
+SUBSTITUTE_ORDER: dict[str, tuple[str, ...]] = {
+    "flair": ("t2", "t1ce", "t1"),
+    "t1": ("t1ce", "flair", "t2"),
+    "t1ce": ("t1", "flair", "t2"),
+    "t2": ("flair", "t1ce", "t1"),
+}
 
 
 def dropped_subsets(max_dropped: int) -> tuple[tuple[int, ...], ...]:
@@ -134,6 +154,49 @@ def without_sequences(case: Case, missing: Iterable[str]) -> Case:
         return case
     image = zero_sequences(case.image, [MODALITIES.index(m) for m in gone])
     return replace(case, image=image, missing=gone)
+
+
+def substitute_missing(
+    image: np.ndarray, missing: Iterable[str], how: str
+) -> tuple[np.ndarray, dict[str, str]]:
+    """The input of an ordinary model for a case lacking the ``missing`` sequences.
+
+    Args:
+        image: ``(C, ...)`` normalised image, channel ``c`` holding sequence ``c % 4`` (also 2.5D
+            stacks); the missing channels' content is ignored (readers fill them with zeros).
+        missing: the sequence names the case lacks (not all four).
+        how: ``zero`` (each missing channel 0) or ``sibling`` (each missing channel a copy of
+            the first present sequence of its :data:`SUBSTITUTE_ORDER` list).
+
+    Returns:
+        ``(image, substituted)``: a float32 copy (``image`` itself when nothing is missing) and
+        ``{missing sequence: the sequence copied, or "zero"}`` in :data:`MODALITIES` order.
+
+    Raises:
+        ValueError: an unknown ``how`` or sequence, or all four sequences missing.
+    """
+    if how not in SUBSTITUTES:
+        raise ValueError(f"how must be one of {', '.join(SUBSTITUTES)}, got {how!r}")
+    gone = set(missing)
+    if gone - set(MODALITIES):
+        raise ValueError(f"unknown sequence(s) {sorted(gone - set(MODALITIES))}")
+    if len(gone) == len(MODALITIES):
+        raise ValueError("all four sequences missing: nothing to substitute from")
+    if not gone:
+        return image, {}
+    if how == "zero":
+        substituted = {m: "zero" for m in MODALITIES if m in gone}
+        return zero_sequences(image, [MODALITIES.index(m) for m in gone]), substituted
+    substituted = {
+        m: next(s for s in SUBSTITUTE_ORDER[m] if s not in gone) for m in MODALITIES if m in gone
+    }
+    out = np.array(image, dtype=np.float32, copy=True)
+    n = len(MODALITIES)
+    for channel in range(out.shape[0]):
+        source = substituted.get(MODALITIES[channel % n])
+        if source is not None:  # the same slice offset of a 2.5D stack
+            out[channel] = out[channel - channel % n + MODALITIES.index(source)]
+    return out, substituted
 
 
 @dataclass(frozen=True)

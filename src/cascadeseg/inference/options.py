@@ -14,7 +14,7 @@ import torch
 
 from cascadeseg.config import INFERENCE_PRECISIONS
 from cascadeseg.data.labels import CONVENTIONS
-from cascadeseg.data.missing import parse_sequences
+from cascadeseg.data.missing import SUBSTITUTES, parse_sequences
 from cascadeseg.errors import ConfigError
 from cascadeseg.inference.ensemble import ENSEMBLE_MODES, ensemble_et_min_voxels
 from cascadeseg.inference.lesion_postprocess import check_min_lesion_voxels
@@ -108,6 +108,11 @@ class PredictOptions:
         missing: sequences to treat as missing in every case (``--missing t1ce``): their files
             are ignored and the channels zero-filled (:mod:`cascadeseg.data.missing`), to
             measure or show a model on complete cases as if those sequences were absent.
+        substitute_missing: how a model trained without sequence dropout gets a missing
+            sequence (``--substitute-missing``): ``None`` (the default: such a case is an
+            error), ``sibling`` or ``zero``
+            (:func:`cascadeseg.data.missing.substitute_missing`). Models trained with sequence
+            dropout ignore it.
         settings_origin: where ``tta``, ``sliding_window``, ``overlap``, ``precision`` and
             ``threshold`` came from (``option``, ``recipe`` or ``default``), recorded in each
             case's JSON; set by :func:`options_from_recipe`.
@@ -139,6 +144,7 @@ class PredictOptions:
     tta_region_threshold: float = 0.05
     tta_region_margin: int = 16
     missing: tuple[str, ...] = ()
+    substitute_missing: str | None = None
     settings_origin: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -176,6 +182,11 @@ class PredictOptions:
             check_min_lesion_voxels(self.min_lesion_voxels, "predict options")
         # Checked and put in the order of the modalities (a frozen field, set once here).
         object.__setattr__(self, "missing", parse_sequences(self.missing, "missing"))
+        if self.substitute_missing is not None and self.substitute_missing not in SUBSTITUTES:
+            raise ConfigError(
+                f"substitute_missing must be one of {', '.join(SUBSTITUTES)}, got "
+                f"{self.substitute_missing!r}"
+            )
         if self.labels is not None and self.labels not in CONVENTIONS:
             raise ConfigError(
                 f"labels must be one of {', '.join(sorted(CONVENTIONS))}, got {self.labels!r}"

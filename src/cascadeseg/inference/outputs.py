@@ -66,6 +66,8 @@ class CaseResult:
         volumes_ml: region volumes in mL (ok cases).
         seconds: wall time of the case (reading, prediction and writing).
         missing: the sequences the case lacked (zero-filled; ``--missing`` included).
+        substituted: ``{missing sequence: what replaced it}`` for a model trained without
+            sequence dropout (``--substitute-missing``; e.g. ``{"t1ce": "t1"}``).
     """
 
     case_id: str
@@ -75,6 +77,7 @@ class CaseResult:
     volumes_ml: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     missing: tuple[str, ...] = ()
+    substituted: dict[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,6 +164,8 @@ def write_prediction(
         "spacing_mm": list(case.meta.spacing),
         "inputs": {k: str(v) for k, v in case.meta.files.items() if k not in case.missing},
         "missing_sequences": list(case.missing),
+        # {missing sequence: the sequence copied, or "zero"} (--substitute-missing).
+        "substituted": dict(prediction.info.get("substituted") or {}),
         "outputs": {k: p.name for k, p in paths.items() if k != "json"},
         "probability_volumes": list(REGIONS),
         "lesions": prediction.lesions,
@@ -200,8 +205,15 @@ def format_result(result: CaseResult) -> str:
         vols = "  ".join(f"{k} {v:8.2f} mL" for k, v in result.volumes_ml.items())
         note = f"  [{result.message}]" if result.message else ""
         gone = f"  missing: {', '.join(result.missing)}" if result.missing else ""
+        if result.substituted:
+            gone += f" ({substitution_text(result.substituted)})"
         return f"{result.case_id}  {vols}  ({result.seconds:.1f} s){gone}{note}"
     return f"{result.case_id}  {result.status.upper()}: {result.message}"
+
+
+def substitution_text(substituted: dict[str, str]) -> str:
+    """``{"t1ce": "t1", "t2": "zero"}`` -> ``"t1ce <- t1, t2 <- zero"``."""
+    return ", ".join(f"{k} <- {v}" for k, v in substituted.items())
 
 
 def summary_lines(results: Sequence[CaseResult], output_dir: Path) -> list[str]:
@@ -217,6 +229,16 @@ def summary_lines(results: Sequence[CaseResult], output_dir: Path) -> list[str]:
         lines.append(
             "skipped (outputs exist; --overwrite replaces them): "
             + ", ".join(r.case_id for r in skipped)
+        )
+    kinds: dict[str, int] = {}
+    for r in ok:
+        if r.substituted:
+            text = substitution_text(r.substituted)
+            kinds[text] = kinds.get(text, 0) + 1
+    if kinds:
+        lines.append(
+            "missing sequences substituted (--substitute-missing): "
+            + "; ".join(f"{text} in {n} case(s)" for text, n in kinds.items())
         )
     for r in failed:
         lines.append(f"failed: {r.case_id}: {r.message}")

@@ -317,6 +317,12 @@ def _provenance_differs(
         return f"the segmentation was made {'with' if tta else 'without'} TTA"
     if not set(options.missing) <= set(record.get("missing_sequences") or ()):
         return f"the segmentation was made with {', '.join(options.missing)} (see --missing)"
+    if record.get("substituted"):
+        dropout = all(m.missing_fill is not None for m in members)
+        wanted = None if dropout else options.substitute_missing
+        if settings.get("substitute_missing") != wanted:
+            how = settings.get("substitute_missing")
+            return f"the segmentation was made with --substitute-missing {how}"
     recorded = [m.get("flips") for m in settings["members"]]
     planned = [[list(f) for f in flips] for flips in flip_plan(members, options.ensemble_mode, tta)]
     if all(r is not None for r in recorded) and recorded != planned:

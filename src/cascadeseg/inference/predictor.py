@@ -48,7 +48,7 @@ from tqdm import tqdm
 from cascadeseg.data.cache import PreprocessCache
 from cascadeseg.data.case import Case
 from cascadeseg.data.labels import ET, probabilities_to_label
-from cascadeseg.data.missing import present_flags, without_sequences
+from cascadeseg.data.missing import present_flags, substitute_missing, without_sequences
 from cascadeseg.data.preprocess import Preprocessed, preprocess_case, restore_to_source
 from cascadeseg.errors import CascadesegError, ConfigError, InputError
 from cascadeseg.inference.ensemble import MomentSum, ensemble_min_lesion_voxels, flip_plan
@@ -98,6 +98,46 @@ def _fuses_brain_mask(member: LoadedModel, options: PredictOptions) -> bool:
     return member.spatial_dims == 2 or member.output_kind == "cunet"
 
 
+def supports_missing(models: Sequence[LoadedModel]) -> bool:
+    """Whether every member was trained with sequence dropout (:attr:`LoadedModel.missing_fill`):
+    only then may cases lack sequence files without ``--substitute-missing``."""
+    return bool(models) and all(m.missing_fill is not None for m in models)
+
+
+def network_image(
+    image: np.ndarray,
+    models: Sequence[LoadedModel],
+    missing: Sequence[str],
+    substitute: str | None,
+) -> tuple[np.ndarray, dict[str, str]]:
+    """The ``(4, x, y, z)`` normalised image the members see for a case lacking ``missing``.
+
+    The one place missing sequences are filled for every model: members trained with sequence
+    dropout get them zero-filled, as in training (the ``mask`` fill's availability channels are
+    appended later, per network input); the others get ``substitute`` (``sibling`` or
+    ``zero``, :func:`cascadeseg.data.missing.substitute_missing`).
+
+    Returns:
+        ``(image, substituted)``: the image (``image`` itself when nothing is missing) and
+        ``{missing sequence: what replaced it}`` (empty for dropout-trained members).
+
+    Raises:
+        ConfigError: sequences missing, members trained without sequence dropout, no
+            ``substitute``.
+    """
+    if not missing:
+        return image, {}
+    if supports_missing(models):
+        return substitute_missing(image, missing, "zero")[0], {}
+    if substitute is None:
+        raise ConfigError(
+            f"the case lacks {', '.join(missing)} and the model was trained without sequence "
+            "dropout: it needs all four sequences (--substitute-missing sibling or zero fills "
+            "them, as a baseline)"
+        )
+    return substitute_missing(image, missing, substitute)
+
+
 def predict_preprocessed(
     pre: Preprocessed,
     models: Sequence[LoadedModel],
@@ -108,8 +148,15 @@ def predict_preprocessed(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Ensemble + TTA region probabilities on the preprocessed grid.
 
-    ``missing``: the sequences the case lacks (zero-filled in ``pre.image``); members with the
-    ``mask`` fill get the matching availability channels.
+    ``missing``: the sequences the case lacks; the network input is built from ``pre.image``
+    and ``missing`` alone (:func:`network_image`: zero-filled for members trained with
+    sequence dropout, which with the ``mask`` fill also get the matching availability channels;
+    ``options.substitute_missing`` for the others), so the channels of ``missing`` may hold
+    anything.
+
+    Raises:
+        ConfigError: no model, or sequences missing for members trained without sequence
+            dropout and no ``options.substitute_missing``.
 
     Returns:
         ``(mean, variance, info)``: ``(3, x, y, z)`` float32 arrays ``[WT, TC, ET]`` on the grid
@@ -126,10 +173,11 @@ def predict_preprocessed(
         options.tta_region, options.tta_region_threshold, options.tta_region_margin
     )
     present = present_flags(missing)
+    image, substituted = network_image(pre.image, models, missing, options.substitute_missing)
     for member, flips in zip(models, plan):
         mean_t, mean_sq_t, info = member_moments(
             member,
-            pre.image,
+            image,
             options,
             device,
             precision,
@@ -159,6 +207,9 @@ def predict_preprocessed(
         "tta_region": options.tta_region,
         "missing_sequences": list(missing),
         "missing_fill": [m.missing_fill for m in models],
+        # Ignored (None) for members trained with sequence dropout.
+        "substitute_missing": None if supports_missing(models) else options.substitute_missing,
+        "substituted": substituted,
     }
     if region is not None:
         info_all["tta_region_box"] = region.record()
@@ -278,10 +329,15 @@ def _lock_command() -> str:
     return " ".join([name, *sys.argv[1:]])
 
 
-def supports_missing(models: Sequence[LoadedModel]) -> bool:
-    """Whether every member was trained with sequence dropout (:attr:`LoadedModel.missing_fill`):
-    only then may cases lack sequence files."""
-    return bool(models) and all(m.missing_fill is not None for m in models)
+def check_missing(options: PredictOptions, models: Sequence[LoadedModel]) -> None:
+    """``--missing`` for a model trained without sequence dropout needs
+    ``--substitute-missing``: a :class:`ConfigError` without it."""
+    if options.missing and not supports_missing(models) and options.substitute_missing is None:
+        raise ConfigError(
+            f"--missing {','.join(options.missing)}: the model was trained without sequence "
+            "dropout and needs all four sequences; add --substitute-missing sibling or zero to "
+            "fill them (a baseline, not what the model learnt)"
+        )
 
 
 def check_uncertainty(options: PredictOptions, models: Sequence[LoadedModel]) -> None:
@@ -349,20 +405,23 @@ def predict(
     Raises:
         InputError: no case, two cases with one id, an output that is an input, an output
             folder that is a file, not writable or locked by another run.
-        ConfigError: ``save_uncertainty`` with a single pass.
+        ConfigError: ``save_uncertainty`` with a single pass; ``missing`` for a model trained
+            without sequence dropout and no ``substitute_missing``.
     """
     options = options or PredictOptions()
     output_dir = Path(output_dir)
-    sources = resolve_inputs(inputs, case_id, allow_missing=supports_missing(models))
+    takes_missing = supports_missing(models) or options.substitute_missing is not None
+    check_missing(options, models)
+    sources = resolve_inputs(inputs, case_id, allow_missing=takes_missing)
     check_uncertainty(options, models)
     planned = plan_outputs(sources, output_dir, options)
     share = share or Share()
     mine = share.select(sources, key=lambda s: s.case_id)
     say = echo or (tqdm.write if options.progress else print)
-    if options.missing and not supports_missing(models):
+    if options.substitute_missing is not None and supports_missing(models):
         say(
-            f"note: --missing {','.join(options.missing)}: the model was trained without "
-            "sequence dropout; those sequences are zero-filled (a baseline, not a supported use)"
+            f"note: --substitute-missing {options.substitute_missing} ignored: the model was "
+            "trained with sequence dropout and fills missing sequences as it was trained"
         )
     if not share.whole:
         say(f"{share.tag}: {len(mine)} of {len(sources)} case(s)")
@@ -440,6 +499,7 @@ def _predict_source(
                 result.outputs = write_prediction(prediction, case, paths, options)
             result.status = "ok"
             result.volumes_ml = prediction.volumes_ml
+            result.substituted = dict(prediction.info.get("substituted") or {})
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
