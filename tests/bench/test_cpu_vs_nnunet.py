@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "cpu_vs_nnunet.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("cpu_vs_nnunet", SCRIPT)
+def _load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -41,7 +41,7 @@ def _load() -> ModuleType:
     return module
 
 
-bench = _load()
+bench = _load_script("cpu_vs_nnunet")
 
 
 def _has(name: str) -> bool:
@@ -128,6 +128,12 @@ def test_quick_run_measures_every_row_or_says_why_not(
     assert "| target (issue 20) |" in section
     assert ("Skipped" in section) == bool(skipped)
     assert out.with_suffix(".md").read_text().startswith("| row |")
+    # write_performance.py renders it into docs/performance.md (here under tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "docs").mkdir()
+    assert _load_script("write_performance").main([str(out)]) == 0
+    page = (tmp_path / "docs" / "performance.md").read_text()
+    assert "issue 20's levers (native ISA)" in page and "| target (issue 20) |" in page
 
 
 def _row(row_id: str, seconds: float | None, **extra: Any) -> dict[str, Any]:

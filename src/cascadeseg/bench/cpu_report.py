@@ -252,7 +252,7 @@ def _machine_line(result: dict[str, Any]) -> str:
 def render_section(result: dict[str, Any]) -> str:
     """The ``docs/performance.md`` section of one comparison result."""
     isa = result.get("isa", "native")
-    title = "CPU inference beside nnU-Net" + ("" if isa == "native" else f" ({ISA_TITLES[isa]})")
+    title = f"CPU inference beside nnU-Net, issue 20's levers ({ISA_TITLES.get(isa, isa)})"
     head = [
         f"## {title}",
         "",
@@ -261,7 +261,7 @@ def render_section(result: dict[str, Any]) -> str:
         + ".",
         "",
     ]
-    return "\n".join(head) + markdown(result)
+    return "\n".join(head) + "\n" + markdown(result)
 
 
 def _x(size: Sequence[int]) -> str:
