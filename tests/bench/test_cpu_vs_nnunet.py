@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import torch
 
-from cascadeseg.bench.cpu_compare import DEFAULT_ROWS, ROW_IDS, select_rows
+from cascadeseg.bench.cpu_compare import DEFAULT_ROWS, ROW_IDS, run_order, select_rows
 from cascadeseg.bench.cpu_report import render_section, targets
 from cascadeseg.bench.isa import capped_environment, cpu_flags, judge_cap, parse_probe
 from cascadeseg.bench.peak import settle_peaks
@@ -80,6 +80,12 @@ def test_rows_are_chosen_by_id_default_or_all() -> None:
     assert select_rows("default,openvino-bf16-roi", "avx2")[-1] == "openvino-bf16-roi"
     assert select_rows("all", "native") == list(ROW_IDS)
     assert "bf16" not in DEFAULT_ROWS["avx2"]  # cascadeseg's auto is fp32 on AVX2
+    assert run_order(["openvino-fp32", "fp32", "compile-bf16", "nnunet"]) == [
+        "fp32",
+        "compile-bf16",
+        "nnunet",
+        "openvino-fp32",
+    ]
     with pytest.raises(ValueError, match="unknown row"):
         select_rows("fp64", "native")
     assert bench.main(["--rows", "fp64"]) == 2

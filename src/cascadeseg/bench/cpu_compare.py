@@ -61,7 +61,7 @@ DEFAULT_ROWS: dict[str, tuple[str, ...]] = {
         "compile-bf16",
         "nnunet",
         "segresnet",
-    ),
+    ),  # measured in this order, but OpenVINO's rows last (run_order)
     # AVX2: fp32 (cascadeseg's auto resolves to fp32 there) and int8; ONNX Runtime is listed
     # so that the JSON says why it cannot be capped. About 15 minutes.
     "avx2": (
@@ -101,6 +101,17 @@ def select_rows(spec: str | None, isa: str) -> list[str]:
         else:
             raise ValueError(f"unknown row {name!r}: choose from {', '.join(ROW_IDS)}")
     return list(dict.fromkeys(chosen))
+
+
+def run_order(rows: Sequence[str]) -> list[str]:
+    """``rows`` with the OpenVINO rows moved last (otherwise in the order given).
+
+    OpenVINO's thread pool stays in the process once used, and a process that forks after
+    that may crash (seen in the test suite: a segfault in ``subprocess.run``, garbage in
+    DataLoader workers' batches); ``torch.compile`` forks its compile workers, so it runs first.
+    """
+    late = [r for r in rows if r.startswith("openvino")]
+    return [r for r in rows if r not in late] + late
 
 
 def versions() -> dict[str, str]:
@@ -220,7 +231,7 @@ def run_comparison(
         bench.result["brain_crop"] = [int(s) for s in ctx.pre.shape]
         bench.result["network_input"] = [int(s) for s in ctx.x.shape[2:]]
         bench.result["reference_box"] = ctx.reference_box
-        for row_id in rows:
+        for row_id in run_order(rows):
             measure_row(bench, ctx, row_id)
     finally:
         shutil.rmtree(work, ignore_errors=True)
