@@ -20,6 +20,9 @@ Writes JSON (``--out``, default ``benchmarks/results/roi-flips.json``) with one 
 a summary, and prints the summary. A measurement, not a test: run it on a quiet machine.
 
     python benchmarks/roi_flips.py --model RUN --data DATA [--cases 20] [--device cuda]
+
+``benchmarks/lever_dice.py`` puts the same question beside the other levers of issue 20 (bf16,
+ONNX Runtime, OpenVINO), on the CPU.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,63 +39,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from cascadeseg.data.labels import label_to_regions, probabilities_to_label
+from cascadeseg.bench.lever_dice import outside_mask, pass_disagreement, timed_prediction
+from cascadeseg.data.labels import label_to_regions
 from cascadeseg.data.layouts import discover_cases
 from cascadeseg.data.layouts.reading import read_case
 from cascadeseg.data.preprocess import Preprocessed, preprocess_case
 from cascadeseg.evaluation.metrics import region_dice
-from cascadeseg.inference.ensemble import flip_plan
 from cascadeseg.inference.loading import LoadedModel, load_models
-from cascadeseg.inference.options import PredictOptions, run_precision
-from cascadeseg.inference.predictor import predict_preprocessed
-from cascadeseg.inference.volume import member_moments
+from cascadeseg.inference.options import PredictOptions
 from cascadeseg.runtime import resolve_device
-
-
-def timed_prediction(
-    pre: Preprocessed, models: Sequence[LoadedModel], options: PredictOptions, device: torch.device
-) -> tuple[np.ndarray, dict[str, Any], float]:
-    """``(label, info, seconds)`` of one prediction on the preprocessed grid."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    mean, _, info = predict_preprocessed(pre, models, options, device=device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    return probabilities_to_label(mean, options.threshold), info, seconds
-
-
-def outside_mask(shape: Sequence[int], box: Sequence[Sequence[int]]) -> np.ndarray:
-    """``(X, Y, Z)`` bool: True outside ``box`` (``[[lo, hi], ...]``)."""
-    outside = np.ones(tuple(shape), bool)
-    outside[tuple(slice(lo, hi) for lo, hi in box)] = False
-    return outside
-
-
-def pass_disagreement(
-    pre: Preprocessed,
-    models: Sequence[LoadedModel],
-    options: PredictOptions,
-    device: torch.device,
-    outside: np.ndarray,
-) -> tuple[int, int]:
-    """Voxels outside the box where any whole-volume pass labels otherwise than the first pass,
-    and the passes compared (the first included)."""
-    precision, _ = run_precision(options, device)
-    first: np.ndarray | None = None
-    differs = np.zeros(outside.shape, bool)
-    passes = 0
-    for member, flips in zip(models, flip_plan(models, options.ensemble_mode, options.tta)):
-        for flip in flips:
-            mean, _, _ = member_moments(member, pre.image, options, device, precision, [flip])
-            label = probabilities_to_label(mean.numpy(), options.threshold)
-            passes += 1
-            if first is None:
-                first = label
-            else:
-                differs |= label != first
-    return int(np.count_nonzero(differs & outside)), passes
 
 
 def measure_case(

@@ -3,7 +3,10 @@
 Usage: python benchmarks/write_performance.py RESULT.json [RESULT.json ...]
 
 Results of separate suite runs on the same device are merged into one section (each suite keeps
-the machine line and peak of its own run, so contention or a different day shows).
+the machine line and peak of its own run, so contention or a different day shows). A result of
+``benchmarks/cpu_vs_nnunet.py`` (``"kind": "cpu-vs-nnunet"``) becomes a section of its own: its
+rows, the matmul peak and its samples, the ISA check, the skipped rows and the targets of issue
+20 judged from the rows (``cascadeseg.bench.cpu_report``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import sys
 from pathlib import Path
 
 from cascadeseg.bench import render_performance_section
+from cascadeseg.bench.cpu_report import KIND, render_section
 
 HEADER = """# Performance
 
@@ -28,7 +32,13 @@ def main(paths: list[str]) -> int:
     sections = []
     for path in paths:
         result = json.loads(Path(path).read_text())
-        sections.append(render_performance_section(result))
+        if result.get("kind") == KIND:
+            sections.append(render_section(result))
+        elif "rows" in result and "suites" not in result:
+            print(f"{path}: written by an older cpu_vs_nnunet.py: rerun it", file=sys.stderr)
+            return 2
+        else:
+            sections.append(render_performance_section(result))
     notes = Path("benchmarks/performance_notes.md")
     body = HEADER + (notes.read_text() + "\n" if notes.is_file() else "") + "\n".join(sections)
     Path("docs/performance.md").write_text(body)

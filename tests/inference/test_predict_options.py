@@ -152,9 +152,22 @@ def test_compile_option_compiles_each_network_once(
 
     compiled: list[object] = []
 
+    class Compiled(torch.nn.Module):
+        """Like torch.compile's module: runs the network, and ``bool()`` raises (``__len__``)."""
+
+        def __init__(self, network: torch.nn.Module) -> None:
+            super().__init__()
+            self.network = network
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.network(x)
+
+        def __len__(self) -> int:
+            raise TypeError("does not support len()")
+
     def fake_compile(network: torch.nn.Module) -> torch.nn.Module:
         compiled.append(network)
-        return network
+        return Compiled(network)
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     model = member({})

@@ -28,6 +28,7 @@ from cascadeseg.inference.roi import (
     box_voxels,
     grow_box,
     image_box,
+    label_box,
     network_crop,
     tumour_box,
 )
@@ -127,6 +128,32 @@ def test_region_box_from_the_first_pass() -> None:
     record = region.record()
     assert record["box_voxels"] == 14 * 8 * 8
     assert record["box_fraction"] == pytest.approx(14 * 8 * 8 / 20**3, abs=1e-6)
+
+
+def test_a_given_box_replaces_the_first_pass_box_and_keeps_margin_and_rounding() -> None:
+    label = np.zeros((20, 20, 20), np.uint8)
+    label[8, 9, 10] = 2
+    assert label_box(label) == ((8, 9), (9, 10), (10, 11))
+    assert label_box(np.zeros_like(label)) is None
+    first = torch.zeros((1, 3, 24, 24, 24))  # nothing above the threshold: no box of its own
+    region = TumourRegion(threshold=0.05, margin=3, given=label_box(label))
+    region.decide(first, ((2, 2),) * 3, 8)
+    # as test_region_box_from_the_first_pass, whose first pass found the same voxel
+    assert region.box == ((0, 14), (6, 14), (6, 14))
+    assert region.record()["box_given"] is True
+
+
+def test_predict_preprocessed_takes_a_given_box_with_the_tumour_region_only() -> None:
+    pre = pre_of(blob_image(blob=False))  # the network finds no tumour
+    (member,) = members(1)
+    given = ((3, 7), (5, 9), (4, 6))
+    _, _, info = predict_preprocessed(pre, [member], TUMOUR, tumour_box=given)
+    assert info["passes"] == 8 and info["tta_region_box"]["box_given"]
+    assert 0 < info["tta_region_box"]["box_fraction"] < 1
+    _, _, alone = predict_preprocessed(pre, [member], TUMOUR)
+    assert alone["passes"] == 1 and not alone["tta_region_box"]["box_given"]
+    with pytest.raises(ConfigError, match="tta_region 'tumour'"):
+        predict_preprocessed(pre, [member], VOLUME, tumour_box=given)
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,12 @@ pipeline below them, and imports from them; nothing below imports from it):
 - ``inference_suite``: the inference suite (forwards, SegResNet peer, ONNX, end to end).
 - ``training``: the training suite and ``benchmark_training_step``.
 - ``gpu``: the GPU check (``--suite gpu``, ``benchmarks/gpu_check.sh``).
+- the CPU comparison of issue 20 (``benchmarks/cpu_vs_nnunet.py``, not a suite):
+  ``cpu_compare`` (rows, JSON), ``cpu_rows`` (cascadeseg's rows and levers), ``peers``
+  (nnU-Net, SegResNet), ``cpu_report`` (targets, Markdown), ``peak`` (the matmul peak over
+  sizes and repeats), ``isa`` (the CPU's identity, the AVX2 cap and its check),
+  ``openvino_backend`` (OpenVINO fp32/bf16/int8 members); ``lever_dice`` (the levers' Dice on
+  a trained model, ``benchmarks/lever_dice.py``).
 - this module: the suite registry (:data:`RUNNERS`) and :func:`run_benchmarks`.
 
 Counting a network's parameters and FLOPs is model inspection, not measuring:

@@ -247,7 +247,7 @@ class CropDataset3D(Dataset):
         self.bias_field_spacing_mm = float(bias_field_spacing_mm)
         self.bias_field_offset = float(bias_field_offset)
         self.sequence_dropout = sequence_dropout
-        self.compositions = [case_balance_.composition(c.label) for c in self.cases]
+        self.compositions = [case_balance_.composition(c.label) for c in self.cases]  # type: ignore[arg-type]  # labels checked above
         self.case_weights = (
             case_balance_.balanced_case_weights(self.compositions, case_balance)
             if case_balance > 0

@@ -69,7 +69,7 @@ from cascadeseg.inference.outputs import (
 )
 from cascadeseg.inference.plan import Source, check_outputs, existing_outputs, resolve_inputs
 from cascadeseg.inference.postprocess import postprocess_et
-from cascadeseg.inference.roi import case_region
+from cascadeseg.inference.roi import Box, case_region
 from cascadeseg.inference.shards import Share, env_int, folder_lock, gather
 from cascadeseg.inference.volume import member_moments
 from cascadeseg.runtime import resolve_device, tune_device
@@ -138,6 +138,19 @@ def network_image(
     return substitute_missing(image, missing, substitute)
 
 
+def _case_region(options: PredictOptions, tumour_box: Box | None) -> Any:
+    """The case's tumour region of ``--tta-region tumour`` (``None`` for ``volume``), with the
+    benchmarks' given box."""
+    region = case_region(
+        options.tta_region, options.tta_region_threshold, options.tta_region_margin
+    )
+    if tumour_box is not None:
+        if region is None:
+            raise ConfigError("a given tumour box needs tta_region 'tumour'")
+        region.given = tuple((int(lo), int(hi)) for lo, hi in tumour_box)
+    return region
+
+
 def predict_preprocessed(
     pre: Preprocessed,
     models: Sequence[LoadedModel],
@@ -145,6 +158,7 @@ def predict_preprocessed(
     *,
     device: torch.device | None = None,
     missing: Sequence[str] = (),
+    tumour_box: Box | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Ensemble + TTA region probabilities on the preprocessed grid.
 
@@ -152,7 +166,9 @@ def predict_preprocessed(
     and ``missing`` alone (:func:`network_image`: zero-filled for members trained with
     sequence dropout, which with the ``mask`` fill also get the matching availability channels;
     ``options.substitute_missing`` for the others), so the channels of ``missing`` may hold
-    anything.
+    anything. ``tumour_box`` (benchmarks only, with ``tta_region="tumour"``): the tumour's box
+    on the grid of ``pre`` (before the margin), used instead of the one the first pass finds
+    (:attr:`~.roi.TumourRegion.given`).
 
     Raises:
         ConfigError: no model, or sequences missing for members trained without sequence
@@ -169,9 +185,7 @@ def predict_preprocessed(
     moments = MomentSum()
     members_info = []
     plan = flip_plan(models, options.ensemble_mode, options.tta)
-    region = case_region(
-        options.tta_region, options.tta_region_threshold, options.tta_region_margin
-    )
+    region = _case_region(options, tumour_box)
     present = present_flags(missing)
     image, substituted = network_image(pre.image, models, missing, options.substitute_missing)
     for member, flips in zip(models, plan):
@@ -249,7 +263,11 @@ def postprocess_label(
 
 
 def predict_case(
-    case: Case, models: Sequence[LoadedModel], options: PredictOptions | None = None
+    case: Case,
+    models: Sequence[LoadedModel],
+    options: PredictOptions | None = None,
+    *,
+    tumour_box: Box | None = None,
 ) -> Prediction:
     """Segment one case with an ensemble (see the module docstring for the steps).
 
@@ -258,6 +276,9 @@ def predict_case(
             (``case.missing``, zero-filled) are told to members with the ``mask`` fill.
         models: ensemble members from :func:`cascadeseg.inference.load_models` (one recipe).
         options: prediction options.
+        tumour_box: benchmarks only (networks with random weights find no tumour): the box
+            the passes after the first run on with ``tta_region="tumour"``, on the
+            preprocessed grid, before the margin (:func:`predict_preprocessed`).
 
     Returns:
         A :class:`Prediction` on the source grid of ``case`` (same shape as ``case.image[0]``).
@@ -271,7 +292,9 @@ def predict_case(
     else:
         pre = preprocess_case(case.with_label(None), models[0].preprocess)
     t_pre = time.perf_counter() - start
-    mean, variance, info = predict_preprocessed(pre, models, options, missing=case.missing)
+    mean, variance, info = predict_preprocessed(
+        pre, models, options, missing=case.missing, tumour_box=tumour_box
+    )
     t_net = time.perf_counter() - start - t_pre
     probabilities = restore_to_source(mean, pre, order=1)
     uncertainty = restore_to_source(variance, pre, order=1) if options.save_uncertainty else None

@@ -9,6 +9,12 @@ crop is flipped, run, flipped back and added into the crop of the running sums. 
 the first pass stands alone: the mean there is over 1 pass and its variance 0. When no voxel
 exceeds the threshold, the case is background and no further pass runs.
 
+Benchmarks of networks with random weights, whose first pass finds no tumour, give the box
+instead (``TumourRegion.given``, set through ``predict_case(..., tumour_box=...)``): the
+reference label's bounding box (:func:`label_box`), which is what a trained model's first pass
+finds; the margin and the rounding are applied as above, and the first pass still runs on the
+whole volume. Prediction itself never sets it.
+
 The box is one per case (:class:`TumourRegion`), so every member of a paired snapshot ensemble
 (snapshot ``i`` runs flip ``i``: :func:`~cascadeseg.inference.ensemble.flip_plan`) runs on the
 box the first snapshot's identity pass found.
@@ -67,6 +73,15 @@ def tumour_box(probabilities: torch.Tensor | np.ndarray, threshold: float) -> Bo
         present = torch.nonzero(hot.any(dim=others) if others else hot).flatten()
         box.append((int(present[0]), int(present[-1]) + 1))
     return tuple(box)
+
+
+def label_box(label: np.ndarray) -> Box | None:
+    """The bounding box of a label map's tumour voxels (``label > 0``), or ``None`` if none.
+
+    Args:
+        label: ``(*spatial)`` integer label map (any convention: 0 is background).
+    """
+    return tumour_box(np.asarray(label)[None] > 0, 0.5)
 
 
 def grow_box(box: Box, margin: int, shape: Sequence[int]) -> Box:
@@ -132,18 +147,21 @@ class TumourRegion:
         box: image coordinates of the crop later passes run on; ``None`` until the first pass
             has run; an empty box when nothing exceeded the threshold.
         shape: spatial shape of the image (set with ``box``).
+        given: benchmarks only: the tumour's box (image voxels, before the margin) used instead
+            of the one the first pass finds (see the module docstring); ``None`` in prediction.
     """
 
     threshold: float
     margin: int
     box: Box | None = None
     shape: tuple[int, ...] = ()
+    given: Box | None = None
 
     def decide(self, first: torch.Tensor, pads: Pads, multiple: int) -> None:
         """Set the box from the first pass: ``(1, 3, *padded)`` probabilities on the padded grid."""
         image = crop_padding(first, pads)[0]
         self.shape = tuple(int(s) for s in image.shape[1:])
-        found = tumour_box(image, self.threshold)
+        found = self.given if self.given is not None else tumour_box(image, self.threshold)
         if found is None:
             self.box = empty_box(len(self.shape))
             return
@@ -162,6 +180,7 @@ class TumourRegion:
             "box": [list(r) for r in box],
             "box_voxels": voxels,
             "box_fraction": round(voxels / volume, 6) if volume else 0.0,
+            "box_given": self.given is not None,
         }
 
 

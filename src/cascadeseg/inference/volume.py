@@ -103,7 +103,9 @@ def probability_fn(
     if channels_last:
         assert isinstance(member.network, torch.nn.Module)
         member.network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
-    network = (compiled_network(member.network) if compile_network else None) or member.network
+    compiled = compiled_network(member.network) if compile_network else None
+    # ``is None``, not ``or``: a compiled module raises on ``bool()`` (its ``__len__``).
+    network = member.network if compiled is None else compiled
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device, non_blocking=True)
