@@ -26,12 +26,12 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from cascadeseg.bench.cpu_rows import VARIANTS, Variant
 from cascadeseg.bench.openvino_backend import calibration_crops, missing_packages, openvino_member
 from cascadeseg.data.labels import label_to_regions, probabilities_to_label
 from cascadeseg.data.preprocess import Preprocessed
@@ -43,30 +43,20 @@ from cascadeseg.inference.predictor import members_for_backend, predict_preproce
 from cascadeseg.inference.volume import member_moments
 from cascadeseg.runtime import cpu_bf16_is_fast
 
-
-@dataclass(frozen=True)
-class Lever:
-    """One way of predicting: ``precision`` (``fp32``, ``bf16``, ``int8``), ``backend``
-    (``torch``, ``onnx``, ``openvino``) and flips on the tumour box (``roi``)."""
-
-    id: str
-    precision: str
-    backend: str
-    roi: bool = False
-
-
-LEVERS: dict[str, Lever] = {
-    lever.id: lever
-    for lever in (
-        Lever("fp32", "fp32", "torch"),
-        Lever("bf16", "bf16", "torch"),
-        Lever("fp32-roi", "fp32", "torch", roi=True),
-        Lever("bf16-roi", "bf16", "torch", roi=True),
-        Lever("onnx-fp32", "fp32", "onnx"),
-        Lever("openvino-fp32", "fp32", "openvino"),
-        Lever("openvino-bf16", "bf16", "openvino"),
-        Lever("openvino-int8", "int8", "openvino"),
-        Lever("openvino-bf16-roi", "bf16", "openvino", roi=True),
+#: The levers: the CPU benchmark's variants (:data:`cascadeseg.bench.cpu_rows.VARIANTS`) that
+#: change what a prediction computes (torch.compile does not, and is left out).
+LEVERS: dict[str, Variant] = {
+    k: VARIANTS[k]
+    for k in (
+        "fp32",
+        "bf16",
+        "fp32-roi",
+        "bf16-roi",
+        "onnx-fp32",
+        "openvino-fp32",
+        "openvino-bf16",
+        "openvino-int8",
+        "openvino-bf16-roi",
     )
 }
 #: The reference every other lever is compared with.
@@ -74,7 +64,7 @@ BASELINE = "fp32"
 DEFAULT_LEVERS: tuple[str, ...] = tuple(k for k in LEVERS if k != "openvino-bf16-roi")
 
 
-def lever_skip_reason(lever: Lever) -> str | None:
+def lever_skip_reason(lever: Variant) -> str | None:
     """Why ``lever`` cannot run here (a missing package, no native bf16), or ``None``."""
     if lever.backend == "openvino":
         missing = missing_packages(int8=lever.precision == "int8")
@@ -86,7 +76,7 @@ def lever_skip_reason(lever: Lever) -> str | None:
 
 
 def lever_members(
-    models: Sequence[LoadedModel], lever: Lever, calibration: Sequence[np.ndarray] | None
+    models: Sequence[LoadedModel], lever: Variant, calibration: Sequence[np.ndarray] | None
 ) -> list[LoadedModel]:
     """The ensemble as ``lever`` runs it (exported to ONNX Runtime or OpenVINO when asked)."""
     if lever.backend == "torch":
@@ -96,7 +86,7 @@ def lever_members(
     return [openvino_member(m, lever.precision, calibration=calibration) for m in models]
 
 
-def lever_options(base: PredictOptions, lever: Lever) -> PredictOptions:
+def lever_options(base: PredictOptions, lever: Variant) -> PredictOptions:
     """``base`` with the lever's precision, region and backend (OpenVINO's precision is its
     network's: PyTorch's autocast stays fp32 around it)."""
     return dataclasses.replace(
