@@ -83,6 +83,20 @@ class Variant:
     from_files: bool = True
     one_pass: bool = True
 
+    def unavailable(self) -> str | None:
+        """Why no process here can run the variant (its backend's package missing), or ``None``."""
+        if self.backend == "openvino":
+            missing = missing_packages(int8=self.precision == "int8")
+            if missing:
+                return f"{' and '.join(missing)} not installed (pip install 'cascadeseg[openvino]')"
+        return None
+
+    @property
+    def needs_native_bf16(self) -> bool:
+        """PyTorch's bf16 autocast, which pays only on a CPU with native bf16 (OpenVINO's bf16
+        is its own choice of kernels)."""
+        return self.precision == "bf16" and self.backend != "openvino"
+
 
 VARIANTS: dict[str, Variant] = {
     v.id: v
@@ -186,15 +200,10 @@ def prepare_case(
 
 def skip_reason(ctx: CaseBench, variant: Variant) -> str | None:
     """Why ``variant`` cannot run here, or ``None``."""
-    if variant.backend == "openvino":
-        missing = missing_packages(int8=variant.precision == "int8")
-        if missing:
-            return (
-                f"{' and '.join(missing)} not installed (pip install 'cascadeseg[openvino]'): "
-                f"the {variant.id} row is left out"
-            )
-    native = variant.backend == "openvino" or cpu_bf16_is_fast()
-    if variant.precision == "bf16" and not (native or ctx.quick):
+    missing = variant.unavailable()
+    if missing:
+        return f"{missing}: the {variant.id} row is left out"
+    if variant.needs_native_bf16 and not (cpu_bf16_is_fast() or ctx.quick):
         under = "under the AVX2 cap" if ctx.isa != "native" else "on this CPU"
         return f"no native bf16 {under}: the {variant.id} row is left out"
     if variant.backend == "onnx" and ctx.isa != "native":

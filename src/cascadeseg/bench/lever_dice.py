@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from cascadeseg.bench.cpu_rows import VARIANTS, Variant
-from cascadeseg.bench.openvino_backend import calibration_crops, missing_packages, openvino_member
+from cascadeseg.bench.openvino_backend import calibration_crops, openvino_member
 from cascadeseg.data.labels import label_to_regions, probabilities_to_label
 from cascadeseg.data.preprocess import Preprocessed
 from cascadeseg.evaluation.metrics import region_dice
@@ -66,13 +66,10 @@ DEFAULT_LEVERS: tuple[str, ...] = tuple(k for k in LEVERS if k != "openvino-bf16
 
 def lever_skip_reason(lever: Variant) -> str | None:
     """Why ``lever`` cannot run here (a missing package, no native bf16), or ``None``."""
-    if lever.backend == "openvino":
-        missing = missing_packages(int8=lever.precision == "int8")
-        if missing:
-            return f"{' and '.join(missing)} not installed (pip install 'cascadeseg[openvino]')"
-    if lever.precision == "bf16" and lever.backend == "torch" and not cpu_bf16_is_fast():
-        return "no native bf16 on this CPU: predict runs fp32 instead (the fp32 row)"
-    return None
+    reason = lever.unavailable()
+    if reason is None and lever.needs_native_bf16 and not cpu_bf16_is_fast():
+        reason = "no native bf16 on this CPU: predict runs fp32 instead (the fp32 row)"
+    return reason
 
 
 def lever_members(
