@@ -27,8 +27,10 @@ Usage::
     python experiments/missing_study.py --quick         # tiny smoke run, out/missing_quick
 
 Writes ``<out>/missing_study/study.json`` (mean and per-case Dice per subset, configuration and
-region; the runs' steps and minutes) and ``<out>/missing_study/subsets.png`` (the heat map that
-``write_results.py`` draws into ``docs/images/results_missing_subsets.png``).
+region; the runs' steps and minutes), ``<out>/missing_study/subsets.png`` (the heat map) and the
+page ``--doc`` (default ``docs/results-missing.md``, with the heat map in
+``docs/images/results_missing_subsets.png``; ``missing_page.py``), which ``docs/results.md``
+embeds.
 """
 
 from __future__ import annotations
@@ -101,6 +103,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common.add_settings_arguments(parser)
     parser.add_argument(
         "--tta", action="store_true", help="8-flip TTA on every prediction (default: off)"
+    )
+    parser.add_argument(
+        "--doc",
+        type=Path,
+        default=common.REPO / "docs" / "results-missing.md",
+        help="the results page to write (docs/results.md embeds it)",
     )
     parser.add_argument(
         "--reuse",
@@ -324,7 +332,10 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = settings.out / "missing_study"
     path = common.write_json(out_dir / "study.json", study)
     figure = heatmap(study, out_dir / "subsets.png")
-    print(f"\nwrote {path} and {figure}")
+    import missing_page  # imports this module: not at the top
+
+    page = missing_page.write_page(study, args.doc)
+    print(f"\nwrote {path}, {figure} and {page}")
     print(common.budget_table(list(runs.values())))
     print(f"{'sequences':<20}" + "".join(f"{c:>20}" for c, _, _ in CONFIGS))
     for label, row in study["mean_dice"].items():

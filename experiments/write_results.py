@@ -1092,116 +1092,6 @@ def section_sweep_round6(out: Path) -> str:
     )
 
 
-#: The issue's bound on what sequence dropout may cost with all four sequences (issue 21).
-ALL_FOUR_BOUND = 0.01
-
-
-def _missing_runs_table(study: dict[str, Any]) -> str:
-    """The missing study's three runs: recipe, fill, steps, minutes, s/step."""
-    rows = []
-    for key, run in study["runs"].items():
-        f = run_figures(run)
-        extra = [o for o in run["overrides"] if o.startswith("data.missing_fill")]
-        rows.append(
-            [
-                key.replace("_", "-"),
-                f"`{run['recipe']}`" + (f" `{extra[0]}`" if extra else ""),
-                f["steps"] if f["steps"] is not None else "—",
-                fmt(f["minutes"], 1),
-                fmt(f["seconds_per_step"], 2),
-            ]
-        )
-    return md_table(["run", "recipe", "steps", "minutes", "s/step"], rows, align="llrrr")
-
-
-def _relative(path: str) -> str:
-    """``path`` relative to the repository when inside it."""
-    try:
-        return str(Path(path).resolve().relative_to(common.REPO))
-    except ValueError:
-        return str(path)
-
-
-def missing_all_four(study: dict[str, Any]) -> list[list[str]]:
-    """Rows of the all-four comparison: per region and mean, dropout-mask, the ordinary model,
-    their difference and whether dropout-mask loses at most :data:`ALL_FOUR_BOUND`."""
-    full = next(s["label"] for s in study["subsets"] if len(s["present"]) == 4)
-    ordinary = next(c["name"] for c in study["configs"] if c["run"] == "ordinary")
-    means = study["mean_dice"][full]
-    rows = []
-    for key, name in (("wt", "WT"), ("tc", "TC"), ("et", "ET"), ("mean", "mean")):
-        a, b = float(means["dropout-mask"][key]), float(means[ordinary][key])
-        rows.append(
-            [
-                name,
-                fmt(a),
-                fmt(b),
-                fmt(a - b, sign=True),
-                "yes" if a - b >= -ALL_FOUR_BOUND else "no",
-            ]
-        )
-    return rows
-
-
-def section_missing(study: dict[str, Any] | None, doc: Path) -> str:
-    """Missing sequences: mean Dice per subset of sequences and configuration, the heat map,
-    dropout-mask against the ordinary model with all four sequences, the command."""
-    if study is None:
-        return (
-            "**Not run** (no `experiments/out/missing_study/study.json`; "
-            "`python experiments/missing_study.py`).\n"
-        )
-    import missing_study
-
-    names = [c["name"] for c in study["configs"]]
-    means = study["mean_dice"]
-    tta = "with 8-flip TTA" if study["tta"] else "without TTA"
-    body = []
-    for subset in study["subsets"]:
-        label = subset["label"]
-        swaps = study["substituted"].get(label) or {}
-        shown = ", ".join(f"{k} <- {v}" for k, v in swaps.items()) or "—"
-        body.append([f"`{label}`", *[fmt(means[label][n]["mean"]) for n in names], shown])
-    partial = [s["label"] for s in study["subsets"] if len(s["present"]) < 4]
-    body.append(
-        [f"*mean of the {len(partial)} incomplete subsets*"]
-        + [fmt(np.mean([means[p][n]["mean"] for p in partial])) for n in names]
-        + [""]
-    )
-    img = missing_study.heatmap(study, _images(doc) / "results_missing_subsets.png")
-    all_four = missing_all_four(study)
-    verdict = "within" if all_four[-1][-1] == "yes" else "**not** within"
-    return (
-        "One model for any subset of the four sequences (issue 21): the two-stage CPU cascade "
-        "trained with sequence dropout (`two_stage_missing_cpu`: half the crops lose 1 to 3 "
-        "sequences), with availability channels (`dropout-mask`) or zero-filled alone "
-        "(`dropout-zero`), against the same cascade trained without dropout (`ordinary`, "
-        "`two_stage_cpu`), which gets the missing sequences as zeros (`ordinary + zero`, "
-        "`predict --substitute-missing zero`) or as the nearest present sibling (`ordinary + "
-        "sibling`). Same steps, seed and training cases for the three runs:\n\n"
-        + _missing_runs_table(study)
-        + f"\nMean Dice (WT, TC, ET averaged) on the {study['test_cases']} held-out cases, "
-        f"final weights, {tta}, no post-processing; each case preprocessed once, the missing "
-        "sequences left out of the network input by the predictor (as `predict --missing`); "
-        "`--` marks a missing sequence:\n\n"
-        + md_table(["sequences present", *names, "sibling substitutes"], body, align="lrrrrl")
-        + f"\n![Mean Dice per subset, configuration and region](images/{img.name})\n"
-        + "\n**All four sequences present: does sequence dropout cost accuracy?** "
-        f"`dropout-mask` minus the ordinary model; the issue allows a loss of at most "
-        f"{ALL_FOUR_BOUND}:\n\n"
-        + md_table(
-            ["region", "dropout-mask", "ordinary", "difference", f"loses <= {ALL_FOUR_BOUND}"],
-            all_four,
-            align="lrrrl",
-        )
-        + f"\nThe mean Dice difference is {all_four[-1][3]}: {verdict} the issue's "
-        f"{ALL_FOUR_BOUND}. With one run per configuration and {study['test_cases']} held-out "
-        "cases, differences of a few hundredths are within what another seed could give.\n"
-        + f"\nCommand (per-case values in `{_relative(study['settings']['out'])}/missing_study/"
-        "study.json`):\n\n" + code_block([study["command"]])
-    )
-
-
 def budget_caveat(studies: dict[str, dict[str, Any] | None]) -> str:
     """What the training budget means for the comparisons (step or wall-clock mode)."""
     first = next((s for s in studies.values() if s is not None), None)
@@ -1266,6 +1156,7 @@ def section_page(doc: Path, page_name: str, heading: str) -> str:
 EXTRA_PAGES = (
     ("results-lesion-postprocess.md", "Lesion-aware post-processing"),
     ("results-no-et.md", "Tumour cores without enhancing tumour"),
+    ("results-missing.md", "Missing sequences: one model for any subset of FLAIR, T1, T1ce, T2"),
 )
 
 
@@ -1310,7 +1201,6 @@ def write_results(out: Path, doc: Path) -> Path:
         "cunet": load_study(out, "cunet_study"),
         "two_stage": load_study(out, "two_stage_study"),
         "side_by_side": load_study(out, "side_by_side"),
-        "missing": load_study(out, "missing_study"),
     }
     images = _images(doc)
     images.mkdir(parents=True, exist_ok=True)
@@ -1342,11 +1232,6 @@ def write_results(out: Path, doc: Path) -> Path:
         section = section_page(doc, name, f"{number}. {heading}")
         number += bool(section)
         parts.append(section)
-    # After the optional sections, so that their numbers (cited elsewhere) stay as they were.
-    parts += [
-        f"\n## {number}. Missing sequences: one model for any subset of FLAIR, T1, T1ce, T2\n",
-        section_missing(studies["missing"], doc),
-    ]
     parts += [
         "\n## How to read these numbers\n",
         bias_caveat(studies, doc) + budget_caveat(studies) + CAVEATS,

@@ -18,6 +18,7 @@ sys.path.insert(0, str(EXPERIMENTS))
 
 import common  # noqa: E402
 import cunet_study  # noqa: E402
+import missing_page  # noqa: E402
 import missing_study  # noqa: E402
 import two_stage_study  # noqa: E402
 import write_results  # noqa: E402
@@ -602,21 +603,22 @@ def test_missing_study_means() -> None:
 
 
 def test_missing_all_four_comparison(tmp_path: Path) -> None:
-    rows = write_results.missing_all_four(_missing_study(tmp_path))
+    rows = missing_page.all_four_rows(_missing_study(tmp_path))
     assert [r[0] for r in rows] == ["WT", "TC", "ET", "mean"]
     assert rows[0][1:] == ["0.795", "0.800", "-0.005", "yes"]
     study = _missing_study(tmp_path)
     full = study["mean_dice"]["FLAIR T1 T1ce T2"]
     full["dropout-mask"]["mean"] = full["ordinary + zero"]["mean"] - 0.02
-    assert write_results.missing_all_four(study)[-1][-1] == "no"
+    assert missing_page.all_four_rows(study)[-1][-1] == "no"
 
 
 @pytest.mark.slow
 def test_missing_section_and_heat_map(tmp_path: Path) -> None:
-    """The section from a fake study (the heat map included, hence slow-marked)."""
+    """The page from a fake study (the heat map included, hence slow-marked), and
+    docs/results.md's section made of it."""
     study = _missing_study(tmp_path)
-    doc = tmp_path / "docs" / "results.md"
-    text = write_results.section_missing(study, doc)
+    doc = tmp_path / "docs" / "results-missing.md"
+    text = missing_page.write_page(study, doc).read_text()
     assert (tmp_path / "docs" / "images" / "results_missing_subsets.png").is_file()
     table = _table_lines(text.split("![", 1)[0].split("marks a missing sequence:", 1)[1])
     header, body = table[0], table[2:]
@@ -627,7 +629,9 @@ def test_missing_section_and_heat_map(tmp_path: Path) -> None:
     assert body[-1][0] == "*mean of the 14 incomplete subsets*"
     assert "-0.005: within the issue's 0.01" in text
     assert "python experiments/missing_study.py --steps-3d 8" in text
-    assert "**Not run**" in write_results.section_missing(None, doc)
+    section = write_results.section_page(doc, doc.name, "7. Missing sequences")
+    assert section.startswith("\n## 7. Missing sequences\n") and "-0.005: within" in section
+    assert write_results.section_page(doc, "results-absent.md", "8. Absent") == ""
 
 
 def test_train_run_reuses_a_finished_run_when_asked(tmp_path: Path) -> None:
