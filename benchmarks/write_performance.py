@@ -6,7 +6,9 @@ Results of separate suite runs on the same device are merged into one section (e
 the machine line and peak of its own run, so contention or a different day shows). A result of
 ``benchmarks/cpu_vs_nnunet.py`` (``"kind": "cpu-vs-nnunet"``) becomes a section of its own: its
 rows, the matmul peak and its samples, the ISA check, the skipped rows and the targets of issue
-20 judged from the rows (``cascadeseg.bench.cpu_report``).
+20 judged from the rows (``cascadeseg.bench.cpu_report``); one of ``benchmarks/lever_dice.py``
+(``"kind": "lever-dice"``) the levers' held-out Dice and which stay within issue 20's 0.005
+(``cascadeseg.bench.lever_dice.render_section``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from cascadeseg.bench import render_performance_section
 from cascadeseg.bench.cpu_report import KIND, render_section
+from cascadeseg.bench.lever_dice import render_section as render_lever_dice
 
 HEADER = """# Performance
 
@@ -34,6 +37,8 @@ def main(paths: list[str]) -> int:
         result = json.loads(Path(path).read_text())
         if result.get("kind") == KIND:
             sections.append(render_section(result))
+        elif result.get("kind") == "lever-dice":
+            sections.append(render_lever_dice(result))
         elif "rows" in result and "suites" not in result:
             print(f"{path}: written by an older cpu_vs_nnunet.py: rerun it", file=sys.stderr)
             return 2

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import torch
 
-from cascadeseg.bench.lever_dice import BASELINE, LEVERS, summarise
+from cascadeseg.bench.lever_dice import (
+    BASELINE,
+    LEVERS,
+    render_section,
+    summarise,
+    within_tolerance,
+)
 from cascadeseg.config import Config, apply_overrides, to_dict
 from cascadeseg.models import build_model
 from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
@@ -88,7 +94,19 @@ def test_every_lever_predicts_each_case_or_says_why_not(tmp_path: Path) -> None:
     assert result["summary"]["cases_checked_outside"] == 2
     table = out.with_suffix(".md").read_text()
     assert table.startswith("| lever |") and "outside the box" in table
+    section = render_section(result)
+    assert section.startswith("## Held-out Dice of the speed levers")
+    assert f"--model {ckpt}" in section and "fp32-roi " in section.rsplit("\n\n", 1)[-1]
 
 
 def test_summary_of_no_case_is_empty() -> None:
     assert summarise([], ["fp32"]) == {"cases": 0, "baseline": "fp32", "levers": {}}
+
+
+def test_a_lever_is_kept_only_within_the_tolerance_either_way() -> None:
+    """Issue 20: held-out Dice unchanged within 0.005 in every region; a gain beyond it is a
+    change too (the lever computes something else)."""
+    assert within_tolerance({"mean_dice_difference": [0.0, -0.005, 0.005]}) is True
+    assert within_tolerance({"mean_dice_difference": [0.0, -0.0051, 0.0]}) is False
+    assert within_tolerance({"mean_dice_difference": [0.0, 0.0, 0.0089]}) is False
+    assert within_tolerance({"cases": 2}) is None

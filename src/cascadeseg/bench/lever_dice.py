@@ -288,3 +288,45 @@ def _triple(values: Sequence[float] | None, fmt: str) -> str:
 
 def _fraction(value: float | None) -> str:
     return "" if value is None else f"{value:.0%}"
+
+
+#: Issue 20: a lever is kept only with held-out Dice unchanged within this (mean, per region).
+DICE_TOLERANCE = 0.005
+
+
+def within_tolerance(entry: dict[str, Any]) -> bool | None:
+    """Whether a lever's mean Dice difference from the baseline is at most
+    :data:`DICE_TOLERANCE` in every region, either way (``None``: no difference measured)."""
+    diff = entry.get("mean_dice_difference")
+    if diff is None:
+        return None
+    return all(abs(d) <= DICE_TOLERANCE for d in diff)
+
+
+def render_section(result: dict[str, Any]) -> str:
+    """The ``docs/performance.md`` section of a ``lever_dice.py`` result: what ran, the table
+    and the verdict per lever against :data:`DICE_TOLERANCE`."""
+    machine, summary = result["machine"], result["summary"]
+    verdicts = []
+    for lever_id, entry in summary["levers"].items():
+        ok = within_tolerance(entry)
+        if lever_id != summary["baseline"] and ok is not None:
+            verdicts.append(f"{lever_id} {'yes' if ok else '**no**'}")
+    threads = machine.get("torch_threads")
+    return "\n".join(
+        [
+            "## Held-out Dice of the speed levers (issue 20)\n",
+            f"{result['date'][:16].replace('T', ' ')} UTC, {machine.get('cpu')} "
+            f"({machine.get('cores')} cores, {result['cpu_identity'].get('core', '')}), "
+            f"torch {machine.get('torch')} on {threads} thread(s). Trained model(s): "
+            f"{', '.join(f'`{m}`' for m in result['models'])}; {summary['cases']} held-out cases. "
+            "Predictions on the preprocessed grid before post-processing; differences are "
+            f"the lever's Dice minus {summary['baseline']} on the whole volume, per case. The "
+            "seconds are this run's (its thread count, other jobs possibly beside it): the "
+            "speed figures are those of the CPU inference section. Command:\n",
+            f"```bash\n{result['command']}\n```\n",
+            markdown(result),
+            f"Mean Dice unchanged within {DICE_TOLERANCE} in every region (the issue's "
+            f"condition to keep a lever): {', '.join(verdicts) or 'none measured'}.\n",
+        ]
+    )
