@@ -127,7 +127,7 @@ def training_compositions(settings: common.Settings, run: common.Run) -> list[di
     rows = []
     for cid in split["train"]:
         case = read_case(refs[cid])
-        voxel_ml = float(np.prod(case.spacing)) / 1000.0
+        voxel_ml = float(np.prod(case.meta.spacing)) / 1000.0
         core = int(np.isin(case.label, (1, 3)).sum())
         comp = composition(case.label)
         rows.append({"case": cid, "composition": list(comp), "core_ml": core * voxel_ml})
