@@ -78,3 +78,38 @@ def test_page_numbers_come_from_the_study(tmp_path: Path) -> None:
     section = write_results.section_page(doc, doc.name, "5. Tumour cores")
     assert section.startswith("\n## 5. Tumour cores") and "0.123 -> 0.789" in section
     assert "## Per case" not in section and "results-no-et.md" in section
+
+
+def test_training_compositions_read_the_split_and_the_cases(tmp_path: Path) -> None:
+    """The cause's figures come from the run's own split: each training case's composition
+    (internal labels) and tumour-core volume in mL (1 mm voxels here)."""
+    import dataclasses
+    import json
+
+    import common
+    import no_et_study
+    import numpy as np
+
+    from cascadeseg.data.layouts import discover_cases, read_case
+    from toy import write_tiny_dataset
+
+    settings = dataclasses.replace(common.Settings(), out=tmp_path)
+    write_tiny_dataset(settings.train_dir, n=3)
+    run_dir = tmp_path / "runs" / "uniform"
+    run_dir.mkdir(parents=True)
+    (run_dir / "split.json").write_text(
+        json.dumps({"train": ["BraTS2021_00002", "BraTS2021_00000"]})
+    )
+
+    class Run:  # the one attribute the function reads
+        pass
+
+    run = Run()
+    run.run_dir = run_dir  # type: ignore[attr-defined]
+    rows = no_et_study.training_compositions(settings, run)  # type: ignore[arg-type]
+    assert [r["case"] for r in rows] == ["BraTS2021_00002", "BraTS2021_00000"]
+    refs = {r.case_id: r for r in discover_cases(settings.train_dir)}
+    for row in rows:
+        label = read_case(refs[row["case"]]).label
+        assert row["composition"] == sorted(int(v) for v in np.unique(label) if v)
+        assert row["core_ml"] == np.isin(label, (1, 3)).sum() / 1000.0
