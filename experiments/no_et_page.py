@@ -40,6 +40,20 @@ def results_table(study: dict[str, Any]) -> str:
     return head + "\n".join(rows) + "\n"
 
 
+def balance_power(study: dict[str, Any]) -> float:
+    """The balanced run's ``data.case_balance``."""
+    return float(study["runs"]["balanced"]["case_balance"])
+
+
+def balanced_share(n_rare: int, n_other: int, power: float) -> float:
+    """Share of the crops that the ``n_rare`` cases of one kind get beside ``n_other`` cases of
+    the other kind, with weights ``1 / n ** power`` (:mod:`cascadeseg.data.case_balance`)."""
+    if n_rare == 0:
+        return 0.0
+    rare, other = n_rare ** (1 - power), (n_other ** (1 - power) if n_other else 0.0)
+    return rare / (rare + other)
+
+
 def cause_text(study: dict[str, Any]) -> str:
     train = study["training_cases"]
     no_et = [c for c in train if 3 not in c["composition"]]
@@ -51,21 +65,37 @@ def cause_text(study: dict[str, Any]) -> str:
         key = "+".join(map(str, c["composition"])) or "none"
         comps[key] = comps.get(key, 0) + 1
     listing = ", ".join(f"{k}: {v}" for k, v in sorted(comps.items(), key=lambda kv: -kv[1]))
+    power = balance_power(study)
+    split = (
+        f"The runs' training split holds {len(train)} cases, {len(no_et)} without enhancing "
+        f"tumour (label sets, internal labels 1 necrosis/non-enhancing, 2 edema, 3 ET: "
+        f"{listing}). "
+    )
+    if not no_et:
+        split += (
+            "**None without enhancing tumour**: neither model saw such a core, and the balance "
+            "has no kind to lift (every training case is of one kind, so `balanced` draws "
+            "uniformly at random instead of in turn: another sample of the same crops). "
+        )
+    else:
+        share = balanced_share(len(no_et), len(with_et), power)
+        split += (
+            f"Their cores are not small (median {med(no_et):.1f} mL against "
+            f"{med(with_et):.1f} mL with ET), but drawn uniformly they are in about "
+            f"{len(no_et) / max(len(train), 1):.0%} of the crops; `balanced` "
+            f"(`data.case_balance={power:g}`) gives them about {share:.0%}. "
+        )
     return (
-        f"**Why the cores were missed.** The uniform run's training split holds {len(train)} "
-        f"cases, {len(no_et)} without enhancing tumour (compositions, internal labels 1 "
-        f"necrosis/non-enhancing, 2 edema, 3 ET: {listing}). Their cores are not small (median "
-        f"{med(no_et):.1f} mL against {med(with_et):.1f} mL with ET), but their tissue is seen in "
-        f"about {len(no_et) / max(len(train), 1):.0%} of the crops drawn uniformly, and it looks "
-        "like neither the necrosis of enhancing tumours (dark on T1, bright on T2) nor edema, "
-        "from which it differs by 5-15% per sequence. The uniform model's tumour-core "
-        "probability inside the reference cores of the cases without ET has a median of "
-        f"{statistics.median(probs):.3f} (per-case medians {min(probs):.3f} to "
+        "**Why the cores are missed.** "
+        + split
+        + "Their tissue looks like neither the necrosis of enhancing tumours (dark on T1, bright "
+        "on T2) nor edema, from which it differs by 5-15% per sequence. The uniform model's "
+        "tumour-core probability inside the reference cores of the cases without ET has a "
+        f"median of {statistics.median(probs):.3f} (per-case medians {min(probs):.3f} to "
         f"{max(probs):.3f}): far below the 0.5 threshold, so no threshold recovers them; the "
         "ET-to-necrosis post-processing only moves voxels into the core, and the crops centred "
         "on tumour (half of them) already hold the whole core of such a case (96 mm crops). "
-        "What was missing is exposure: `data.case_balance=1` draws every tumour composition "
-        "equally often, lifting the cases without ET to a third of the crops.\n"
+        "What is missing is exposure to such cases.\n"
     )
 
 
@@ -98,8 +128,9 @@ def write_page(study: dict[str, Any], doc: Path) -> Path:
         "The CPU cascade (`two_stage_cpu`) trained twice on the same "
         f"{st['train_cases']} synthetic cases (5-fold split, fold 0), seed {st['seed']}, "
         f"{steps['uniform']} and {steps['balanced']} optimiser steps of 2 crops: `uniform` draws "
-        "the crops' cases uniformly (both papers), `balanced` gives every tumour composition an "
-        "equal share (`data.case_balance=1`, now in the CPU recipes). Predicted as `cascadeseg "
+        "the crops' cases uniformly (both papers), `balanced` weights them by kind of tumour "
+        f"(`data.case_balance={balance_power(study):g}`, the CPU recipes' value: enhancing, "
+        "non-enhancing, none). Predicted as `cascadeseg "
         "predict` does by default (8-flip TTA, the recipe's post-processing); mean Dice per "
         f"set. Machine: {env.get('cpu') or 'see study.json'}, {env.get('torch_threads')} threads; "
         f"{env.get('date_utc', '')}.\n",

@@ -7,8 +7,8 @@ split of 25 cases holds a handful, or one. This study trains the CPU cascade (``
 twice with the same steps, seed and cases, drawing the crops' cases
 
 * ``uniform``: every case equally often (``data.case_balance=0``, both papers), and
-* ``balanced``: every tumour composition (the set of labels a case holds) an equal share
-  (``data.case_balance=1``, :mod:`cascadeseg.data.case_balance`),
+* ``balanced``: weighted by kind of tumour (enhancing, non-enhancing, none) with the CPU
+  recipe's ``data.case_balance`` (:mod:`cascadeseg.data.case_balance`),
 
 and scores both, predicted as ``cascadeseg predict`` does by default (8-flip TTA, the recipe's
 post-processing), on three held-out sets:
@@ -42,8 +42,8 @@ import common
 import no_et_page
 import numpy as np
 
-#: The two runs: (key, data.case_balance).
-RUNS: tuple[tuple[str, float], ...] = (("uniform", 0.0), ("balanced", 1.0))
+#: The two runs: (key, data.case_balance); ``balanced`` takes the CPU recipe's value.
+RUNS: tuple[tuple[str, float | None], ...] = (("uniform", 0.0), ("balanced", None))
 #: Extra held-out sets: (key, seed offset from the training seed, synth options).
 EXTRA_SETS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
     ("no_et", 200_000, ("--no-et-prob", "1")),
@@ -151,7 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     sets = make_extra_sets(settings, args.extra_cases)
     runs: dict[str, common.Run] = {}
     scores: dict[str, dict[str, Any]] = {}
-    for key, balance in RUNS:
+    from cascadeseg.config import load_config
+
+    recipe_balance = load_config("two_stage_cpu").data.case_balance
+    balances = {key: recipe_balance if b is None else b for key, b in RUNS}
+    for key, balance in balances.items():
         common.banner(f"no-ET study: training {key} ({settings.budget_text()})")
         runs[key] = common.train_run(
             settings, key, "two_stage_cpu", [f"data.case_balance={balance:g}"]
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         "extra_sets": {k: list(o) for k, _, o in EXTRA_SETS},
         "extra_cases": args.extra_cases,
         "environment": env,
-        "runs": {k: {**r.as_dict(), "case_balance": b} for (k, b), r in zip(RUNS, runs.values())},
+        "runs": {k: {**r.as_dict(), "case_balance": balances[k]} for k, r in runs.items()},
         "scores": scores,
         "training_cases": training_compositions(settings, runs["uniform"]),
         "core_probabilities": core_probabilities(pred, sets["no_et"]),

@@ -55,7 +55,7 @@ def fake_study() -> dict[str, Any]:
         "environment": {"cpu": "Test CPU", "torch_threads": 2, "date_utc": "2026-01-01"},
         "runs": {
             "uniform": {"command": "cascadeseg train u", "steps": 600},
-            "balanced": {"command": "cascadeseg train b", "steps": 600},
+            "balanced": {"command": "cascadeseg train b", "steps": 600, "case_balance": 0.5},
         },
         "scores": scores,
         "training_cases": [
@@ -78,6 +78,18 @@ def test_page_numbers_come_from_the_study(tmp_path: Path) -> None:
     section = write_results.section_page(doc, doc.name, "5. Tumour cores")
     assert section.startswith("\n## 5. Tumour cores") and "0.123 -> 0.789" in section
     assert "## Per case" not in section and "results-no-et.md" in section
+    assert "`data.case_balance=0.5`" in text and "about 50% of the crops" in text  # 1 and 1 case
+    study = fake_study()
+    study["training_cases"] = study["training_cases"][:1]  # no case without ET in the split
+    text = no_et_page.write_page(study, tmp_path / "none.md").read_text()
+    assert "**None without enhancing tumour**" in text
+
+
+def test_balanced_share_follows_the_weights() -> None:
+    assert no_et_page.balanced_share(3, 29, 0.0) == 3 / 32
+    assert no_et_page.balanced_share(3, 29, 1.0) == 0.5
+    assert 3 / 32 < no_et_page.balanced_share(3, 29, 0.5) < 0.5
+    assert no_et_page.balanced_share(0, 29, 0.5) == 0.0
 
 
 def test_training_compositions_read_the_split_and_the_cases(tmp_path: Path) -> None:

@@ -101,10 +101,11 @@ class DataConfig:
             original image grid, e.g. 240 x 240 x 155 for BraTS, as the two-stage paper crops;
             the parts outside the brain box are background padding).
         case_balance: how 3D training crops choose their case: each case is drawn with weight
-            ``1 / n_c ** case_balance``, ``n_c`` the number of training cases with the same set
-            of tumour labels (0: uniform, both papers; 1: every such composition an equal
-            share; :mod:`cascadeseg.data.case_balance`). Lifts cases without enhancing tumour,
-            rare in the data, whose non-enhancing core is otherwise left unlearnt.
+            ``1 / n_k ** case_balance``, ``n_k`` the number of training cases of the same kind
+            of tumour: enhancing, non-enhancing or none (0: uniform, both papers; 1: every kind
+            an equal share; :mod:`cascadeseg.data.case_balance`). Lifts cases without
+            enhancing tumour, rare in the data, whose non-enhancing core is otherwise left
+            unlearnt.
         sequence_dropout: probability that a training sample loses some of its four sequences
             (0 = off; :class:`cascadeseg.data.missing.SequenceDropout`). A model trained with it
             accepts cases with missing sequences in ``predict``.

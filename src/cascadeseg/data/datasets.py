@@ -199,8 +199,9 @@ class CropDataset3D(Dataset):
         sequence_dropout: drop sequences of each crop and fill them
             (:class:`cascadeseg.data.missing.SequenceDropout`; with the ``mask`` fill the crop
             gets 4 availability channels); ``None``: off.
-        case_balance: power ``p`` of the case weights ``1 / n_c ** p`` over tumour
-            compositions (:mod:`cascadeseg.data.case_balance`); 0: every case once per pass.
+        case_balance: power ``p`` of the case weights ``1 / n_k ** p`` over kinds of tumour
+            (enhancing or not, :mod:`cascadeseg.data.case_balance`); 0: every case once per
+            pass.
     """
 
     def __init__(
@@ -247,9 +248,9 @@ class CropDataset3D(Dataset):
         self.bias_field_spacing_mm = float(bias_field_spacing_mm)
         self.bias_field_offset = float(bias_field_offset)
         self.sequence_dropout = sequence_dropout
-        self.compositions = [case_balance_.composition(c.label) for c in self.cases]  # type: ignore[arg-type]  # labels checked above
+        self.kinds = [case_balance_.case_kind(c.label) for c in self.cases]  # type: ignore[arg-type]  # labels checked above
         self.case_weights = (
-            case_balance_.balanced_case_weights(self.compositions, case_balance)
+            case_balance_.balanced_case_weights(self.kinds, case_balance)
             if case_balance > 0
             else None
         )

@@ -102,14 +102,15 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
 
 
 def _print_case_balance(dataset: Dataset[Any]) -> None:
-    """One line: the training cases per tumour composition and their share of the crops."""
+    """One line: the training cases of each kind of tumour and their share of the crops."""
     weights = getattr(dataset, "case_weights", None)
     if weights is None:
         return
-    shares = case_balance.composition_shares(dataset.compositions, weights)  # type: ignore[attr-defined]
+    shares = case_balance.group_shares(dataset.kinds, weights)  # type: ignore[attr-defined]
     parts = [
-        f"labels {'+'.join(map(str, comp)) or 'none'}: {n} case(s), {share:.0%} of crops"
-        for comp, (n, share) in sorted(shares.items(), key=lambda kv: -kv[1][0])
+        f"{kind}: {shares[kind][0]} case(s), {shares[kind][1]:.0%} of crops"
+        for kind in case_balance.KINDS
+        if kind in shares
     ]
     print("case balance: " + "; ".join(parts), flush=True)
 
