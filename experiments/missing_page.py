@@ -76,6 +76,7 @@ def body(study: dict[str, Any], doc: Path) -> str:
     four sequences, the command."""
     names = [c["name"] for c in study["configs"]]
     means = study["mean_dice"]
+    env = study.get("environment", {})
     tta = "with 8-flip TTA" if study["tta"] else "without TTA"
     body = []
     for subset in study["subsets"]:
@@ -99,7 +100,8 @@ def body(study: dict[str, Any], doc: Path) -> str:
         "(`dropout-zero`), against the same cascade trained without dropout (`ordinary`, "
         "`two_stage_cpu`), which gets the missing sequences as zeros (`ordinary + zero`, "
         "`predict --substitute-missing zero`) or as the nearest present sibling (`ordinary + "
-        "sibling`). Same steps, seed and training cases for the three runs:\n\n"
+        "sibling`). Same steps, seed and training cases for the three runs (the budget is the "
+        "steps; minutes are wall clock, as busy as the machine was):\n\n"
         + runs_table(study)
         + f"\nMean Dice (WT, TC, ET averaged) on the {study['test_cases']} held-out cases, "
         f"final weights, {tta}, no post-processing; each case preprocessed once, the missing "
@@ -118,7 +120,11 @@ def body(study: dict[str, Any], doc: Path) -> str:
         + f"\nThe mean Dice difference is {all_four[-1][3]}: {verdict} the issue's "
         f"{ALL_FOUR_BOUND}. With one run per configuration and {study['test_cases']} held-out "
         "cases, differences of a few hundredths are within what another seed could give.\n"
-        + f"\nCommand (per-case values in `{_relative(study['settings']['out'])}/missing_study/"
+        + f"\nRun {env.get('date_utc', '')} on {env.get('cpu', '')} ({env.get('logical_cpus')} "
+        f"logical CPUs, {env.get('torch_threads')} torch thread(s)), code at commit "
+        f"{env.get('git_commit', '?')}{' (with changes)' if env.get('git_dirty') else ''}: the "
+        "recipes as they were then. "
+        + f"Command (per-case values in `{_relative(study['settings']['out'])}/missing_study/"
         "study.json`):\n\n" + code_block([study["command"]])
     )
 
