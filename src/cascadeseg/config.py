@@ -301,8 +301,10 @@ class InferenceConfig:
         precision: ``auto`` (bf16 where the device computes it natively, else fp32), ``fp32``
             or ``bf16``.
         tta_region: where the TTA passes after a case's first run: ``volume`` (every pass on
-            the whole volume) or ``tumour`` (on the first pass's tumour box plus a margin; see
-            ``cascadeseg.inference.roi``). ``volume`` until measured (benchmarks/roi_flips.py).
+            the whole volume), ``tumour`` (on the first pass's tumour box plus a margin; see
+            ``cascadeseg.inference.roi``) or ``auto`` (``tumour`` on the CPU, ``volume`` on a
+            GPU). Default ``volume``; the paper-width 3D recipes set ``auto`` (measured in
+            docs/performance.md: 3.6x faster per case on a 2-core CPU, Dice within 0.005).
         tta_region_threshold: a voxel belongs to the tumour box when any region probability
             of the first pass exceeds it.
         tta_region_margin: voxels added to every side of the tumour box (16: one coarsest

@@ -153,7 +153,7 @@ RULES: dict[str, Rule] = {
     "inference.sliding_window": one_of("auto", "always", "never"),
     "inference.overlap": FRACTION_BELOW_ONE,
     "inference.precision": one_of(*INFERENCE_PRECISIONS),  # what predict runs
-    "inference.tta_region": one_of("volume", "tumour"),
+    "inference.tta_region": one_of("volume", "tumour", "auto"),
     "inference.tta_region_threshold": PROBABILITY,
     "inference.tta_region_margin": NON_NEGATIVE_INT,
     "seed": NON_NEGATIVE_INT,

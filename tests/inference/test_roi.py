@@ -30,6 +30,7 @@ from cascadeseg.inference.roi import (
     image_box,
     label_box,
     network_crop,
+    resolve_tta_region,
     tumour_box,
 )
 from cascadeseg.inference.sliding import pad_to_multiple
@@ -249,6 +250,29 @@ def test_2d_members_are_refused() -> None:
     with pytest.raises(ConfigError, match="3D members only"):
         options_from_recipe([flat], {"tta_region": "tumour"}, device="cpu")
     options_from_recipe([flat], {"tta_region": "volume"}, device="cpu")  # the default is fine
+
+
+def test_auto_is_the_box_on_the_cpu_for_3d_members_and_the_volume_elsewhere() -> None:
+    solid = members(1)
+    flat = [tiny_member(BlobNet().eval(), spatial_dims=2, in_channels=4)]
+    assert resolve_tta_region("auto", "cpu", solid) == "tumour"
+    assert resolve_tta_region("auto", "cuda", solid) == "volume"
+    assert resolve_tta_region("auto", "cpu", flat) == "volume"
+    assert resolve_tta_region("volume", "cpu", solid) == "volume"  # given values stay
+    options = options_from_recipe(solid, {"tta_region": "auto"}, device="cpu")
+    assert options.tta_region == "tumour"
+    assert options.settings_origin["tta_region"] == "option (auto on cpu)"
+    assert options_from_recipe(flat, {"tta_region": "auto"}, device="cpu").tta_region == "volume"
+
+
+def test_auto_left_in_the_options_is_resolved_by_the_predictor() -> None:
+    """Options made without :func:`options_from_recipe` may still say ``auto``: the predictor
+    resolves it for its device and records what ran."""
+    solid = members(1)
+    _, _, info = predict_preprocessed(
+        pre_of(blob_image()), solid, replace(VOLUME, tta_region="auto"), device=CPU
+    )
+    assert info["tta_region"] == "tumour" and "tta_region_box" in info
 
 
 def test_bad_options_are_refused() -> None:

@@ -172,12 +172,12 @@ def _add_tta_region(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("flip passes on the tumour's box")
     group.add_argument(
         "--tta-region",
-        choices=["volume", "tumour"],
+        choices=["volume", "tumour", "auto"],
         default=None,
         help="where the TTA passes after a case's first run: volume (every flip on the whole "
-        "volume) or tumour (on the first pass's tumour box plus --tta-margin; outside it the "
-        "first pass alone; 3D models only) (default: the recipe's inference.tta_region, else "
-        "volume)",
+        "volume), tumour (on the first pass's tumour box plus --tta-region-margin; outside it "
+        "the first pass alone; 3D models only) or auto (tumour on the CPU with 3D models, else "
+        "volume) (default: the recipe's inference.tta_region, else volume)",
     )
     group.add_argument(
         "--tta-region-margin",

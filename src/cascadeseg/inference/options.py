@@ -20,8 +20,8 @@ from cascadeseg.inference.ensemble import ENSEMBLE_MODES, ensemble_et_min_voxels
 from cascadeseg.inference.lesion_postprocess import check_min_lesion_voxels
 from cascadeseg.inference.loading import RECIPE_INFERENCE_KEYS, LoadedModel, recipe_inference_values
 from cascadeseg.inference.memory import POLICIES
-from cascadeseg.inference.roi import TTA_REGIONS, check_tta_region
-from cascadeseg.runtime import effective_precision
+from cascadeseg.inference.roi import TTA_REGIONS, check_tta_region, resolve_tta_region
+from cascadeseg.runtime import effective_precision, resolve_device
 
 PRECISIONS: tuple[str, ...] = INFERENCE_PRECISIONS
 BACKENDS: tuple[str, ...] = ("torch", "onnx")
@@ -95,8 +95,9 @@ class PredictOptions:
         tta_region: where the passes after a case's first run (:mod:`~.roi`, issue 20):
             ``volume`` (default: every pass on the whole volume) or ``tumour`` (on the first
             pass's tumour box grown by ``tta_region_margin``; outside it the first pass stands
-            alone). The default stays ``volume`` until ``benchmarks/roi_flips.py`` has measured
-            the time saved and the Dice changed on trained models. 3D members only.
+            alone; 3D members only) or ``auto`` (the box on the CPU, the volume on a GPU;
+            :func:`~.roi.resolve_tta_region`, resolved by :func:`options_from_recipe`). The
+            dataclass default stays ``volume``; the paper-width 3D recipes store ``auto``.
         tta_region_threshold: a voxel is tumour for the box when any region probability of the
             first pass exceeds it (default 0.05: ten times below the label threshold, so the
             box holds every voxel the first pass comes near to labelling).
@@ -229,6 +230,11 @@ def options_from_recipe(
         else:
             origin[key] = "default"
     options = dataclasses.replace(base, **values, settings_origin=origin)
+    if options.tta_region == "auto":
+        device_type = resolve_device(options.device).type
+        region = resolve_tta_region("auto", device_type, models)
+        origin["tta_region"] = f"{origin['tta_region']} (auto on {device_type})"
+        options = dataclasses.replace(options, tta_region=region, settings_origin=origin)
     check_tta_region(models, options.tta_region)
     return options
 

@@ -69,7 +69,7 @@ from cascadeseg.inference.outputs import (
 )
 from cascadeseg.inference.plan import Source, check_outputs, existing_outputs, resolve_inputs
 from cascadeseg.inference.postprocess import postprocess_et
-from cascadeseg.inference.roi import Box, case_region
+from cascadeseg.inference.roi import Box, case_region, resolve_tta_region
 from cascadeseg.inference.shards import Share, env_int, folder_lock, gather
 from cascadeseg.inference.volume import member_moments
 from cascadeseg.runtime import resolve_device, tune_device
@@ -138,12 +138,10 @@ def network_image(
     return substitute_missing(image, missing, substitute)
 
 
-def _case_region(options: PredictOptions, tumour_box: Box | None) -> Any:
+def _case_region(options: PredictOptions, tumour_box: Box | None, tta_region: str) -> Any:
     """The case's tumour region of ``--tta-region tumour`` (``None`` for ``volume``), with the
-    benchmarks' given box."""
-    region = case_region(
-        options.tta_region, options.tta_region_threshold, options.tta_region_margin
-    )
+    benchmarks' given box; ``tta_region``: ``options.tta_region`` resolved."""
+    region = case_region(tta_region, options.tta_region_threshold, options.tta_region_margin)
     if tumour_box is not None:
         if region is None:
             raise ConfigError("a given tumour box needs tta_region 'tumour'")
@@ -185,7 +183,8 @@ def predict_preprocessed(
     moments = MomentSum()
     members_info = []
     plan = flip_plan(models, options.ensemble_mode, options.tta)
-    region = _case_region(options, tumour_box)
+    tta_region = resolve_tta_region(options.tta_region, device.type, models)
+    region = _case_region(options, tumour_box, tta_region)
     present = present_flags(missing)
     image, substituted = network_image(pre.image, models, missing, options.substitute_missing)
     for member, flips in zip(models, plan):
@@ -218,7 +217,7 @@ def predict_preprocessed(
         # Network passes over the whole case, all members (8 for a paired run of 8 snapshots).
         "passes": int(sum(m["passes"] for m in members_info)),
         "members": members_info,
-        "tta_region": options.tta_region,
+        "tta_region": tta_region,
         "missing_sequences": list(missing),
         "missing_fill": [m.missing_fill for m in models],
         # Ignored (None) for members trained with sequence dropout.
