@@ -4,8 +4,9 @@ The targets of issue 20 are judged from the rows of one result (:func:`targets`)
 in: the per-case target of the run's CPU (60 s with native bf16; 2.5 min on an AVX2-only CPU,
 emulated by capping the ISA), the speed-up over nnU-Net's default, each tool at its default
 precision, and each timed pass's share of the matmul peak of its precision. Two rows answer
-the per-case targets: cascadeseg's defaults (``predict`` as shipped: ``--precision auto``, flips
-on the whole volume, PyTorch) and the fastest row measured, with its levers named.
+the per-case targets: cascadeseg's defaults (``predict`` as shipped for the paper recipe on a CPU:
+``--precision auto``, ``--tta-region auto``, PyTorch; :func:`default_row_id`) and the fastest row
+measured, with its levers named.
 """
 
 from __future__ import annotations
@@ -26,9 +27,22 @@ ISA_TITLES = {
 }
 
 
-def default_row_id(result: dict[str, Any]) -> str:
-    """The row of cascadeseg's defaults: ``auto`` precision (bf16 where native), whole volume."""
-    return "bf16" if result["machine"].get("cpu_native_bf16") else "fp32"
+#: The recipe whose ``inference`` settings are "cascadeseg's defaults" (the rows' network).
+PAPER_RECIPE = "two_stage_brats19"
+
+
+def default_row_id(result: dict[str, Any], inference: Any = None) -> str:
+    """The row of cascadeseg's defaults: :data:`PAPER_RECIPE`'s ``inference.precision``
+    (``auto``/``bf16``: bf16 where native, else fp32) and ``inference.tta_region`` as
+    ``predict`` resolves them on the CPU (``auto``: the flips after the first on the tumour
+    box, ``-roi``). ``inference``: another recipe's ``inference`` settings (tests)."""
+    from cascadeseg.config import load_config
+
+    inference = inference or load_config(PAPER_RECIPE).inference
+    native = bool(result["machine"].get("cpu_native_bf16"))
+    bf16 = native and inference.precision in ("auto", "bf16")
+    roi = inference.tta_region in ("tumour", "auto")
+    return ("bf16" if bf16 else "fp32") + ("-roi" if roi else "")
 
 
 def _case_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
