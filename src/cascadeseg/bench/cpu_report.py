@@ -171,9 +171,11 @@ def rows_table(result: dict[str, Any]) -> list[str]:
 
 
 def targets_table(result: dict[str, Any]) -> list[str]:
-    """The targets as a Markdown table (target, row, measured, met)."""
+    """The targets as a Markdown table (target, row, measured, met), judged again from the
+    rows (:func:`targets`): "cascadeseg's defaults" are those of the code rendering them, which
+    may differ from the run's (its JSON keeps the run's own judgement)."""
     lines = ["| target (issue 20) | row | measured | met |", "|---|---|---|---|"]
-    for t in result["targets"]:
+    for t in targets(result):
         value = t["measured"]
         if value is None:
             shown = "not measured"
