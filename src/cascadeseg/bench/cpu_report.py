@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from cascadeseg.config import load_config
+
 #: Targets of issue 20 on the CPU.
 TARGET_CASE_S = {"native": 60.0, "avx2": 150.0}
 TARGET_SPEEDUP = 10.0
@@ -36,8 +38,6 @@ def default_row_id(result: dict[str, Any], inference: Any = None) -> str:
     (``auto``/``bf16``: bf16 where native, else fp32) and ``inference.tta_region`` as
     ``predict`` resolves them on the CPU (``auto``: the flips after the first on the tumour
     box, ``-roi``). ``inference``: another recipe's ``inference`` settings (tests)."""
-    from cascadeseg.config import load_config
-
     inference = inference or load_config(PAPER_RECIPE).inference
     native = bool(result["machine"].get("cpu_native_bf16"))
     bf16 = native and inference.precision in ("auto", "bf16")
