@@ -101,7 +101,8 @@ def cause_text(study: dict[str, Any]) -> str:
 
 
 def commands_text(study: dict[str, Any]) -> str:
-    lines = [r["command"] for r in study["runs"].values()]
+    lines = [study["command"]] if "command" in study else []  # the whole study (newer runs)
+    lines += [r["command"] for r in study["runs"].values()]
     lines += [s["predict_command"] for s in study["scores"].values()][:3]
     return "```bash\n" + "\n".join(lines) + "\n```\n"
 

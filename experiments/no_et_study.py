@@ -35,6 +35,8 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     pred = Path(scores["uniform/no_et"]["pred_dir"])
     study = {
         "study": "no_et",
+        "command": "python experiments/no_et_study.py "
+        + shlex.join(sys.argv[1:] if argv is None else argv),
         "settings": settings.as_dict(),
         "extra_sets": {k: list(o) for k, _, o in EXTRA_SETS},
         "extra_cases": args.extra_cases,

@@ -83,6 +83,9 @@ def test_page_numbers_come_from_the_study(tmp_path: Path) -> None:
     study["training_cases"] = study["training_cases"][:1]  # no case without ET in the split
     text = no_et_page.write_page(study, tmp_path / "none.md").read_text()
     assert "**None without enhancing tumour**" in text
+    study["command"] = "python experiments/no_et_study.py --data-seed 0"
+    text = no_et_page.write_page(study, tmp_path / "cmd.md").read_text()
+    assert "```bash\npython experiments/no_et_study.py --data-seed 0\n" in text
 
 
 def test_balanced_share_follows_the_weights() -> None:
