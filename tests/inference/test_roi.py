@@ -314,6 +314,23 @@ def test_maps_are_not_added_to_a_segmentation_of_the_other_region(tmp_path: Path
     assert predict(ensemble, data, out, replace(VOLUME, save_probabilities=True))[0].status == "ok"
 
 
+def test_auto_is_resolved_once_for_a_batch_and_its_reruns(tmp_path: Path) -> None:
+    """``predict`` resolves ``auto`` before planning: the case's JSON records the region that
+    ran, and a rerun with ``auto`` adds maps to that segmentation instead of refusing it."""
+    from cascadeseg.inference.predictor import predict
+
+    data = tmp_path / "data"
+    write_case(make_tiny_case(seed=0, case_id="c1"), data, "brats2021")
+    ensemble = members(2, tmp_path / "run")
+    out = tmp_path / "out"
+    auto = replace(TUMOUR, tta_region="auto", device="cpu")
+    assert predict(ensemble, data, out, auto)[0].status == "ok"
+    settings = json.loads((out / "c1.json").read_text())["settings"]
+    assert settings["tta_region"] == "tumour"
+    assert predict(ensemble, data, out, replace(auto, save_probabilities=True))[0].status == "ok"
+    assert (out / "c1_probabilities.nii.gz").is_file()
+
+
 def test_a_member_of_another_multiple_counts_where_its_crop_ran() -> None:
     image = blob_image()
     first = tiny_member(BlobNet(0).eval(), source="a.pt")

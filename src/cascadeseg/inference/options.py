@@ -229,14 +229,22 @@ def options_from_recipe(
             values[key], origin[key] = stored[key], "recipe"
         else:
             origin[key] = "default"
-    options = dataclasses.replace(base, **values, settings_origin=origin)
-    if options.tta_region == "auto":
-        device_type = resolve_device(options.device).type
-        region = resolve_tta_region("auto", device_type, models)
-        origin["tta_region"] = f"{origin['tta_region']} (auto on {device_type})"
-        options = dataclasses.replace(options, tta_region=region, settings_origin=origin)
+    options = resolve_region(dataclasses.replace(base, **values, settings_origin=origin), models)
     check_tta_region(models, options.tta_region)
     return options
+
+
+def resolve_region(options: PredictOptions, models: Sequence[LoadedModel]) -> PredictOptions:
+    """``options`` with ``tta_region="auto"`` resolved for its device and ``models``
+    (:func:`~.roi.resolve_tta_region`; the origin says ``(auto on cpu)``), so that what runs,
+    what each case's JSON records and what a rerun compares it with are one value."""
+    if options.tta_region != "auto":
+        return options
+    device_type = resolve_device(options.device).type
+    origin = dict(options.settings_origin)
+    origin["tta_region"] = f"{origin.get('tta_region', 'default')} (auto on {device_type})"
+    region = resolve_tta_region("auto", device_type, models)
+    return dataclasses.replace(options, tta_region=region, settings_origin=origin)
 
 
 def run_precision(options: PredictOptions, device: torch.device) -> tuple[str, str]:

@@ -56,7 +56,12 @@ from cascadeseg.inference.export import to_onnx_member
 from cascadeseg.inference.lesion_postprocess import postprocess_lesions, summarise_lesions
 from cascadeseg.inference.loading import LoadedModel
 from cascadeseg.inference.memory import free_memory
-from cascadeseg.inference.options import PredictOptions, resolve_et_min_voxels, run_precision
+from cascadeseg.inference.options import (
+    PredictOptions,
+    resolve_et_min_voxels,
+    resolve_region,
+    run_precision,
+)
 from cascadeseg.inference.outputs import (
     CaseResult,
     Prediction,
@@ -430,7 +435,7 @@ def predict(
         ConfigError: ``save_uncertainty`` with a single pass; ``missing`` for a model trained
             without sequence dropout and no ``substitute_missing``.
     """
-    options = options or PredictOptions()
+    options = resolve_region(options or PredictOptions(), models)
     output_dir = Path(output_dir)
     takes_missing = supports_missing(models) or options.substitute_missing is not None
     check_missing(options, models)
