@@ -166,14 +166,12 @@ def _recipe(model: str, missing: tuple[str, ...]) -> tuple[str, tuple[str, ...]]
     from cascadeseg.data.missing import parse_sequences
 
     sequences = parse_sequences(missing, "--missing")
-    try:
-        resolve_recipe(f"{model}_missing_cpu")
-    except ConfigError:
+    if not _has_recipe(f"{model}_missing_cpu"):
         able = [m for m in DEMO_MODELS if _has_recipe(f"{m}_missing_cpu")]
         raise ConfigError(
             f"--missing: the model {model} has no missing-sequence recipe ({model}_missing_cpu); "
             f"use --model {' or '.join(able) or '(none)'}"
-        ) from None
+        )
     return f"{model}_missing_cpu", sequences
 
 
