@@ -96,6 +96,10 @@ class DataConfig:
         split: ``"kfold"``, ``"cunet"`` (3:1:1 train/val/test as the CU-Net paper) or ``"all"``
             (every case trains, no validation: fixed epochs, snapshots still taken; the
             two-stage paper's 7 all-data models of its 12-model ensemble).
+        split_stratify: ``"none"`` (the papers, nnU-Net: folds dealt from one shuffled list)
+            or ``"kind"``: ``kfold`` folds stratified by kind of tumour (enhancing,
+            non-enhancing, none; :func:`cascadeseg.data.splits.kfold_split`), so that a rare
+            kind is not left mostly in validation. Reads every case's labels before the split.
         crop_region: where 3D crops are drawn: ``"brain"`` (inside the preprocessed,
             brain-cropped volume, with ``crop_overhang``) or ``"volume"`` (uniformly over the
             original image grid, e.g. 240 x 240 x 155 for BraTS, as the two-stage paper crops;
@@ -110,6 +114,12 @@ class DataConfig:
             (0 = off; :class:`cascadeseg.data.missing.SequenceDropout`). A model trained with it
             accepts cases with missing sequences in ``predict``.
         sequence_dropout_max: most sequences one sample loses (1 to 3; at least one stays).
+        sequence_dropout_start: share of the run (of its schedule: epochs, or the time budget
+            with ``train.time_schedule``) trained on complete samples before sequence dropout
+            begins (0: from the first step). The network first learns from all four sequences,
+            then to do without some.
+        sequence_dropout_end: share of the run after which sequence dropout stops (1: never):
+            the run ends on complete samples, which its final, small learning rates then fit.
         missing_fill: how a missing sequence reaches the network (with ``sequence_dropout`` > 0
             only): ``mask`` (default: zero-filled, plus four binary availability channels) or
             ``zero`` (zero-filled alone); see :mod:`cascadeseg.data.missing`.
@@ -136,10 +146,13 @@ class DataConfig:
     folds: int = 5
     fold: int = 0
     split: str = "kfold"
+    split_stratify: str = "none"
     crop_region: str = "brain"
     case_balance: float = 0.0
     sequence_dropout: float = 0.0
     sequence_dropout_max: int = 3
+    sequence_dropout_start: float = 0.0
+    sequence_dropout_end: float = 1.0
     missing_fill: str = "mask"
 
 

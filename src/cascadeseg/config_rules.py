@@ -99,10 +99,13 @@ RULES: dict[str, Rule] = {
     "data.folds": ("an integer >= 2", lambda v: _is_int(v) and v >= 2),
     "data.fold": NON_NEGATIVE_INT,
     "data.split": one_of(*SPLITS),
+    "data.split_stratify": one_of("none", "kind"),
     "data.crop_region": one_of("brain", "volume"),
     "data.case_balance": ("a number in [0, 1]", lambda v: _is_finite(v) and 0 <= v <= 1),
     "data.sequence_dropout": PROBABILITY,
     "data.sequence_dropout_max": ("1, 2 or 3", lambda v: _is_int(v) and 1 <= v <= 3),
+    "data.sequence_dropout_start": FRACTION_BELOW_ONE,
+    "data.sequence_dropout_end": ("a number in (0, 1]", lambda v: _is_finite(v) and 0 < v <= 1),
     "data.missing_fill": one_of(*MISSING_FILLS),
     "model.name": ("a model name", lambda v: isinstance(v, str) and v.strip() != ""),
     "loss.interp_decoder_weight": NON_NEGATIVE,
@@ -223,7 +226,24 @@ def validate(cfg: Any) -> None:
         raise ConfigError(
             f"data.fold must be in [0, data.folds) = [0, {cfg.data.folds}), got {cfg.data.fold}"
         )
+    _check_dropout_window(cfg.data)
     for name, value in cfg.model.args.items():
         problem = model_arg_problem(str(name), value)
         if problem:
             raise ConfigError(f"model.args.{name} {problem}")
+
+
+def _check_dropout_window(data: Any) -> None:
+    """``data.sequence_dropout_start`` / ``_end``: only with sequence dropout, start < end."""
+    start, end = data.sequence_dropout_start, data.sequence_dropout_end
+    if (start > 0 or end < 1) and data.sequence_dropout <= 0:
+        key = "start" if start > 0 else "end"
+        value = start if start > 0 else end
+        raise ConfigError(
+            f"data.sequence_dropout_{key}={value} needs sequence dropout "
+            "(data.sequence_dropout > 0)"
+        )
+    if start >= end:
+        raise ConfigError(
+            f"data.sequence_dropout_start={start} must be below data.sequence_dropout_end={end}"
+        )

@@ -120,6 +120,38 @@ def test_datasets_drop_sequences_per_item() -> None:
     assert slices.in_channels == 16 and slices[(0, 0)]["image"].shape == (16, 16, 16)
 
 
+def test_keys_flagged_off_drop_nothing_but_keep_the_mask_channels() -> None:
+    """``(epoch, index, 0)``: sequence dropout not started (``data.sequence_dropout_start``)."""
+    pre = preprocess_case(make_tiny_case((24, 24, 16)))
+    dropout = SequenceDropout(1.0, 3, "mask")
+    crops = CropDataset3D([pre], patch_size=(8, 8, 8), seed=3, sequence_dropout=dropout)
+    plain = CropDataset3D([pre], patch_size=(8, 8, 8), seed=3)
+    for index in range(3):
+        held = crops[(1, index, 0)]["image"]
+        assert torch.equal(held[:4], plain[(1, index)]["image"])  # the same crop, all four
+        assert torch.equal(held[4:], torch.ones_like(held[4:]))  # every sequence present
+        assert float(crops[(1, index, 1)]["image"][4:, 0, 0, 0].sum()) < 4  # flag on: dropped
+    slices = SliceDataset2D([pre], slice_size=(16, 16), seed=0, sequence_dropout=dropout)
+    plain_slices = SliceDataset2D([pre], slice_size=(16, 16), seed=0)
+    held = slices[(0, 2, 0)]["image"]
+    assert torch.equal(held[:4], plain_slices[(0, 2)]["image"])
+    assert torch.equal(held[4:], torch.ones_like(held[4:]))
+
+
+def test_dropout_window_needs_dropout_and_start_below_end() -> None:
+    with pytest.raises(ConfigError, match=r"data\.sequence_dropout_start=0\.5 needs sequence"):
+        apply_overrides(Config(), ["data.sequence_dropout_start=0.5"])
+    with pytest.raises(ConfigError, match=r"data\.sequence_dropout_start must be a number in"):
+        apply_overrides(Config(), ["data.sequence_dropout=0.5", "data.sequence_dropout_start=1"])
+    with pytest.raises(ConfigError, match=r"data\.sequence_dropout_end=0\.5 needs sequence"):
+        apply_overrides(Config(), ["data.sequence_dropout_end=0.5"])
+    window = ["data.sequence_dropout=0.5", "data.sequence_dropout_start=0.5"]
+    with pytest.raises(ConfigError, match=r"=0\.5 must be below data\.sequence_dropout_end=0\.5"):
+        apply_overrides(Config(), [*window, "data.sequence_dropout_end=0.5"])
+    cfg = apply_overrides(Config(), [*window, "data.sequence_dropout_end=0.9"])
+    assert (cfg.data.sequence_dropout_start, cfg.data.sequence_dropout_end) == (0.5, 0.9)
+
+
 def _write_without(tmp_path: Path, modality: str) -> Path:
     data = tmp_path / "data"
     case = make_tiny_case((16, 16, 12), case_id="BraTS2021_00000")

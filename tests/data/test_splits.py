@@ -37,6 +37,25 @@ def test_kfold_is_deterministic_and_order_independent() -> None:
     assert a != kfold_split(IDS, k=5, fold=2, seed=8)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_stratified_kfold_spreads_every_kind_over_the_folds(seed: int) -> None:
+    ids = [f"c{i:02d}" for i in range(32)]
+    kinds = {c: "non-enhancing" if i % 11 == 3 else "enhancing" for i, c in enumerate(ids)}
+    kinds["c31"] = "no tumour"
+    seen: list[str] = []
+    for fold in range(5):
+        split = kfold_split(ids, k=5, fold=fold, seed=seed, strata=kinds)
+        assert sorted(split["train"] + split["val"]) == ids
+        assert len(split["val"]) in (6, 7)
+        rare = [c for c in split["val"] if kinds[c] == "non-enhancing"]
+        assert len(rare) <= 1  # 3 such cases: at most one per fold
+        seen += split["val"]
+    assert sorted(seen) == ids
+    # The seed still decides which cases of a kind validate.
+    folds = {s: kfold_split(ids, k=5, fold=0, seed=s, strata=kinds)["val"] for s in range(4)}
+    assert len({tuple(v) for v in folds.values()}) > 1
+
+
 def test_holdout_is_the_cunet_3_1_1_split() -> None:
     ids = [f"c{i:03d}" for i in range(210)]
     split = holdout_split(ids, ratios=(3, 1, 1), seed=0)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from test_trainer import tiny_config, write_toy_dataset
 
+from cascadeseg.data import datasets
 from cascadeseg.data.missing import without_sequences
 from cascadeseg.errors import ConfigError
 from cascadeseg.inference import load_models
@@ -66,3 +68,43 @@ def test_two_steps_with_dropout_then_predict_a_case_without_t1ce(
     assert prediction.label.shape == case.image.shape[1:]
     assert prediction.info["missing_sequences"] == ["t1ce"]
     assert prediction.info["missing_fill"] == ["mask"]
+
+
+@pytest.mark.parametrize(
+    ("window", "dropped", "line"),
+    [
+        (("data.sequence_dropout_start=0.5",), [False, True], "sequence dropout starts (epoch 2)"),
+        (("data.sequence_dropout_end=0.5",), [True, False], "sequence dropout stops (epoch 2)"),
+    ],
+)
+def test_dropout_runs_inside_its_window_of_the_run(
+    toy_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    window: tuple[str, ...],
+    dropped: list[bool],
+    line: str,
+) -> None:
+    """Of 2 epochs, ``start=0.5``: epoch 1 complete, epoch 2 dropped; ``end=0.5``: the reverse."""
+    seen: list[tuple[int, bool]] = []
+    drop = datasets._drop_sequences
+
+    def spy(dropout: Any, rng: Any, image: Any, key: Any) -> Any:
+        out = drop(dropout, rng, image, key)
+        seen.append((int(key[0]), bool(out[4:].min() == 0)))  # epoch, a sequence lost
+        return out
+
+    monkeypatch.setattr(datasets, "_drop_sequences", spy)
+    cfg = tiny_config(
+        "data.sequence_dropout=1.0",
+        *window,
+        "train.epochs=2",
+        "train.iters_per_epoch=2",
+        "train.batch_size=1",
+    )
+    run = train(cfg, toy_data, tmp_path / "run", progress=False)
+    assert sorted(seen) == [(0, dropped[0])] * 2 + [(1, dropped[1])] * 2
+    assert line in capsys.readouterr().err
+    (member,) = load_models([run], "cpu")
+    assert member.missing_fill == "mask"

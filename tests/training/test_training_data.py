@@ -12,11 +12,13 @@ from torch import nn
 
 from cascadeseg.config import Config
 from cascadeseg.data.datasets import CropDataset3D, SliceDataset2D
+from cascadeseg.data.writers import write_case
 from cascadeseg.models import register, unregister
 from cascadeseg.training.data import prepare_data
 from cascadeseg.training.distributed import DistInfo
 from cascadeseg.training.logs import read_steps_csv
 from cascadeseg.training.trainer import train
+from toy import make_tiny_case
 
 TINY_2D = "test_tiny_2d_regions"
 
@@ -85,3 +87,27 @@ def test_a_3d_network_trains_on_crops(toy_data: Path) -> None:
     data = prepare_data(tiny_config(), toy_data, DistInfo(), progress=False)
     assert isinstance(data.train_dataset, CropDataset3D)
     assert data.train_dataset[(0, 0)]["image"].shape == (4, 16, 16, 16)
+
+
+def test_a_split_stratified_by_kind_keeps_rare_kinds_in_training(tmp_path: Path) -> None:
+    """6 cases, 2 without enhancing tumour, 2 folds: each fold validates exactly one of them,
+    whatever the seed (unstratified, some seeds validate both)."""
+    root = tmp_path / "data"
+    for i in range(6):
+        case = make_tiny_case((24, 24, 24), seed=i, case_id=f"k_{i:03d}", with_et=i < 4)
+        write_case(case, root, "brats2021")
+    rare = {"k_004", "k_005"}
+    plain_rare_counts = set()
+    for seed in range(4):
+        for fold in range(2):
+            common = ("data.folds=2", f"data.fold={fold}", f"seed={seed}", "train.val_cases=null")
+            data = prepare_data(
+                tiny_config(*common, "data.split_stratify=kind"), root, DistInfo(), progress=False
+            )
+            assert len(rare & set(data.split["val"])) == 1
+            assert len(rare & set(data.split["train"])) == 1
+            kinds = data.train_dataset.kinds  # type: ignore[attr-defined]
+            assert kinds.count("non-enhancing") == 1
+            plain = prepare_data(tiny_config(*common), root, DistInfo(), progress=False)
+            plain_rare_counts.add(len(rare & set(plain.split["val"])))
+    assert plain_rare_counts != {1}  # the unstratified deal does not guarantee it

@@ -39,7 +39,9 @@ from cascadeseg.data.preprocess import Preprocessed
 from cascadeseg.errors import ConfigError, InputError
 from cascadeseg.runtime import meminfo_available_bytes
 
-Index = int | tuple[int, int]
+#: A dataset key: an index, ``(epoch, index)``, or ``(epoch, index, dropout_on)`` (0/1: whether
+#: the item may lose sequences; ``data.sequence_dropout_start``).
+Index = int | tuple[int, int] | tuple[int, int, int]
 
 #: ``mean / std`` of a modality's brain intensities for cases that do not record it (a
 #: ``Preprocessed`` built by hand rather than by ``preprocess_case``; cache entries of older
@@ -136,6 +138,11 @@ def _split_index(key: Index, epoch: int) -> tuple[int, int]:
     return epoch, int(key)
 
 
+def _dropout_on(key: Index) -> bool:
+    """Whether the item of ``key`` may lose sequences (keys without the flag: yes)."""
+    return not (isinstance(key, tuple) and len(key) > 2 and not key[2])
+
+
 def _require_labels(cases: Sequence[Preprocessed]) -> None:
     for case in cases:
         if case.label is None:
@@ -143,13 +150,15 @@ def _require_labels(cases: Sequence[Preprocessed]) -> None:
 
 
 def _drop_sequences(
-    dropout: SequenceDropout | None, rng: np.random.Generator, image: np.ndarray
+    dropout: SequenceDropout | None, rng: np.random.Generator, image: np.ndarray, key: Index
 ) -> np.ndarray:
     """The sample's sequence dropout, drawn last from its generator (so the crop and the
-    augmentation draw as without it); ``image`` unchanged when there is none."""
+    augmentation draw as without it); ``image`` unchanged when there is none. Before dropout
+    starts (``key``'s flag off) nothing is dropped, but the ``mask`` fill's availability
+    channels (all present) are still appended."""
     if dropout is None:
         return image
-    return dropout.apply(image, dropout.draw(rng))
+    return dropout.apply(image, dropout.draw(rng) if _dropout_on(key) else ())
 
 
 def _to_item(
@@ -335,7 +344,7 @@ class CropDataset3D(Dataset):
                 rng, image.shape[0], shift=self.intensity_shift, scale=self.intensity_scale
             )
             image = augment.shift_scale_intensity(image, shifts, scales, brain_mask=brain_mask)
-        image = _drop_sequences(self.sequence_dropout, rng, image)
+        image = _drop_sequences(self.sequence_dropout, rng, image, key)
         return _to_item(image, label, brain_mask, case_index)
 
 
@@ -470,7 +479,7 @@ class SliceDataset2D(Dataset):
             image = augment.flip(image, axes, spatial_dims=2)
             label = augment.flip(label, axes, spatial_dims=2)
             brain_mask = augment.flip(brain_mask, axes, spatial_dims=2)
-        image = _drop_sequences(self.sequence_dropout, rng, image)
+        image = _drop_sequences(self.sequence_dropout, rng, image, key)
         return _to_item(image, label, brain_mask, case_index)
 
 

@@ -10,7 +10,11 @@ sequence dropout takes any non-empty subset of the four sequences (FLAIR, T1, T1
   equally often; all four are never lost. The draw comes from the sample's own generator
   (``seed, epoch, index``; :func:`cascadeseg.data.datasets.item_rng`) after its crop and
   augmentation draws, and only when p > 0: runs stay reproducible and resumable, and a run
-  without dropout draws exactly the samples it drew before.
+  without dropout draws exactly the samples it drew before. ``data.sequence_dropout_start`` =
+  s holds dropout off for the first share s of the run (of its epochs, or of its time budget
+  with ``train.time_schedule``; decided per epoch by the trainer, which flags the sampler's
+  keys): the network learns from complete cases first, then to do without some sequences, and
+  until then draws exactly the crops an ordinary run of the same seed draws.
 * **The fill** (``data.missing_fill``): a missing sequence is zero everywhere, after
   augmentation (0 is the brain mean of a z-scored sequence, and the background). ``zero``: that
   alone, the input keeps its channels. ``mask`` (the default): zero-filling plus four binary

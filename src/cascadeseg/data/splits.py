@@ -41,11 +41,17 @@ def kfold_split(
     seed: int = 0,
     *,
     groups: Mapping[str, str] | None = None,
+    strata: Mapping[str, str] | None = None,
 ) -> dict[str, list[str]]:
     """Fold ``fold`` of a ``k``-fold cross-validation (two-stage paper: 5 folds).
 
     The (shuffled) groups are dealt into ``k`` folds of near-equal size
-    (``numpy.array_split``); fold ``fold`` is the validation set.
+    (``numpy.array_split``); fold ``fold`` is the validation set. With ``strata`` (a stratum
+    per case id, e.g. its kind of tumour) the folds are stratified instead: the shuffled groups
+    are ordered stratum by stratum and dealt round-robin, so every fold holds about ``1/k`` of
+    each stratum (scikit-learn's ``StratifiedGroupKFold`` aims at the same). A rare stratum
+    then stays mostly in training: 3 cases of 32 in 5 folds leave at most 1 for validation,
+    where an unstratified deal may put 2 or 3 there.
 
     Returns:
         ``{"train": [...], "val": [...]}``, each sorted.
@@ -60,8 +66,13 @@ def kfold_split(
     grouped = _grouped(case_ids, groups, seed)
     if len(grouped) < k:
         raise ConfigError(f"{k}-fold split needs at least {k} cases, got {len(grouped)}")
-    folds = np.array_split(np.arange(len(grouped)), k)
-    val_groups = set(folds[fold].tolist())
+    if strata is None:
+        folds = np.array_split(np.arange(len(grouped)), k)
+        val_groups = set(folds[fold].tolist())
+    else:
+        # A group's stratum is its first case's; a stable sort keeps the seeded order inside.
+        order = sorted(range(len(grouped)), key=lambda g: strata[grouped[g][0]])
+        val_groups = set(order[fold::k])
     val = sorted(i for g in val_groups for i in grouped[g])
     train = sorted(i for g in range(len(grouped)) if g not in val_groups for i in grouped[g])
     return {"train": train, "val": val}

@@ -8,7 +8,7 @@ exact resume needs that); :func:`batch_to_device` moves a collated batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,18 +46,28 @@ class TrainingData:
     split: dict[str, list[str]]
 
 
-def split_case_ids(ids: Sequence[str], cfg: Config) -> dict[str, list[str]]:
+def split_case_ids(
+    ids: Sequence[str], cfg: Config, kinds: Mapping[str, str] | None = None
+) -> dict[str, list[str]]:
     """Train/val(/test) case ids from ``data.split``.
 
-    ``kfold``: fold ``data.fold`` of ``data.folds`` (two-stage paper: 5-fold); ``cunet``: the
-    3:1:1 train/val/test hold-out of the CU-Net paper; ``all``: every case trains, none
-    validates (the two-stage paper's all-data models: fixed epochs, no early stopping).
+    ``kfold``: fold ``data.fold`` of ``data.folds`` (two-stage paper: 5-fold), stratified by
+    ``kinds`` (each case's kind of tumour) when given; ``cunet``: the 3:1:1 train/val/test
+    hold-out of the CU-Net paper; ``all``: every case trains, none validates (the two-stage
+    paper's all-data models: fixed epochs, no early stopping).
     """
     if cfg.data.split == "all":
         return {"train": sorted(ids), "val": []}
     if cfg.data.split == "cunet":
         return splits.holdout_split(ids, ratios=(3, 1, 1), seed=cfg.seed)
-    return splits.kfold_split(ids, k=cfg.data.folds, fold=cfg.data.fold, seed=cfg.seed)
+    return splits.kfold_split(
+        ids, k=cfg.data.folds, fold=cfg.data.fold, seed=cfg.seed, strata=kinds
+    )
+
+
+def stratifies_by_kind(data_cfg: DataConfig) -> bool:
+    """Whether the split needs every case's kind of tumour (``data.split_stratify: kind``)."""
+    return data_cfg.split == "kfold" and data_cfg.split_stratify == "kind"
 
 
 def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = True) -> TrainingData:
@@ -69,7 +79,14 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
     """
     data = Path(data)
     by_id = _labelled_cases(data, cfg.data)
-    split = split_case_ids(list(by_id), cfg)
+    # A split stratified by kind reads every case's labels first: all are preprocessed (the
+    # validation cases beyond train.val_cases too), then split.
+    loaded: dict[str, Preprocessed] | None = None
+    kinds = None
+    if stratifies_by_kind(cfg.data):
+        loaded = _load_cases(list(by_id.values()), data, cfg.data, info, progress=progress)
+        kinds = {cid: case_balance.case_kind(case.label) for cid, case in loaded.items()}  # type: ignore[arg-type]  # labelled cases
+    split = split_case_ids(list(by_id), cfg, kinds)
     if not split["train"]:
         raise InputError(f"{data}: the split leaves no training case ({len(by_id)} cases)")
     spatial_dims = model_spatial_dims(cfg.model.name)
@@ -79,8 +96,9 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
             f"model {cfg.model.name!r} trains on 2D slices"
         )
     val_ids = split["val"][: cfg.train.val_cases] if cfg.train.val_cases else split["val"]
-    needed = [by_id[c] for c in split["train"] + val_ids]
-    loaded = _load_cases(needed, data, cfg.data, info, progress=progress)
+    if loaded is None:
+        needed = [by_id[c] for c in split["train"] + val_ids]
+        loaded = _load_cases(needed, data, cfg.data, info, progress=progress)
     train_cases = [loaded[c] for c in split["train"]]
     # Before any crop is drawn: a patch larger than every case's whole (resampled) grid, or
     # that cannot fit in memory. A patch larger than the brain box alone is fine: the crop is
@@ -186,7 +204,7 @@ def _train_dataset(
     )
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
+class EpochSampler(Sampler[tuple[int, ...]]):
     """``(epoch, index)`` keys of one epoch for one rank, from ``(seed, epoch)`` alone.
 
     An epoch draws ``samples_per_rank * world_size`` indices by concatenating random permutations
@@ -214,11 +232,16 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.world_size = world_size
         self.epoch = 0
         self.start = 0
+        #: False while sequence dropout has not started (``data.sequence_dropout_start``): the
+        #: keys then carry a third element, 0, and the datasets drop nothing.
+        self.dropout_on = True
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the epoch and the number of this rank's samples already consumed in it."""
+    def set_epoch(self, epoch: int, start: int = 0, *, dropout_on: bool = True) -> None:
+        """Select the epoch, the number of this rank's samples already consumed in it and
+        whether its samples may lose sequences."""
         self.epoch = epoch
         self.start = start
+        self.dropout_on = dropout_on
 
     def epoch_indices(self) -> list[int]:
         """This rank's full index list of the current epoch (before skipping ``start``)."""
@@ -234,9 +257,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
         indices = np.concatenate(chunks)[:total]
         return [int(i) for i in indices[self.rank :: self.world_size]]
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        return iter((epoch, i) for i in self.epoch_indices()[self.start :])
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
+        epoch, flag = self.epoch, () if self.dropout_on else (0,)
+        return iter((epoch, i, *flag) for i in self.epoch_indices()[self.start :])
 
     def __len__(self) -> int:
         return self.samples_per_rank - self.start

@@ -56,6 +56,7 @@ class RunState:
         best_epoch: the epoch of ``best_dice`` (-1 before any).
         stage1_only: the epoch in progress trains a cascade's stage 1 alone
             (``train.stage1_first``).
+        dropout_on: the epoch in progress may drop sequences (``data.sequence_dropout_start``).
         epoch_sums: running sums of the epoch's losses (``loss``, parts, ``skipped``, ``n``).
         finished: training reached its end (all epochs, early stop or budget).
         stop_reason: why it ended (``epochs``, ``early_stop``, ``time_budget``).
@@ -69,6 +70,7 @@ class RunState:
     best_dice: float = -1.0
     best_epoch: int = -1
     stage1_only: bool = False
+    dropout_on: bool = True
     epoch_sums: dict[str, float] = field(default_factory=dict)
     finished: bool = False
     stop_reason: str = ""

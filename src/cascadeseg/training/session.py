@@ -281,8 +281,11 @@ class Session:
         """
         cfg, state = self.cfg, self.state
         self.set_phase(epoch)
+        self.set_dropout(epoch)
         self.data.train_dataset.set_epoch(epoch)  # type: ignore[attr-defined]
-        self.sampler.set_epoch(epoch, start=state.iter_in_epoch * cfg.train.batch_size)
+        self.sampler.set_epoch(
+            epoch, start=state.iter_in_epoch * cfg.train.batch_size, dropout_on=state.dropout_on
+        )
         self.model.train()
         bar = progress_bar(
             self.iters_per_epoch, state.iter_in_epoch, epoch, cfg.train.epochs, self.progress
@@ -314,16 +317,40 @@ class Session:
         if cfg.train.stage1_first <= 0:
             return
         if state.iter_in_epoch == 0:
-            # In the first epoch of a session the saved run state gives the time spent (the
-            # same checkpoint on every rank), later the clock shared at the last step.
-            last = self.clock.last_elapsed_s
-            elapsed = state.elapsed_s if last is None else last
-            progress = self.schedule_epoch(epoch, 0, elapsed, self.clock.last_step_s)
-            stage1_only = progress < cfg.train.stage1_first * cfg.train.epochs
+            stage1_only = (
+                self.epoch_start_progress(epoch) < cfg.train.stage1_first * cfg.train.epochs
+            )
             if stage1_only != state.stage1_only:
                 self.part_keys = None  # the loss reports other parts in the other phase
             state.stage1_only = stage1_only
         self.plain_model.set_stage1_only(state.stage1_only)  # type: ignore[operator]
+
+    def set_dropout(self, epoch: int) -> None:
+        """Whether this epoch's samples may lose sequences: inside the window
+        ``[data.sequence_dropout_start, data.sequence_dropout_end)`` of the run.
+
+        Decided at the start of an epoch and kept in the run state, as :meth:`set_phase`.
+        """
+        cfg, state = self.cfg, self.state
+        start, end = cfg.data.sequence_dropout_start, cfg.data.sequence_dropout_end
+        if (start <= 0 and end >= 1) or cfg.data.sequence_dropout <= 0:
+            return
+        if state.iter_in_epoch != 0:
+            return
+        progress = self.epoch_start_progress(epoch) / cfg.train.epochs
+        dropout_on = start <= progress < end
+        if dropout_on != state.dropout_on and self.main:
+            what = "starts" if dropout_on else "stops"
+            print(f"sequence dropout {what} (epoch {epoch + 1})", file=sys.stderr, flush=True)
+        state.dropout_on = dropout_on
+
+    def epoch_start_progress(self, epoch: int) -> float:
+        """The fractional epoch of the schedules at the start of ``epoch``."""
+        # In the first epoch of a session the saved run state gives the time spent (the same
+        # checkpoint on every rank), later the clock shared at the last step.
+        last = self.clock.last_elapsed_s
+        elapsed = self.state.elapsed_s if last is None else last
+        return self.schedule_epoch(epoch, 0, elapsed, self.clock.last_step_s)
 
     def schedule_epoch(
         self, epoch: int, iteration: int, elapsed_s: float, step_s: float | None
