@@ -544,7 +544,7 @@ def train_run(
     ``checkpoints/last.pt``) is kept even when its recorded command differs (said, and its
     recorded command kept).
     """
-    from cascadeseg.config import load_config
+    from cascadeseg.config import load_config, to_dict
 
     run_dir = settings.out / "runs" / name
     # Testing hook: CASCADESEG_STUDY_RECIPES=DIR takes DIR/<recipe>.yaml instead of the shipped
@@ -581,10 +581,14 @@ def train_run(
     if not settings.progress:
         argv.insert(1, "--no-progress")
     line = command_line(argv)
+    # The recipe's values too: the same command line trains something else once a shipped
+    # recipe changes, and such a run must not be reused as if it were this one.
+    resolved = to_dict(load_config(recipe, all_overrides))
     record = run_dir / "experiment.json"
     finish = (name, recipe, all_overrides, run_dir, line, note, budget)
     if (run_dir / "summary.json").is_file() and record.is_file():
-        if read_json(record).get("command") == line:
+        recorded = read_json(record)
+        if recorded.get("command") == line and recorded.get("config") == resolved:
             print(f"train: reusing {run_dir}")
             return _finish_run(*finish)
     finished = (run_dir / "summary.json").is_file() and (
@@ -599,7 +603,7 @@ def train_run(
         print(f"train: {run_dir} holds another or unfinished run; training again")
         shutil.rmtree(run_dir)
     seconds = cascadeseg(argv, settings)
-    write_json(record, {"command": line, "wall_seconds": seconds})
+    write_json(record, {"command": line, "config": resolved, "wall_seconds": seconds})
     return _finish_run(*finish)
 
 

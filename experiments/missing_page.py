@@ -41,6 +41,23 @@ def runs_table(study: dict[str, Any]) -> str:
     return md_table(["run", "recipe", "steps", "minutes", "s/step"], rows, align="llrrr")
 
 
+def _dropout_words(study: dict[str, Any]) -> str:
+    """How the dropout runs dropped sequences, in words (from the study's record of them)."""
+    d = study["runs"]["dropout_mask"].get("dropout")
+    if not d:  # studies from before the record: the recipe of then
+        return "half the crops lose 1 to 3 sequences"
+    share = "half the" if d["prob"] == 0.5 else f"{d['prob']:.0%} of the"
+    words = f"{share} crops lose 1 to {d['max_dropped']} sequences"
+    if d["start"] > 0 or d["end"] < 1:
+        window = (
+            f"over the first {d['end']:.0%} of the run"
+            if d["start"] == 0
+            else f"from {d['start']:.0%} to {d['end']:.0%} of the run"
+        )
+        words = f"{window} {words}, the other steps train on complete crops"
+    return words
+
+
 def _relative(path: str) -> str:
     """``path`` relative to the repository when inside it."""
     try:
@@ -95,8 +112,8 @@ def body(study: dict[str, Any], doc: Path) -> str:
     verdict = "within" if all_four[-1][-1] == "yes" else "**not** within"
     return (
         "One model for any subset of the four sequences (issue 21): the two-stage CPU cascade "
-        "trained with sequence dropout (`two_stage_missing_cpu`: half the crops lose 1 to 3 "
-        "sequences), with availability channels (`dropout-mask`) or zero-filled alone "
+        f"trained with sequence dropout (`two_stage_missing_cpu`: {_dropout_words(study)}), "
+        "with availability channels (`dropout-mask`) or zero-filled alone "
         "(`dropout-zero`), against the same cascade trained without dropout (`ordinary`, "
         "`two_stage_cpu`), which gets the missing sequences as zeros (`ordinary + zero`, "
         "`predict --substitute-missing zero`) or as the nearest present sibling (`ordinary + "

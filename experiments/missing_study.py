@@ -304,6 +304,20 @@ def train_runs(settings: common.Settings, reuse: bool) -> dict[str, common.Run]:
     return runs
 
 
+def dropout_of(run: common.Run) -> dict[str, Any]:
+    """The sequence dropout a run trained with, from its saved config (rate 0: none)."""
+    from cascadeseg.config import load_config
+
+    data = load_config(run.run_dir / "config.yaml").data
+    return {
+        "prob": data.sequence_dropout,
+        "max_dropped": data.sequence_dropout_max,
+        "start": data.sequence_dropout_start,
+        "end": data.sequence_dropout_end,
+        "fill": data.missing_fill,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = common.settings_from_args(args)
@@ -321,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         "environment": env,
         "tta": bool(args.tta),
         "test_cases": n,
-        "runs": {key: run.as_dict() for key, run in runs.items()},
+        "runs": {key: {**run.as_dict(), "dropout": dropout_of(run)} for key, run in runs.items()},
         "configs": [{"name": c, "run": k, "substitute": s} for c, k, s in CONFIGS],
         "subsets": [{"label": subset_label(p), "present": list(p)} for p in subsets()],
         "substituted": substitutions(),

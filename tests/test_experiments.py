@@ -518,17 +518,25 @@ def test_missing_study_runs_get_the_same_budget() -> None:
         plans.add(tuple(plan.overrides()))
         configs[key] = apply_overrides(cfg, plan.overrides())
     assert len(plans) == 1
-    dropout = {k: (c.data.sequence_dropout, c.data.missing_fill) for k, c in configs.items()}
+    dropout = {
+        k: (c.data.sequence_dropout, c.data.sequence_dropout_end, c.data.missing_fill)
+        for k, c in configs.items()
+    }
     assert dropout == {
-        "ordinary": (0.0, "mask"),
-        "dropout_mask": (0.5, "mask"),
-        "dropout_zero": (0.5, "zero"),
+        "ordinary": (0.0, 1.0, "mask"),
+        "dropout_mask": (0.5, 0.7, "mask"),
+        "dropout_zero": (0.5, 0.7, "zero"),
     }
     from cascadeseg.config import to_dict
 
     def rest(cfg: Any) -> dict[str, Any]:
         d = to_dict(cfg)
-        for key in ("sequence_dropout", "sequence_dropout_max", "missing_fill"):
+        for key in (
+            "sequence_dropout",
+            "sequence_dropout_max",
+            "sequence_dropout_end",
+            "missing_fill",
+        ):
             d["data"].pop(key)
         return d
 
@@ -648,3 +656,47 @@ def test_train_run_reuses_a_finished_run_when_asked(tmp_path: Path) -> None:
     assert run.command == "cascadeseg train other"
     assert run.summary == {"steps": 4, "minutes": 0.1} and run.parameters > 0
     assert (run_dir / "checkpoints" / "last.pt").is_file()
+
+
+def test_train_run_trains_again_when_the_recipe_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run is reused only when its command *and* its resolved recipe are this one's: a
+    shipped recipe edited since then trains it again under the same command line."""
+    sys.path.insert(0, str(EXPERIMENTS.parent / "tests" / "inference"))
+    from tiny_members import tiny_checkpoint
+
+    trained: list[list[str]] = []
+
+    def fake_train(argv: Any, settings: Any) -> float:
+        trained.append([str(a) for a in argv])
+        run_dir = tmp_path / "runs" / "missing_ordinary"
+        tiny_checkpoint(run_dir / "checkpoints" / "last.pt")
+        common.write_json(run_dir / "summary.json", {"steps": 8, "minutes": 0.1})
+        return 1.0
+
+    monkeypatch.setattr(common, "cascadeseg", fake_train)
+    settings = common.Settings(out=tmp_path, steps_3d=8)
+    first = common.train_run(settings, "missing_ordinary", "two_stage_cpu")
+    record = tmp_path / "runs" / "missing_ordinary" / "experiment.json"
+    assert len(trained) == 1 and common.read_json(record)["config"]["model"]["name"] == "two_stage"
+    assert common.train_run(settings, "missing_ordinary", "two_stage_cpu").command == first.command
+    assert len(trained) == 1  # same command, same recipe: reused
+    stale = common.read_json(record)
+    stale["config"]["data"]["case_balance"] = 0.0  # the recipe as it was before an edit
+    common.write_json(record, stale)
+    common.train_run(settings, "missing_ordinary", "two_stage_cpu")
+    assert len(trained) == 2  # same command line, another recipe: trained again
+
+
+def test_missing_page_words_the_dropout_window(tmp_path: Path) -> None:
+    study = _missing_study(tmp_path)
+    assert missing_page._dropout_words(study) == "half the crops lose 1 to 3 sequences"
+    window = {"prob": 0.5, "max_dropped": 3, "start": 0.0, "end": 0.7, "fill": "mask"}
+    study["runs"]["dropout_mask"]["dropout"] = window
+    assert missing_page._dropout_words(study) == (
+        "over the first 70% of the run half the crops lose 1 to 3 sequences, the other steps "
+        "train on complete crops"
+    )
+    study["runs"]["dropout_mask"]["dropout"] = {**window, "prob": 0.25, "start": 0.5, "end": 1.0}
+    assert missing_page._dropout_words(study).startswith("from 50% to 100% of the run 25% of the")
