@@ -575,7 +575,8 @@ def train_run(
         *overrides,
         *settings.overrides,
     ]
-    budget["batch_size"] = load_config(recipe, all_overrides).train.batch_size
+    final = load_config(recipe, all_overrides)
+    budget["batch_size"] = final.train.batch_size
     argv = ["train", recipe, "--data", str(settings.train_dir), "--out", str(run_dir)]
     argv += all_overrides
     if not settings.progress:
@@ -583,7 +584,7 @@ def train_run(
     line = command_line(argv)
     # The recipe's values too: the same command line trains something else once a shipped
     # recipe changes, and such a run must not be reused as if it were this one.
-    resolved = to_dict(load_config(recipe, all_overrides))
+    resolved = to_dict(final)
     record = run_dir / "experiment.json"
     finish = (name, recipe, all_overrides, run_dir, line, note, budget)
     if (run_dir / "summary.json").is_file() and record.is_file():

@@ -236,13 +236,12 @@ def validate(cfg: Any) -> None:
 def _check_dropout_window(data: Any) -> None:
     """``data.sequence_dropout_start`` / ``_end``: only with sequence dropout, start < end."""
     start, end = data.sequence_dropout_start, data.sequence_dropout_end
-    if (start > 0 or end < 1) and data.sequence_dropout <= 0:
-        key = "start" if start > 0 else "end"
-        value = start if start > 0 else end
-        raise ConfigError(
-            f"data.sequence_dropout_{key}={value} needs sequence dropout "
-            "(data.sequence_dropout > 0)"
-        )
+    for key, value, off in (("start", start, 0.0), ("end", end, 1.0)):
+        if value != off and data.sequence_dropout <= 0:
+            raise ConfigError(
+                f"data.sequence_dropout_{key}={value} needs sequence dropout "
+                "(data.sequence_dropout > 0)"
+            )
     if start >= end:
         raise ConfigError(
             f"data.sequence_dropout_start={start} must be below data.sequence_dropout_end={end}"

@@ -40,7 +40,7 @@ from cascadeseg.errors import ConfigError, InputError
 from cascadeseg.runtime import meminfo_available_bytes
 
 #: A dataset key: an index, ``(epoch, index)``, or ``(epoch, index, dropout_on)`` (0/1: whether
-#: the item may lose sequences; ``data.sequence_dropout_start``).
+#: the item may lose sequences: the window ``data.sequence_dropout_start`` to ``_end``).
 Index = int | tuple[int, int] | tuple[int, int, int]
 
 #: ``mean / std`` of a modality's brain intensities for cases that do not record it (a
@@ -153,8 +153,8 @@ def _drop_sequences(
     dropout: SequenceDropout | None, rng: np.random.Generator, image: np.ndarray, key: Index
 ) -> np.ndarray:
     """The sample's sequence dropout, drawn last from its generator (so the crop and the
-    augmentation draw as without it); ``image`` unchanged when there is none. Before dropout
-    starts (``key``'s flag off) nothing is dropped, but the ``mask`` fill's availability
+    augmentation draw as without it); ``image`` unchanged when there is none. Outside the
+    dropout window (``key``'s flag off) nothing is dropped, but the ``mask`` fill's availability
     channels (all present) are still appended."""
     if dropout is None:
         return image

@@ -11,10 +11,11 @@ sequence dropout takes any non-empty subset of the four sequences (FLAIR, T1, T1
   (``seed, epoch, index``; :func:`cascadeseg.data.datasets.item_rng`) after its crop and
   augmentation draws, and only when p > 0: runs stay reproducible and resumable, and a run
   without dropout draws exactly the samples it drew before. ``data.sequence_dropout_start`` =
-  s holds dropout off for the first share s of the run (of its epochs, or of its time budget
-  with ``train.time_schedule``; decided per epoch by the trainer, which flags the sampler's
-  keys): the network learns from complete cases first, then to do without some sequences, and
-  until then draws exactly the crops an ordinary run of the same seed draws.
+  s and ``data.sequence_dropout_end`` = e hold dropout to the window from s to e of the run
+  (shares of its epochs, or of its time budget with ``train.time_schedule``; decided per epoch
+  by the trainer, which flags the sampler's keys); outside it the crops are exactly those an
+  ordinary run of the same seed draws. The missing recipes end at 0.7: the last epochs, at
+  small learning rates, fit complete cases.
 * **The fill** (``data.missing_fill``): a missing sequence is zero everywhere, after
   augmentation (0 is the brain mean of a z-scored sequence, and the background). ``zero``: that
   alone, the input keeps its channels. ``mask`` (the default): zero-filling plus four binary

@@ -232,8 +232,8 @@ class EpochSampler(Sampler[tuple[int, ...]]):
         self.world_size = world_size
         self.epoch = 0
         self.start = 0
-        #: False while sequence dropout has not started (``data.sequence_dropout_start``): the
-        #: keys then carry a third element, 0, and the datasets drop nothing.
+        #: False outside the sequence-dropout window (``data.sequence_dropout_start`` to
+        #: ``_end``): the keys then carry a third element, 0, and the datasets drop nothing.
         self.dropout_on = True
 
     def set_epoch(self, epoch: int, start: int = 0, *, dropout_on: bool = True) -> None:

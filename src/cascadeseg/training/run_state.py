@@ -56,7 +56,8 @@ class RunState:
         best_epoch: the epoch of ``best_dice`` (-1 before any).
         stage1_only: the epoch in progress trains a cascade's stage 1 alone
             (``train.stage1_first``).
-        dropout_on: the epoch in progress may drop sequences (``data.sequence_dropout_start``).
+        dropout_on: the epoch in progress may drop sequences (inside the window
+            ``data.sequence_dropout_start`` to ``_end``).
         epoch_sums: running sums of the epoch's losses (``loss``, parts, ``skipped``, ``n``).
         finished: training reached its end (all epochs, early stop or budget).
         stop_reason: why it ended (``epochs``, ``early_stop``, ``time_budget``).

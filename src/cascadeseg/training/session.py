@@ -339,7 +339,9 @@ class Session:
             return
         progress = self.epoch_start_progress(epoch) / cfg.train.epochs
         dropout_on = start <= progress < end
-        if dropout_on != state.dropout_on and self.main:
+        # A change from the previous epoch (none before the first step: a run whose window
+        # opens later starts without dropout, silently).
+        if dropout_on != state.dropout_on and state.step > 0 and self.main:
             what = "starts" if dropout_on else "stops"
             print(f"sequence dropout {what} (epoch {epoch + 1})", file=sys.stderr, flush=True)
         state.dropout_on = dropout_on
