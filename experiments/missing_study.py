@@ -53,7 +53,9 @@ REGIONS = ("wt", "tc", "et")
 
 #: run key -> (recipe, overrides): the same recipe but for sequence dropout and its fill.
 RUNS: dict[str, tuple[str, list[str]]] = {
-    "ordinary": ("two_stage_cpu", []),
+    # The ordinary model with the dropout recipe's batch Dice (two_stage_missing_cpu keeps it;
+    # two_stage_cpu pools per crop since 2026-11-27): the runs differ in the dropout alone.
+    "ordinary": ("two_stage_cpu", ["loss.dice_batch=true"]),
     "dropout_mask": ("two_stage_missing_cpu", []),  # the recipe's fill: mask
     "dropout_zero": ("two_stage_missing_cpu", ["data.missing_fill=zero"]),
 }

@@ -1157,6 +1157,7 @@ EXTRA_PAGES = (
     ("results-lesion-postprocess.md", "Lesion-aware post-processing"),
     ("results-no-et.md", "Tumour cores without enhancing tumour"),
     ("results-missing.md", "Missing sequences: one model for any subset of FLAIR, T1, T1ce, T2"),
+    ("results-per-crop-dice.md", "Dice per crop or pooled over the batch: small lesions"),
 )
 
 

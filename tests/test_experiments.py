@@ -524,8 +524,8 @@ def test_missing_study_runs_get_the_same_budget() -> None:
     }
     assert dropout == {
         "ordinary": (0.0, 1.0, "mask"),
-        "dropout_mask": (0.5, 0.7, "mask"),
-        "dropout_zero": (0.5, 0.7, "zero"),
+        "dropout_mask": (0.25, 0.5, "mask"),
+        "dropout_zero": (0.25, 0.5, "zero"),
     }
     from cascadeseg.config import to_dict
 

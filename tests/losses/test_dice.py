@@ -114,3 +114,22 @@ def test_float32_under_autocast() -> None:
 def test_shape_mismatch_raises() -> None:
     with pytest.raises(ValueError, match="differ"):
         soft_dice_per_region(torch.zeros(1, 3, 2, 2), torch.zeros(1, 3, 2, 3))
+
+
+def test_per_crop_dice_weighs_a_missed_small_lesion_like_a_large_one() -> None:
+    """Why the CPU recipe averages the Dice per crop (``loss.dice_batch: false``): a batch of a
+    crop with a large lesion found and a crop whose small lesion is missed costs half the loss
+    per crop, but almost nothing pooled over the batch, where the large lesion's voxels swamp
+    the small one's."""
+    target = torch.zeros(2, 1, 8, 8, 8)
+    target[0, 0, :6, :6, :6] = 1  # 216 voxels, predicted exactly
+    target[1, 0, :2, :1, :1] = 1  # 2 voxels, missed
+    logits = 30.0 * (2 * target - 1)
+    logits[1] = -30.0
+    opts = {"eps": 1.0, "smooth_nr": 1.0}
+    per_crop = region_dice_loss(logits, target, **opts).item()
+    pooled = region_dice_loss(logits, target, batch_dice=True, **opts).item()
+    # Per crop: (0 + (1 - 1 / 3)) / 2 = 1/3; pooled: 1 - (2 * 216 + 1) / (218 + 216 + 1).
+    assert per_crop == pytest.approx(1 / 3, abs=1e-3)
+    assert pooled == pytest.approx(1 - 433 / 435, abs=1e-3)
+    assert per_crop > 50 * pooled
