@@ -10,6 +10,7 @@ import nibabel as nib
 import pytest
 
 from cascadeseg import cli
+from cascadeseg.config import load_config
 
 #: Quarter-scale cases (4 mm voxels) and a few iterations: the pipeline, not the accuracy.
 SMOKE = [
@@ -69,5 +70,7 @@ def test_demo_with_a_missing_sequence(tmp_path: Path, capsys: pytest.CaptureFixt
     assert all(0.0 <= v <= 1.0 for d in record["dice"].values() for v in d.values())
     predicted = json.loads((out / "predictions_missing" / f"{case_id}.json").read_text())
     assert predicted["missing_sequences"] == ["t1ce"] and predicted["substituted"] == {}
-    config = (out / "run" / "config.yaml").read_text()
-    assert "sequence_dropout: 0.5" in config
+    # The run trained with the missing recipe's sequence dropout (not the ordinary recipe's 0).
+    trained = load_config(out / "run" / "config.yaml").data
+    assert trained.sequence_dropout == load_config("two_stage_missing_cpu").data.sequence_dropout
+    assert trained.sequence_dropout > 0
