@@ -1158,6 +1158,7 @@ EXTRA_PAGES = (
     ("results-no-et.md", "Tumour cores without enhancing tumour"),
     ("results-missing.md", "Missing sequences: one model for any subset of FLAIR, T1, T1ce, T2"),
     ("results-per-crop-dice.md", "Dice per crop or pooled over the batch: small lesions"),
+    ("results-label-resampling.md", "Label maps on the 2 mm grid: nearest, regions, soft targets"),
 )
 
 

@@ -68,6 +68,13 @@ class DataConfig:
         layout: dataset layout name, or ``None`` to detect it.
         label_convention: override of the layout's label convention (``None``: the layout's).
         target_spacing: resample to this voxel size in mm (``None``: keep the source spacing).
+        label_resampling: how the label map reaches ``target_spacing``: ``nearest`` (the
+            default: one source voxel per target voxel), ``regions`` (each
+            nested region WT/TC/ET resampled linearly, kept where it covers at least half a
+            voxel; nnU-Net resamples each label's mask the same way), ``soft`` (the same label
+            map, and the 3D crops' region targets are the fractions themselves); see
+            :func:`cascadeseg.data.preprocess_ops.resample_label` and
+            docs/results-label-resampling.md.
         n4: N4 bias-field correction (SimpleITK) before normalisation (CU-Net paper, sec. 3.1).
         n4_shrink_factor: N4 fits the field on the resampled image shrunk by this factor.
         n4_iterations: maximum iterations per N4 fitting level; one entry per level.
@@ -128,6 +135,7 @@ class DataConfig:
     layout: str | None = None
     label_convention: str | None = None
     target_spacing: tuple[float, float, float] | None = None
+    label_resampling: str = "nearest"
     n4: bool = False
     n4_shrink_factor: int = 4
     n4_iterations: tuple[int, ...] = (50, 50, 50, 50)

@@ -75,9 +75,12 @@ SCHEDULES = ("poly", "step", "constant")
 SPLITS = ("kfold", "cunet", "all")
 #: How a missing sequence reaches the network (:mod:`cascadeseg.data.missing`).
 MISSING_FILLS = ("mask", "zero")
+#: How a label map is resampled to ``data.target_spacing`` (:mod:`cascadeseg.data.preprocess_ops`).
+LABEL_RESAMPLINGS = ("regions", "soft", "nearest")
 
 RULES: dict[str, Rule] = {
     "data.target_spacing": optional(each(POSITIVE, (3,))),
+    "data.label_resampling": one_of(*LABEL_RESAMPLINGS),
     "data.n4_shrink_factor": POSITIVE_INT,
     "data.n4_iterations": each(POSITIVE_INT),
     "data.n4_channels": optional(

@@ -176,3 +176,15 @@ def test_file_digest_memo_follows_changes(tmp_path: Path, cache: PreprocessCache
     assert first == file_digest(path)
     path.write_bytes(b"abcd")  # new size: the memo does not apply
     assert cache._file_digest(path) == file_digest(path) != first
+
+
+def test_soft_region_fractions_round_trip(tmp_path: Path, dataset: list[CaseRef]) -> None:
+    cfg = PreprocessConfig(target_spacing=(2.0, 2.0, 2.0), label_resampling="soft")
+    cache = PreprocessCache(tmp_path / "soft", cfg)
+    stored = cache.get(dataset[0])
+    fresh = preprocess_case(read_case(dataset[0]), cfg)
+    assert stored.region_fractions is not None and fresh.region_fractions is not None
+    np.testing.assert_array_equal(stored.region_fractions, fresh.region_fractions)
+    again = PreprocessCache(tmp_path / "soft", cfg).get(dataset[0])
+    np.testing.assert_array_equal(again.region_fractions, fresh.region_fractions)
+    assert PreprocessCache(tmp_path / "hard").get(dataset[0]).region_fractions is None

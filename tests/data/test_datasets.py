@@ -45,6 +45,23 @@ def test_crop_item_contents(cases: list[Preprocessed]) -> None:
     assert int(item["case_index"]) == 1
 
 
+def test_soft_targets_follow_the_crop_and_its_flips() -> None:
+    from cascadeseg.data.preprocess import PreprocessConfig
+
+    cfg = PreprocessConfig(target_spacing=(2.0, 2.0, 2.0), label_resampling="soft")
+    case = preprocess_case(make_tiny_case((32, 32, 24), seed=5, case_id="soft"), cfg)
+    assert case.region_fractions is not None
+    ds = CropDataset3D([case], patch_size=(8, 8, 8), foreground_prob=1.0, augment=True, seed=2)
+    for index in range(4):
+        item = ds[index]
+        regions = item["regions"].numpy()
+        assert regions.dtype == np.float32 and 0 <= regions.min() and regions.max() <= 1
+        assert (regions > 0).any() and ((regions > 0) & (regions < 1)).any()  # soft at edges
+        hard = label_to_regions(item["label"].numpy())
+        # the same crop and flips as the label map: more than half a voxel is in its regions
+        assert hard[regions > 0.51].all() and not hard[regions < 0.49].any()
+
+
 def test_crop_without_augmentation_matches_the_volume(cases: list[Preprocessed]) -> None:
     ds = CropDataset3D(cases, patch_size=(24, 24, 20), augment=False, seed=0)
     item = ds[0]  # the crop is the whole volume

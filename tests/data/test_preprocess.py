@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cascadeseg.data.case import Case
+from cascadeseg.data.labels import label_to_regions
 from cascadeseg.data.preprocess import (
     Geometry,
     PreprocessConfig,
@@ -19,6 +20,9 @@ from cascadeseg.data.preprocess_ops import (
     bounding_box,
     brain_mask_of,
     n4_correct,
+    reorient,
+    resample_label,
+    resample_to_shape,
     zscore_brain,
     zscore_brain_stats,
 )
@@ -162,6 +166,114 @@ def test_anisotropic_input_resampled_to_1mm_and_back() -> None:
     np.testing.assert_array_equal(full[..., 0::2], full[..., 1::2])
 
 
+def _sphere_label(shape: tuple[int, int, int], centre: tuple[float, ...], radii: tuple[float, ...]):
+    """Nested spheres: edema out to radii[0], necrosis to radii[1], enhancing to radii[2]."""
+    grid = np.indices(shape, dtype=np.float32)
+    dist = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre)))
+    label = np.zeros(shape, np.uint8)
+    for value, radius in zip((2, 1, 3), radii):
+        label[dist <= radius] = value
+    return label
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+def test_region_label_resampling_keeps_what_covers_more_than_half_a_voxel() -> None:
+    label = np.zeros((8, 8, 8), np.uint8)
+    label[0:2, 0:2, 0:2] = 2  # a whole 2x2x2 block of edema
+    label[4:6, 4:6, 4:6] = 2
+    label[4:6, 4:6, 4] = 1  # necrosis over 4 of the block's 8 voxels, edema over the others
+    label[4, 4, 5] = 1  # ... and 5 of 8: kept
+    label[0, 6:8, 6] = 3  # a quarter block of enhancing tumour: dropped
+    label[6:8, 0:2, 0:2] = 2
+    label[6, 0, 0] = 3  # one voxel of 8 in a block that is otherwise edema
+    out = resample_label(label, (4, 4, 4), method="regions")
+    assert out.dtype == np.uint8 and out.shape == (4, 4, 4)
+    expected = np.zeros((4, 4, 4), np.uint8)
+    expected[0, 0, 0] = expected[3, 0, 0] = 2  # whole tumour all over those blocks
+    expected[2, 2, 2] = 1
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(resample_label(label, (8, 8, 8), method="regions"), label)
+    with pytest.raises(ValueError, match="nearest"):
+        resample_label(label, (4, 4, 4), method="cubic")
+
+
+def test_region_label_resampling_lets_the_nearest_voxel_break_a_tie() -> None:
+    """Half a block in a region: the nearest source voxel decides, so of two complementary
+    halves exactly one is kept (kept or dropped always, volumes would drift)."""
+    label = np.zeros((4, 4, 4), np.uint8)
+    label[0:2, 0:2, 0] = 2  # lower half of block (0, 0, 0)
+    label[2:4, 0:2, 1] = 2  # upper half of block (1, 0, 0)
+    out = resample_label(label, (2, 2, 2), method="regions")
+    nearest = resample_label(label, (2, 2, 2), method="nearest")
+    np.testing.assert_array_equal(out, nearest)
+    assert out[0, 0, 0] + out[1, 0, 0] == 2  # one of the two blocks, as edema
+
+
+def test_region_label_resampling_stays_aligned_with_the_image() -> None:
+    """Down to 2 mm and back (linear, threshold 0.5, as predictions return): the regions keep
+    their place; nearest neighbour moves the map by half a source voxel per axis and loses more
+    of each region, most of the smallest."""
+    shape = (40, 40, 40)
+    label = _sphere_label(shape, (19.3, 20.1, 18.7), (11.0, 5.0, 3.5))
+    regions = label_to_regions(label)
+    scores = {}
+    for method in ("regions", "nearest"):
+        small = resample_label(label, (20, 20, 20), method=method)
+        back = resample_to_shape(
+            label_to_regions(small).astype(np.float32), shape, order=1, channel_first=True
+        )
+        scores[method] = [_dice(back[i] >= 0.5, regions[i]) for i in range(3)]
+        # the image's own downsampling averages each 2x2x2 block: a region's centre of mass
+        # must stay where the image puts it
+        if method == "regions":
+            ys = np.argwhere(label_to_regions(small)[0]).mean(0) * 2 + 0.5
+            np.testing.assert_allclose(ys, np.argwhere(regions[0]).mean(0), atol=0.3)
+    # measured: regions 0.95 / 0.90 / 0.85, nearest 0.93 / 0.85 / 0.79
+    assert min(scores["regions"]) > 0.84
+    assert all(r > n + 0.02 for r, n in zip(scores["regions"], scores["nearest"]))
+
+
+def test_preprocess_resamples_labels_as_configured() -> None:
+    case = padded_case(pad=(4, 4, 4), shape=(32, 32, 32))
+    by_regions = preprocess_case(
+        case, PreprocessConfig(target_spacing=(2.0, 2.0, 2.0), label_resampling="regions")
+    )
+    nearest = preprocess_case(case, PreprocessConfig(target_spacing=(2.0, 2.0, 2.0)))
+    np.testing.assert_array_equal(by_regions.image, nearest.image)
+    canonical = reorient(np.asarray(case.label), np.asarray(by_regions.geometry.orientation))
+    expected = resample_label(canonical, by_regions.geometry.resampled_shape, method="regions")
+    np.testing.assert_array_equal(by_regions.label, expected[by_regions.geometry.crop_slices])
+    assert not np.array_equal(by_regions.label, nearest.label)
+    with pytest.raises(ConfigError, match="label_resampling"):
+        PreprocessConfig(label_resampling="linear")
+
+
+def test_soft_label_resampling_keeps_the_region_fractions() -> None:
+    case = padded_case(pad=(4, 4, 4), shape=(32, 32, 32))
+    soft = preprocess_case(
+        case, PreprocessConfig(target_spacing=(2.0, 2.0, 2.0), label_resampling="soft")
+    )
+    hard = preprocess_case(
+        case, PreprocessConfig(target_spacing=(2.0, 2.0, 2.0), label_resampling="regions")
+    )
+    np.testing.assert_array_equal(soft.label, hard.label)  # the label map is the regions' one
+    fractions = soft.region_fractions
+    assert fractions is not None and fractions.dtype == np.uint8
+    assert fractions.shape == (3, *soft.shape)
+    regions = label_to_regions(soft.label)
+    # more than half a voxel: in the label map; less than half: not (ties go either way)
+    assert regions[fractions > 128].all() and not regions[fractions < 127].any()
+    # the fractions add up to the source volumes (8 source voxels per 2 mm voxel)
+    source = label_to_regions(np.asarray(case.label)).sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(fractions.sum(axis=(1, 2, 3)) / 255 * 8, source, rtol=0.01)
+    assert hard.region_fractions is None
+    unresampled = preprocess_case(case, PreprocessConfig(label_resampling="soft"))
+    assert unresampled.region_fractions is None
+
+
 def test_geometry_json_round_trip() -> None:
     pre = preprocess_case(
         reoriented_copy(padded_case()), PreprocessConfig(target_spacing=(1, 1, 1.5))
@@ -253,6 +365,7 @@ def test_preprocess_config_from_dict() -> None:
         n4_iterations=(50, 50, 50),
         n4_convergence=0.002,
         n4_channels=(2,),
+        label_resampling="nearest",
     )
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
     assert PreprocessConfig.from_dict({}) == PreprocessConfig()

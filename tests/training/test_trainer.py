@@ -348,3 +348,10 @@ def test_bias_field_settings_are_checked(toy_data: Path, tmp_path: Path) -> None
             tmp_path / "d",
             progress=False,
         )
+    with pytest.raises(ConfigError, match="2D slices"):
+        train(
+            tiny_config("model.name=unet2d", "model.args={}", "data.label_resampling=soft"),
+            toy_data,
+            tmp_path / "e",
+            progress=False,
+        )

@@ -8,6 +8,7 @@ Layout of the cache folder::
             image.npy               (4, x, y, z) float32
             brain_mask.npy          (x, y, z) bool
             label.npy               (x, y, z) uint8 (only when the case has a label)
+            region_fractions.npy    (3, x, y, z) uint8 (only with data.label_resampling: soft)
             meta.json               key, format version, spacing, geometry, array shapes
     <root>/_hashes/                 memo of file content digests, by path + size + mtime
 
@@ -49,7 +50,9 @@ from cascadeseg.fsutil import write_text_atomic
 #: Bump when the entry format or the preprocessing arithmetic changes: old entries are rebuilt.
 # 2: N4 moved after resampling and cropping (cases corrected by version 1 differ).
 # 3: extra["mean_over_std"] recorded (the bias-field augmentation needs it).
-FORMAT_VERSION = 3
+# 4: data.label_resampling (regions: label maps resampled through their regions; soft: and
+#    region_fractions.npy).
+FORMAT_VERSION = 4
 #: Content hash of the key. SHA-256 rather than BLAKE2b: measured on this project's machine (x86
 #: with SHA extensions) hashlib's sha256 hashes 35 MB in 0.13 s, blake2b in 0.33 s.
 HASH = "sha256"
@@ -338,6 +341,7 @@ class PreprocessCache:
                 spacing=tuple(float(s) for s in meta["spacing"]),  # type: ignore[arg-type]
                 geometry=Geometry.from_dict(meta["geometry"]),
                 extra=dict(meta.get("extra", {})),
+                region_fractions=arrays.get("region_fractions"),
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -354,6 +358,8 @@ class PreprocessCache:
             arrays = {"image": pre.image, "brain_mask": pre.brain_mask}
             if pre.label is not None:
                 arrays["label"] = pre.label
+            if pre.region_fractions is not None:
+                arrays["region_fractions"] = pre.region_fractions
             for name, array in arrays.items():
                 np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
             meta = {

@@ -162,12 +162,22 @@ def _drop_sequences(
 
 
 def _to_item(
-    image: np.ndarray, label: np.ndarray, brain_mask: np.ndarray, case_index: int
+    image: np.ndarray,
+    label: np.ndarray,
+    brain_mask: np.ndarray,
+    case_index: int,
+    fractions: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
+    """A training item; its region targets are ``fractions / 255`` when given (soft targets,
+    ``data.label_resampling: soft``), else the label map's region masks."""
+    if fractions is not None:
+        regions = np.multiply(fractions, np.float32(1 / 255), dtype=np.float32)
+    else:
+        regions = label_to_regions(label).astype(np.float32)
     return {
         "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
         "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64)),
-        "regions": torch.from_numpy(label_to_regions(label).astype(np.float32)),
+        "regions": torch.from_numpy(np.ascontiguousarray(regions)),
         "brain_mask": torch.from_numpy(np.ascontiguousarray(brain_mask, dtype=bool)),
         "case_index": torch.tensor(case_index, dtype=torch.int64),
     }
@@ -319,11 +329,16 @@ class CropDataset3D(Dataset):
         image = augment.crop(case.image, start, self.patch_size)
         label = augment.crop(case.label, start, self.patch_size)
         brain_mask = augment.crop(case.brain_mask, start, self.patch_size)
+        fractions = case.region_fractions
+        if fractions is not None:
+            fractions = augment.crop(fractions, start, self.patch_size)
         if self.augment:
             axes = augment.draw_flips(rng, 3, self.flip_prob)
             image = augment.flip(image, axes, spatial_dims=3)
             label = augment.flip(label, axes, spatial_dims=3)
             brain_mask = augment.flip(brain_mask, axes, spatial_dims=3)
+            if fractions is not None:
+                fractions = augment.flip(fractions, axes, spatial_dims=3)
             # Drawn only when used, so that a run without it draws the same crops as before.
             if self.bias_field_prob > 0 and rng.random() < self.bias_field_prob:
                 spacing_vox = self.bias_field_spacing_mm / float(np.mean(case.spacing))
@@ -345,7 +360,7 @@ class CropDataset3D(Dataset):
             )
             image = augment.shift_scale_intensity(image, shifts, scales, brain_mask=brain_mask)
         image = _drop_sequences(self.sequence_dropout, rng, image, key)
-        return _to_item(image, label, brain_mask, case_index)
+        return _to_item(image, label, brain_mask, case_index, fractions)
 
 
 class SliceDataset2D(Dataset):

@@ -5,8 +5,11 @@ The pipeline of :func:`preprocess_case`, in order:
 1. **Reorient** the arrays to a canonical orientation (RAS+ by default) with
    :mod:`nibabel.orientations`, so the same head stored with flipped or permuted axes gives the
    same arrays. This is a permutation and flips of axes only (exact, lossless).
-2. **Resampling** (optional) to :attr:`PreprocessConfig.target_spacing` mm: linear for images,
-   nearest neighbour for labels (``scipy.ndimage.zoom`` on voxel centres, ``grid_mode=True``).
+2. **Resampling** (optional) to :attr:`PreprocessConfig.target_spacing` mm: linear for images
+   (``scipy.ndimage.zoom`` on voxel boxes, ``grid_mode=True``); the label map by nearest
+   neighbour or through its nested regions, optionally keeping their fractions as soft targets
+   (:attr:`PreprocessConfig.label_resampling`,
+   :func:`~cascadeseg.data.preprocess_ops.resample_label`).
 3. **Brain mask**: voxels non-zero in any modality (BraTS images are skull-stripped, background 0).
 4. **Crop** to the brain bounding box plus :attr:`PreprocessConfig.crop_margin` voxels.
 5. **N4 bias-field correction** (optional; the CU-Net paper, sec. 3.1, corrects every input with
@@ -31,6 +34,7 @@ import numpy as np
 from nibabel.orientations import axcodes2ornt
 
 from cascadeseg.config import DataConfig
+from cascadeseg.config_rules import LABEL_RESAMPLINGS
 from cascadeseg.data.case import Case
 from cascadeseg.data.preprocess_ops import (
     Box,
@@ -38,7 +42,9 @@ from cascadeseg.data.preprocess_ops import (
     brain_mask_of,
     n4_correct,
     orientation_transform,
+    region_fractions,
     reorient,
+    resample_label,
     resample_to_shape,
     zscore_brain_stats,
 )
@@ -60,6 +66,9 @@ class PreprocessConfig:
     Attributes:
         target_spacing: resample to this voxel size in mm along the canonical (RAS) axes;
             ``None`` keeps the source spacing (BraTS data are already 1 mm isotropic).
+        label_resampling: how the label map is resampled (``regions`` or ``nearest``,
+            :func:`cascadeseg.data.preprocess_ops.resample_label`); ``soft``: as ``regions``,
+            and the regions' fractions are kept (:attr:`Preprocessed.region_fractions`).
         n4: N4 bias-field correction before normalisation (CU-Net paper, sec. 3.1).
         crop_margin: voxels kept on each side of the brain bounding box.
         orientation: axis codes of the canonical orientation (nibabel convention, ``"RAS"``:
@@ -78,6 +87,7 @@ class PreprocessConfig:
     """
 
     target_spacing: tuple[float, float, float] | None = _RECIPE_DEFAULTS.target_spacing
+    label_resampling: str = _RECIPE_DEFAULTS.label_resampling
     n4: bool = _RECIPE_DEFAULTS.n4
     crop_margin: int = _RECIPE_DEFAULTS.crop_margin
     orientation: str = "RAS"
@@ -92,6 +102,11 @@ class PreprocessConfig:
                 raise ConfigError(
                     f"target_spacing must be three positive numbers (mm), got {self.target_spacing}"
                 )
+        if self.label_resampling not in LABEL_RESAMPLINGS:
+            raise ConfigError(
+                f"label_resampling must be one of {', '.join(LABEL_RESAMPLINGS)}, "
+                f"got {self.label_resampling!r}"
+            )
         if self.crop_margin < 0:
             raise ConfigError(f"crop_margin must be >= 0, got {self.crop_margin}")
         if self.n4_shrink_factor < 1 or not self.n4_iterations:
@@ -111,6 +126,7 @@ class PreprocessConfig:
             "target_spacing": None
             if self.target_spacing is None
             else [float(s) for s in self.target_spacing],
+            "label_resampling": self.label_resampling,
             "n4": self.n4,
             "crop_margin": self.crop_margin,
             "orientation": self.orientation,
@@ -134,6 +150,7 @@ class PreprocessConfig:
         channels = data.get("n4_channels")
         return cls(
             target_spacing=None if spacing is None else tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+            label_resampling=str(data.get("label_resampling", default.label_resampling)),
             n4=bool(data.get("n4", default.n4)),
             crop_margin=int(data.get("crop_margin", default.crop_margin)),
             orientation=str(data.get("orientation", default.orientation)),
@@ -241,6 +258,9 @@ class Preprocessed:
         spacing: voxel size in mm along the three axes of ``image`` (after resampling).
         geometry: how to go back to the source grid (:func:`restore_to_source`).
         extra: free-form provenance (e.g. N4 timing); not used by the arrays.
+        region_fractions: ``(3, x, y, z)`` uint8, the fraction of each voxel that WT, TC and ET
+            cover in the source label map, times 255 (``label_resampling: soft`` on a resampled
+            case with a label; the 3D crops' region targets); else ``None``.
     """
 
     case_id: str
@@ -250,6 +270,7 @@ class Preprocessed:
     spacing: tuple[float, float, float]
     geometry: Geometry
     extra: dict[str, Any] = field(default_factory=dict)
+    region_fractions: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -279,20 +300,27 @@ def _resample(
     label: np.ndarray | None,
     spacing: Sequence[float],
     target: tuple[float, float, float] | None,
-) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int, int]]:
-    """``image`` (linear) and ``label`` (nearest) resampled to ``target`` mm (``None``: kept),
-    and their spatial shape."""
+    label_resampling: str,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, tuple[int, int, int]]:
+    """``image`` (linear) and ``label`` (``label_resampling``) resampled to ``target`` mm
+    (``None``: kept), the regions' fractions as uint8 (``soft`` only, else ``None``) and the
+    spatial shape."""
     shape: tuple[int, int, int] = tuple(int(s) for s in image.shape[1:])  # type: ignore[assignment]
     if target is None:
-        return image, label, shape
+        return image, label, None, shape
     resampled = _target_shape(shape, spacing, target)
-    if resampled != shape:
-        image = resample_to_shape(
-            np.asarray(image, dtype=np.float32), resampled, order=1, channel_first=True
-        )
-        if label is not None:
-            label = resample_to_shape(label, resampled, order=0)
-    return image, label, resampled
+    if resampled == shape:
+        return image, label, None, shape
+    image = resample_to_shape(
+        np.asarray(image, dtype=np.float32), resampled, order=1, channel_first=True
+    )
+    if label is None:
+        return image, None, None, resampled
+    fractions = None
+    if label_resampling == "soft":
+        fractions = np.rint(region_fractions(label, resampled) * 255).astype(np.uint8)
+    method = "nearest" if label_resampling == "nearest" else "regions"
+    return image, resample_label(label, resampled, method=method), fractions, resampled
 
 
 def _n4(
@@ -343,7 +371,9 @@ def preprocess_case(case: Case, cfg: PreprocessConfig | None = None) -> Preproce
     label = None if case.label is None else reorient(case.label, ornt)
     reoriented_shape = tuple(int(s) for s in image.shape[1:])
     spacing = _canonical_spacing(meta.spacing, ornt)
-    image, label, resampled_shape = _resample(image, label, spacing, cfg.target_spacing)
+    image, label, fractions, resampled_shape = _resample(
+        image, label, spacing, cfg.target_spacing, cfg.label_resampling
+    )
     # Spacing actually obtained (the shape is rounded, so it may differ slightly from target).
     out_spacing = tuple(s * o / r for s, o, r in zip(spacing, reoriented_shape, resampled_shape))
 
@@ -379,6 +409,9 @@ def preprocess_case(case: Case, cfg: PreprocessConfig | None = None) -> Preproce
         spacing=out_spacing,  # type: ignore[arg-type]
         geometry=geometry,
         extra=extra,
+        region_fractions=None
+        if fractions is None
+        else np.ascontiguousarray(fractions[channels_and_crop]),
     )
 
 

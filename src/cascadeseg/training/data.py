@@ -95,6 +95,11 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
             "data.bias_field_prob: the bias-field augmentation is for 3D crops; "
             f"model {cfg.model.name!r} trains on 2D slices"
         )
+    if spatial_dims != 3 and cfg.data.label_resampling == "soft":
+        raise ConfigError(
+            "data.label_resampling: soft region targets are for 3D crops; "
+            f"model {cfg.model.name!r} trains on 2D slices (use regions)"
+        )
     val_ids = split["val"][: cfg.train.val_cases] if cfg.train.val_cases else split["val"]
     if loaded is None:
         needed = [by_id[c] for c in split["train"] + val_ids]
