@@ -133,9 +133,7 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 def _split_index(key: Index, epoch: int) -> tuple[int, int]:
-    if isinstance(key, tuple):
-        return int(key[0]), int(key[1])
-    return epoch, int(key)
+    return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (epoch, int(key))
 
 
 def _dropout_on(key: Index) -> bool:
@@ -152,34 +150,25 @@ def _require_labels(cases: Sequence[Preprocessed]) -> None:
 def _drop_sequences(
     dropout: SequenceDropout | None, rng: np.random.Generator, image: np.ndarray, key: Index
 ) -> np.ndarray:
-    """The sample's sequence dropout, drawn last from its generator (so the crop and the
-    augmentation draw as without it); ``image`` unchanged when there is none. Outside the
-    dropout window (``key``'s flag off) nothing is dropped, but the ``mask`` fill's availability
-    channels (all present) are still appended."""
+    """The sample's sequence dropout, drawn last from its generator (the crop and augmentation
+    draw as without it); ``image`` unchanged without one. Outside the window (``key``'s flag
+    off) nothing is dropped, but the ``mask`` fill still appends its (all present) channels."""
     if dropout is None:
         return image
     return dropout.apply(image, dropout.draw(rng) if _dropout_on(key) else ())
 
 
 def _to_item(
-    image: np.ndarray,
-    label: np.ndarray,
-    brain_mask: np.ndarray,
-    case_index: int,
-    fractions: np.ndarray | None = None,
+    image: np.ndarray, label: np.ndarray, mask: np.ndarray, index: int, soft: np.ndarray | None
 ) -> dict[str, torch.Tensor]:
-    """A training item; its region targets are ``fractions / 255`` when given (soft targets,
-    ``data.label_resampling: soft``), else the label map's region masks."""
-    if fractions is not None:
-        regions = np.multiply(fractions, np.float32(1 / 255), dtype=np.float32)
-    else:
-        regions = label_to_regions(label).astype(np.float32)
+    """A training item; region targets ``soft / 255`` if given (``label_resampling: soft``)."""
+    regions = label_to_regions(label) if soft is None else soft / np.float32(255)
     return {
         "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
         "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.int64)),
-        "regions": torch.from_numpy(np.ascontiguousarray(regions)),
-        "brain_mask": torch.from_numpy(np.ascontiguousarray(brain_mask, dtype=bool)),
-        "case_index": torch.tensor(case_index, dtype=torch.int64),
+        "regions": torch.from_numpy(np.ascontiguousarray(regions, dtype=np.float32)),
+        "brain_mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)),
+        "case_index": torch.tensor(index, dtype=torch.int64),
     }
 
 
@@ -188,20 +177,20 @@ class CropDataset3D(Dataset):
 
     Item ``i`` of an epoch is a crop of case ``i % len(cases)``; with augmentation the crop is
     flipped on each axis with p = 0.5 and each channel shifted by U(-0.1, 0.1) standard
-    deviations and scaled by U(0.9, 1.1).
+    deviations and scaled by U(0.9, 1.1). Region targets are the case's region fractions where
+    it has them (``data.label_resampling: soft``), cropped and flipped alike.
 
     Args:
-        cases: preprocessed cases with labels (memory-mapped cache entries are fine: only the
-            crop is read).
+        cases: preprocessed cases with labels (memory-mapped cache entries: only crops read).
         patch_size: crop size ``(X, Y, Z)`` in voxels; volumes smaller than it are zero-padded.
         foreground_prob: probability that a crop is centred on a tumour voxel (0: uniform
             crops as in the paper; nnU-Net uses 1/3).
         crop_overhang: fraction of the crop that may reach past each border of the volume
             (:func:`augment.draw_crop_start`; 0.5: crop centres uniform over the volume).
-        crop_region: ``"brain"``: crops are drawn in the preprocessed (brain-cropped) volume,
-            widened by ``crop_overhang``; ``"volume"``: crops are drawn uniformly over the whole
-            grid the volume was cropped from (``case.geometry.resampled_shape``, e.g. 240 x 240 x
-            155 for BraTS at 1 mm: the two-stage paper's random crops), see :meth:`crop_start`.
+        crop_region: ``"brain"``: crops drawn in the preprocessed (brain-cropped) volume,
+            widened by ``crop_overhang``; ``"volume"``: uniformly over the grid the volume was
+            cropped from (``case.geometry.resampled_shape``, 240 x 240 x 155 for BraTS: the
+            two-stage paper's random crops), see :meth:`crop_start`.
         augment: apply flips and intensity augmentation.
         seed: base seed.
         samples_per_epoch: items per epoch (``None``: one per case).
@@ -329,16 +318,14 @@ class CropDataset3D(Dataset):
         image = augment.crop(case.image, start, self.patch_size)
         label = augment.crop(case.label, start, self.patch_size)
         brain_mask = augment.crop(case.brain_mask, start, self.patch_size)
-        fractions = case.region_fractions
-        if fractions is not None:
-            fractions = augment.crop(fractions, start, self.patch_size)
+        soft = case.region_fractions
+        soft = None if soft is None else augment.crop(soft, start, self.patch_size)
         if self.augment:
             axes = augment.draw_flips(rng, 3, self.flip_prob)
             image = augment.flip(image, axes, spatial_dims=3)
             label = augment.flip(label, axes, spatial_dims=3)
             brain_mask = augment.flip(brain_mask, axes, spatial_dims=3)
-            if fractions is not None:
-                fractions = augment.flip(fractions, axes, spatial_dims=3)
+            soft = None if soft is None else augment.flip(soft, axes, spatial_dims=3)
             # Drawn only when used, so that a run without it draws the same crops as before.
             if self.bias_field_prob > 0 and rng.random() < self.bias_field_prob:
                 spacing_vox = self.bias_field_spacing_mm / float(np.mean(case.spacing))
@@ -360,7 +347,7 @@ class CropDataset3D(Dataset):
             )
             image = augment.shift_scale_intensity(image, shifts, scales, brain_mask=brain_mask)
         image = _drop_sequences(self.sequence_dropout, rng, image, key)
-        return _to_item(image, label, brain_mask, case_index, fractions)
+        return _to_item(image, label, brain_mask, case_index, soft)
 
 
 class SliceDataset2D(Dataset):
@@ -495,7 +482,7 @@ class SliceDataset2D(Dataset):
             label = augment.flip(label, axes, spatial_dims=2)
             brain_mask = augment.flip(brain_mask, axes, spatial_dims=2)
         image = _drop_sequences(self.sequence_dropout, rng, image, key)
-        return _to_item(image, label, brain_mask, case_index)
+        return _to_item(image, label, brain_mask, case_index, None)
 
 
 # --------------------------------------------------------------------------------------------
