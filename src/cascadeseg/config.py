@@ -70,8 +70,9 @@ class DataConfig:
         target_spacing: resample to this voxel size in mm (``None``: keep the source spacing).
         label_resampling: how the label map reaches ``target_spacing``: ``nearest`` (the
             default: one source voxel per target voxel), ``regions`` (each
-            nested region WT/TC/ET resampled linearly, kept where it covers at least half a
-            voxel; nnU-Net resamples each label's mask the same way), ``soft`` (the same label
+            nested region WT/TC/ET resampled linearly, kept where it covers more than half a
+            voxel, the nearest voxel breaking exact ties; nnU-Net resamples each label's mask
+            the same way), ``soft`` (the same label
             map, and the 3D crops' region targets are the fractions themselves); see
             :func:`cascadeseg.data.preprocess_ops.resample_label` and
             docs/results-label-resampling.md.

@@ -316,11 +316,11 @@ def _resample(
     )
     if label is None:
         return image, None, None, resampled
-    fractions = None
-    if label_resampling == "soft":
-        fractions = np.rint(region_fractions(label, resampled) * 255).astype(np.uint8)
-    method = "nearest" if label_resampling == "nearest" else "regions"
-    return image, resample_label(label, resampled, method=method), fractions, resampled
+    if label_resampling != "soft":
+        return image, resample_label(label, resampled, method=label_resampling), None, resampled
+    fractions = region_fractions(label, resampled)  # computed once: label map and soft targets
+    label = resample_label(label, resampled, method="regions", fractions=fractions)
+    return image, label, np.rint(fractions * 255).astype(np.uint8), resampled
 
 
 def _n4(
