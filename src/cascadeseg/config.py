@@ -84,6 +84,11 @@ class DataConfig:
         patch_size: training crop (3D: 3 ints; 2D models use the first two as slice size).
         foreground_prob: probability that a 3D crop is centred on a tumour voxel (0 = uniform,
             as the two-stage paper's random crops).
+        foreground_sampling: how a centred crop picks its centre: ``"voxel"``, any tumour
+            voxel alike; ``"region"``, first one of the regions the case has (WT, TC, ET)
+            uniformly, then one of its voxels (nnU-Net's oversampling per class): small cores
+            are then centred as often as the edema around them
+            (:func:`cascadeseg.data.augment.region_coordinates`).
         crop_overhang: fraction of a 3D crop (0 to 0.5) that may reach past each border of the
             preprocessed (brain-cropped) volume, padded with background. 0: crops stay inside,
             and the brain's periphery is rarely in one; 0.5: crop centres uniform over the
@@ -144,6 +149,7 @@ class DataConfig:
     crop_margin: int = 4
     patch_size: tuple[int, ...] = (128, 128, 128)
     foreground_prob: float = 0.0
+    foreground_sampling: str = "voxel"
     crop_overhang: float = 0.0
     bias_field_prob: float = 0.0
     bias_field_strength: tuple[float, float] = (0.05, 0.2)

@@ -77,6 +77,8 @@ SPLITS = ("kfold", "cunet", "all")
 MISSING_FILLS = ("mask", "zero")
 #: How a label map is resampled to ``data.target_spacing`` (:mod:`cascadeseg.data.preprocess_ops`).
 LABEL_RESAMPLINGS = ("regions", "soft", "nearest")
+#: How a tumour-centred crop picks its centre (:func:`cascadeseg.data.augment.draw_crop_start`).
+FOREGROUND_SAMPLINGS = ("voxel", "region")
 
 RULES: dict[str, Rule] = {
     "data.target_spacing": optional(each(POSITIVE, (3,))),
@@ -89,6 +91,7 @@ RULES: dict[str, Rule] = {
     "data.crop_margin": NON_NEGATIVE_INT,
     "data.patch_size": each(POSITIVE_INT, (2, 3)),
     "data.foreground_prob": PROBABILITY,
+    "data.foreground_sampling": one_of(*FOREGROUND_SAMPLINGS),
     "data.crop_overhang": ("a number in [0, 0.5]", lambda v: _is_finite(v) and 0 <= v <= 0.5),
     "data.bias_field_prob": PROBABILITY,
     "data.bias_field_strength": (

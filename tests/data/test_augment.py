@@ -153,6 +153,55 @@ def test_foreground_crops_at_the_requested_rate() -> None:
     assert all(always)
 
 
+def _centre_label(label: np.ndarray, start: tuple[int, ...], size: tuple[int, ...]) -> int:
+    return int(label[tuple(s + n // 2 for s, n in zip(start, size))])
+
+
+def test_region_sampling_centres_small_cores_as_often_as_the_edema() -> None:
+    """A core of 8 voxels in 1000 of edema: centred on it in about half the tumour-centred
+    crops by region (two regions present: WT and TC), in under 1% by voxel."""
+    shape, size = (40, 40, 40), (6, 6, 6)
+    label = np.zeros(shape, dtype=np.uint8)
+    label[10:20, 10:20, 10:20] = 2  # edema
+    label[14:16, 14:16, 14:16] = 1  # a non-enhancing core, no ET
+    regions = augment.region_coordinates(label)
+    assert [len(r) for r in regions] == [1000, 8, 0]
+    np.testing.assert_array_equal(regions[0], augment.foreground_coordinates(label))
+    rates = {}
+    for name, foreground in (("voxel", augment.foreground_coordinates(label)), ("region", regions)):
+        rng = np.random.default_rng(3)
+        starts = [
+            augment.draw_crop_start(rng, shape, size, foreground=foreground, foreground_prob=1.0)
+            for _ in range(2000)
+        ]
+        rates[name] = np.mean([_centre_label(label, s, size) == 1 for s in starts])
+    assert rates["voxel"] < 0.02  # 8 / 1000
+    assert 0.45 < rates["region"] < 0.55  # 1/2, 2000 draws: sd 0.011
+
+
+def test_one_foreground_array_draws_as_a_list_of_it() -> None:
+    """A list holding one array (voxel sampling in the datasets) draws the very crops the array
+    itself does: the same random numbers, so runs of the voxel setting are unchanged."""
+    label = np.zeros((30, 30, 30), dtype=np.uint8)
+    label[5:12, 8:20, 3:9] = 2
+    coords = augment.foreground_coordinates(label)
+    empty = np.zeros((0, 3), dtype=np.int32)
+    for foreground in ([coords], [coords, empty, empty]):
+        a, b = np.random.default_rng(9), np.random.default_rng(9)
+        for _ in range(50):
+            assert augment.draw_crop_start(
+                a, label.shape, (8, 8, 8), foreground=coords, foreground_prob=0.5
+            ) == augment.draw_crop_start(
+                b, label.shape, (8, 8, 8), foreground=foreground, foreground_prob=0.5
+            )
+    # no tumour at all: uniform crops, whatever the probability
+    start = augment.draw_crop_start(
+        np.random.default_rng(0), label.shape, (8, 8, 8), foreground=[empty] * 3,
+        foreground_prob=1.0,
+    )  # fmt: skip
+    assert all(0 <= s <= 22 for s in start)
+
+
 def test_foreground_coordinates_subsample() -> None:
     label = np.ones((30, 30, 30), dtype=np.uint8)
     coords = augment.foreground_coordinates(label, max_points=100, seed=0)

@@ -86,6 +86,25 @@ def test_foreground_probability_one_always_hits_tumour(cases: list[Preprocessed]
     assert all(bool((ds[i]["label"] > 0).any()) for i in range(60))
 
 
+def test_region_sampling_in_crops(cases: list[Preprocessed]) -> None:
+    """Crops centred by region hit the core more often than crops centred by voxel; a case
+    without ET draws from its two regions only; an unknown mode is refused."""
+    core_hits = {}
+    for mode in ("voxel", "region"):
+        ds = CropDataset3D(
+            cases, patch_size=(2, 2, 2), foreground_prob=1.0, foreground_sampling=mode,
+            augment=False, seed=2, samples_per_epoch=300,
+        )  # fmt: skip
+        items = [ds[i] for i in range(300)]
+        assert all(bool((item["label"] > 0).any()) for item in items)
+        core_hits[mode] = np.mean([bool(item["regions"][1].any()) for item in items])
+    assert core_hits["region"] > core_hits["voxel"] + 0.1
+    no_et = CropDataset3D([cases[2]], patch_size=(4, 4, 4), foreground_sampling="region")
+    assert [len(r) > 0 for r in no_et._foreground_of(0)] == [True, True, False]
+    with pytest.raises(ValueError, match="foreground_sampling"):
+        CropDataset3D(cases, patch_size=(4, 4, 4), foreground_sampling="class")
+
+
 def test_items_depend_on_seed_epoch_and_index_only(cases: list[Preprocessed]) -> None:
     ds = CropDataset3D(cases, patch_size=(12, 12, 12), foreground_prob=0.3, augment=True, seed=1)
     a = ds[(2, 1)]
@@ -203,7 +222,7 @@ def test_bias_field_augmentation_in_crops(cases: list[Preprocessed]) -> None:
 
 
 def test_patch_larger_than_every_volume_is_a_config_error() -> None:
-    from cascadeseg.data.datasets import check_patch_size
+    from cascadeseg.data.patch_check import check_patch_size
     from cascadeseg.errors import ConfigError
 
     shapes = [(120, 150, 118), (140, 172, 136)]
@@ -220,7 +239,7 @@ def test_patch_larger_than_every_volume_is_a_config_error() -> None:
 
 
 def test_patch_that_cannot_fit_in_memory_is_a_config_error() -> None:
-    from cascadeseg.data.datasets import available_memory_bytes, check_patch_size
+    from cascadeseg.data.patch_check import available_memory_bytes, check_patch_size
     from cascadeseg.errors import ConfigError
 
     shapes = [(600, 600, 600)]

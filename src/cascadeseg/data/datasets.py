@@ -22,8 +22,6 @@ Items are dicts of tensors:
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -36,8 +34,7 @@ from cascadeseg.data import case_balance as case_balance_
 from cascadeseg.data.labels import label_to_regions
 from cascadeseg.data.missing import SequenceDropout
 from cascadeseg.data.preprocess import Preprocessed
-from cascadeseg.errors import ConfigError, InputError
-from cascadeseg.runtime import meminfo_available_bytes
+from cascadeseg.errors import InputError
 
 #: A dataset key: an index, ``(epoch, index)``, or ``(epoch, index, dropout_on)`` (0/1: whether
 #: the item may lose sequences: the window ``data.sequence_dropout_start`` to ``_end``).
@@ -47,84 +44,6 @@ Index = int | tuple[int, int] | tuple[int, int, int]
 #: ``Preprocessed`` built by hand rather than by ``preprocess_case``; cache entries of older
 #: formats are rebuilt). Measured 2.7-3.9 (mean 3.2) on synthetic cases at 2 mm.
 DEFAULT_MEAN_OVER_STD = 3.0
-
-
-#: Bytes per voxel of a training crop, not counting the image channels (float32 each): the int64
-#: label, three float32 region masks and the bool brain mask of an item.
-CROP_LABEL_BYTES_PER_VOXEL = 8 + 3 * 4 + 1
-#: A lower bound of what the network needs per voxel of a crop to train: two full-resolution
-#: float32 feature maps of 8 channels (the narrowest recipe's first level, once forward and once
-#: for its gradient). Real networks need several times more; the bound only catches patches that
-#: cannot fit at all.
-MIN_NETWORK_BYTES_PER_VOXEL = 2 * 8 * 4
-
-
-def available_memory_bytes() -> int | None:
-    """Memory the system can still give (``MemAvailable`` on Linux), or None where unknown."""
-    available = meminfo_available_bytes()
-    if available is not None:
-        return available
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, OSError, ValueError):
-        return None
-
-
-def check_patch_size(
-    patch_size: Sequence[int],
-    shapes: Sequence[Sequence[int]],
-    *,
-    batch_size: int = 1,
-    channels: int = 4,
-    available_bytes: int | None = None,
-    key: str = "data.patch_size",
-) -> None:
-    """Reject a training patch that no volume fills, or that cannot fit in memory, before any
-    crop is allocated.
-
-    A volume smaller than the patch is zero-padded (that is fine for a few small cases), but a
-    patch larger than every preprocessed volume along an axis is mostly padding on every crop,
-    and usually a typo (``500`` for ``50``) that would end in the kernel killing the run.
-
-    Args:
-        patch_size: the crop ``(X, Y, Z)`` (3D) or ``(H, W)`` (2D slices) in voxels.
-        shapes: the spatial shapes of the preprocessed volumes (their first
-            ``len(patch_size)`` axes are compared).
-        batch_size: crops per batch.
-        channels: image channels per crop.
-        available_bytes: memory available; ``None`` reads it from the system
-            (:func:`available_memory_bytes`).
-        key: the setting named in the message.
-
-    Raises:
-        ConfigError: ``"data.patch_size=[500, 500, 500]: larger than every preprocessed volume
-            on axis 0 (500 > 140 voxels; volumes from 120x150x118 to 140x172x136) ..."`` or
-            ``"... needs at least 25.3 GB for one batch of crops, 12.1 GB available"``.
-    """
-    patch = [int(s) for s in patch_size]
-    if any(s < 1 for s in patch):
-        raise ConfigError(f"{key}={patch}: every size must be at least 1 voxel")
-    dims = len(patch)
-    if shapes:
-        largest = [max(int(shape[i]) for shape in shapes) for i in range(dims)]
-        smallest = [min(int(shape[i]) for shape in shapes) for i in range(dims)]
-        for axis, (size, limit) in enumerate(zip(patch, largest)):
-            if size > limit:
-                sizes = "x".join(map(str, smallest)), "x".join(map(str, largest))
-                raise ConfigError(
-                    f"{key}={patch}: larger than every preprocessed volume on axis {axis} "
-                    f"({size} > {limit} voxels; volumes from {sizes[0]} to {sizes[1]}); choose "
-                    f"at most {largest}"
-                )
-    per_voxel = channels * 4 + CROP_LABEL_BYTES_PER_VOXEL + MIN_NETWORK_BYTES_PER_VOXEL
-    needed = batch_size * math.prod(patch) * per_voxel
-    available = available_memory_bytes() if available_bytes is None else available_bytes
-    if available is not None and needed > available:
-        raise ConfigError(
-            f"{key}={patch}: a batch of {batch_size} such crops needs at least "
-            f"{needed / 1e9:.1f} GB to train, {available / 1e9:.1f} GB of memory available; "
-            f"choose a smaller patch or batch"
-        )
 
 
 def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -185,6 +104,9 @@ class CropDataset3D(Dataset):
         patch_size: crop size ``(X, Y, Z)`` in voxels; volumes smaller than it are zero-padded.
         foreground_prob: probability that a crop is centred on a tumour voxel (0: uniform
             crops as in the paper; nnU-Net uses 1/3).
+        foreground_sampling: ``"voxel"``: the centre drawn over all tumour voxels;
+            ``"region"``: first a region the case has (WT, TC, ET), then one of its voxels
+            (nnU-Net's per-class oversampling, :func:`augment.region_coordinates`).
         crop_overhang: fraction of the crop that may reach past each border of the volume
             (:func:`augment.draw_crop_start`; 0.5: crop centres uniform over the volume).
         crop_region: ``"brain"``: crops drawn in the preprocessed (brain-cropped) volume,
@@ -218,6 +140,7 @@ class CropDataset3D(Dataset):
         *,
         patch_size: Sequence[int],
         foreground_prob: float = 0.0,
+        foreground_sampling: str = "voxel",
         crop_overhang: float = 0.0,
         crop_region: str = "brain",
         augment: bool = True,
@@ -241,6 +164,11 @@ class CropDataset3D(Dataset):
         self.cases = list(cases)
         self.patch_size = tuple(int(s) for s in patch_size)
         self.foreground_prob = float(foreground_prob)
+        if foreground_sampling not in ("voxel", "region"):
+            raise ValueError(
+                f"foreground_sampling must be 'voxel' or 'region', got {foreground_sampling!r}"
+            )
+        self.by_region = foreground_sampling == "region"
         self.crop_overhang = float(crop_overhang)
         if crop_region not in ("brain", "volume"):
             raise ValueError(f"crop_region must be 'brain' or 'volume', got {crop_region!r}")
@@ -263,7 +191,7 @@ class CropDataset3D(Dataset):
             else None
         )
         self.epoch = 0
-        self._foreground: dict[int, np.ndarray] = {}
+        self._foreground: dict[int, list[np.ndarray]] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -271,11 +199,15 @@ class CropDataset3D(Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch if self.samples_per_epoch is not None else len(self.cases)
 
-    def _foreground_of(self, case_index: int) -> np.ndarray:
+    def _foreground_of(self, case_index: int) -> list[np.ndarray]:
         if case_index not in self._foreground:
             label = self.cases[case_index].label
             assert label is not None
-            self._foreground[case_index] = augment.foreground_coordinates(label)
+            self._foreground[case_index] = (
+                augment.region_coordinates(label)
+                if self.by_region
+                else [augment.foreground_coordinates(label)]
+            )
         return self._foreground[case_index]
 
     def crop_start(self, rng: np.random.Generator, case_index: int) -> tuple[int, ...]:
@@ -301,7 +233,7 @@ class CropDataset3D(Dataset):
             rng,
             case.geometry.resampled_shape,
             self.patch_size,
-            foreground=None if foreground is None else foreground + offset,
+            foreground=None if foreground is None else [f + offset for f in foreground],
             foreground_prob=self.foreground_prob,
         )
         return tuple(int(s) for s in np.asarray(start) - offset)

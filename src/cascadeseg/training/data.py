@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cascadeseg.config import Config, DataConfig
-from cascadeseg.data import case_balance, datasets, layouts, splits
+from cascadeseg.data import case_balance, datasets, layouts, patch_check, splits
 from cascadeseg.data.cache import PreprocessCache, resolve_cache_dir
 from cascadeseg.data.layouts import CaseRef
 from cascadeseg.data.missing import SequenceDropout
@@ -109,7 +109,7 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
     # that cannot fit in memory. A patch larger than the brain box alone is fine: the crop is
     # padded with background, as the papers crop from the whole grid (CU-Net's 2D recipes pad
     # brain-cropped slices up to their patch).
-    datasets.check_patch_size(
+    patch_check.check_patch_size(
         cfg.data.patch_size[: 3 if spatial_dims == 3 else 2],
         [case.geometry.resampled_shape for case in train_cases],
         batch_size=cfg.train.batch_size,
@@ -188,6 +188,7 @@ def _train_dataset(
             train_cases,
             patch_size=tuple(data_cfg.patch_size[:3]),
             foreground_prob=data_cfg.foreground_prob,
+            foreground_sampling=data_cfg.foreground_sampling,
             crop_overhang=data_cfg.crop_overhang,
             crop_region=data_cfg.crop_region,
             seed=seed,
