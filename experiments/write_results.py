@@ -1159,6 +1159,7 @@ EXTRA_PAGES = (
     ("results-missing.md", "Missing sequences: one model for any subset of FLAIR, T1, T1ce, T2"),
     ("results-per-crop-dice.md", "Dice per crop or pooled over the batch: small lesions"),
     ("results-label-resampling.md", "Label maps on the 2 mm grid: nearest, regions, soft targets"),
+    ("results-crop-centres.md", "Where tumour-centred crops are centred: any voxel or a region"),
 )
 
 
