@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from cascadeseg.config_rules import FOREGROUND_SAMPLINGS
 from cascadeseg.data import augment
 from cascadeseg.data import case_balance as case_balance_
 from cascadeseg.data.labels import label_to_regions
@@ -164,9 +165,10 @@ class CropDataset3D(Dataset):
         self.cases = list(cases)
         self.patch_size = tuple(int(s) for s in patch_size)
         self.foreground_prob = float(foreground_prob)
-        if foreground_sampling not in ("voxel", "region"):
+        if foreground_sampling not in FOREGROUND_SAMPLINGS:
             raise ValueError(
-                f"foreground_sampling must be 'voxel' or 'region', got {foreground_sampling!r}"
+                f"foreground_sampling must be one of {', '.join(FOREGROUND_SAMPLINGS)}, "
+                f"got {foreground_sampling!r}"
             )
         self.by_region = foreground_sampling == "region"
         self.crop_overhang = float(crop_overhang)
