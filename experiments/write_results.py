@@ -1160,6 +1160,7 @@ EXTRA_PAGES = (
     ("results-per-crop-dice.md", "Dice per crop or pooled over the batch: small lesions"),
     ("results-label-resampling.md", "Label maps on the 2 mm grid: nearest, regions, soft targets"),
     ("results-crop-centres.md", "Where tumour-centred crops are centred: any voxel or a region"),
+    ("results-tc-threshold.md", "The tumour core's threshold in cases without enhancing tumour"),
 )
 
 

@@ -20,6 +20,7 @@ import common  # noqa: E402
 import cunet_study  # noqa: E402
 import missing_page  # noqa: E402
 import missing_study  # noqa: E402
+import tc_threshold_sweep  # noqa: E402
 import two_stage_study  # noqa: E402
 import write_results  # noqa: E402
 
@@ -700,3 +701,34 @@ def test_missing_page_words_the_dropout_window(tmp_path: Path) -> None:
     )
     study["runs"]["dropout_mask"]["dropout"] = {**window, "prob": 0.25, "start": 0.5, "end": 1.0}
     assert missing_page._dropout_words(study).startswith("from 50% to 100% of the run 25% of the")
+
+
+# --------------------------------------------------------------------------------------------
+# the tumour core's threshold in cases without enhancing tumour
+
+
+def test_tc_sweep_lowers_the_core_only_without_et_or_everywhere() -> None:
+    import numpy as np
+
+    # Two voxels: an under-confident core, and ET inside a confident core (first case) or not
+    # (second case: ET 0.1 everywhere).
+    with_et = np.array([[0.9, 0.9], [0.35, 0.8], [0.1, 0.9]])
+    without_et = np.array([[0.9, 0.9], [0.35, 0.8], [0.1, 0.1]])
+    sweep = tc_threshold_sweep.label_at
+    assert sweep(with_et, 0.5, 0.3, "without_et").tolist() == [2, 3]  # unchanged: has ET
+    assert sweep(with_et, 0.5, 0.3, "every").tolist() == [1, 3]
+    assert sweep(without_et, 0.5, 0.3, "without_et").tolist() == [1, 1]
+    assert sweep(without_et, 0.5, 0.5, "without_et").tolist() == [2, 1]
+
+
+def test_tc_sweep_summary_averages_cases_then_runs() -> None:
+    def row(model: str, tc: float) -> dict[str, Any]:
+        values = {f"{v}@{t:g}": [1.0, tc, 1.0] for v in tc_threshold_sweep.VARIANTS for t in (0.5,)}
+        return {"model": model, "set": "no_et", **values}
+
+    # run a: cases 0.2 and 0.4 (mean 0.3); run b: one case 0.9 -> mean of runs 0.6
+    rows = [row("a", 0.2), row("a", 0.4), row("b", 0.9)]
+    assert tc_threshold_sweep.summary(rows, [0.5]) == [
+        "no_et (without_et, 2 runs) TC 0.5: 0.600",
+        "no_et (every, 2 runs) TC 0.5: 0.600",
+    ]

@@ -323,6 +323,11 @@ class InferenceConfig:
     Attributes:
         tta: 8-flip test-time augmentation.
         threshold: probability threshold of each region.
+        tc_threshold_without_et: TC's threshold in a case whose label map holds no enhancing
+            tumour at ``threshold`` (``null``: ``threshold``, both papers). Neither paper has it:
+            a short CPU run sees few cases without enhancing tumour and its core probability is
+            under-confident there (0.3-0.7 inside the core; :func:`cascadeseg.data.labels.
+            probabilities_to_label`). Cases with enhancing tumour keep ``threshold``.
         et_min_voxels: ET smaller than this becomes necrosis (two-stage sec. 3.4); 0 = off.
         sliding_window: ``auto`` (fallback when memory is short), ``always`` or ``never``.
         overlap: sliding-window overlap.
@@ -341,6 +346,7 @@ class InferenceConfig:
 
     tta: bool = True
     threshold: float = 0.5
+    tc_threshold_without_et: float | None = None
     et_min_voxels: int = 0
     sliding_window: str = "auto"
     overlap: float = 0.5

@@ -158,6 +158,7 @@ RULES: dict[str, Rule] = {
         lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
     ),
     "inference.threshold": PROBABILITY,
+    "inference.tc_threshold_without_et": optional(PROBABILITY),
     "inference.et_min_voxels": NON_NEGATIVE_INT,
     "inference.sliding_window": one_of("auto", "always", "never"),
     "inference.overlap": FRACTION_BELOW_ONE,

@@ -67,3 +67,41 @@ def test_regions_to_label_enforces_nesting() -> None:
 def test_probabilities_to_label_threshold() -> None:
     probs = np.array([[0.9, 0.9, 0.4], [0.8, 0.2, 0.9], [0.6, 0.1, 0.9]])
     assert labels.probabilities_to_label(probs).tolist() == [3, 2, 0]
+
+
+# Voxels: background, edema, a confident core, an under-confident core, a doubtful ET that the
+# default TC threshold keeps out of the core.
+PROBS_WITHOUT_ET = np.array(
+    [
+        [0.1, 0.9, 0.9, 0.9, 0.9],  # WT
+        [0.1, 0.1, 0.8, 0.35, 0.4],  # TC
+        [0.0, 0.0, 0.1, 0.1, 0.7],  # ET (inside TC nowhere at 0.5)
+    ]
+)
+
+
+def test_tc_threshold_without_et_lowers_the_core_threshold_where_no_et_is_labelled() -> None:
+    default = labels.probabilities_to_label(PROBS_WITHOUT_ET)
+    assert default.tolist() == [0, labels.ED, labels.NCR, labels.ED, labels.ED]
+    low = labels.probabilities_to_label(PROBS_WITHOUT_ET, 0.5, tc_threshold_without_et=0.3)
+    # The under-confident core joins TC; the last voxel joins it as necrosis, not ET (the case
+    # was labelled without enhancing tumour and keeps none).
+    assert low.tolist() == [0, labels.ED, labels.NCR, labels.NCR, labels.NCR]
+    # Equal to the threshold, or None: the plain thresholding.
+    for same in (None, 0.5):
+        np.testing.assert_array_equal(
+            labels.probabilities_to_label(PROBS_WITHOUT_ET, 0.5, same), default
+        )
+
+
+def test_tc_threshold_without_et_leaves_cases_with_enhancing_tumour_alone() -> None:
+    probs = PROBS_WITHOUT_ET.copy()
+    probs[1, 4] = 0.6  # now the ET voxel is inside TC: the case has enhancing tumour
+    default = labels.probabilities_to_label(probs)
+    assert labels.ET in default
+    np.testing.assert_array_equal(labels.probabilities_to_label(probs, 0.5, 0.3), default)
+
+
+def test_tc_threshold_without_et_above_threshold_shrinks_the_core() -> None:
+    label = labels.probabilities_to_label(PROBS_WITHOUT_ET, 0.5, tc_threshold_without_et=0.9)
+    assert label.tolist() == [0, labels.ED, labels.ED, labels.ED, labels.ED]

@@ -14,7 +14,7 @@ from tiny_members import save_model_checkpoint
 from cascadeseg.data.case import Case
 from cascadeseg.inference.export import export_onnx
 from cascadeseg.inference.loading import OnnxNetwork, load_models, load_onnx_model
-from cascadeseg.inference.options import PredictOptions
+from cascadeseg.inference.options import PredictOptions, options_from_recipe
 from cascadeseg.inference.predictor import predict_case
 from cascadeseg.models import build_model
 
@@ -59,13 +59,19 @@ def test_onnx_runtime_agrees_with_pytorch(
 
 
 def test_exported_file_carries_what_predict_needs(tmp_path: Path) -> None:
-    ckpt = _checkpoint(tmp_path / "m.pt", "cunet", overrides=("data.crop_margin=3",))
+    overrides = ("data.crop_margin=3", "inference.tc_threshold_without_et=0.3")
+    ckpt = _checkpoint(tmp_path / "m.pt", "cunet", overrides=(*overrides, "inference.tta=false"))
     path = export_onnx(load_models([ckpt]), tmp_path / "m.onnx")
     member = load_onnx_model(path)
     assert (member.spatial_dims, member.in_channels, member.output_kind) == (2, 4, "probabilities")
     assert member.name == "cunet" and member.size_divisor == 4
     assert member.preprocess.crop_margin == 3
     assert member.et_min_voxels == 42
+    # The recipe's label thresholds travel (an export labels as its run does), not the rest.
+    assert member.config == {"inference": {"threshold": 0.5, "tc_threshold_without_et": 0.3}}
+    options = options_from_recipe([member], {})
+    assert options.tc_threshold_without_et == 0.3
+    assert options.settings_origin["tc_threshold_without_et"] == "recipe"
 
 
 def test_snapshots_export_as_one_averaged_graph(tmp_path: Path) -> None:

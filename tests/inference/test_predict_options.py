@@ -35,6 +35,7 @@ STORED = {
     "overlap": 0.25,
     "precision": "fp32",
     "threshold": 0.4,
+    "tc_threshold_without_et": 0.25,
     "tta_region": "tumour",
     "tta_region_threshold": 0.1,
     "tta_region_margin": 8,
@@ -80,10 +81,12 @@ def test_flag_overrides_recipe_and_default_fills_the_rest() -> None:
         "overlap": "default",
         "precision": "recipe",
         "threshold": "option",
+        "tc_threshold_without_et": "default",
         "tta_region": "default",
         "tta_region_threshold": "default",
         "tta_region_margin": "default",
     }
+    assert options.tc_threshold_without_et is None  # off unless a recipe or flag sets it
     # No recipe at all (an ONNX export): defaults, precision auto.
     bare = options_from_recipe([member({})], NONE_GIVEN)
     assert bare.precision == "auto" and bare.tta is True
@@ -117,6 +120,7 @@ def test_cli_reads_the_recipe_and_flags_override(tmp_path: Path) -> None:
     # precision: the recipe default is auto -> bf16 where native, else fp32
     assert stored["precision_requested"] == "auto"
     assert stored["precision"] == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
+    assert stored["tc_threshold_without_et"] is None and stored["tc_threshold"] == 0.45
     flagged = settings(tmp_path / "b", "--tta", "--threshold", "0.3", "--precision", "fp32")
     assert flagged["tta"] is True and flagged["passes"] == 8 and flagged["threshold"] == 0.3
     assert flagged["precision"] == "fp32"
@@ -203,6 +207,8 @@ RECIPE_FIELDS = [
     ("tta_region", "tumour", "tumour", ["--tta-region", "volume"], "volume"),
     ("tta_region_margin", "8", 8, ["--tta-margin", "4"], 4),
     ("tta_region_threshold", "0.1", 0.1, ["--tta-region-threshold", "0.2"], 0.2),
+    ("tc_threshold_without_et", "0.3", 0.3, ["--tc-threshold-without-et", "0.4"], 0.4),
+    ("tc_threshold_without_et", "0.3", 0.3, ["--tc-threshold-without-et", "off"], None),
 ]
 
 
@@ -247,3 +253,28 @@ def test_recipe_field_reaches_predict_and_its_flag_overrides(
 
     assert value(from_recipe) == (stored, "recipe" if key != "et_min_voxels" else "stored")
     assert value(from_flag) == (flagged, "option")
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.2"])
+def test_tc_threshold_without_et_outside_0_1_is_a_usage_error(tmp_path: Path, value: str) -> None:
+    ckpt = write_checkpoint(tmp_path / "m.pt", 0, ())
+    args = ["predict", "--model", str(ckpt), "--input", str(tmp_path), "--output"]
+    args += [str(tmp_path / "out"), "--device", "cpu", "--tc-threshold-without-et", value]
+    assert cli.main(args) == 2
+
+
+def test_tc_threshold_without_et_not_a_number_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["predict", "--model", "m", "--input", "i", "--output", "o",
+                  "--tc-threshold-without-et", "low"])  # fmt: skip
+    assert exc.value.code == 2
+
+
+def test_tc_threshold_applied_names_the_threshold_the_core_got() -> None:
+    from cascadeseg.inference.predictor import tc_threshold_applied
+
+    with_et, without_et = np.array([0, 2, 1, 3]), np.array([0, 2, 1, 1])
+    options = PredictOptions(threshold=0.5, tc_threshold_without_et=0.3)
+    assert tc_threshold_applied(with_et, options) == 0.5
+    assert tc_threshold_applied(without_et, options) == 0.3
+    assert tc_threshold_applied(without_et, PredictOptions(threshold=0.4)) == 0.4

@@ -1,9 +1,9 @@
 """``cascadeseg predict``: segment cases with one or more trained models.
 
 One source of truth for the recipe's inference settings: ``--tta/--no-tta``, ``--sliding-window``,
-``--overlap``, ``--precision``, ``--threshold``, ``--tta-region``, ``--tta-region-margin`` and
-``--tta-region-threshold`` override the ``inference.*`` values stored with the model only when
-given; otherwise the stored value is used, else the built-in default
+``--overlap``, ``--precision``, ``--threshold``, ``--tc-threshold-without-et``, ``--tta-region``,
+``--tta-region-margin`` and ``--tta-region-threshold`` override the ``inference.*`` values stored
+with the model only when given; otherwise the stored value is used, else the built-in default
 (:func:`cascadeseg.inference.options.options_from_recipe`). Each case's JSON says which.
 
 Scaling (:mod:`cascadeseg.inference.shards`): under ``torchrun`` the ranks split the cases
@@ -200,6 +200,18 @@ def _add_tta_region(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _probability_or_off(text: str) -> float | str:
+    """``--tc-threshold-without-et``'s value: a number (checked by PredictOptions) or ``off``."""
+    from cascadeseg.inference.options import OFF
+
+    if text.strip().lower() == OFF:
+        return OFF
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability or 'off', got {text!r}") from None
+
+
 def _add_outputs(parser: argparse.ArgumentParser) -> None:
     """What is written: threshold, post-processing, label values, extra maps."""
     group = parser.add_argument_group("what is written")
@@ -209,6 +221,15 @@ def _add_outputs(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="probability threshold of each region (default: the recipe's "
         "inference.threshold, else 0.5)",
+    )
+    group.add_argument(
+        "--tc-threshold-without-et",
+        type=_probability_or_off,
+        default=None,
+        metavar="P|off",
+        help="threshold of the tumour core in a case predicted without enhancing tumour; off: "
+        "the threshold of every region (default: the recipe's "
+        "inference.tc_threshold_without_et, else off)",
     )
     group.add_argument(
         "--et-min-voxels",
@@ -269,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
         "overlap": args.overlap,
         "precision": args.precision,
         "threshold": args.threshold,
+        "tc_threshold_without_et": args.tc_threshold_without_et,
         "tta_region": args.tta_region,
         "tta_region_margin": args.tta_region_margin,
         "tta_region_threshold": args.tta_region_threshold,

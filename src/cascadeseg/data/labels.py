@@ -174,6 +174,30 @@ def regions_to_label(regions: np.ndarray) -> np.ndarray:
     return label
 
 
-def probabilities_to_label(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Threshold ``(3, ...)`` region probabilities ``[WT, TC, ET]`` and build a label map."""
-    return regions_to_label(np.asarray(probs) >= threshold)
+def probabilities_to_label(
+    probs: np.ndarray, threshold: float = 0.5, tc_threshold_without_et: float | None = None
+) -> np.ndarray:
+    """Threshold ``(3, ...)`` region probabilities ``[WT, TC, ET]`` and build a label map.
+
+    Args:
+        probs: ``(3, ...)`` region probabilities ``[WT, TC, ET]``.
+        threshold: probability threshold of each region.
+        tc_threshold_without_et: TC's threshold in a case whose label map at ``threshold``
+            holds no enhancing tumour (``None``: ``threshold``). The ET region stays empty there
+            (voxels the lower TC threshold lets into the core do not become ET), so the rule
+            changes only the core of cases without enhancement, where a network trained on few
+            such cases is under-confident (see ``inference.tc_threshold_without_et``).
+
+    Returns:
+        uint8 ``(...)`` internal label map.
+    """
+    probs = np.asarray(probs)
+    regions = probs >= threshold
+    label = regions_to_label(regions)
+    if tc_threshold_without_et is None or tc_threshold_without_et == threshold:
+        return label
+    if np.any(label == ET):
+        return label
+    regions[1] = probs[1] >= tc_threshold_without_et
+    regions[2] = False
+    return regions_to_label(regions)

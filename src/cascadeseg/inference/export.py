@@ -7,8 +7,8 @@ and spatial axes are dynamic (any size that is a multiple of the network's down-
 Several checkpoints (a run directory's snapshots) export as one graph that averages them.
 
 Everything the predictor needs to use the file alone (spatial dims, channels, slice context,
-preprocessing recipe, stored ET threshold, padding multiple) is written as JSON into the model's
-``metadata_props`` under the key ``cascadeseg``;
+preprocessing recipe, stored ET threshold, the recipe's label thresholds, padding multiple) is
+written as JSON into the model's ``metadata_props`` under the key ``cascadeseg``;
 :func:`cascadeseg.inference.loading.load_onnx_model` reads it back, so
 ``cascadeseg predict --model model.onnx`` works without the checkpoint.
 
@@ -40,6 +40,7 @@ from cascadeseg.inference.loading import (
     check_member,
     load_models,
     member_of_network,
+    recipe_inference_values,
 )
 from cascadeseg.models.outputs import region_probabilities
 
@@ -73,6 +74,10 @@ class ProbabilityHead(nn.Module):
         return total / len(self.networks)
 
 
+#: Recipe values (``inference.*``) an export carries: the ones that turn probabilities into labels.
+LABEL_KEYS: tuple[str, ...] = ("threshold", "tc_threshold_without_et")
+
+
 def _metadata(members: Sequence[LoadedModel]) -> dict[str, Any]:
     first = members[0]
     return {
@@ -90,6 +95,11 @@ def _metadata(members: Sequence[LoadedModel]) -> dict[str, Any]:
         "et_min_voxels": ensemble_et_min_voxels(members),
         "min_lesion_voxels": ensemble_min_lesion_voxels(members),
         "missing_fill": first.missing_fill,
+        # How probabilities become labels, so that an export labels as its run does; the
+        # other inference settings (TTA, precision, the TTA region) belong to the backend.
+        "inference": {
+            k: v for k, v in recipe_inference_values(members)[0].items() if k in LABEL_KEYS
+        },
     }
 
 

@@ -301,6 +301,7 @@ RECIPE_INFERENCE_KEYS: tuple[str, ...] = (
     "overlap",
     "precision",
     "threshold",
+    "tc_threshold_without_et",
     "tta_region",
     "tta_region_threshold",
     "tta_region_margin",
@@ -312,7 +313,8 @@ def recipe_inference_values(members: Sequence[LoadedModel]) -> tuple[dict[str, A
 
     The first member that stores a recipe decides (folds and snapshots of one recipe agree;
     an ensemble mixing recipes takes its first model's, named in the second value). Only the
-    keys of :data:`RECIPE_INFERENCE_KEYS` are read; ONNX exports store no recipe.
+    keys of :data:`RECIPE_INFERENCE_KEYS` are read; ONNX exports store only the values that
+    turn probabilities into labels (:data:`cascadeseg.inference.export.LABEL_KEYS`).
 
     Returns:
         ``(values, source)``: e.g. ``({"tta": True, "precision": "bf16"}, "run/checkpoints/
@@ -541,6 +543,7 @@ def load_onnx_model(path: str | Path, device: torch.device | str = "cpu") -> Loa
         source=path,
         device=torch.device(device),
         missing_fill=meta.get("missing_fill"),
+        config={"inference": dict(meta.get("inference") or {})},
     )
 
 

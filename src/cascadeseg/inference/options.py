@@ -50,6 +50,9 @@ class PredictOptions:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
         batch_slices: axial slices per network call for 2D models.
         threshold: probability threshold of each region.
+        tc_threshold_without_et: TC's threshold in a case whose label map at ``threshold`` holds
+            no enhancing tumour (``None``: ``threshold``;
+            :func:`cascadeseg.data.labels.probabilities_to_label`).
         et_min_voxels: ET post-processing threshold in voxels (source grid); ``None`` uses the
             value stored with the model(s) (``tune-postprocess``'s ``postprocess.json``, else the
             checkpoint's ``extra``, else the recipe's ``inference.et_min_voxels`` when non-zero:
@@ -126,6 +129,7 @@ class PredictOptions:
     device: str = "auto"
     batch_slices: int = 16
     threshold: float = 0.5
+    tc_threshold_without_et: float | None = None
     et_min_voxels: int | None = None
     min_lesion_voxels: Mapping[str, int] | None = None
     labels: str | None = None
@@ -173,6 +177,9 @@ class PredictOptions:
             raise ConfigError(f"overlap must be in [0, 1), got {self.overlap}")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
+        low = self.tc_threshold_without_et
+        if low is not None and not 0.0 < low < 1.0:
+            raise ConfigError(f"tc_threshold_without_et must be in (0, 1), got {low}")
         if self.batch_slices < 1:
             raise ConfigError(f"batch_slices must be >= 1, got {self.batch_slices}")
         if self.flips_per_call is not None and self.flips_per_call < 1:
@@ -194,6 +201,11 @@ class PredictOptions:
             )
 
 
+#: A flag's value that sets an optional recipe value to ``None`` (``--tc-threshold-without-et
+#: off``), where ``None`` in ``given`` means "not given".
+OFF = "off"
+
+
 def options_from_recipe(
     models: Sequence[LoadedModel], given: Mapping[str, Any], **other: Any
 ) -> PredictOptions:
@@ -201,7 +213,8 @@ def options_from_recipe(
 
     For each of ``tta``, ``sliding_window``, ``overlap``, ``precision``, ``threshold`` and the
     ``tta_region*`` settings (:data:`~.loading.RECIPE_INFERENCE_KEYS`): the
-    value in ``given`` when it is not ``None`` (a command-line flag), else the value stored
+    value in ``given`` when it is not ``None`` (a command-line flag; :data:`OFF` stands for
+    ``None``), else the value stored
     with the models' recipe (:func:`cascadeseg.inference.loading.recipe_inference_values`),
     else :class:`PredictOptions`' default. Where each came from is kept in
     ``settings_origin`` (and each case's JSON).
@@ -219,7 +232,9 @@ def options_from_recipe(
     origin: dict[str, str] = {}
     base = PredictOptions(**other)
     for key in RECIPE_INFERENCE_KEYS:
-        if given.get(key) is not None:
+        if given.get(key) is OFF:
+            values[key], origin[key] = None, "option"
+        elif given.get(key) is not None:
             values[key], origin[key] = given[key], "option"
         elif key in stored:
             try:

@@ -22,7 +22,9 @@ Per case (:func:`predict_case`):
 4. **Restore** the probabilities to the exact source grid
    (:func:`cascadeseg.data.preprocess.restore_to_source`, linear where the recipe resampled, as
    nnU-Net resamples probabilities rather than labels), **threshold** at 0.5 with ET inside TC
-   inside WT (:func:`cascadeseg.data.labels.probabilities_to_label`), and **post-process**
+   inside WT (:func:`cascadeseg.data.labels.probabilities_to_label`; the core of a case without
+   enhancing tumour at the recipe's ``tc_threshold_without_et`` where it sets one), and
+   **post-process**
    (lesion-wise component sizes, :mod:`~.lesion_postprocess`; two-stage paper, sec. 3.4: ET
    below ``et_min_voxels`` becomes necrosis).
 
@@ -266,6 +268,16 @@ def postprocess_label(
     return label, info, summarise_lesions(sizes, spacing)
 
 
+def tc_threshold_applied(label: np.ndarray, options: PredictOptions) -> float:
+    """The threshold the tumour core of a case got: ``options.tc_threshold_without_et`` where it
+    is set and the label map from :func:`probabilities_to_label` holds no enhancing tumour,
+    else ``options.threshold`` (recorded in each case's JSON)."""
+    low = options.tc_threshold_without_et
+    if low is None or np.any(label == ET):
+        return options.threshold
+    return low
+
+
 def predict_case(
     case: Case,
     models: Sequence[LoadedModel],
@@ -302,7 +314,10 @@ def predict_case(
     t_net = time.perf_counter() - start - t_pre
     probabilities = restore_to_source(mean, pre, order=1)
     uncertainty = restore_to_source(variance, pre, order=1) if options.save_uncertainty else None
-    label = probabilities_to_label(probabilities, options.threshold)
+    label = probabilities_to_label(
+        probabilities, options.threshold, options.tc_threshold_without_et
+    )
+    info["tc_threshold"] = tc_threshold_applied(label, options)
     label, post_info, lesions = postprocess_label(label, models, options, case.meta.spacing)
     info.update(post_info)
     t_total = time.perf_counter() - start
@@ -310,6 +325,7 @@ def predict_case(
         {
             "tta": options.tta,
             "threshold": options.threshold,
+            "tc_threshold_without_et": options.tc_threshold_without_et,
             "sliding_window": options.sliding_window,
             "overlap": options.overlap,
             "settings_origin": dict(options.settings_origin),
