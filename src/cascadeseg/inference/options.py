@@ -117,9 +117,9 @@ class PredictOptions:
             error), ``sibling`` or ``zero``
             (:func:`cascadeseg.data.missing.substitute_missing`). Models trained with sequence
             dropout ignore it.
-        settings_origin: where ``tta``, ``sliding_window``, ``overlap``, ``precision`` and
-            ``threshold`` came from (``option``, ``recipe`` or ``default``), recorded in each
-            case's JSON; set by :func:`options_from_recipe`.
+        settings_origin: where each recipe-resolved setting (``tta``, ``threshold``, ...:
+            :data:`~.loading.RECIPE_INFERENCE_KEYS`) came from (``option``, ``recipe`` or
+            ``default``), recorded in each case's JSON; set by :func:`options_from_recipe`.
     """
 
     tta: bool = True
@@ -211,8 +211,9 @@ def options_from_recipe(
 ) -> PredictOptions:
     """Prediction options with one source of truth for the recipe's ``inference.*`` values.
 
-    For each of ``tta``, ``sliding_window``, ``overlap``, ``precision``, ``threshold`` and the
-    ``tta_region*`` settings (:data:`~.loading.RECIPE_INFERENCE_KEYS`): the
+    For each of ``tta``, ``sliding_window``, ``overlap``, ``precision``, ``threshold``,
+    ``tc_threshold_without_et`` and the ``tta_region*`` settings
+    (:data:`~.loading.RECIPE_INFERENCE_KEYS`): the
     value in ``given`` when it is not ``None`` (a command-line flag; :data:`OFF` stands for
     ``None``), else the value stored
     with the models' recipe (:func:`cascadeseg.inference.loading.recipe_inference_values`),
@@ -232,7 +233,7 @@ def options_from_recipe(
     origin: dict[str, str] = {}
     base = PredictOptions(**other)
     for key in RECIPE_INFERENCE_KEYS:
-        if given.get(key) is OFF:
+        if isinstance(given.get(key), str) and given[key] == OFF:
             values[key], origin[key] = None, "option"
         elif given.get(key) is not None:
             values[key], origin[key] = given[key], "option"
