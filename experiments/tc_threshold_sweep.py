@@ -52,7 +52,7 @@ def label_at(probabilities: np.ndarray, threshold: float, tc: float, variant: st
 
 def case_rows(model: Path, folder: Path, thresholds: list[float]) -> list[dict[str, Any]]:
     """One row per case of ``folder``: Dice per region for each threshold and variant."""
-    from cascadeseg.data.labels import ET, label_to_regions
+    from cascadeseg.data.labels import ET, label_to_regions, probabilities_to_label
     from cascadeseg.data.layouts import load_dataset
     from cascadeseg.evaluation.metrics import region_dice
     from cascadeseg.inference import load_models, options_from_recipe
@@ -69,11 +69,11 @@ def case_rows(model: Path, folder: Path, thresholds: list[float]) -> list[dict[s
         ref = label_to_regions(np.asarray(case.label))
         row: dict[str, Any] = {"model": model.name, "set": folder.name, "case": case.case_id}
         row["ref_et"] = bool(ref[2].any())
+        plain = probabilities_to_label(probabilities, options.threshold)
+        row["pred_et"] = bool(np.any(plain == ET))
         for variant in VARIANTS:
             for tc in thresholds:
                 label = label_at(probabilities, options.threshold, tc, variant)
-                if tc == thresholds[0] and variant == VARIANTS[0]:
-                    row["pred_et"] = bool(np.any(label == ET))
                 label, _, _ = postprocess_label(label, models, options, case.meta.spacing)
                 dice = region_dice(label_to_regions(label), ref)
                 row[f"{variant}@{tc:g}"] = [round(float(v), 4) for v in dice]

@@ -105,3 +105,13 @@ def test_tc_threshold_without_et_leaves_cases_with_enhancing_tumour_alone() -> N
 def test_tc_threshold_without_et_above_threshold_shrinks_the_core() -> None:
     label = labels.probabilities_to_label(PROBS_WITHOUT_ET, 0.5, tc_threshold_without_et=0.9)
     assert label.tolist() == [0, labels.ED, labels.ED, labels.ED, labels.ED]
+
+
+def test_label_and_core_threshold_names_the_threshold_the_core_got() -> None:
+    # WT everywhere, a core in voxels 2-3; ET in voxel 3 or nowhere.
+    with_et = np.array([[0.9, 0.9, 0.9, 0.9], [0.1, 0.1, 0.8, 0.8], [0.0, 0.0, 0.0, 0.9]])
+    without_et = with_et.copy()
+    without_et[2] = 0.0
+    assert labels.label_and_core_threshold(with_et, 0.5, 0.3)[1] == 0.5
+    assert labels.label_and_core_threshold(without_et, 0.5, 0.3)[1] == 0.3
+    assert labels.label_and_core_threshold(without_et, 0.4, None)[1] == 0.4

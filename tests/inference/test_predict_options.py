@@ -268,13 +268,3 @@ def test_tc_threshold_without_et_not_a_number_is_a_usage_error(tmp_path: Path) -
         cli.main(["predict", "--model", "m", "--input", "i", "--output", "o",
                   "--tc-threshold-without-et", "low"])  # fmt: skip
     assert exc.value.code == 2
-
-
-def test_tc_threshold_applied_names_the_threshold_the_core_got() -> None:
-    from cascadeseg.inference.predictor import tc_threshold_applied
-
-    with_et, without_et = np.array([0, 2, 1, 3]), np.array([0, 2, 1, 1])
-    options = PredictOptions(threshold=0.5, tc_threshold_without_et=0.3)
-    assert tc_threshold_applied(with_et, options) == 0.5
-    assert tc_threshold_applied(without_et, options) == 0.3
-    assert tc_threshold_applied(without_et, PredictOptions(threshold=0.4)) == 0.4

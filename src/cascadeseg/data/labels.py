@@ -177,7 +177,16 @@ def regions_to_label(regions: np.ndarray) -> np.ndarray:
 def probabilities_to_label(
     probs: np.ndarray, threshold: float = 0.5, tc_threshold_without_et: float | None = None
 ) -> np.ndarray:
-    """Threshold ``(3, ...)`` region probabilities ``[WT, TC, ET]`` and build a label map.
+    """Threshold ``(3, ...)`` region probabilities ``[WT, TC, ET]`` and build a label map
+    (:func:`label_and_core_threshold` without the threshold the core got)."""
+    return label_and_core_threshold(probs, threshold, tc_threshold_without_et)[0]
+
+
+def label_and_core_threshold(
+    probs: np.ndarray, threshold: float = 0.5, tc_threshold_without_et: float | None = None
+) -> tuple[np.ndarray, float]:
+    """Threshold ``(3, ...)`` region probabilities ``[WT, TC, ET]``, build a label map, and say
+    which threshold the tumour core got.
 
     Args:
         probs: ``(3, ...)`` region probabilities ``[WT, TC, ET]``.
@@ -189,15 +198,15 @@ def probabilities_to_label(
             such cases is under-confident (see ``inference.tc_threshold_without_et``).
 
     Returns:
-        uint8 ``(...)`` internal label map.
+        ``(label, tc_threshold)``: the uint8 ``(...)`` internal label map and the threshold its
+        core got (``tc_threshold_without_et`` where the rule applied, else ``threshold``).
     """
     probs = np.asarray(probs)
     regions = probs >= threshold
     label = regions_to_label(regions)
-    if tc_threshold_without_et is None or tc_threshold_without_et == threshold:
-        return label
-    if np.any(label == ET):
-        return label
-    regions[1] = probs[1] >= tc_threshold_without_et
+    low = tc_threshold_without_et
+    if low is None or low == threshold or np.any(label == ET):
+        return label, threshold
+    regions[1] = probs[1] >= low
     regions[2] = False
-    return regions_to_label(regions)
+    return regions_to_label(regions), low

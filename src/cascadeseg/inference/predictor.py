@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from cascadeseg.data.cache import PreprocessCache
 from cascadeseg.data.case import Case
-from cascadeseg.data.labels import ET, probabilities_to_label
+from cascadeseg.data.labels import ET, label_and_core_threshold
 from cascadeseg.data.missing import present_flags, substitute_missing, without_sequences
 from cascadeseg.data.preprocess import Preprocessed, preprocess_case, restore_to_source
 from cascadeseg.errors import CascadesegError, ConfigError, InputError
@@ -268,16 +268,6 @@ def postprocess_label(
     return label, info, summarise_lesions(sizes, spacing)
 
 
-def tc_threshold_applied(label: np.ndarray, options: PredictOptions) -> float:
-    """The threshold the tumour core of a case got: ``options.tc_threshold_without_et`` where it
-    is set and the label map from :func:`probabilities_to_label` holds no enhancing tumour,
-    else ``options.threshold`` (recorded in each case's JSON)."""
-    low = options.tc_threshold_without_et
-    if low is None or np.any(label == ET):
-        return options.threshold
-    return low
-
-
 def predict_case(
     case: Case,
     models: Sequence[LoadedModel],
@@ -314,10 +304,10 @@ def predict_case(
     t_net = time.perf_counter() - start - t_pre
     probabilities = restore_to_source(mean, pre, order=1)
     uncertainty = restore_to_source(variance, pre, order=1) if options.save_uncertainty else None
-    label = probabilities_to_label(
+    # The threshold the core got (the recipe's tc_threshold_without_et in a case without ET).
+    label, info["tc_threshold"] = label_and_core_threshold(
         probabilities, options.threshold, options.tc_threshold_without_et
     )
-    info["tc_threshold"] = tc_threshold_applied(label, options)
     label, post_info, lesions = postprocess_label(label, models, options, case.meta.spacing)
     info.update(post_info)
     t_total = time.perf_counter() - start
