@@ -1161,6 +1161,7 @@ EXTRA_PAGES = (
     ("results-label-resampling.md", "Label maps on the 2 mm grid: nearest, regions, soft targets"),
     ("results-crop-centres.md", "Where tumour-centred crops are centred: any voxel or a region"),
     ("results-tc-threshold.md", "The tumour core's threshold in cases without enhancing tumour"),
+    ("results-missing-seeds.md", "Sequence dropout with all four sequences, over training seeds"),
 )
 
 
