@@ -16,10 +16,10 @@ Usage::
     python experiments/missing_seeds.py ... --device cuda --seeds 0 1 2 3 4 --parallel 10
 
 Writes ``<out>/missing_seeds/seeds.json`` (per seed and run: steps, minutes, mean Dice WT, TC,
-ET and their mean; the differences; ``records.jsonl`` gets each run's record as it ends) and
-``seeds.md`` (the table), prints the table, and exits
-1 when a run failed (the others are still scored; each run's log is in ``missing_seeds/logs``).
-A finished training run is reused when the command is run again with the same settings.
+ET and their mean; the differences) and ``seeds.md`` (the tables; ``records.jsonl`` gets each
+run's record as it ends), prints the tables, and exits 1 when a run failed (the others are still
+scored; each run's log is in ``missing_seeds/logs``). A finished training run is reused when the
+command is run again with the same settings.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import concurrent.futures
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -38,8 +39,8 @@ from typing import Any
 import common
 import missing_study
 
-#: The runs the table compares by default (keys of :data:`missing_study.RUNS`); the first
-#: sequence-dropout-free run is the baseline of the differences.
+#: The runs trained by default (keys of :data:`missing_study.RUNS`) and the run every other is
+#: compared with, seed by seed.
 DEFAULT_RUNS = ("ordinary", "dropout_mask")
 BASELINE = "ordinary"
 REGIONS = ("wt", "tc", "et")
@@ -173,8 +174,10 @@ def one_run(
     log.parent.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"run": key, "seed": seed, "overrides": spec[1], "log": str(log)}
     try:
-        done = run_dir / "seeds.json"
+        done = run_dir / "seeds_run.json"
         if not finished_before(done, argv):
+            if run_dir.exists():  # another or an unfinished run (as common.train_run does)
+                shutil.rmtree(run_dir)
             seconds = run_cli(argv, log, args.threads)
             common.write_json(done, {"command": argv, "wall_seconds": seconds})
         record["train_minutes"] = json.loads(done.read_text())["wall_seconds"] / 60

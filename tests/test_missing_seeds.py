@@ -115,3 +115,42 @@ def test_tiny_end_to_end_run(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     lines = (tmp_path / "missing_seeds" / "records.jsonl").read_text().splitlines()
     assert len(lines) == 2
     assert "| seed | ordinary | dropout_mask |" in capsys.readouterr().out
+
+
+def test_an_unfinished_run_is_trained_again_and_a_finished_one_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = common.Settings(out=tmp_path, steps_3d=8)
+    args = missing_seeds.parse_args(["--missing", "t1ce"])
+    spec = missing_study.RUNS["dropout_mask"]
+    run_dir = tmp_path / "runs" / "seeds_dropout_mask_s0"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "stale.txt").write_text("an interrupted run")
+    trained: list[list[str]] = []
+
+    def fake_cli(argv: list[str], log: Path, threads: int) -> float:
+        if argv[1] == "two_stage_cpu":
+            raise RuntimeError("cascadeseg train exited 1: boom")
+        assert not (run_dir / "stale.txt").exists()
+        trained.append(argv)
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"steps": 8}))
+        return 60.0
+
+    scored: list[str | None] = []
+
+    def fake_score(settings: object, folder: Path, missing: str | None, *rest: object) -> dict:
+        scored.append(missing)
+        return _dice(0.8)
+
+    monkeypatch.setattr(missing_seeds, "run_cli", fake_cli)
+    monkeypatch.setattr(missing_seeds, "score", fake_score)
+    record = missing_seeds.one_run(settings, "dropout_mask", spec, 0, args)
+    assert len(trained) == 1 and record["steps"] == 8 and record["train_minutes"] == 1.0
+    assert scored == [None, "t1ce"] and set(record["missing"]) == {"t1ce"}
+    again = missing_seeds.one_run(settings, "dropout_mask", spec, 0, args)
+    assert len(trained) == 1 and again["dice"] == record["dice"]
+    failing = missing_seeds.one_run(settings, "ordinary", missing_study.RUNS["ordinary"], 0, args)
+    assert failing["error"] == "cascadeseg train exited 1: boom" and "dice" not in failing
+    lines = (tmp_path / "missing_seeds" / "records.jsonl").read_text().splitlines()
+    assert [json.loads(line)["run"] for line in lines] == ["dropout_mask"] * 2 + ["ordinary"]
