@@ -74,3 +74,22 @@ def test_demo_with_a_missing_sequence(tmp_path: Path, capsys: pytest.CaptureFixt
     trained = load_config(out / "run" / "config.yaml").data
     assert trained.sequence_dropout == load_config("two_stage_missing_cpu").data.sequence_dropout
     assert trained.sequence_dropout > 0
+
+
+def test_demo_preprocesses_the_cases_training_reads(tmp_path: Path) -> None:
+    """The demo fills the cache before training, with its own workers; training then finds
+    every labelled case there (reused, not built again)."""
+    from cascadeseg import demo
+    from cascadeseg.data.cache import PreprocessCache, default_cache_dir
+    from cascadeseg.data.layouts import discover_cases
+    from cascadeseg.data.preprocess import PreprocessConfig
+    from cascadeseg.data.synth import SynthConfig, synthesize_dataset
+
+    data = tmp_path / "train"
+    synth = SynthConfig(shape_scale=0.25)
+    synthesize_dataset(data, 2, seed=0, layout="brats2021", workers=1, config=synth)
+    cfg = load_config("two_stage_cpu", ["data.target_spacing=null"])
+    demo._preprocess(cfg, data, workers=1)
+    cache = PreprocessCache(default_cache_dir(data), PreprocessConfig.from_data_config(cfg.data))
+    result = cache.warm(discover_cases(data), workers=1, progress=False)
+    assert len(result.reused) == 2 and not result.built and not result.failed

@@ -106,6 +106,7 @@ def run_demo(
     _make_data(train_dir, test_dir, cases, test_cases, seed, workers, synth_scale, multifocal_prob)
 
     _stage(f"2/{steps} training {model} for {minutes:g} min (recipe {recipe})")
+    _preprocess(cfg, train_dir, workers)
     # Loaded when the demo runs, not for `cascadeseg demo --help`: torch, about 2 s.
     from cascadeseg.training.trainer import train
 
@@ -205,6 +206,26 @@ def _make_data(
     # Different seeds for the two folders: the held-out cases are never seen in training.
     make(train_dir, cases - test_cases, seed=seed)
     make(test_dir, test_cases, seed=seed + 100_000)
+
+
+def _preprocess(cfg: Any, train_dir: Path, workers: int) -> None:
+    """Fill the preprocessing cache training reads, ``workers`` cases at a time.
+
+    Training fills it itself with ``data.num_workers`` processes (one in the CPU recipes, whose
+    other core trains); before training starts both cores are free. Measured on a 2-core AVX2
+    EPYC: 32 cases in 34 s with one process. A case that cannot be read is left to training,
+    which stops on it with its one-line error.
+    """
+    from cascadeseg.data.cache import PreprocessCache, resolve_cache_dir
+    from cascadeseg.data.layouts import discover_cases
+    from cascadeseg.data.preprocess import PreprocessConfig
+
+    folder = resolve_cache_dir(train_dir, cfg.data.cache_dir)
+    cache = PreprocessCache(folder, PreprocessConfig.from_data_config(cfg.data))
+    refs = discover_cases(
+        train_dir, layout=cfg.data.layout, label_convention=cfg.data.label_convention
+    )
+    cache.warm([r for r in refs if "seg" in r.files], workers=workers)
 
 
 def _predict(run_dir: Path, test_dir: Path, predictions: Path) -> Path:
