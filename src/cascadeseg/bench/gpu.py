@@ -253,7 +253,13 @@ def training_run_rows(
 
 
 def _training_run(
-    suite: Suite, work: Path, *, device: str, quick: bool, sampler: Any, minutes: float
+    suite: Suite,
+    work: Path,
+    *,
+    device: str,
+    quick: bool,
+    sampler: UtilisationSampler,
+    minutes: float,
 ) -> None:
     """:func:`training_run_rows` inside ``work``."""
     settings = _run_settings(device, quick, minutes)
