@@ -732,3 +732,17 @@ def test_tc_sweep_summary_averages_cases_then_runs() -> None:
         "no_et (without_et, 2 runs) TC 0.5: 0.600",
         "no_et (every, 2 runs) TC 0.5: 0.600",
     ]
+
+
+def test_results_md_embeds_each_page_as_it_is() -> None:
+    """docs/results.md holds every page of EXTRA_PAGES as write_results.py would embed it, so a
+    page edited by hand and the section it makes do not drift apart."""
+    doc = EXPERIMENTS.parent / "docs" / "results.md"
+    text = doc.read_text()
+    first = write_results.EXTRA_PAGES[0][1]  # its number: the sections before it are studies'
+    number = int(text.split(f". {first}\n", 1)[0].rsplit("\n## ", 1)[1])
+    for name, heading in write_results.EXTRA_PAGES:
+        section = write_results.section_page(doc, name, f"{number}. {heading}")
+        assert section, f"docs/{name} is missing"
+        assert section.strip() in text, f"docs/results.md: section {number} differs from {name}"
+        number += 1
