@@ -136,22 +136,20 @@ def train_argv(
 
 def warm_cache(settings: common.Settings, specs: dict[str, tuple[str, list[str]]]) -> None:
     """Preprocess the training cases once, ``settings.workers`` at a time, into the cache every
-    run reads (both recipes preprocess alike), so parallel runs do not each preprocess them."""
+    run reads (the recipes preprocess alike: the later ones reuse it), so parallel runs do not
+    each preprocess them."""
     from cascadeseg.config import load_config
-    from cascadeseg.data.cache import PreprocessCache, resolve_cache_dir
-    from cascadeseg.data.layouts import discover_cases
-    from cascadeseg.data.preprocess import PreprocessConfig
+    from cascadeseg.training.data import warm_training_cache
 
     for recipe, overrides in specs.values():
         data = load_config(recipe, [*overrides, *settings.overrides]).data
-        cache = PreprocessCache(
-            resolve_cache_dir(settings.train_dir, data.cache_dir),
-            PreprocessConfig.from_data_config(data),
+        result = warm_training_cache(
+            settings.train_dir, data, workers=settings.workers, progress=settings.progress
         )
-        refs = discover_cases(settings.train_dir)
-        failed = cache.warm(refs, workers=settings.workers, progress=settings.progress).failed
-        if failed:
-            raise RuntimeError(f"{settings.train_dir}: {len(failed)} case(s) failed to preprocess")
+        if result.failed:
+            raise RuntimeError(
+                f"{settings.train_dir}: {len(result.failed)} case(s) failed to preprocess"
+            )
 
 
 def finished_before(record: Path, argv: list[str]) -> bool:
@@ -213,8 +211,7 @@ def score(
 
 def training_steps(run_dir: Path) -> int:
     """The optimiser steps a finished run made (its ``summary.json``)."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return int(summary.get("steps", summary.get("global_step", 0)))
+    return int(json.loads((run_dir / "summary.json").read_text())["steps"])
 
 
 def mean_dice(summary_path: Path) -> dict[str, float]:

@@ -217,16 +217,9 @@ def _preprocess(cfg: Config, train_dir: Path, workers: int) -> None:
     EPYC: 32 cases in 18 s with two processes, 34 s with one. A case that cannot be read is left
     to training, which stops on it with its one-line error.
     """
-    from cascadeseg.data.cache import PreprocessCache, resolve_cache_dir
-    from cascadeseg.data.layouts import discover_cases
-    from cascadeseg.data.preprocess import PreprocessConfig
+    from cascadeseg.training.data import warm_training_cache
 
-    folder = resolve_cache_dir(train_dir, cfg.data.cache_dir)
-    cache = PreprocessCache(folder, PreprocessConfig.from_data_config(cfg.data))
-    refs = discover_cases(
-        train_dir, layout=cfg.data.layout, label_convention=cfg.data.label_convention
-    )
-    cache.warm([r for r in refs if "seg" in r.files], workers=workers)
+    warm_training_cache(train_dir, cfg.data, workers=workers)
 
 
 def _predict(run_dir: Path, test_dir: Path, predictions: Path) -> Path:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cascadeseg.config import Config, DataConfig
 from cascadeseg.data import case_balance, datasets, layouts, patch_check, splits
-from cascadeseg.data.cache import PreprocessCache, resolve_cache_dir
+from cascadeseg.data.cache import PreprocessCache, WarmResult, resolve_cache_dir
 from cascadeseg.data.layouts import CaseRef
 from cascadeseg.data.missing import SequenceDropout
 from cascadeseg.data.preprocess import PreprocessConfig, Preprocessed
@@ -138,6 +138,29 @@ def _print_case_balance(dataset: Dataset[Any]) -> None:
     print("case balance: " + "; ".join(parts), flush=True)
 
 
+def training_cache(
+    data: Path, data_cfg: DataConfig, *, echo: Callable[[str], Any] = print
+) -> PreprocessCache:
+    """The preprocessing cache training reads for the cases of ``data`` under ``data_cfg``
+    (``echo``: where a note about a fallback cache folder goes)."""
+    folder = resolve_cache_dir(data, data_cfg.cache_dir, echo=echo)
+    return PreprocessCache(folder, PreprocessConfig.from_data_config(data_cfg))
+
+
+def warm_training_cache(
+    data: Path, data_cfg: DataConfig, *, workers: int, progress: bool = True
+) -> WarmResult:
+    """Preprocess every labelled case of ``data`` into :func:`training_cache`, ``workers`` at a
+    time, ahead of training (which then reuses them); cases that cannot be read are in the
+    result's ``failed`` (training stops on them with their one-line error).
+
+    Raises:
+        InputError: ``data`` missing or without a labelled case.
+    """
+    refs = list(_labelled_cases(Path(data), data_cfg).values())
+    return training_cache(Path(data), data_cfg).warm(refs, workers=workers, progress=progress)
+
+
 def _labelled_cases(data: Path, data_cfg: DataConfig) -> dict[str, CaseRef]:
     """The cases of ``data`` that have a segmentation, by case id."""
     if not data.exists():
@@ -156,8 +179,7 @@ def _load_cases(
 ) -> dict[str, Preprocessed]:
     """The preprocessed cases of ``refs`` by case id, through the preprocessing cache."""
     note: Callable[[str], Any] = print if info.is_main else (lambda _: None)
-    cache_root = resolve_cache_dir(data, data_cfg.cache_dir, echo=note)
-    cache = PreprocessCache(cache_root, PreprocessConfig.from_data_config(data_cfg))
+    cache = training_cache(data, data_cfg, echo=note)
     if info.is_main:
         # Rank 0 fills the cache (in worker processes); the other ranks wait, then only read.
         warmed = cache.warm(refs, workers=data_cfg.num_workers, progress=progress)
