@@ -14,6 +14,8 @@ from cascadeseg.cli import main
     [
         (["--minutes", "-1"], "--minutes must be a positive number"),
         (["--minutes", "nan"], "--minutes must be a positive number"),
+        (["--deadline", "-3"], "--deadline must be a positive number of minutes"),
+        (["--deadline", "inf"], "--deadline must be a positive number of minutes"),
         (["--scale", "0"], "--scale must be a positive number"),
         (["--workers", "-2"], "--workers must be >= 0"),
         (["--cases", "2"], "--cases must leave at least 2 training cases"),
@@ -46,7 +48,27 @@ def test_demo_exit_code_is_the_evaluations(
 
     def fake_run_demo(out: Path, **_: object) -> demo.DemoResult:
         summary = {"exit_code": exit_code, "status": "ok" if exit_code == 0 else "incomplete"}
-        return demo.DemoResult(Path(out), Path(out), Path(out), Path(out) / "r.html", summary, 1.0)
+        out = Path(out)
+        return demo.DemoResult(out, out, out, out / "r.html", summary, 1.0, {"data": 1.0})
 
     monkeypatch.setattr(demo, "run_demo", fake_run_demo)
     assert cli.main(["demo", "--out", str(tmp_path / "d")]) == exit_code
+
+
+@pytest.mark.parametrize(
+    ("minutes", "spent_s", "after_s", "expected"),
+    [
+        (7.0, 60.0, 90.0, 7.0),  # 2.5 min before and after: 7.5 left, the budget stands
+        (7.0, 90.0, 120.0, 6.5),  # 3.5 min before and after: 6.5 left
+        (None, 60.0, 60.0, 8.0),  # no budget of its own: all that is left
+        (7.0, 500.0, 200.0, 1.0),  # nothing left: the minimum, never less
+    ],
+)
+def test_training_gets_what_the_deadline_leaves(
+    minutes: float | None, spent_s: float, after_s: float, expected: float
+) -> None:
+    from cascadeseg.demo import MIN_TRAINING_MINUTES, training_minutes
+
+    budget = training_minutes(minutes, 10.0, spent_s, after_s)
+    assert budget == pytest.approx(expected)
+    assert budget >= MIN_TRAINING_MINUTES

@@ -6,7 +6,9 @@ Steps (each with a progress bar), everything under ``out``:
    written in the BraTS 2021 layout.
 2. ``run``: the model trained with its small CPU recipe (``<model>_cpu``) for ``minutes`` of
    wall-clock time, the training cases preprocessed first (``workers`` at a time);
-   ``cascadeseg predict --model out/run`` accepts this folder.
+   ``cascadeseg predict --model out/run`` accepts this folder. With a ``deadline`` (the whole
+   demo's wall-clock limit, 10 minutes by default) training gets less when the steps before and
+   after it leave less (:func:`training_minutes`).
 3. ``predictions``: held-out cases segmented with 8-flip TTA, one ``<case_id>.nii.gz`` each.
 4. ``evaluation``: ``metrics.csv``, ``summary.json`` and ``report.html``.
 
@@ -21,6 +23,7 @@ and a fifth step predicts the first held-out case again without those sequences
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -38,6 +41,24 @@ DEMO_MODELS = ("two_stage", "unet3d", "cunet", "unet2d")
 #: docs/results.md, section 4).
 DEMO_CASES = 40
 DEMO_TEST_CASES = 8
+#: The whole demo's wall-clock limit by default (minutes, ``--deadline``). Data making,
+#: preprocessing, prediction and evaluation take 1.5 to 3 minutes depending on the CPU (about
+#: 1.5 on a 2-core AVX-512 EPYC, 2.5 on a 2-core AVX2-only one); training gets what is left, at
+#: most ``minutes``.
+DEMO_DEADLINE = 10.0
+#: Training gets at least this much (minutes) whatever the deadline leaves; the demo then ends
+#: late and says so before training.
+MIN_TRAINING_MINUTES = 1.0
+#: Seconds kept per held-out case for the evaluation and the report (with 2 workers). Measured
+#: on a 2-core AVX2-only EPYC, the slowest CPU the demo has run on: 8 cases in 6 s.
+EVALUATION_SECONDS_PER_CASE = 1.5
+#: Seconds training spends outside its time budget (building the model and loader, the last
+#: validation, checkpoint and summary): 13 s on the same CPU.
+TRAINING_OVERHEAD_SECONDS = 15.0
+#: The prediction estimate's margin. Cases differ in size (the demo's 8 held-out cases took
+#: 6.4 to 11.1 s each there); the estimate's case also bears the one-off start-up of the
+#: first pass, which the prediction step pays once: 9.7 s estimated against 7.5 to 9 s a case.
+PREDICTION_MARGIN = 1.1
 
 
 @dataclass(frozen=True)
@@ -50,11 +71,41 @@ class DemoResult:
     report: Path
     summary: dict[str, Any]
     seconds: float
+    #: Wall-clock seconds of each step: ``data``, ``training`` (preprocessing included),
+    #: ``prediction``, ``evaluation`` and, with ``missing``, ``missing``.
+    stage_seconds: dict[str, float]
 
 
-def _stage(title: str) -> float:
-    print(f"\n== {title}", flush=True)
-    return time.perf_counter()
+class _Stages:
+    """The demo's numbered steps: each announced when it begins and timed until the next."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self._current: tuple[str, float] | None = None
+
+    def begin(self, name: str, title: str) -> None:
+        self._close()
+        print(f"\n== {len(self.seconds) + 1}/{self.total} {title}", flush=True)
+        self._current = (name, time.perf_counter())
+
+    def elapsed(self) -> float:
+        """Seconds since the first step began."""
+        return time.perf_counter() - self.start
+
+    def finish(self) -> float:
+        """Close the last step, print the time of each; the whole demo's seconds."""
+        self._close()
+        seconds = self.elapsed()
+        steps = ", ".join(f"{name} {s / 60:.1f}" for name, s in self.seconds.items())
+        print(f"\nfinished in {seconds / 60:.1f} min ({steps} min)")
+        return seconds
+
+    def _close(self) -> None:
+        if self._current is not None:
+            name, began = self._current
+            self.seconds[name] = time.perf_counter() - began
 
 
 def run_demo(
@@ -70,6 +121,7 @@ def run_demo(
     overrides: tuple[str, ...] = (),
     multifocal_prob: float = 0.0,
     missing: tuple[str, ...] = (),
+    deadline: float | None = DEMO_DEADLINE,
 ) -> DemoResult:
     """Generate data, train, predict held-out cases with TTA, evaluate, write the report.
 
@@ -88,8 +140,12 @@ def run_demo(
             :class:`~cascadeseg.data.synth.SynthConfig`); 0 keeps the demo's data as it was.
         missing: sequences (``flair``, ``t1``, ``t1ce``, ``t2``) the last step leaves out of the
             first held-out case; given, the model trains with ``<model>_missing_cpu``.
+        deadline: the whole demo's wall-clock limit (minutes; ``None``: none): training's
+            budget is shortened to what the steps before and after it leave
+            (:func:`training_minutes`), never below :data:`MIN_TRAINING_MINUTES`.
     """
     _check_arguments(model, cases, test_cases, minutes, synth_scale, workers, multifocal_prob)
+    _check_deadline(deadline)
     recipe, missing = _recipe(model, missing)
     # The recipe first: a bad budget or override stops the demo before minutes of data making.
     # Validation cases come from the training folder: k folds, fewer when there are few cases.
@@ -98,16 +154,17 @@ def run_demo(
         recipe,
         [f"train.max_minutes={minutes}", f"seed={seed}", f"data.folds={folds}", *overrides],
     )
-    start = time.perf_counter()
     out = Path(out)
     train_dir, test_dir = out / "data" / "train", out / "data" / "test"
-    steps = 5 if missing else 4
+    stages = _Stages(5 if missing else 4)
 
-    _stage(f"1/{steps} synthetic data: {cases - test_cases} training + {test_cases} held-out cases")
+    stages.begin("data", f"synthetic data: {cases - test_cases} training + {test_cases} held-out")
     _make_data(train_dir, test_dir, cases, test_cases, seed, workers, synth_scale, multifocal_prob)
 
-    _stage(f"2/{steps} training {model} for {minutes:g} min (recipe {recipe})")
+    stages.begin("training", f"training {model} (recipe {recipe})")
     _preprocess(cfg, train_dir, workers)
+    if deadline is not None:
+        cfg = _fit_deadline(cfg, deadline, test_dir, test_cases + bool(missing), workers, stages)
     # Loaded when the demo runs, not for `cascadeseg demo --help`: torch, about 2 s.
     from cascadeseg.training.trainer import train
 
@@ -115,23 +172,106 @@ def run_demo(
     resume = (out / "run" / "checkpoints" / "last.pt").is_file()
     run_dir = train(cfg, train_dir, out / "run", resume=resume)
 
-    _stage(f"3/{steps} predicting the held-out cases with 8-flip TTA")
+    stages.begin("prediction", "predicting the held-out cases with 8-flip TTA")
     predictions = _predict(run_dir, test_dir, out / "predictions")
 
-    _stage(f"4/{steps} evaluating")
+    stages.begin("evaluation", "evaluating")
     summary, report = _evaluate(predictions, test_dir, out / "evaluation", workers, model)
     if missing:
-        _stage(f"5/5 the first held-out case again without {', '.join(missing)}")
+        stages.begin("missing", f"the first held-out case again without {', '.join(missing)}")
         summary["missing_sequences"] = _predict_missing(run_dir, test_dir, out, missing)
-    seconds = time.perf_counter() - start
-    print(f"\nfinished in {seconds / 60:.1f} min")
+    seconds = stages.finish()
     print(f"  trained model: {run_dir}   (cascadeseg predict --model {run_dir} ...)")
     print(f"  predictions:   {predictions}")
     print(f"  metrics:       {out / 'evaluation' / 'metrics.csv'}")
     print(f"  report:        {report}")
     if missing:
         print(f"  without {', '.join(missing)}: {out / 'evaluation' / 'missing_sequences.json'}")
-    return DemoResult(out, run_dir, predictions, report, summary, seconds)
+    return DemoResult(out, run_dir, predictions, report, summary, seconds, dict(stages.seconds))
+
+
+def training_minutes(
+    minutes: float | None, deadline: float, spent_s: float, after_s: float
+) -> float:
+    """Training's budget (minutes) under the whole demo's ``deadline`` (minutes).
+
+    What the deadline leaves after ``spent_s`` (the steps before training) and ``after_s``
+    (estimated: training's own overhead, prediction, evaluation), at most ``minutes`` (the
+    recipe's budget; ``None``: none) and at least :data:`MIN_TRAINING_MINUTES`.
+    """
+    left = deadline - (spent_s + after_s) / 60.0
+    budget = left if minutes is None else min(minutes, left)
+    return max(MIN_TRAINING_MINUTES, budget)
+
+
+def _fit_deadline(
+    cfg: Config, deadline: float, test_dir: Path, cases: int, workers: int, stages: _Stages
+) -> Config:
+    """``cfg`` with the training budget the deadline leaves (:func:`training_minutes`) once
+    what follows training is estimated (:func:`one_prediction_seconds` for ``cases``
+    predictions), said in two lines (and a warning when the demo will end after its deadline)."""
+    asked = cfg.train.max_minutes
+    case_s = one_prediction_seconds(cfg, test_dir)
+    print(f"the first held-out case predicted untrained in {case_s:.1f} s", flush=True)
+    after_s = after_training_seconds(case_s, cases, workers) + TRAINING_OVERHEAD_SECONDS
+    spent_s = stages.elapsed()
+    budget = training_minutes(asked, deadline, spent_s, after_s)
+    shortened = f" instead of {asked:g}" if asked is not None and budget < asked - 0.05 else ""
+    print(
+        f"deadline {deadline:g} min: {spent_s / 60:.1f} min spent, {after_s / 60:.1f} min "
+        f"estimated after training -> training for {budget:.1f} min{shortened}",
+        flush=True,
+    )
+    if (spent_s + after_s) / 60.0 + budget > deadline + 0.05:
+        print(
+            f"warning: the deadline leaves less than {MIN_TRAINING_MINUTES:g} min of training; "
+            f"the demo will take longer than {deadline:g} min",
+            flush=True,
+        )
+    train = dataclasses.replace(cfg.train, max_minutes=round(budget, 2))
+    return dataclasses.replace(cfg, train=train)
+
+
+def after_training_seconds(case_s: float, cases: int, workers: int) -> float:
+    """Seconds the prediction and evaluation steps will take: ``cases`` predictions of
+    ``case_s`` seconds (:func:`one_prediction_seconds`) times :data:`PREDICTION_MARGIN`, plus
+    :data:`EVALUATION_SECONDS_PER_CASE` a case (with 2 workers; scaled by ``2 / workers``)."""
+    evaluation = EVALUATION_SECONDS_PER_CASE * cases * 2 / max(1, workers)
+    return case_s * cases * PREDICTION_MARGIN + evaluation
+
+
+def one_prediction_seconds(cfg: Config, test_dir: Path) -> float:
+    """Seconds to read and predict the first case of ``test_dir`` as the prediction step will
+    predict each case, estimated before training.
+
+    8-flip TTA, the recipe's inference settings, passes over the whole volume, by the recipe's
+    network with its initial weights: a pass costs what a trained network's costs (same shapes,
+    same operations).
+    """
+    # Loaded when the demo runs, not for `cascadeseg demo --help`: torch, about 2 s.
+    from cascadeseg.config import to_dict
+    from cascadeseg.data.layouts import discover_cases, read_case
+    from cascadeseg.data.missing import missing_fill_of_recipe
+    from cascadeseg.data.preprocess import PreprocessConfig
+    from cascadeseg.inference import options_from_recipe, predict_case
+    from cascadeseg.inference.loading import eval_network, member_of_network
+    from cascadeseg.training.build import build_training_model
+
+    recipe = to_dict(cfg)
+    member = member_of_network(
+        eval_network(build_training_model(cfg)),
+        patch_size=cfg.data.patch_size,
+        missing_fill=missing_fill_of_recipe(recipe),
+    )
+    member = dataclasses.replace(
+        member, preprocess=PreprocessConfig.from_data_config(cfg.data), config=recipe
+    )
+    # Over the whole volume: an untrained network finds no tumour box to narrow the passes to.
+    given = {"tta": True, "tta_region": "volume"}
+    options = options_from_recipe([member], given, progress=False)
+    start = time.perf_counter()
+    predict_case(read_case(discover_cases(test_dir)[0]), [member], options)
+    return time.perf_counter() - start
 
 
 def _check_arguments(
@@ -157,6 +297,11 @@ def _check_arguments(
     # SynthConfig does not check its fields itself, so its value is checked here.
     if not 0.0 <= multifocal_prob <= 1.0:
         raise ConfigError(f"--multifocal-prob must lie in [0, 1] (got {multifocal_prob})")
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and not (math.isfinite(deadline) and deadline > 0):
+        raise ConfigError(f"--deadline must be a positive number of minutes, got {deadline}")
 
 
 def _recipe(model: str, missing: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cascadeseg import demo
 from cascadeseg.commands._options import add_multifocal_prob, add_synth_scale, add_workers
-from cascadeseg.demo import DEMO_CASES, DEMO_MODELS, DEMO_TEST_CASES
+from cascadeseg.demo import DEMO_CASES, DEMO_DEADLINE, DEMO_MODELS, DEMO_TEST_CASES
 
 HELP = "run the whole pipeline on synthetic data (no download, no GPU needed)"
 #: The folder this command writes, locked while it runs (see cascadeseg.cli).
@@ -17,6 +17,15 @@ OUTPUT_FOLDER = "out"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
     parser.add_argument("--minutes", type=float, default=7.0, help="training budget (minutes)")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=DEMO_DEADLINE,
+        metavar="MINUTES",
+        help="the whole demo's wall-clock limit: training is shortened when data making, "
+        "prediction and evaluation (estimated before training) leave less than --minutes; "
+        "0: none (default %(default)g)",
+    )
     parser.add_argument(
         "--cases", type=int, default=DEMO_CASES, help="synthetic cases, training + held out"
     )
@@ -60,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
         overrides=tuple(args.overrides),
         multifocal_prob=args.multifocal_prob,
         missing=tuple(args.missing or ()),
+        deadline=args.deadline or None,
     )
     # Missing or failed held-out cases (a prediction that failed is scored as missing) are no
     # success: the evaluation's exit code (0 all evaluated, 1 otherwise) is the demo's.
