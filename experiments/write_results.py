@@ -1162,6 +1162,7 @@ EXTRA_PAGES = (
     ("results-crop-centres.md", "Where tumour-centred crops are centred: any voxel or a region"),
     ("results-tc-threshold.md", "The tumour core's threshold in cases without enhancing tumour"),
     ("results-missing-seeds.md", "Sequence dropout with all four sequences, over training seeds"),
+    ("results-decoder-average.md", "Both decoders of stage 2 at inference"),
 )
 
 

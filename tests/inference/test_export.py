@@ -20,6 +20,14 @@ from cascadeseg.models import build_model
 
 TINY = {
     "two_stage": {"base_width": 4, "blocks": [1, 1], "norm_groups": 2, "dropout": 0.0},
+    # The CPU recipe's inference: both stage-2 decoders averaged (log-sigmoid arithmetic).
+    "two_stage_averaged": {
+        "base_width": 4,
+        "blocks": [1, 1],
+        "norm_groups": 2,
+        "dropout": 0.0,
+        "average_decoders": True,
+    },
     "unet3d": {"base_width": 4, "depth": 1, "norm_groups": 2},
     "cunet": {"base_width": 4, "depth": 2},
 }
@@ -27,19 +35,25 @@ TINY = {
 
 def _checkpoint(path: Path, name: str, seed: int = 0, overrides: tuple[str, ...] = ()) -> Path:
     torch.manual_seed(seed)
-    model = build_model(name, **TINY[name])
+    registered = name.removesuffix("_averaged")
+    model = build_model(registered, **TINY[name])
     # Non-trivial GroupNorm affine parameters, so the export is tested on them too.
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return save_model_checkpoint(
-        path, name, model, overrides=overrides, extra={"et_min_voxels": 42}
+        path, registered, model, overrides=overrides, extra={"et_min_voxels": 42}
     )
 
 
 @pytest.mark.parametrize(
     ("name", "shape"),
-    [("two_stage", (1, 4, 16, 24, 8)), ("unet3d", (2, 4, 10, 6, 8)), ("cunet", (3, 4, 24, 16))],
+    [
+        ("two_stage", (1, 4, 16, 24, 8)),
+        ("two_stage_averaged", (1, 4, 16, 24, 8)),
+        ("unet3d", (2, 4, 10, 6, 8)),
+        ("cunet", (3, 4, 24, 16)),
+    ],
 )
 def test_onnx_runtime_agrees_with_pytorch(
     tmp_path: Path, name: str, shape: tuple[int, ...]

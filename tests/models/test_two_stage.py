@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from cascadeseg.models import TwoStageOutput, build_model
 from cascadeseg.models.blocks import PreActResBlock, crop_to, pad_to_multiple
 from cascadeseg.models.inspect import build_meta_model, layer_table
+from cascadeseg.models.two_stage import mean_probability_logits
 
 TINY = {"base_width": 8, "blocks": [1, 1, 1]}
 
@@ -100,6 +101,41 @@ def test_interpolation_decoder_never_runs_in_eval() -> None:
     assert calls == []
     model.train()(x)
     assert "de_block1" in calls and "end_conv" in calls
+
+
+def test_average_decoders_in_eval_is_the_mean_of_both_decoders_probabilities() -> None:
+    torch.manual_seed(0)
+    plain = build_model("two_stage", **TINY).eval()
+    averaging = build_model("two_stage", **TINY, average_decoders=True).eval()
+    averaging.load_state_dict(plain.state_dict())  # same weights: the option adds none
+    x = torch.randn(2, 4, 16, 16, 16)
+    with torch.no_grad():
+        stage1, _ = plain.stage1(x)
+        features = plain.stage2.encoder(torch.cat([x, torch.sigmoid(stage1)], dim=1))
+        deconv = plain.stage2.decoder(features)
+        interp = plain.stage2.interp_decoder(features)
+        mean = (torch.sigmoid(deconv) + torch.sigmoid(interp)) / 2
+        torch.testing.assert_close(plain(x), deconv)
+        torch.testing.assert_close(torch.sigmoid(averaging(x)), mean, atol=1e-6, rtol=1e-5)
+    # Training mode is the same with or without it; the option is saved with the model.
+    torch.manual_seed(1)
+    a = plain.train()(x)
+    torch.manual_seed(1)
+    b = averaging.train()(x)
+    for left, right in zip(a, b, strict=True):
+        torch.testing.assert_close(left, right)
+    assert averaging.model_args["average_decoders"] is True
+    assert averaging.training_only_modules() == []
+
+
+def test_mean_probability_logits_stays_finite_for_confident_logits() -> None:
+    a = torch.tensor([-60.0, 0.0, 3.0, 60.0, 80.0])
+    b = torch.tensor([-30.0, 2.0, -3.0, 70.0, -80.0])
+    got = mean_probability_logits(a, b)
+    assert torch.isfinite(got).all()
+    want = torch.logit((torch.sigmoid(a.double()) + torch.sigmoid(b.double())) / 2)
+    torch.testing.assert_close(got[:3].double(), want[:3], atol=1e-5, rtol=1e-5)
+    assert got[3] > 59 and abs(float(got[4])) < 1e-5  # ~60.7; and 1/2 from one sure each way
 
 
 def test_stage2_loss_reaches_stage1_first_conv() -> None:

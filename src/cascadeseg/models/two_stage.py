@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cascadeseg.models.blocks import (
@@ -196,19 +197,39 @@ class Stage(nn.Module):
             else None
         )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, x: torch.Tensor, *, with_interp: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(B, C, S) -> ((B, out, S) logits, interpolation-decoder logits or None)``.
 
-        The interpolation decoder runs only in training mode.
+        The interpolation decoder runs when ``with_interp`` (default: in training mode only).
         """
         features = self.encoder(x)
         out = self.decoder(features)
+        run_interp = self.training if with_interp is None else with_interp
         interp = (
             self.interp_decoder(features)
-            if self.interp_decoder is not None and self.training
+            if self.interp_decoder is not None and run_interp
             else None
         )
         return out, interp
+
+
+def mean_probability_logits(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The logits of the mean of ``sigmoid(a)`` and ``sigmoid(b)`` (same shapes).
+
+    ``log(p / (1 - p))`` with ``p = (sigmoid(a) + sigmoid(b)) / 2``, computed from log-sigmoids
+    so that confident logits (|x| of tens) stay finite and exact.
+    """
+    log_p = _logaddexp(F.logsigmoid(a), F.logsigmoid(b))
+    log_q = _logaddexp(F.logsigmoid(-a), F.logsigmoid(-b))
+    return log_p - log_q
+
+
+def _logaddexp(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``log(exp(x) + exp(y))`` from operations every export backend has (ONNX has no
+    ``logaddexp``)."""
+    return torch.maximum(x, y) + torch.log1p(torch.exp(-(x - y).abs()))
 
 
 @register("two_stage")
@@ -225,10 +246,15 @@ class TwoStageUNet(nn.Module):
         norm_groups: GroupNorm groups (8).
         checkpointing: gradient checkpointing of every residual block (section 3.2).
         stage2_width_factor: stage 2's width relative to stage 1 (2, section 2.3).
+        average_decoders: in eval mode, stage 2's output is the mean of its two decoders'
+            probabilities (as logits) instead of the transposed-convolution decoder's alone
+            (``False``, the paper: "the interpolation decoder is not used during the inference
+            phase"). Not the paper's; the CPU recipe's choice, measured in docs/results.md.
 
     Input ``(B, in_channels, X, Y, Z)`` (any size). Output in training mode:
     :class:`TwoStageOutput`; in eval mode: ``(B, out_channels, X, Y, Z)`` stage-2 logits from the
-    transposed-convolution decoder (the interpolation decoder does not run).
+    transposed-convolution decoder (the interpolation decoder does not run), or with
+    ``average_decoders`` the logits of both decoders' mean probability.
 
     While :attr:`stage1_only` is set (:meth:`set_stage1_only`; the trainer's
     ``train.stage1_first`` phase), stage 2 does not run and the output in both modes is stage 1's
@@ -249,9 +275,11 @@ class TwoStageUNet(nn.Module):
         norm_groups: int = 8,
         checkpointing: bool = False,
         stage2_width_factor: int = 2,
+        average_decoders: bool = False,
     ) -> None:
         super().__init__()
         blocks = _checked_blocks(blocks, base_width, norm_groups)
+        self.average_decoders = bool(average_decoders)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.size_multiple = 2 ** (len(blocks) - 1)
@@ -281,6 +309,8 @@ class TwoStageUNet(nn.Module):
 
     def training_only_modules(self) -> list[nn.Module]:
         """Modules used only in training mode (excluded from inference parameter counts)."""
+        if self.average_decoders:
+            return []
         return [m for m in (self.stage2.interp_decoder,) if m is not None]
 
     def set_stage1_only(self, flag: bool) -> None:
@@ -297,8 +327,14 @@ class TwoStageUNet(nn.Module):
         stage1, _ = self.stage1(x)
         if self.stage1_only:
             return crop_to(stage1, crop)
-        stage2, stage2_interp = self.stage2(torch.cat([x, torch.sigmoid(stage1)], dim=1))
+        with_interp = self.training or self.average_decoders
+        stage2, stage2_interp = self.stage2(
+            torch.cat([x, torch.sigmoid(stage1)], dim=1), with_interp=with_interp
+        )
         if not self.training:
+            if self.average_decoders:
+                assert stage2_interp is not None
+                stage2 = mean_probability_logits(stage2, stage2_interp)
             return crop_to(stage2, crop)
         assert stage2_interp is not None
         return TwoStageOutput(
