@@ -102,3 +102,21 @@ def test_demo_preprocesses_the_cases_training_reads(tmp_path: Path) -> None:
     cache = PreprocessCache(default_cache_dir(data), PreprocessConfig.from_data_config(cfg.data))
     result = cache.warm(discover_cases(data), workers=1, progress=False)
     assert len(result.reused) == 2 and not result.built and not result.failed
+
+
+@pytest.mark.parametrize("model", ["two_stage", "unet3d", "cunet", "unet2d"])
+def test_the_deadline_estimate_predicts_with_each_demo_model(tmp_path: Path, model: str) -> None:
+    """The estimate before training runs every demo model's recipe (3D and 2D, CU-Net's own
+    slice context) on a held-out case, untrained, as the prediction step will."""
+    import math
+
+    from cascadeseg.data.synth import SynthConfig, synthesize_dataset
+    from cascadeseg.demo import DEMO_MODELS, one_prediction_seconds
+
+    assert model in DEMO_MODELS
+    test = tmp_path / "test"
+    synth = SynthConfig(shape_scale=0.25)
+    synthesize_dataset(test, 1, seed=1, layout="brats2021", workers=1, config=synth)
+    cfg = load_config(f"{model}_cpu", ["data.target_spacing=null"])
+    seconds = one_prediction_seconds(cfg, test)
+    assert math.isfinite(seconds) and seconds > 0
