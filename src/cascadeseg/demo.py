@@ -252,21 +252,13 @@ def one_prediction_seconds(cfg: Config, test_dir: Path) -> float:
     # Loaded when the demo runs, not for `cascadeseg demo --help`: torch, about 2 s.
     from cascadeseg.config import to_dict
     from cascadeseg.data.layouts import discover_cases, read_case
-    from cascadeseg.data.missing import missing_fill_of_recipe
-    from cascadeseg.data.preprocess import PreprocessConfig
     from cascadeseg.inference import options_from_recipe, predict_case
-    from cascadeseg.inference.loading import eval_network, member_of_network
-    from cascadeseg.training.build import build_training_model
+    from cascadeseg.inference.loading import eval_network, member_of_recipe
+    from cascadeseg.training.build import build_training_model, saved_model_args
 
-    recipe = to_dict(cfg)
-    member = member_of_network(
-        eval_network(build_training_model(cfg)),
-        patch_size=cfg.data.patch_size,
-        missing_fill=missing_fill_of_recipe(recipe),
-    )
-    member = dataclasses.replace(
-        member, preprocess=PreprocessConfig.from_data_config(cfg.data), config=recipe
-    )
+    model = build_training_model(cfg)
+    # As a checkpoint of this recipe loads (load_checkpoint_model), the weights aside.
+    member = member_of_recipe(eval_network(model), to_dict(cfg), saved_model_args(model))
     # Over the whole volume: an untrained network finds no tumour box to narrow the passes to.
     given = {"tta": True, "tta_region": "volume"}
     options = options_from_recipe([member], given, progress=False)

@@ -436,36 +436,51 @@ def load_checkpoint_model(path: Path, device: torch.device | str = "cpu") -> Loa
     device = torch.device(device)
     ckpt = load_checkpoint(path, map_location="cpu")
     network = _network_of_checkpoint(path, ckpt).to(device)
-    model_args = dict(ckpt["model_args"])
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     assert isinstance(config, dict)
-    data = _section(config, "data")
-    # 2.5D context: the model's own argument (CU-Net) or the recipe's data.slice_context.
-    context = model_args.get("slice_context", data.get("slice_context", 0))
     try:
-        fill = missing_fill_of_recipe(config)
+        member = member_of_recipe(network, config, dict(ckpt["model_args"]), device=device)
     except ConfigError as exc:
         raise ModelError(f"{path}: {exc}") from None
-    member = member_of_network(
-        network,
-        slice_context=int(context or 0),
-        patch_size=tuple(int(s) for s in (data.get("patch_size") or (128, 128, 128))),
-        device=device,
-        missing_fill=fill,
-    )
     run_dir = run_dir_of(path)
     thresholds = stored_thresholds(ckpt, run_dir)
     return replace(
         member,
         name=str(ckpt["model_name"]),
-        preprocess=preprocess_config_of(config),
         et_min_voxels=thresholds.et_min_voxels,
         min_lesion_voxels=thresholds.min_lesion_voxels,
         source=path,
         run_dir=run_dir,
-        config=config,
-        model_args=model_args,
     )
+
+
+def member_of_recipe(
+    network: nn.Module,
+    config: dict[str, Any],
+    model_args: dict[str, Any],
+    *,
+    device: torch.device | str = "cpu",
+) -> LoadedModel:
+    """A :class:`LoadedModel` around ``network`` as its resolved recipe ``config`` (a dict, as a
+    checkpoint stores it) describes it: 2.5D slice context, sliding-window size
+    (``data.patch_size``), missing-sequence fill, preprocessing, the recipe itself.
+
+    Raises:
+        ConfigError: the recipe's missing-sequence settings are invalid.
+        ModelError: its preprocessing settings are invalid.
+    """
+    data = _section(config, "data")
+    # 2.5D context: the model's own argument (CU-Net) or the recipe's data.slice_context.
+    context = model_args.get("slice_context", data.get("slice_context", 0))
+    member = member_of_network(
+        network,
+        slice_context=int(context or 0),
+        patch_size=tuple(int(s) for s in (data.get("patch_size") or (128, 128, 128))),
+        device=device,
+        missing_fill=missing_fill_of_recipe(config),
+    )
+    preprocess = preprocess_config_of(config)
+    return replace(member, preprocess=preprocess, config=config, model_args=model_args)
 
 
 # --------------------------------------------------------------------------------------------
