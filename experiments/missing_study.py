@@ -53,12 +53,18 @@ REGIONS = ("wt", "tc", "et")
 
 #: run key -> (recipe, overrides): the same recipe but for sequence dropout and its fill.
 RUNS: dict[str, tuple[str, list[str]]] = {
-    # The ordinary model with the dropout recipe's batch Dice and single stage-2 decoder at
-    # inference (two_stage_missing_cpu keeps both; two_stage_cpu computes its Dice per crop and
-    # averages its two decoders since 2026-11-27): the runs differ in the dropout alone.
+    # The ordinary model with the dropout recipe's batch Dice, single stage-2 decoder at
+    # inference and 48^3 crops throughout (two_stage_missing_cpu keeps these; two_stage_cpu
+    # computes its Dice per crop, averages its two decoders and starts on 32^3 crops since
+    # 2026-11-27): the runs differ in the dropout alone.
     "ordinary": (
         "two_stage_cpu",
-        ["loss.dice_batch=true", "model.args.average_decoders=false"],
+        [
+            "loss.dice_batch=true",
+            "model.args.average_decoders=false",
+            "data.early_patch_size=null",
+            "data.early_patch_end=0",
+        ],
     ),
     "dropout_mask": ("two_stage_missing_cpu", []),  # the recipe's fill: mask
     "dropout_zero": ("two_stage_missing_cpu", ["data.missing_fill=zero"]),

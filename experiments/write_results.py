@@ -1163,6 +1163,7 @@ EXTRA_PAGES = (
     ("results-tc-threshold.md", "The tumour core's threshold in cases without enhancing tumour"),
     ("results-missing-seeds.md", "Sequence dropout with all four sequences, over training seeds"),
     ("results-decoder-average.md", "Both decoders of stage 2 at inference"),
+    ("results-early-crops.md", "Smaller crops first: more steps in the same minutes"),
 )
 
 

@@ -136,6 +136,11 @@ class DataConfig:
         missing_fill: how a missing sequence reaches the network (with ``sequence_dropout`` > 0
             only): ``mask`` (default: zero-filled, plus four binary availability channels) or
             ``zero`` (zero-filled alone); see :mod:`cascadeseg.data.missing`.
+        early_patch_size: smaller 3D crops ``(X, Y, Z)`` for the start of the run (``None``:
+            off): a step on them costs less, so a run of a fixed wall-clock budget makes more
+            steps, and the run ends on ``patch_size`` crops, whose context it then learns.
+        early_patch_end: share of the run (as ``sequence_dropout_end``: of its epochs, or of
+            the time budget with ``train.time_schedule``) trained on ``early_patch_size``.
     """
 
     layout: str | None = None
@@ -169,6 +174,17 @@ class DataConfig:
     sequence_dropout_start: float = 0.0
     sequence_dropout_end: float = 1.0
     missing_fill: str = "mask"
+    early_patch_size: tuple[int, ...] | None = None
+    early_patch_end: float = 0.0
+
+
+def early_crop_size(data: DataConfig) -> tuple[int, ...] | None:
+    """The size of a run's early crops: ``data.early_patch_size``, each side at most
+    ``patch_size``'s; ``None`` without an early phase (not set, or not smaller than the patch)."""
+    if data.early_patch_size is None:
+        return None
+    size = tuple(min(e, p) for e, p in zip(data.early_patch_size, data.patch_size))
+    return None if size == tuple(data.patch_size) else size
 
 
 @dataclass(frozen=True)

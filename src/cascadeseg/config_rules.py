@@ -113,6 +113,8 @@ RULES: dict[str, Rule] = {
     "data.sequence_dropout_start": FRACTION_BELOW_ONE,
     "data.sequence_dropout_end": ("a number in (0, 1]", lambda v: _is_finite(v) and 0 < v <= 1),
     "data.missing_fill": one_of(*MISSING_FILLS),
+    "data.early_patch_size": optional(each(POSITIVE_INT, (3,))),
+    "data.early_patch_end": FRACTION_BELOW_ONE,
     "model.name": ("a model name", lambda v: isinstance(v, str) and v.strip() != ""),
     "loss.interp_decoder_weight": NON_NEGATIVE,
     "loss.dice_eps": NON_NEGATIVE,
@@ -234,6 +236,7 @@ def validate(cfg: Any) -> None:
             f"data.fold must be in [0, data.folds) = [0, {cfg.data.folds}), got {cfg.data.fold}"
         )
     _check_dropout_window(cfg.data)
+    _check_early_patch(cfg.data)
     for name, value in cfg.model.args.items():
         problem = model_arg_problem(str(name), value)
         if problem:
@@ -252,4 +255,20 @@ def _check_dropout_window(data: Any) -> None:
     if start >= end:
         raise ConfigError(
             f"data.sequence_dropout_start={start} must be below data.sequence_dropout_end={end}"
+        )
+
+
+def _check_early_patch(data: Any) -> None:
+    """``data.early_patch_size`` / ``_end``: both or neither. (Sides above ``patch_size`` are
+    cut to it, :func:`cascadeseg.config.early_crop_size`, so that a smaller ``patch_size``
+    given to a recipe with early crops needs nothing more.)"""
+    size, end = data.early_patch_size, data.early_patch_end
+    if size is None:
+        if end != 0:
+            raise ConfigError(f"data.early_patch_end={end} needs data.early_patch_size")
+        return
+    if end <= 0:
+        raise ConfigError(
+            f"data.early_patch_size={list(size)} needs data.early_patch_end in (0, 1), "
+            "the share of the run on these crops"
         )

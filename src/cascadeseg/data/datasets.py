@@ -37,9 +37,11 @@ from cascadeseg.data.missing import SequenceDropout
 from cascadeseg.data.preprocess import Preprocessed
 from cascadeseg.errors import InputError
 
-#: A dataset key: an index, ``(epoch, index)``, or ``(epoch, index, dropout_on)`` (0/1: whether
-#: the item may lose sequences: the window ``data.sequence_dropout_start`` to ``_end``).
-Index = int | tuple[int, int] | tuple[int, int, int]
+#: A dataset key: an index, ``(epoch, index)``, ``(epoch, index, dropout_on)`` (0/1: whether
+#: the item may lose sequences: the window ``data.sequence_dropout_start`` to ``_end``) or
+#: ``(epoch, index, dropout_on, early)`` (1: a crop of the early, smaller size,
+#: ``data.early_patch_size``).
+Index = int | tuple[int, int] | tuple[int, int, int] | tuple[int, int, int, int]
 
 #: ``mean / std`` of a modality's brain intensities for cases that do not record it (a
 #: ``Preprocessed`` built by hand rather than by ``preprocess_case``; cache entries of older
@@ -59,6 +61,12 @@ def _split_index(key: Index, epoch: int) -> tuple[int, int]:
 def _dropout_on(key: Index) -> bool:
     """Whether the item of ``key`` may lose sequences (keys without the flag: yes)."""
     return not (isinstance(key, tuple) and len(key) > 2 and not key[2])
+
+
+def _early_crop(key: Index) -> bool:
+    """Whether the item of ``key`` is cropped at the early, smaller size (keys without the
+    flag: no)."""
+    return isinstance(key, tuple) and len(key) > 3 and bool(key[3])
 
 
 def _require_labels(cases: Sequence[Preprocessed]) -> None:
@@ -133,6 +141,8 @@ class CropDataset3D(Dataset):
         case_balance: power ``p`` of the case weights ``1 / n_k ** p`` over kinds of tumour
             (enhancing or not, :mod:`cascadeseg.data.case_balance`); 0: every case once per
             pass.
+        early_patch_size: crop size of the items whose key says early (``data.early_patch_size``,
+            the start of a run); ``None``: every crop is ``patch_size``.
     """
 
     def __init__(
@@ -156,14 +166,19 @@ class CropDataset3D(Dataset):
         bias_field_offset: float = DEFAULT_MEAN_OVER_STD,
         sequence_dropout: SequenceDropout | None = None,
         case_balance: float = 0.0,
+        early_patch_size: Sequence[int] | None = None,
     ) -> None:
         if not cases:
             raise InputError("no training cases")
         _require_labels(cases)
-        if len(patch_size) != 3:
-            raise ValueError(f"patch_size must have 3 values, got {tuple(patch_size)}")
+        for name, size in (("patch_size", patch_size), ("early_patch_size", early_patch_size)):
+            if size is not None and len(size) != 3:
+                raise ValueError(f"{name} must have 3 values, got {tuple(size)}")
         self.cases = list(cases)
         self.patch_size = tuple(int(s) for s in patch_size)
+        self.early_patch_size = (
+            None if early_patch_size is None else tuple(int(s) for s in early_patch_size)
+        )
         self.foreground_prob = float(foreground_prob)
         if foreground_sampling not in FOREGROUND_SAMPLINGS:
             raise ValueError(
@@ -212,20 +227,24 @@ class CropDataset3D(Dataset):
             )
         return self._foreground[case_index]
 
-    def crop_start(self, rng: np.random.Generator, case_index: int) -> tuple[int, ...]:
-        """Start corner of the next crop of case ``case_index``, in its preprocessed grid.
+    def crop_start(
+        self, rng: np.random.Generator, case_index: int, size: Sequence[int] | None = None
+    ) -> tuple[int, ...]:
+        """Start corner of the next crop of case ``case_index`` (``size``, default
+        ``patch_size``), in its preprocessed grid.
 
         With ``crop_region="volume"`` the start is drawn (by :func:`augment.draw_crop_start`,
         without overhang) in the grid before the brain crop, then shifted by the crop box, so it
         may lie outside the preprocessed volume (that part of the crop is background padding).
         """
         case = self.cases[case_index]
+        size = self.patch_size if size is None else tuple(size)
         foreground = self._foreground_of(case_index) if self.foreground_prob > 0 else None
         if self.crop_region == "brain":
             return augment.draw_crop_start(
                 rng,
                 case.shape,
-                self.patch_size,
+                size,
                 foreground=foreground,
                 foreground_prob=self.foreground_prob,
                 overhang=self.crop_overhang,
@@ -234,7 +253,7 @@ class CropDataset3D(Dataset):
         start = augment.draw_crop_start(
             rng,
             case.geometry.resampled_shape,
-            self.patch_size,
+            size,
             foreground=None if foreground is None else [f + offset for f in foreground],
             foreground_prob=self.foreground_prob,
         )
@@ -248,12 +267,15 @@ class CropDataset3D(Dataset):
         )
         case = self.cases[case_index]
         assert case.label is not None
-        start = self.crop_start(rng, case_index)
-        image = augment.crop(case.image, start, self.patch_size)
-        label = augment.crop(case.label, start, self.patch_size)
-        brain_mask = augment.crop(case.brain_mask, start, self.patch_size)
+        early = self.early_patch_size is not None and _early_crop(key)
+        size = self.early_patch_size if early else self.patch_size
+        assert size is not None
+        start = self.crop_start(rng, case_index, size)
+        image = augment.crop(case.image, start, size)
+        label = augment.crop(case.label, start, size)
+        brain_mask = augment.crop(case.brain_mask, start, size)
         soft = case.region_fractions
-        soft = None if soft is None else augment.crop(soft, start, self.patch_size)
+        soft = None if soft is None else augment.crop(soft, start, size)
         if self.augment:
             axes = augment.draw_flips(rng, 3, self.flip_prob)
             image = augment.flip(image, axes, spatial_dims=3)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cascadeseg.config import Config, DataConfig
+from cascadeseg.config import Config, DataConfig, early_crop_size
 from cascadeseg.data import case_balance, datasets, layouts, patch_check, splits
 from cascadeseg.data.cache import PreprocessCache, WarmResult, resolve_cache_dir
 from cascadeseg.data.layouts import CaseRef
@@ -93,6 +93,11 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
     if spatial_dims != 3 and cfg.data.bias_field_prob > 0:
         raise ConfigError(
             "data.bias_field_prob: the bias-field augmentation is for 3D crops; "
+            f"model {cfg.model.name!r} trains on 2D slices"
+        )
+    if spatial_dims != 3 and cfg.data.early_patch_size is not None:
+        raise ConfigError(
+            "data.early_patch_size: early, smaller crops are for 3D crops; "
             f"model {cfg.model.name!r} trains on 2D slices"
         )
     if spatial_dims != 3 and cfg.data.label_resampling == "soft":
@@ -219,6 +224,7 @@ def _train_dataset(
             bias_field_spacing_mm=data_cfg.bias_field_spacing_mm,
             sequence_dropout=dropout,
             case_balance=data_cfg.case_balance,
+            early_patch_size=early_crop_size(data_cfg),
         )
     if len(data_cfg.patch_size) < 2:
         raise ConfigError(f"data.patch_size={list(data_cfg.patch_size)}: 2D needs (H, W)")
@@ -263,13 +269,19 @@ class EpochSampler(Sampler[tuple[int, ...]]):
         #: False outside the sequence-dropout window (``data.sequence_dropout_start`` to
         #: ``_end``): the keys then carry a third element, 0, and the datasets drop nothing.
         self.dropout_on = True
+        #: True while the run crops at ``data.early_patch_size``: the keys then carry a fourth
+        #: element, 1.
+        self.early = False
 
-    def set_epoch(self, epoch: int, start: int = 0, *, dropout_on: bool = True) -> None:
-        """Select the epoch, the number of this rank's samples already consumed in it and
-        whether its samples may lose sequences."""
+    def set_epoch(
+        self, epoch: int, start: int = 0, *, dropout_on: bool = True, early: bool = False
+    ) -> None:
+        """Select the epoch, the number of this rank's samples already consumed in it,
+        whether its samples may lose sequences and whether they are early, smaller crops."""
         self.epoch = epoch
         self.start = start
         self.dropout_on = dropout_on
+        self.early = early
 
     def epoch_indices(self) -> list[int]:
         """This rank's full index list of the current epoch (before skipping ``start``)."""
@@ -286,8 +298,11 @@ class EpochSampler(Sampler[tuple[int, ...]]):
         return [int(i) for i in indices[self.rank :: self.world_size]]
 
     def __iter__(self) -> Iterator[tuple[int, ...]]:
-        epoch, flag = self.epoch, () if self.dropout_on else (0,)
-        return iter((epoch, i, *flag) for i in self.epoch_indices()[self.start :])
+        epoch = self.epoch
+        flags: tuple[int, ...] = () if self.dropout_on else (0,)
+        if self.early:
+            flags = (int(self.dropout_on), 1)
+        return iter((epoch, i, *flags) for i in self.epoch_indices()[self.start :])
 
     def __len__(self) -> int:
         return self.samples_per_rank - self.start

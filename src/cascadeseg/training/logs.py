@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from cascadeseg.config import Config
+from cascadeseg.config import Config, early_crop_size
 from cascadeseg.data.labels import REGIONS
 from cascadeseg.training.distributed import DistInfo
 from cascadeseg.training.run_state import RunState
@@ -249,9 +249,22 @@ def start_lines(
         f"precision: {precision} (train.precision={cfg.train.precision})",
         f"budget: {budget}",
     ]
+    crops = crop_line(cfg)
+    if crops:
+        lines.append(crops)
     if state.step:
         lines.append(f"resuming at epoch {state.epoch + 1}, step {state.step}")
     return lines
+
+
+def crop_line(cfg: Config) -> str:
+    """The crop sizes of a run with early, smaller crops (``data.early_patch_size``), else ''."""
+    early = early_crop_size(cfg.data)
+    if early is None:
+        return ""
+    sides = ["x".join(str(s) for s in size) for size in (early, cfg.data.patch_size)]
+    share = f"{cfg.data.early_patch_end:.0%}"
+    return f"crops: {sides[0]} over the first {share} of the run, then {sides[1]}"
 
 
 def print_epoch(row: dict[str, float], state: RunState, epochs: int) -> None:

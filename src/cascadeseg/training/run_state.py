@@ -58,6 +58,8 @@ class RunState:
             (``train.stage1_first``).
         dropout_on: the epoch in progress may drop sequences (inside the window
             ``data.sequence_dropout_start`` to ``_end``).
+        early_crops: the epoch in progress crops at ``data.early_patch_size`` (before
+            ``data.early_patch_end`` of the run).
         epoch_sums: running sums of the epoch's losses (``loss``, parts, ``skipped``, ``n``).
         finished: training reached its end (all epochs, early stop or budget).
         stop_reason: why it ended (``epochs``, ``early_stop``, ``time_budget``).
@@ -72,6 +74,7 @@ class RunState:
     best_epoch: int = -1
     stage1_only: bool = False
     dropout_on: bool = True
+    early_crops: bool = False
     epoch_sums: dict[str, float] = field(default_factory=dict)
     finished: bool = False
     stop_reason: str = ""

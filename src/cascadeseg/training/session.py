@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from cascadeseg.config import Config, save_config, to_dict
+from cascadeseg.config import Config, early_crop_size, save_config, to_dict
 from cascadeseg.data.splits import save_split
 from cascadeseg.errors import CascadesegError, ConfigError
 from cascadeseg.losses import build_loss
@@ -282,9 +282,13 @@ class Session:
         cfg, state = self.cfg, self.state
         self.set_phase(epoch)
         self.set_dropout(epoch)
+        self.set_early_crops(epoch)
         self.data.train_dataset.set_epoch(epoch)  # type: ignore[attr-defined]
         self.sampler.set_epoch(
-            epoch, start=state.iter_in_epoch * cfg.train.batch_size, dropout_on=state.dropout_on
+            epoch,
+            start=state.iter_in_epoch * cfg.train.batch_size,
+            dropout_on=state.dropout_on,
+            early=state.early_crops,
         )
         self.model.train()
         bar = progress_bar(
@@ -345,6 +349,21 @@ class Session:
             what = "starts" if dropout_on else "stops"
             print(f"sequence dropout {what} (epoch {epoch + 1})", file=sys.stderr, flush=True)
         state.dropout_on = dropout_on
+
+    def set_early_crops(self, epoch: int) -> None:
+        """Whether this epoch crops at ``data.early_patch_size``: before
+        ``data.early_patch_end`` of the run. Decided at the start of an epoch and kept in the
+        run state, as :meth:`set_phase`."""
+        cfg, state = self.cfg, self.state
+        early_size = early_crop_size(cfg.data)
+        if early_size is None or state.iter_in_epoch != 0:
+            return
+        progress = self.epoch_start_progress(epoch) / cfg.train.epochs
+        early = progress < cfg.data.early_patch_end
+        if early != state.early_crops and state.step > 0 and self.main:
+            sides = "x".join(str(s) for s in (early_size if early else cfg.data.patch_size))
+            print(f"crops of {sides} from epoch {epoch + 1}", file=sys.stderr, flush=True)
+        state.early_crops = early
 
     def epoch_start_progress(self, epoch: int) -> float:
         """The fractional epoch of the schedules at the start of ``epoch``."""
