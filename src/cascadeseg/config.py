@@ -138,7 +138,8 @@ class DataConfig:
             ``zero`` (zero-filled alone); see :mod:`cascadeseg.data.missing`.
         early_patch_size: smaller 3D crops ``(X, Y, Z)`` for the start of the run (``None``:
             off): a step on them costs less, so a run of a fixed wall-clock budget makes more
-            steps, and the run ends on ``patch_size`` crops, whose context it then learns.
+            steps, and the run ends on ``patch_size`` crops, whose context it then learns. Sides
+            above ``patch_size`` are cut to it (:func:`early_crop_size`); 3D models only.
         early_patch_end: share of the run (as ``sequence_dropout_end``: of its epochs, or of
             the time budget with ``train.time_schedule``) trained on ``early_patch_size``.
     """
