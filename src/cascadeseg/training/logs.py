@@ -262,9 +262,16 @@ def crop_line(cfg: Config) -> str:
     early = early_crop_size(cfg.data)
     if early is None:
         return ""
-    sides = ["x".join(str(s) for s in size) for size in (early, cfg.data.patch_size)]
     share = f"{cfg.data.early_patch_end:.0%}"
-    return f"crops: {sides[0]} over the first {share} of the run, then {sides[1]}"
+    return (
+        f"crops: {crop_text(early)} over the first {share} of the run, "
+        f"then {crop_text(cfg.data.patch_size)}"
+    )
+
+
+def crop_text(size: Sequence[int]) -> str:
+    """A crop size as the training log writes it, e.g. ``32x32x32``."""
+    return "x".join(str(s) for s in size)
 
 
 def print_epoch(row: dict[str, float], state: RunState, epochs: int) -> None:

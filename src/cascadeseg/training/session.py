@@ -46,7 +46,7 @@ from cascadeseg.training.data import (
     prepare_data,
 )
 from cascadeseg.training.distributed import DistInfo
-from cascadeseg.training.logs import RunLog, progress_bar, start_lines
+from cascadeseg.training.logs import RunLog, crop_text, progress_bar, start_lines
 from cascadeseg.training.monitor import warn_lws_coverage
 from cascadeseg.training.run_state import (
     RunState,
@@ -361,8 +361,8 @@ class Session:
         progress = self.epoch_start_progress(epoch) / cfg.train.epochs
         early = progress < cfg.data.early_patch_end
         if early != state.early_crops and state.step > 0 and self.main:
-            sides = "x".join(str(s) for s in (early_size if early else cfg.data.patch_size))
-            print(f"crops of {sides} from epoch {epoch + 1}", file=sys.stderr, flush=True)
+            size = crop_text(early_size if early else cfg.data.patch_size)
+            print(f"crops of {size} from epoch {epoch + 1}", file=sys.stderr, flush=True)
         state.early_crops = early
 
     def epoch_start_progress(self, epoch: int) -> float:
