@@ -72,3 +72,21 @@ def test_training_gets_what_the_deadline_leaves(
     budget = training_minutes(minutes, 10.0, spent_s, after_s)
     assert budget == pytest.approx(expected)
     assert budget >= MIN_TRAINING_MINUTES
+
+
+@pytest.mark.parametrize(
+    ("minutes", "deadline", "expected"),
+    [
+        (None, 10.0, None),  # all the deadline leaves
+        (None, None, 7.0),  # no deadline: the recipe's 7 minutes
+        (5.0, 10.0, 5.0),  # asked for: at most that
+        (12.0, None, 12.0),
+    ],
+)
+def test_training_asks_for_its_minutes_or_the_deadline(
+    minutes: float | None, deadline: float | None, expected: float | None
+) -> None:
+    from cascadeseg.demo import MINUTES_WITHOUT_DEADLINE, requested_minutes
+
+    assert MINUTES_WITHOUT_DEADLINE == 7.0
+    assert requested_minutes(minutes, deadline) == expected

@@ -4,11 +4,11 @@ Steps (each with a progress bar), everything under ``out``:
 
 1. ``data/train`` and ``data/test``: synthetic BraTS cases (:mod:`cascadeseg.data.synth`),
    written in the BraTS 2021 layout.
-2. ``run``: the model trained with its small CPU recipe (``<model>_cpu``) for ``minutes`` of
-   wall-clock time, the training cases preprocessed first (``workers`` at a time);
-   ``cascadeseg predict --model out/run`` accepts this folder. With a ``deadline`` (the whole
-   demo's wall-clock limit, 10 minutes by default) training gets less when the steps before and
-   after it leave less (:func:`training_minutes`).
+2. ``run``: the model trained with its small CPU recipe (``<model>_cpu``), the training cases
+   preprocessed first (``workers`` at a time); ``cascadeseg predict --model out/run`` accepts
+   this folder. Training gets what the ``deadline`` (the whole demo's wall-clock limit, 10
+   minutes by default) leaves once the steps before and after it are counted or estimated
+   (:func:`training_minutes`), at most ``minutes`` when given.
 3. ``predictions``: held-out cases segmented with 8-flip TTA, one ``<case_id>.nii.gz`` each.
 4. ``evaluation``: ``metrics.csv``, ``summary.json`` and ``report.html``.
 
@@ -43,12 +43,15 @@ DEMO_CASES = 40
 DEMO_TEST_CASES = 8
 #: The whole demo's wall-clock limit by default (minutes, ``--deadline``). Data making,
 #: preprocessing, prediction and evaluation take 1.5 to 3 minutes depending on the CPU (about
-#: 1.5 on a 2-core AVX-512 EPYC, 2.5 on a 2-core AVX2-only one); training gets what is left, at
-#: most ``minutes``.
+#: 1.5 on a 2-core AVX-512 EPYC, 2.5 on a 2-core AVX2-only one); training gets what is left
+#: (at most ``minutes`` when given).
 DEMO_DEADLINE = 10.0
 #: Training gets at least this much (minutes) whatever the deadline leaves; the demo then ends
 #: late and says so before training.
 MIN_TRAINING_MINUTES = 1.0
+#: Training's budget (minutes) without a deadline (``--deadline 0``) and no ``--minutes``; with
+#: one, training gets all the deadline leaves.
+MINUTES_WITHOUT_DEADLINE = 7.0
 #: Seconds kept per held-out case for the evaluation and the report (with 2 workers). Measured
 #: on a 2-core AVX2-only EPYC, the slowest CPU the demo has run on: 8 cases in 6 s.
 EVALUATION_SECONDS_PER_CASE = 1.5
@@ -112,7 +115,7 @@ class _Stages:
 def run_demo(
     out: Path,
     *,
-    minutes: float = 7.0,
+    minutes: float | None = None,
     cases: int = DEMO_CASES,
     test_cases: int = DEMO_TEST_CASES,
     model: str = "two_stage",
@@ -128,7 +131,8 @@ def run_demo(
 
     Args:
         out: folder for everything the demo makes.
-        minutes: training budget (wall clock) in minutes.
+        minutes: training budget (wall clock) in minutes, at most; ``None``: all the
+            ``deadline`` leaves, or :data:`MINUTES_WITHOUT_DEADLINE` without one.
         cases: number of synthetic cases in total (training + held out).
         test_cases: how many of them are held out for prediction and evaluation.
         model: registered model name; its recipe ``<model>_cpu`` is used.
@@ -147,14 +151,10 @@ def run_demo(
     """
     _check_arguments(model, cases, test_cases, minutes, synth_scale, workers, multifocal_prob)
     _check_deadline(deadline)
+    budget = requested_minutes(minutes, deadline)
     recipe, missing = _recipe(model, missing)
     # The recipe first: a bad budget or override stops the demo before minutes of data making.
-    # Validation cases come from the training folder: k folds, fewer when there are few cases.
-    folds = max(2, min(5, cases - test_cases))
-    cfg = load_config(
-        recipe,
-        [f"train.max_minutes={minutes}", f"seed={seed}", f"data.folds={folds}", *overrides],
-    )
+    cfg = _demo_config(recipe, budget, seed, cases - test_cases, overrides)
     out = Path(out)
     train_dir, test_dir = out / "data" / "train", out / "data" / "test"
     stages = _Stages(5 if missing else 4)
@@ -165,7 +165,8 @@ def run_demo(
     stages.begin("training", f"training {model} (recipe {recipe})")
     _preprocess(cfg, train_dir, workers)
     if deadline is not None:
-        cfg = _fit_deadline(cfg, deadline, test_dir, test_cases + bool(missing), workers, stages)
+        cases_after = test_cases + bool(missing)
+        cfg = _fit_deadline(cfg, budget, deadline, test_dir, cases_after, workers, stages)
     # Loaded when the demo runs, not for `cascadeseg demo --help`: torch, about 2 s.
     from cascadeseg.training.trainer import train
 
@@ -191,6 +192,28 @@ def run_demo(
     return DemoResult(out, run_dir, predictions, report, summary, seconds, dict(stages.seconds))
 
 
+def _demo_config(
+    recipe: str, budget: float | None, seed: int, training_cases: int, overrides: tuple[str, ...]
+) -> Config:
+    """The recipe with the demo's settings and ``overrides``. Validation cases come from the
+    training folder: k folds, fewer when there are few cases. Without a ``budget`` of its own
+    the run carries :data:`MINUTES_WITHOUT_DEADLINE` until the deadline's share replaces it
+    (:func:`_fit_deadline`)."""
+    folds = max(2, min(5, training_cases))
+    minutes = budget or MINUTES_WITHOUT_DEADLINE
+    settings = [f"train.max_minutes={minutes}", f"seed={seed}", f"data.folds={folds}"]
+    return load_config(recipe, [*settings, *overrides])
+
+
+def requested_minutes(minutes: float | None, deadline: float | None) -> float | None:
+    """Training's own budget (minutes): ``minutes`` when given; else none under a ``deadline``
+    (training gets all it leaves, :func:`training_minutes`), :data:`MINUTES_WITHOUT_DEADLINE`
+    without one."""
+    if minutes is not None or deadline is not None:
+        return minutes
+    return MINUTES_WITHOUT_DEADLINE
+
+
 def training_minutes(
     minutes: float | None, deadline: float, spent_s: float, after_s: float
 ) -> float:
@@ -206,12 +229,18 @@ def training_minutes(
 
 
 def _fit_deadline(
-    cfg: Config, deadline: float, test_dir: Path, cases: int, workers: int, stages: _Stages
+    cfg: Config,
+    asked: float | None,
+    deadline: float,
+    test_dir: Path,
+    cases: int,
+    workers: int,
+    stages: _Stages,
 ) -> Config:
-    """``cfg`` with the training budget the deadline leaves (:func:`training_minutes`) once
-    what follows training is estimated (:func:`one_prediction_seconds` for ``cases``
-    predictions), said in two lines (and a warning when the demo will end after its deadline)."""
-    asked = cfg.train.max_minutes
+    """``cfg`` with the training budget the deadline leaves (:func:`training_minutes`, at most
+    ``asked`` minutes) once what follows training is estimated (:func:`one_prediction_seconds`
+    for ``cases`` predictions), said in two lines (and a warning when the demo will end after
+    its deadline)."""
     case_s = one_prediction_seconds(cfg, test_dir)
     print(f"the first held-out case predicted untrained in {case_s:.1f} s", flush=True)
     after_s = after_training_seconds(case_s, cases, workers) + TRAINING_OVERHEAD_SECONDS
@@ -271,7 +300,7 @@ def _check_arguments(
     model: str,
     cases: int,
     test_cases: int,
-    minutes: float,
+    minutes: float | None,
     synth_scale: float,
     workers: int,
     multifocal_prob: float,
@@ -281,7 +310,7 @@ def _check_arguments(
         raise ConfigError(f"--model {model!r}: choose one of {', '.join(DEMO_MODELS)}")
     if test_cases < 1 or cases - test_cases < 2:
         raise ConfigError("--cases must leave at least 2 training cases and 1 held-out case")
-    if not (math.isfinite(minutes) and minutes > 0):
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
         raise ConfigError(f"--minutes must be a positive number, got {minutes}")
     if not (math.isfinite(synth_scale) and synth_scale > 0):
         raise ConfigError(f"--scale must be a positive number, got {synth_scale}")

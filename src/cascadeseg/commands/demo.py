@@ -16,15 +16,21 @@ OUTPUT_FOLDER = "out"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
-    parser.add_argument("--minutes", type=float, default=7.0, help="training budget (minutes)")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="training budget (minutes), at most (default: all the --deadline leaves; 7 "
+        "without a deadline)",
+    )
     parser.add_argument(
         "--deadline",
         type=float,
         default=DEMO_DEADLINE,
         metavar="MINUTES",
-        help="the whole demo's wall-clock limit: training is shortened when data making, "
-        "prediction and evaluation (estimated before training) leave less than --minutes; "
-        "0: none (default %(default)g)",
+        help="the whole demo's wall-clock limit: training gets what data making, prediction "
+        "and evaluation (estimated before training) leave, at most --minutes; 0: none "
+        "(default %(default)g)",
     )
     parser.add_argument(
         "--cases", type=int, default=DEMO_CASES, help="synthetic cases, training + held out"
