@@ -78,7 +78,7 @@ def test_training_gets_what_the_deadline_leaves(
     ("minutes", "deadline", "expected"),
     [
         (None, 10.0, None),  # all the deadline leaves
-        (None, None, 7.0),  # no deadline: the recipe's 7 minutes
+        (None, None, 7.0),  # no deadline: the demo's 7 minutes
         (5.0, 10.0, 5.0),  # asked for: at most that
         (12.0, None, 12.0),
     ],
