@@ -245,7 +245,8 @@ def _fit_deadline(
     print(f"the first held-out case predicted untrained in {case_s:.1f} s", flush=True)
     after_s = after_training_seconds(case_s, cases, workers) + TRAINING_OVERHEAD_SECONDS
     spent_s = stages.elapsed()
-    budget = training_minutes(asked, deadline, spent_s, after_s)
+    # Rounded once: the printed minutes are those the run's config.yaml keeps.
+    budget = round(training_minutes(asked, deadline, spent_s, after_s), 2)
     shortened = f" instead of {asked:g}" if asked is not None and budget < asked - 0.05 else ""
     print(
         f"deadline {deadline:g} min: {spent_s / 60:.1f} min spent, {after_s / 60:.1f} min "
@@ -258,7 +259,7 @@ def _fit_deadline(
             f"the demo will take longer than {deadline:g} min",
             flush=True,
         )
-    train = dataclasses.replace(cfg.train, max_minutes=round(budget, 2))
+    train = dataclasses.replace(cfg.train, max_minutes=budget)
     return dataclasses.replace(cfg, train=train)
 
 
