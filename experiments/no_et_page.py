@@ -132,8 +132,8 @@ def write_page(study: dict[str, Any], doc: Path) -> Path:
         f"cases seed {st.get('test_seed', '?')}; 5-fold split, fold 0), seed {st['seed']}, "
         f"{steps['uniform']} and {steps['balanced']} optimiser steps of 2 crops: `uniform` draws "
         "the crops' cases uniformly (both papers), `balanced` weights them by kind of tumour "
-        f"(`data.case_balance={balance_power(study):g}`, the CPU recipes' value: enhancing, "
-        "non-enhancing, none). Predicted as `cascadeseg "
+        f"(`data.case_balance={balance_power(study):g}`, the CPU recipe's value when the study "
+        "ran: enhancing, non-enhancing, none). Predicted as `cascadeseg "
         "predict` does by default (8-flip TTA, the recipe's post-processing); mean Dice per "
         f"set. Machine: {env.get('cpu') or 'see study.json'}, {env.get('torch_threads')} threads; "
         f"{env.get('date_utc', '')}.\n",
