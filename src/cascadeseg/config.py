@@ -100,6 +100,12 @@ class DataConfig:
             (:func:`cascadeseg.data.augment.apply_bias_field`).
         bias_field_strength: range of the standard deviation of the log field.
         bias_field_spacing_mm: distance between the field's control points (mm).
+        compartment_contrast_prob: probability that a training crop's tumour compartments
+            (necrosis or non-enhancing core, edema, enhancing tumour) each have their
+            intensities multiplied by their own random factor per sequence (3D crops; 0 = off,
+            as both papers). Beyond the papers: SynthSeg draws every label's intensities, this
+            changes them mildly (:func:`cascadeseg.data.augment.compartment_log_field`).
+        compartment_contrast: the factors are uniform in ``[1 - this, 1 + this]``.
         slice_context: neighbouring slices on each side added as extra channels (2D; 0 = off).
         drop_empty_slices: fraction of tumour-free slices dropped each epoch (CU-Net: about 0.3).
         cache_dir: where preprocessed cases are cached (``None``: ``<data>/.cascadeseg_cache``).
@@ -160,6 +166,8 @@ class DataConfig:
     bias_field_prob: float = 0.0
     bias_field_strength: tuple[float, float] = (0.05, 0.2)
     bias_field_spacing_mm: float = 60.0
+    compartment_contrast_prob: float = 0.0
+    compartment_contrast: float = 0.2
     slice_context: int = 0
     drop_empty_slices: float = 0.3
     cache_dir: str | None = None

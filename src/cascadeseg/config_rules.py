@@ -99,6 +99,8 @@ RULES: dict[str, Rule] = {
         lambda v: all(_is_finite(x) for x in v) and 0 <= v[0] <= v[1],
     ),
     "data.bias_field_spacing_mm": POSITIVE,
+    "data.compartment_contrast_prob": PROBABILITY,
+    "data.compartment_contrast": ("a number in [0, 1)", lambda v: _is_finite(v) and 0 <= v < 1),
     "data.slice_context": NON_NEGATIVE_INT,
     "data.drop_empty_slices": PROBABILITY,
     "data.num_workers": NON_NEGATIVE_INT,

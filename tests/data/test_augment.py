@@ -270,3 +270,38 @@ def test_draw_bias_field_strength_and_smoothness() -> None:
     assert not zero.any()
     with pytest.raises(ValueError, match="3D"):
         augment.draw_bias_field(rng, 1, (8, 8))
+
+
+def test_compartment_contrast_by_hand() -> None:
+    # labels 1 and 3 in a line of voxels; hard masks: each compartment gets its own factor
+    label = np.array([0, 1, 1, 2, 3, 3, 0])
+    logs = np.log(np.array([[2.0, 0.5], [1.0, 1.0], [0.25, 4.0]], np.float32))  # (3, C=2)
+    field = augment.compartment_log_field(label, logs, sigma=0)
+    expected = np.log(np.array([[1, 2, 2, 1, 0.25, 0.25, 1], [1, 0.5, 0.5, 1, 4, 4, 1]]))
+    np.testing.assert_allclose(field, expected, rtol=1e-6)
+    # applied to a z-scored image: the raw intensities of each compartment are multiplied
+    raw = np.arange(1.0, 8.0, dtype=np.float32)
+    z = np.stack([(raw - 4.0) / 2.0] * 2)
+    out = augment.apply_bias_field(z, field, 2.0)
+    np.testing.assert_allclose(out * 2.0 + 4.0, raw * np.exp(expected), rtol=1e-5)
+
+
+def test_compartment_contrast_fades_over_the_border() -> None:
+    label = np.zeros((21, 21, 21), np.int64)
+    label[6:15, 6:15, 6:15] = 1  # the border between voxels 5 and 6
+    field = augment.compartment_log_field(label, np.array([[0.2], [0.0], [0.0]], np.float32))
+    profile = field[0, :, 10, 10]
+    assert profile[0] == pytest.approx(0.0, abs=1e-6)  # far from the tumour: unchanged
+    assert profile[10] == pytest.approx(0.2, abs=1e-3)  # deep inside: the full factor
+    # across the edge the factor falls in steps, never all at once on the label's border
+    assert 0.05 < profile[5] < profile[6] < 0.19
+    assert np.all(np.diff(profile[:11]) >= -1e-7)
+
+
+def test_draw_compartment_contrast_range_and_refusal() -> None:
+    logs = augment.draw_compartment_contrast(np.random.default_rng(0), 3, 4, strength=0.2)
+    assert logs.shape == (3, 4) and logs.dtype == np.float32
+    assert np.all(np.abs(np.exp(logs) - 1) <= 0.2 + 1e-6)
+    assert np.ptp(logs) > 0.1  # independent factors, not one for all
+    with pytest.raises(ValueError, match="strength"):
+        augment.draw_compartment_contrast(np.random.default_rng(0), 3, 4, strength=1.0)

@@ -217,6 +217,28 @@ def test_bias_field_augmentation_in_crops(cases: list[Preprocessed]) -> None:
     assert len(cases[0].extra["mean_over_std"]) == 4
 
 
+def test_compartment_contrast_in_crops(cases: list[Preprocessed]) -> None:
+    # no shift or scale: their draws follow the contrast's, so they would differ everywhere
+    fixed = {"intensity_shift": 0.0, "intensity_scale": (1.0, 1.0)}
+    plain = CropDataset3D(cases, patch_size=(12, 12, 12), foreground_prob=1.0, seed=4, **fixed)
+    on = CropDataset3D(
+        cases, patch_size=(12, 12, 12), foreground_prob=1.0, seed=4,
+        compartment_contrast_prob=1.0, compartment_contrast=0.3, **fixed,
+    )  # fmt: skip
+    for i in range(3):
+        a, c = plain[(0, i)], on[(0, i)]
+        for key in ("label", "regions", "brain_mask"):
+            assert torch.equal(a[key], c[key])  # the same crop (drawn before the contrast)
+        changed = ((a["image"] - c["image"]).abs() > 1e-5).any(dim=0)  # (z + k) - k: rounding
+        tumour = a["label"] > 0
+        assert changed[tumour].all()  # every tumour voxel's intensities change
+        # ... and nothing far from it (the smoothed masks reach 4 sigma: 4 voxels)
+        near = torch.nn.functional.max_pool3d(tumour[None, None].float(), 9, 1, 4)[0, 0] > 0
+        assert not changed[~near].any()
+        assert not c["image"][:, ~c["brain_mask"]].any()
+        assert same(c, on[(0, i)])  # deterministic
+
+
 # ---------------------------------------------------------------------------------------------
 # the patch size against the volumes and the memory
 

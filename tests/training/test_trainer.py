@@ -341,7 +341,13 @@ def test_bias_field_settings_are_checked(toy_data: Path, tmp_path: Path) -> None
     with pytest.raises(ConfigError, match="bias_field_spacing_mm"):
         train(tiny_config("data.bias_field_spacing_mm=0"), toy_data, tmp_path / "c", progress=False)
     # 2D models train on slices: 3D-only settings refused before any preprocessing
-    for name, setting in (("d", "data.bias_field_prob=0.5"), ("e", "data.label_resampling=soft")):
+    with pytest.raises(ConfigError, match="compartment_contrast "):
+        train(tiny_config("data.compartment_contrast=1"), toy_data, tmp_path / "c", progress=False)
+    for name, setting in (
+        ("d", "data.bias_field_prob=0.5"),
+        ("e", "data.label_resampling=soft"),
+        ("f", "data.compartment_contrast_prob=0.5"),
+    ):
         with pytest.raises(ConfigError, match="2D slices"):
             cfg = tiny_config("model.name=unet2d", "model.args={}", setting)
             train(cfg, toy_data, tmp_path / name, progress=False)

@@ -15,7 +15,10 @@ Recipes:
 
 Beyond the papers, an optional smooth multiplicative bias field (:func:`draw_bias_field`,
 :func:`apply_bias_field`; MONAI's ``RandBiasField`` and TorchIO's ``RandomBiasField`` do the same
-on raw intensities) teaches a short training run that a smooth brightening is not tumour.
+on raw intensities) teaches a short training run that a smooth brightening is not tumour, and
+an optional contrast change per tumour compartment (:func:`draw_compartment_contrast`,
+:func:`compartment_log_field`; SynthSeg's intensities drawn per label, in a mild form) teaches it
+that no one sequence's contrast between core and edema is fixed.
 """
 
 from __future__ import annotations
@@ -163,6 +166,60 @@ def apply_bias_field(
     if brain_mask is not None:
         out *= brain_mask[None]
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tumour compartment contrast
+
+
+def draw_compartment_contrast(
+    rng: np.random.Generator, compartments: int, channels: int, *, strength: float = 0.2
+) -> np.ndarray:
+    """Log intensity factors of each tumour compartment in each channel.
+
+    Args:
+        rng: the generator.
+        compartments: number of tumour labels (3: necrosis/non-enhancing core, edema, enhancing).
+        channels: number of image channels.
+        strength: each factor is uniform in ``[1 - strength, 1 + strength]`` (0 <= strength < 1).
+
+    Returns:
+        ``(compartments, channels)`` float32 natural logarithms of the factors.
+    """
+    if not 0 <= strength < 1:
+        raise ValueError(f"strength must be in [0, 1), got {strength}")
+    factors = rng.uniform(1 - strength, 1 + strength, size=(compartments, channels))
+    return np.log(factors).astype(np.float32)
+
+
+def compartment_log_field(
+    label: np.ndarray, log_factors: np.ndarray, *, sigma: float = 1.0
+) -> np.ndarray:
+    """A log field that scales each tumour compartment's intensities by its own factor.
+
+    Compartment ``k`` is label ``k + 1`` (the internal labels: 1 necrosis or non-enhancing core,
+    2 edema, 3 enhancing tumour); its mask is smoothed by a Gaussian of ``sigma`` voxels, so the
+    factor fades over the border as a partial volume does and the image gains no step exactly
+    on the label's edge for a network to learn. For :func:`apply_bias_field`.
+
+    Args:
+        label: ``(*spatial)`` internal label map.
+        log_factors: ``(compartments, C)`` (:func:`draw_compartment_contrast`).
+        sigma: standard deviation of the smoothing, in voxels (0: hard masks).
+
+    Returns:
+        ``(C, *spatial)`` float32 log field, 0 away from the tumour.
+    """
+    channels = log_factors.shape[1]
+    field_ = np.zeros((channels, *label.shape), np.float32)
+    expand = (slice(None),) + (None,) * label.ndim
+    for k, logs in enumerate(np.asarray(log_factors, np.float32)):
+        mask = (label == k + 1).astype(np.float32)
+        if not mask.any():
+            continue
+        weight = ndimage.gaussian_filter(mask, sigma, mode="nearest") if sigma > 0 else mask
+        field_ += logs[expand] * weight[None]
+    return field_
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from cascadeseg.config_rules import FOREGROUND_SAMPLINGS
 from cascadeseg.data import augment
 from cascadeseg.data import case_balance as case_balance_
-from cascadeseg.data.labels import label_to_regions
+from cascadeseg.data.labels import NUM_CLASSES, label_to_regions
 from cascadeseg.data.missing import SequenceDropout
 from cascadeseg.data.preprocess import Preprocessed
 from cascadeseg.errors import InputError
@@ -135,6 +135,11 @@ class CropDataset3D(Dataset):
             with each case's voxel size).
         bias_field_offset: ``mean / std`` of a channel's brain intensities, used for cases
             whose preprocessing did not record it (``extra["mean_over_std"]``).
+        compartment_contrast_prob: probability that a crop's tumour compartments (labels 1 to 3)
+            each get their own intensity factor per channel
+            (:func:`augment.compartment_log_field`; after the bias field, before the shift and
+            scale).
+        compartment_contrast: the factors are uniform in ``[1 - this, 1 + this]``.
         sequence_dropout: drop sequences of each crop and fill them
             (:class:`cascadeseg.data.missing.SequenceDropout`; with the ``mask`` fill the crop
             gets 4 availability channels); ``None``: off.
@@ -164,6 +169,8 @@ class CropDataset3D(Dataset):
         bias_field_strength: tuple[float, float] = (0.05, 0.2),
         bias_field_spacing_mm: float = 60.0,
         bias_field_offset: float = DEFAULT_MEAN_OVER_STD,
+        compartment_contrast_prob: float = 0.0,
+        compartment_contrast: float = 0.2,
         sequence_dropout: SequenceDropout | None = None,
         case_balance: float = 0.0,
         early_patch_size: Sequence[int] | None = None,
@@ -200,6 +207,8 @@ class CropDataset3D(Dataset):
         self.bias_field_strength = tuple(bias_field_strength)
         self.bias_field_spacing_mm = float(bias_field_spacing_mm)
         self.bias_field_offset = float(bias_field_offset)
+        self.compartment_contrast_prob = float(compartment_contrast_prob)
+        self.compartment_contrast = float(compartment_contrast)
         self.sequence_dropout = sequence_dropout
         self.kinds = [case_balance_.case_kind(c.label) for c in self.cases]  # type: ignore[arg-type]  # labels checked above
         self.case_weights = (
@@ -259,6 +268,13 @@ class CropDataset3D(Dataset):
         )
         return tuple(int(s) for s in np.asarray(start) - offset)
 
+    def _offsets(self, case: Preprocessed, channels: int) -> np.ndarray:
+        """``mean / std`` of each channel's brain intensities (:func:`augment.apply_bias_field`)."""
+        offsets = case.extra.get("mean_over_std")
+        if offsets is None or len(offsets) != channels:
+            offsets = [self.bias_field_offset] * channels
+        return np.asarray(offsets, np.float32)
+
     def __getitem__(self, key: Index) -> dict[str, torch.Tensor]:
         epoch, index = _split_index(key, self.epoch)
         rng = item_rng(self.seed, epoch, index)
@@ -292,11 +308,16 @@ class CropDataset3D(Dataset):
                     strength=self.bias_field_strength,  # type: ignore[arg-type]
                     spacing=spacing_vox,
                 )
-                offsets = case.extra.get("mean_over_std")
-                if offsets is None or len(offsets) != image.shape[0]:
-                    offsets = [self.bias_field_offset] * image.shape[0]
                 image = augment.apply_bias_field(
-                    image, log_field, np.asarray(offsets, np.float32), brain_mask=brain_mask
+                    image, log_field, self._offsets(case, image.shape[0]), brain_mask=brain_mask
+                )
+            if self.compartment_contrast_prob > 0 and rng.random() < self.compartment_contrast_prob:
+                log_factors = augment.draw_compartment_contrast(
+                    rng, NUM_CLASSES - 1, image.shape[0], strength=self.compartment_contrast
+                )
+                log_field = augment.compartment_log_field(label, log_factors)
+                image = augment.apply_bias_field(
+                    image, log_field, self._offsets(case, image.shape[0]), brain_mask=brain_mask
                 )
             shifts, scales = augment.draw_intensity(
                 rng, image.shape[0], shift=self.intensity_shift, scale=self.intensity_scale

@@ -90,11 +90,12 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
     if not split["train"]:
         raise InputError(f"{data}: the split leaves no training case ({len(by_id)} cases)")
     spatial_dims = model_spatial_dims(cfg.model.name)
-    if spatial_dims != 3 and cfg.data.bias_field_prob > 0:
-        raise ConfigError(
-            "data.bias_field_prob: the bias-field augmentation is for 3D crops; "
-            f"model {cfg.model.name!r} trains on 2D slices"
-        )
+    for key in ("bias_field_prob", "compartment_contrast_prob"):
+        if spatial_dims != 3 and getattr(cfg.data, key) > 0:
+            raise ConfigError(
+                f"data.{key}: the augmentation is for 3D crops; "
+                f"model {cfg.model.name!r} trains on 2D slices"
+            )
     if spatial_dims != 3 and cfg.data.early_patch_size is not None:
         raise ConfigError(
             "data.early_patch_size: early, smaller crops are for 3D crops; "
@@ -222,6 +223,8 @@ def _train_dataset(
             bias_field_prob=data_cfg.bias_field_prob,
             bias_field_strength=data_cfg.bias_field_strength,
             bias_field_spacing_mm=data_cfg.bias_field_spacing_mm,
+            compartment_contrast_prob=data_cfg.compartment_contrast_prob,
+            compartment_contrast=data_cfg.compartment_contrast,
             sequence_dropout=dropout,
             case_balance=data_cfg.case_balance,
             early_patch_size=early_crop_size(data_cfg),
