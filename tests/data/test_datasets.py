@@ -237,6 +237,22 @@ def test_compartment_contrast_in_crops(cases: list[Preprocessed]) -> None:
         assert not changed[~near].any()
         assert not c["image"][:, ~c["brain_mask"]].any()
         assert same(c, on[(0, i)])  # deterministic
+    # with the bias field: the same field (drawn first), and the contrast on the tumour alone
+    field = {"bias_field_prob": 1.0, "bias_field_spacing_mm": 10.0}
+    bias = CropDataset3D(
+        cases, patch_size=(12, 12, 12), foreground_prob=1.0, seed=4, **fixed, **field
+    )
+    both = CropDataset3D(
+        cases, patch_size=(12, 12, 12), foreground_prob=1.0, seed=4, **fixed, **field,
+        compartment_contrast_prob=1.0, compartment_contrast=0.3,
+    )  # fmt: skip
+    for i in range(3):
+        a, c = bias[(0, i)], both[(0, i)]
+        changed = ((a["image"] - c["image"]).abs() > 1e-5).any(dim=0)
+        tumour = a["label"] > 0
+        near = torch.nn.functional.max_pool3d(tumour[None, None].float(), 9, 1, 4)[0, 0] > 0
+        assert changed[tumour].all() and not changed[~near].any()
+        assert not torch.equal(a["image"], plain[(0, i)]["image"])  # the field is there
 
 
 # ---------------------------------------------------------------------------------------------

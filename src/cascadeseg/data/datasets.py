@@ -137,8 +137,8 @@ class CropDataset3D(Dataset):
             whose preprocessing did not record it (``extra["mean_over_std"]``).
         compartment_contrast_prob: probability that a crop's tumour compartments (labels 1 to 3)
             each get their own intensity factor per channel
-            (:func:`augment.compartment_log_field`; after the bias field, before the shift and
-            scale).
+            (:func:`augment.compartment_log_field`; multiplied with the bias field, before the
+            shift and scale).
         compartment_contrast: the factors are uniform in ``[1 - this, 1 + this]``.
         sequence_dropout: drop sequences of each crop and fill them
             (:class:`cascadeseg.data.missing.SequenceDropout`; with the ``mask`` fill the crop
@@ -268,12 +268,29 @@ class CropDataset3D(Dataset):
         )
         return tuple(int(s) for s in np.asarray(start) - offset)
 
-    def _offsets(self, case: Preprocessed, channels: int) -> np.ndarray:
-        """``mean / std`` of each channel's brain intensities (:func:`augment.apply_bias_field`)."""
-        offsets = case.extra.get("mean_over_std")
-        if offsets is None or len(offsets) != channels:
-            offsets = [self.bias_field_offset] * channels
-        return np.asarray(offsets, np.float32)
+    def _draw_log_field(
+        self, rng: np.random.Generator, case: Preprocessed, label: np.ndarray, channels: int
+    ) -> np.ndarray | None:
+        """The crop's multiplicative log field, ``(channels, *label.shape)``: a bias field
+        and a contrast per tumour compartment, each drawn with its probability (their logs
+        add); ``None`` when neither is drawn. Each is drawn only when its probability is above
+        0, so that a run without it draws the same crops as before."""
+        log_field = None
+        if self.bias_field_prob > 0 and rng.random() < self.bias_field_prob:
+            log_field = augment.draw_bias_field(
+                rng,
+                channels,
+                label.shape,
+                strength=self.bias_field_strength,  # type: ignore[arg-type]
+                spacing=self.bias_field_spacing_mm / float(np.mean(case.spacing)),
+            )
+        if self.compartment_contrast_prob > 0 and rng.random() < self.compartment_contrast_prob:
+            log_factors = augment.draw_compartment_contrast(
+                rng, NUM_CLASSES - 1, channels, strength=self.compartment_contrast
+            )
+            contrast = augment.compartment_log_field(label, log_factors)
+            log_field = contrast if log_field is None else log_field + contrast
+        return log_field
 
     def __getitem__(self, key: Index) -> dict[str, torch.Tensor]:
         epoch, index = _split_index(key, self.epoch)
@@ -298,26 +315,13 @@ class CropDataset3D(Dataset):
             label = augment.flip(label, axes, spatial_dims=3)
             brain_mask = augment.flip(brain_mask, axes, spatial_dims=3)
             soft = None if soft is None else augment.flip(soft, axes, spatial_dims=3)
-            # Drawn only when used, so that a run without it draws the same crops as before.
-            if self.bias_field_prob > 0 and rng.random() < self.bias_field_prob:
-                spacing_vox = self.bias_field_spacing_mm / float(np.mean(case.spacing))
-                log_field = augment.draw_bias_field(
-                    rng,
-                    image.shape[0],
-                    image.shape[1:],
-                    strength=self.bias_field_strength,  # type: ignore[arg-type]
-                    spacing=spacing_vox,
-                )
+            log_field = self._draw_log_field(rng, case, label, image.shape[0])
+            if log_field is not None:
+                offsets = case.extra.get("mean_over_std")
+                if offsets is None or len(offsets) != image.shape[0]:
+                    offsets = [self.bias_field_offset] * image.shape[0]
                 image = augment.apply_bias_field(
-                    image, log_field, self._offsets(case, image.shape[0]), brain_mask=brain_mask
-                )
-            if self.compartment_contrast_prob > 0 and rng.random() < self.compartment_contrast_prob:
-                log_factors = augment.draw_compartment_contrast(
-                    rng, NUM_CLASSES - 1, image.shape[0], strength=self.compartment_contrast
-                )
-                log_field = augment.compartment_log_field(label, log_factors)
-                image = augment.apply_bias_field(
-                    image, log_field, self._offsets(case, image.shape[0]), brain_mask=brain_mask
+                    image, log_field, np.asarray(offsets, np.float32), brain_mask=brain_mask
                 )
             shifts, scales = augment.draw_intensity(
                 rng, image.shape[0], shift=self.intensity_shift, scale=self.intensity_scale
