@@ -54,10 +54,11 @@ REGIONS = ("wt", "tc", "et")
 #: run key -> (recipe, overrides): the same recipe but for sequence dropout and its fill.
 RUNS: dict[str, tuple[str, list[str]]] = {
     # The ordinary model with the dropout recipe's batch Dice, single stage-2 decoder at
-    # inference, 48^3 crops throughout, case balance 0.5 and nearest-neighbour labels
-    # (two_stage_missing_cpu keeps these; two_stage_cpu computes its Dice per crop, averages its
-    # two decoders and starts on 32^3 crops since 2026-11-27, and draws kinds of tumour equally
-    # and trains on soft targets since 2026-11-28): the runs differ in the dropout alone.
+    # inference, 48^3 crops throughout, case balance 0.5, nearest-neighbour labels and the last
+    # iterate's weights (two_stage_missing_cpu keeps these; two_stage_cpu computes its Dice per
+    # crop, averages its two decoders and starts on 32^3 crops since 2026-11-27, and draws kinds
+    # of tumour equally, trains on soft targets and averages its weights since 2026-11-28): the
+    # runs differ in the dropout alone.
     "ordinary": (
         "two_stage_cpu",
         [
@@ -67,6 +68,7 @@ RUNS: dict[str, tuple[str, list[str]]] = {
             "data.early_patch_end=0",
             "data.case_balance=0.5",
             "data.label_resampling=nearest",
+            "train.ema_width=0",
         ],
     ),
     "dropout_mask": ("two_stage_missing_cpu", []),  # the recipe's fill: mask

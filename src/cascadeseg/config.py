@@ -318,6 +318,10 @@ class TrainConfig:
         channels_last: use channels-last memory format.
         compile: ``torch.compile`` the model.
         tensorboard: also log to TensorBoard when it is installed.
+        ema_width: validate, keep and save (``best.pt``, snapshots) a moving average of the
+            weights instead of the last iterate: the power-function EMA whose profile has this
+            relative width (share of the run; :mod:`cascadeseg.training.averaging`), e.g. 0.1
+            for about the last quarter of the steps; 0 = off (both papers).
     """
 
     epochs: int = 405
@@ -339,6 +343,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     tensorboard: bool = True
+    ema_width: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,11 @@ RULES: dict[str, Rule] = {
     "train.checkpoint_every": NON_NEGATIVE_INT,
     "train.stage1_first": FRACTION_BELOW_ONE,
     "train.monitor": one_of("dice", "objective"),
+    # 0 (off) or a power-function EMA's relative width, at most sqrt(1/12) (the plain mean).
+    "train.ema_width": (
+        "0 (off) or a number in (0, 0.2886]",
+        lambda v: _is_finite(v) and 0 <= v <= math.sqrt(1.0 / 12.0),
+    ),
     "train.device": (
         "auto, cpu, cuda or cuda:N",
         lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,

@@ -150,3 +150,45 @@ def test_resume_keeps_the_stage1_first_phase(
     assert _losses(broken) == _losses(whole)
     with (broken / "metrics.csv").open() as fh:
         assert [float(r["stage1_only"]) for r in csv.DictReader(fh)] == [1.0, 0.0]
+
+
+def test_averaged_weights_are_saved_and_resumed(toy_data: Path, tmp_path: Path) -> None:
+    """``train.ema_width``: snapshots and ``best.pt`` hold the average, ``last.pt`` the raw
+    weights beside it, and a killed run resumed goes on to the same average."""
+    cfg = apply_overrides(resume_config(), ["train.ema_width=0.15"])
+    whole = train(cfg, toy_data, tmp_path / "whole", progress=False)
+    last = load_checkpoint(whole / "checkpoints" / "last.pt")
+    assert last["average"]["updates"] == 6
+    snapshots = list((whole / "checkpoints").glob("snapshot_*.pt"))
+    assert len(snapshots) == 1
+    snapshot = load_checkpoint(snapshots[0])
+    assert snapshot["config"]["train"]["ema_width"] == 0.15
+    differs = False
+    for key, value in last["average"]["model"].items():
+        assert torch.equal(value, snapshot["model"][key]), key
+        differs |= not torch.equal(value, last["model"][key])
+    assert differs, "the average equals the last iterate"
+
+    broken = tmp_path / "broken"
+    with pytest.raises(SimulatedKill):
+        train(cfg, toy_data, broken, progress=False, _stop_after_steps=5)
+    train(cfg, toy_data, broken, resume=True, progress=False)
+    resumed = load_checkpoint(broken / "checkpoints" / "last.pt")
+    assert _losses(broken) == _losses(whole)
+    for key, value in last["average"]["model"].items():
+        assert torch.equal(value, resumed["average"]["model"][key]), key
+
+
+def test_predict_from_last_pt_uses_the_average(toy_data: Path, tmp_path: Path) -> None:
+    """A run's ``last.pt`` loaded for inference gives the averaged weights, not the iterate."""
+    from cascadeseg.inference.loading import load_checkpoint_model
+
+    cfg = apply_overrides(resume_config(), ["train.ema_width=0.2"])
+    run = train(cfg, toy_data, tmp_path / "run", progress=False)
+    path = run / "checkpoints" / "last.pt"
+    last = load_checkpoint(path)
+    network = load_checkpoint_model(path).network
+    state = network.state_dict()
+    for key, value in last["average"]["model"].items():
+        assert torch.equal(state[key], value), key
+    assert any(not torch.equal(state[k], v) for k, v in last["model"].items())

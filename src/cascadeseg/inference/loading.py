@@ -34,7 +34,7 @@ from cascadeseg.data.preprocess import PreprocessConfig
 from cascadeseg.errors import ConfigError, ModelError
 from cascadeseg.inference.lesion_postprocess import check_min_lesion_voxels
 from cascadeseg.models import build_saved_model
-from cascadeseg.models.checkpoint import load_checkpoint
+from cascadeseg.models.checkpoint import inference_state, load_checkpoint
 from cascadeseg.models.outputs import region_probabilities
 
 OUTPUT_KINDS: tuple[str, ...] = ("regions", "labels", "cunet", "bfcn", "probabilities")
@@ -424,7 +424,7 @@ def _network_of_checkpoint(path: Path, ckpt: dict[str, Any]) -> nn.Module:
     except (TypeError, ValueError, KeyError) as exc:
         raise ModelError(f"{path}: cannot build model {name!r} ({exc})") from None
     try:
-        network.load_state_dict(ckpt["model"], strict=True)
+        network.load_state_dict(inference_state(path, ckpt), strict=True)
     except (RuntimeError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: weights do not fit model {name!r} ({first})") from None

@@ -17,6 +17,8 @@ key                content
 ``optimizer`` ...  optional training state: ``optimizer``, ``scheduler``, ``scaler``, ``rng``,
                    ``history``; absent from inference-only exports
 ``extra``          free-form dict (e.g. ``{"et_min_voxels": 120}``)
+``average``        in ``last.pt`` of a run with ``train.ema_width``: ``{"model": state_dict,
+                   "updates": N}``, the moving average of the weights, which inference uses
 =================  ============================================================================
 
 Run directory layout written by the trainer (``RUN_DIR``)::
@@ -26,6 +28,8 @@ Run directory layout written by the trainer (``RUN_DIR``)::
     checkpoints/last.pt      latest full checkpoint (used by --resume)
     checkpoints/best.pt      best validation mean Dice
     checkpoints/snapshot_E.pt  weights of the last N epochs (E = epoch, zero-padded to 4)
+                             (best.pt and snapshots hold the averaged weights with
+                             ``train.ema_width``)
     metrics.csv, curves.png  per-epoch log and plot
     postprocess.json         {"et_min_voxels": N} written by ``tune-postprocess``
 """
@@ -130,3 +134,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if key not in ckpt:
             raise ModelError(f"{path}: checkpoint lacks {key!r}")
     return ckpt
+
+
+def inference_state(path: str | Path, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The weights inference uses: the moving average a ``last.pt`` carries beside the last
+    iterate (``train.ema_width``; :mod:`cascadeseg.training.averaging`), else ``model``.
+
+    Raises:
+        ModelError: an ``average`` entry that is not ``{"model": {...}, ...}``.
+    """
+    average = ckpt.get("average")
+    if average is None:
+        return ckpt["model"]  # type: ignore[no-any-return]
+    if not isinstance(average, dict) or not isinstance(average.get("model"), dict):
+        raise ModelError(f"{path}: malformed 'average' entry (expected {{'model': weights}})")
+    return average["model"]  # type: ignore[no-any-return]

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from cascadeseg.config import Config, early_crop_size
 from cascadeseg.data.labels import REGIONS
+from cascadeseg.training.averaging import ema_share
 from cascadeseg.training.distributed import DistInfo
 from cascadeseg.training.run_state import RunState
 from cascadeseg.training.schedules import budget_seconds
@@ -252,6 +253,12 @@ def start_lines(
     crops = crop_line(cfg)
     if crops:
         lines.append(crops)
+    if cfg.train.ema_width:
+        lines.append(
+            f"weights: validated and saved as a moving average over about the last "
+            f"{ema_share(cfg.train.ema_width):.0%} of the steps (train.ema_width="
+            f"{cfg.train.ema_width:g})"
+        )
     if state.step:
         lines.append(f"resuming at epoch {state.epoch + 1}, step {state.step}")
     return lines

@@ -32,6 +32,7 @@ from cascadeseg.models.checkpoint import atomic_torch_save, make_checkpoint
 from cascadeseg.models.outputs import count_parameters
 from cascadeseg.runtime import autocast, resolve_precision, to_float32, tune_device
 from cascadeseg.training import distributed as dist_utils
+from cascadeseg.training.averaging import WeightAverage
 from cascadeseg.training.build import (
     build_optimizer,
     build_training_model,
@@ -223,6 +224,8 @@ class Session:
         self.loss_fn = build_loss(model, cfg.loss)
         self.optimizer = build_optimizer(model.parameters(), cfg.optim)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        #: The moving average of the weights (``train.ema_width``), ``None`` when off.
+        self.average = WeightAverage(model, cfg.train.ema_width) if cfg.train.ema_width else None
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         """Weights, optimiser, scaler, run state and RNG states of a resumed run."""
@@ -231,6 +234,8 @@ class Session:
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = RunState(**ckpt["state"])
+        if self.average is not None:
+            self.average.load_state_dict(ckpt["average"])
         set_rng_states(ckpt["rng"])
         reopen_if_extended(self.state, self.cfg.train)
 
@@ -328,6 +333,8 @@ class Session:
                 self.part_keys = None  # the loss reports other parts in the other phase
             state.stage1_only = stage1_only
         self.plain_model.set_stage1_only(state.stage1_only)  # type: ignore[operator]
+        if self.average is not None:
+            self.average.model.set_stage1_only(state.stage1_only)  # type: ignore[operator]
 
     def set_dropout(self, epoch: int) -> None:
         """Whether this epoch's samples may lose sequences: inside the window
@@ -482,6 +489,8 @@ class Session:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.average is not None:
+            self.average.update(self.plain_model)
         sums = self.state.epoch_sums
         sums["loss"] = sums.get("loss", 0.0) + result.loss
         for key, value in zip(self.part_keys or [], result.parts):
@@ -490,11 +499,17 @@ class Session:
 
     # ---------------------------------------------------------------- checkpoints
 
-    def _checkpoint(self, **fields: Any) -> dict[str, Any]:
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights validated and saved for inference: the moving average when
+        ``train.ema_width`` is set, else the model being trained."""
+        return self.model if self.average is None else self.average.model
+
+    def _checkpoint(self, model: torch.nn.Module, **fields: Any) -> dict[str, Any]:
         return make_checkpoint(
             model_name=self.cfg.model.name,
             model_args=saved_model_args(self.plain_model),
-            model_state=self.plain_model.state_dict(),
+            model_state=dist_utils.unwrap_model(model).state_dict(),
             config=to_dict(self.cfg),
             epoch=self.state.epoch,
             iteration=self.state.step,
@@ -506,7 +521,9 @@ class Session:
         if not self.main:
             return
         state = self.state
+        average = {} if self.average is None else {"average": self.average.state_dict()}
         full = self._checkpoint(
+            self.plain_model,
             optimizer=self.optimizer.state_dict(),
             scheduler={
                 "epoch": state.epoch,
@@ -517,12 +534,14 @@ class Session:
             rng=rng_states(),
             state=state.as_dict(),
             history=list(state.history),
+            **average,
         )
         atomic_torch_save(full, self.ckpt_dir / "last.pt")
 
     def save_weights(self, path: Path, extra: dict[str, Any]) -> None:
-        """An inference checkpoint (model, config, no optimiser state) at ``path``."""
-        atomic_torch_save(self._checkpoint(extra=extra), path)
+        """An inference checkpoint (the weights of :attr:`eval_model`, config, no optimiser
+        state) at ``path``."""
+        atomic_torch_save(self._checkpoint(self.eval_model, extra=extra), path)
 
     def close(self) -> None:
         """Close the logs (``steps.csv``, TensorBoard)."""

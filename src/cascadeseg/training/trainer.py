@@ -170,10 +170,11 @@ def _validation_values(session: Session, epoch: int) -> dict[str, float]:
     """Validation Dice and soft-Dice loss, and with ``train.monitor: objective`` the training
     objective on the validation cases; the model is back in train mode afterwards."""
     cfg, cases = session.cfg, session.data.val_cases
-    values = validate(session.model, cases, cfg, session.info, precision=session.precision)
+    model = session.eval_model
+    values = validate(model, cases, cfg, session.info, precision=session.precision)
     if cfg.train.monitor == "objective":
         values["val_objective"] = validation_objective(
-            session.model,
+            model,
             session.loss_fn,
             cases,
             cfg,
