@@ -1164,6 +1164,7 @@ EXTRA_PAGES = (
     ("results-missing-seeds.md", "Sequence dropout with all four sequences, over training seeds"),
     ("results-decoder-average.md", "Both decoders of stage 2 at inference"),
     ("results-early-crops.md", "Smaller crops first: more steps in the same minutes"),
+    ("results-weight-average.md", "Averaged weights: a moving average over the end of the run"),
 )
 
 

@@ -17,7 +17,9 @@ What happens, in order (rank 0 alone writes files and shows progress):
    the training objective on them with ``train.monitor: objective`` (``training.monitor``);
    early stopping watches the one ``train.monitor`` names (``data.split: all``: no validation);
 5. checkpoints (``checkpoints/last.pt`` every epoch and optionally every N iterations,
-   ``best.pt`` on the best mean validation Dice, ``snapshot_EEEE.pt`` for the last N epochs),
+   ``best.pt`` on the best mean validation Dice, ``snapshot_EEEE.pt`` for the last N epochs;
+   with ``train.ema_width`` validation, ``best.pt`` and the snapshots use the moving average of
+   the weights, ``training.averaging``),
    ``metrics.csv`` per epoch, ``steps.csv`` per iteration, TensorBoard when installed, and
    ``curves.png`` plus ``summary.json`` at the end. ``metrics.csv`` columns: ``epoch, step,
    lr, train_loss`` (the mean loss back-propagated), ``train_loss_<part>`` (the mean loss of one
