@@ -79,6 +79,9 @@ MISSING_FILLS = ("mask", "zero")
 LABEL_RESAMPLINGS = ("regions", "soft", "nearest")
 #: How a tumour-centred crop picks its centre (:func:`cascadeseg.data.augment.draw_crop_start`).
 FOREGROUND_SAMPLINGS = ("voxel", "region")
+#: The widest moving average of the weights, ``train.ema_width`` (:mod:`cascadeseg.training.
+#: averaging`): a power-function profile with ``gamma = 0``, the plain mean, ``sqrt(1 / 12)``.
+EMA_MAX_WIDTH = math.sqrt(1.0 / 12.0)
 
 RULES: dict[str, Rule] = {
     "data.target_spacing": optional(each(POSITIVE, (3,))),
@@ -157,10 +160,9 @@ RULES: dict[str, Rule] = {
     "train.checkpoint_every": NON_NEGATIVE_INT,
     "train.stage1_first": FRACTION_BELOW_ONE,
     "train.monitor": one_of("dice", "objective"),
-    # 0 (off) or a power-function EMA's relative width, at most sqrt(1/12) (the plain mean).
     "train.ema_width": (
-        "0 (off) or a number in (0, 0.2886]",
-        lambda v: _is_finite(v) and 0 <= v <= math.sqrt(1.0 / 12.0),
+        f"0 (off) or a number in (0, {math.floor(EMA_MAX_WIDTH * 1e4) / 1e4}]",
+        lambda v: _is_finite(v) and 0 <= v <= EMA_MAX_WIDTH,
     ),
     "train.device": (
         "auto, cpu, cuda or cuda:N",

@@ -28,9 +28,11 @@ import math
 import torch
 from torch import nn
 
+from cascadeseg.config_rules import EMA_MAX_WIDTH
+
 #: The widest profile a power-function EMA reaches with ``gamma >= 0`` (gamma = 0: the plain
-#: mean of all the iterates), ``sqrt(1 / 12)``.
-MAX_WIDTH = math.sqrt(1.0 / 12.0)
+#: mean of all the iterates), ``sqrt(1 / 12)``; the config rule of ``train.ema_width`` reads it.
+MAX_WIDTH = EMA_MAX_WIDTH
 
 
 def width_of_gamma(gamma: float) -> float:
@@ -50,7 +52,8 @@ def gamma_for_width(sigma_rel: float) -> float:
     """
     if not 0.0 < sigma_rel <= MAX_WIDTH:
         raise ValueError(f"sigma_rel must be in (0, {MAX_WIDTH:.4f}], got {sigma_rel}")
-    # width_of_gamma falls monotonically on [0, inf): bisect in log space.
+    # width_of_gamma falls monotonically on [0, inf): double ``high`` until it brackets
+    # sigma_rel, then bisect.
     low, high = 0.0, 1.0
     while width_of_gamma(high) > sigma_rel:
         low, high = high, high * 2.0
