@@ -20,6 +20,13 @@ ET and their mean; the differences) and ``seeds.md`` (the tables; ``records.json
 run's record as it ends), prints the tables, and exits 1 when a run failed (the others are still
 scored; each run's log is in ``missing_seeds/logs``). A finished training run is reused when the
 command is run again with the same settings.
+
+``--from-records`` trains nothing: it summarises every run ``records.jsonl`` holds (the latest
+record per run and seed; ``--seeds`` and ``--runs`` select), so the seeds of several invocations
+on one ``--out`` come together in one ``seeds.json`` (give the study's settings as when training:
+the records do not keep them)::
+
+    python experiments/missing_seeds.py --out experiments/out/missing32 --from-records
 """
 
 from __future__ import annotations
@@ -47,13 +54,18 @@ REGIONS = ("wt", "tc", "et")
 #: The issue's allowance: the dropout model may lose at most this much mean Dice.
 ALLOWED_LOSS = 0.01
 DROPOUT_RECIPE = "two_stage_missing_cpu"
+DEFAULT_SEEDS = (0, 1, 2)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The shared study options (``--seed`` unused), the runs, seeds, device and parallelism."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common.add_settings_arguments(parser)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None,
+        help=f"training seeds (default {' '.join(map(str, DEFAULT_SEEDS))}; with "
+        "--from-records: every seed recorded)",
+    )  # fmt: skip
     parser.add_argument(
         "--runs", nargs="+", default=list(DEFAULT_RUNS),
         help="runs to train per seed: ordinary, dropout_mask, dropout_zero or a --variant name",
@@ -70,6 +82,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument(
+        "--from-records", action="store_true",
+        help="train nothing: summarise the runs recorded in <out>/missing_seeds/records.jsonl",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -289,32 +305,67 @@ def table(records: list[dict], runs: list[str], summary: dict[str, Any]) -> str:
     return "\n".join(lines) + f"\n\n{note}{BASELINE} with every sequence)\n"
 
 
+def recorded(path: Path, runs: list[str], seeds: list[int] | None) -> list[dict]:
+    """The latest record per (run, seed) in a ``records.jsonl`` (in file order: a run trained
+    again replaces its earlier record), of ``runs`` and, unless ``None``, ``seeds``.
+
+    Raises:
+        RuntimeError: no such file, or a line that is not JSON.
+    """
+    if not path.is_file():
+        raise RuntimeError(f"{path}: no records (run the study first)")
+    latest: dict[tuple[int, str], dict] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise RuntimeError(f"{path}, line {number}: not JSON ({error.msg})") from None
+        if record.get("run") in runs and (seeds is None or record.get("seed") in seeds):
+            latest[(record["seed"], record["run"])] = record
+    return [latest[key] for key in sorted(latest, key=lambda k: (k[0], runs.index(k[1])))]
+
+
+def train_all(
+    settings: common.Settings, specs: dict[str, tuple[str, list[str]]], args: argparse.Namespace
+) -> list[dict]:
+    """Every (run, seed) of ``args``: the data, then the runs ``--parallel`` at a time."""
+    common.banner("missing seeds: data")
+    common.prepare_data(settings)
+    warm_cache(settings, specs)
+    seeds = args.seeds or list(DEFAULT_SEEDS)
+    jobs = [(key, seed) for seed in seeds for key in specs]
+    common.banner(f"missing seeds: {len(jobs)} runs, {args.parallel} at a time on {args.device}")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        return list(
+            pool.map(lambda job: one_run(settings, job[0], specs[job[0]], job[1], args), jobs)
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = common.settings_from_args(args)
     specs = run_specs(args)
-    common.banner("missing seeds: data")
-    common.prepare_data(settings)
-    warm_cache(settings, specs)
-    jobs = [(key, seed) for seed in args.seeds for key in specs]
-    common.banner(f"missing seeds: {len(jobs)} runs, {args.parallel} at a time on {args.device}")
+    out = settings.out / "missing_seeds"
     start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        records = list(
-            pool.map(lambda job: one_run(settings, job[0], specs[job[0]], job[1], args), jobs)
-        )
+    if args.from_records:
+        records = recorded(out / "records.jsonl", list(specs), args.seeds)
+    else:
+        records = train_all(settings, specs, args)
     summary = compare(records, list(specs))
     given = sys.argv[1:] if argv is None else argv
-    out = settings.out / "missing_seeds"
     result = {
         "study": "missing_seeds",
         "command": "python experiments/missing_seeds.py " + shlex.join(given),
         "settings": settings.as_dict(),
-        "environment": common.environment(),
+        # summarised from records: the machine that trained is not this one
+        "environment": None if args.from_records else common.environment(),
+        "from_records": args.from_records,
         "device": args.device,
         "parallel": args.parallel,
         "threads": args.threads,
-        "wall_minutes": (time.perf_counter() - start) / 60,
+        "wall_minutes": None if args.from_records else (time.perf_counter() - start) / 60,
         "runs": records,
         "summary": summary,
     }

@@ -154,3 +154,40 @@ def test_an_unfinished_run_is_trained_again_and_a_finished_one_reused(
     assert failing["error"] == "cascadeseg train exited 1: boom" and "dice" not in failing
     lines = (tmp_path / "missing_seeds" / "records.jsonl").read_text().splitlines()
     assert [json.loads(line)["run"] for line in lines] == ["dropout_mask"] * 2 + ["ordinary"]
+
+
+def test_summary_from_the_records_of_several_invocations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--from-records`` trains nothing: the latest record per run and seed, of every seed the
+    file holds (or ``--seeds``), makes ``seeds.json`` and the tables."""
+    folder = tmp_path / "missing_seeds"
+    folder.mkdir()
+    lines = [
+        _record("ordinary", 6, _dice(0.90)),
+        _record("dropout_mask", 6, _dice(0.89)),
+        _record("dropout_mask", 7, None),  # failed, then trained again below: the later counts
+        _record("ordinary", 7, _dice(0.80)),
+        _record("other", 7, _dice(0.1)),  # a run not asked for
+        _record("dropout_mask", 7, _dice(0.78)),
+    ]
+    text = "\n".join(json.dumps(r) for r in lines) + "\n\n"
+    (folder / "records.jsonl").write_text(text)
+    missing_seeds.main(["--out", str(tmp_path), "--from-records"])
+    result = json.loads((folder / "seeds.json").read_text())
+    assert [(r["run"], r["seed"]) for r in result["runs"]] == [
+        ("ordinary", 6), ("dropout_mask", 6), ("ordinary", 7), ("dropout_mask", 7)
+    ]  # fmt: skip
+    mine = result["summary"]["dropout_mask"]
+    assert mine["paired_seeds"] == 2 and mine["difference"]["mean"] == pytest.approx(-0.015)
+    assert result["from_records"] is True and result["environment"] is None
+    assert "| 7 | 0.800 | 0.780 |" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()  # no training
+    missing_seeds.main(["--out", str(tmp_path), "--from-records", "--seeds", "7"])
+    result = json.loads((folder / "seeds.json").read_text())
+    assert {r["seed"] for r in result["runs"]} == {7}
+    (folder / "records.jsonl").write_text("{not json\n")
+    with pytest.raises(RuntimeError, match="line 1: not JSON"):
+        missing_seeds.main(["--out", str(tmp_path), "--from-records"])
+    with pytest.raises(RuntimeError, match="no records"):
+        missing_seeds.main(["--out", str(tmp_path / "elsewhere"), "--from-records"])

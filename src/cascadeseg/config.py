@@ -106,6 +106,8 @@ class DataConfig:
             as both papers). Beyond the papers: SynthSeg draws every label's intensities, this
             changes them mildly (:func:`cascadeseg.data.augment.compartment_log_field`).
         compartment_contrast: the factors are uniform in ``[1 - this, 1 + this]``.
+        compartment_contrast_channels: how many sequences of the crop, drawn at random, get
+            factors (the others keep their contrasts); 0: all four.
         slice_context: neighbouring slices on each side added as extra channels (2D; 0 = off).
         drop_empty_slices: fraction of tumour-free slices dropped each epoch (CU-Net: about 0.3).
         cache_dir: where preprocessed cases are cached (``None``: ``<data>/.cascadeseg_cache``).
@@ -168,6 +170,7 @@ class DataConfig:
     bias_field_spacing_mm: float = 60.0
     compartment_contrast_prob: float = 0.0
     compartment_contrast: float = 0.2
+    compartment_contrast_channels: int = 0
     slice_context: int = 0
     drop_empty_slices: float = 0.3
     cache_dir: str | None = None

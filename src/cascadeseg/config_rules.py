@@ -104,6 +104,7 @@ RULES: dict[str, Rule] = {
     "data.bias_field_spacing_mm": POSITIVE,
     "data.compartment_contrast_prob": PROBABILITY,
     "data.compartment_contrast": ("a number in [0, 1)", lambda v: _is_finite(v) and 0 <= v < 1),
+    "data.compartment_contrast_channels": ("0 to 4", lambda v: _is_int(v) and 0 <= v <= 4),
     "data.slice_context": NON_NEGATIVE_INT,
     "data.drop_empty_slices": PROBABILITY,
     "data.num_workers": NON_NEGATIVE_INT,

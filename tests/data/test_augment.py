@@ -305,3 +305,22 @@ def test_draw_compartment_contrast_range_and_refusal() -> None:
     assert np.ptp(logs) > 0.1  # independent factors, not one for all
     with pytest.raises(ValueError, match="strength"):
         augment.draw_compartment_contrast(np.random.default_rng(0), 3, 4, strength=1.0)
+
+
+@pytest.mark.parametrize("changed", [1, 2, 3])
+def test_draw_compartment_contrast_changes_only_some_channels(changed: int) -> None:
+    touched = set()
+    for seed in range(40):
+        logs = augment.draw_compartment_contrast(
+            np.random.default_rng(seed), 3, 4, strength=0.2, changed=changed
+        )
+        moved = np.flatnonzero(np.any(logs != 0, axis=0))
+        assert len(moved) == changed  # the other channels keep factor 1 (log 0) exactly
+        touched.update(moved.tolist())
+    assert touched == {0, 1, 2, 3}  # which channels is drawn, not fixed
+    # 0 and as many as there are channels: all of them
+    for all_ in (0, 4):
+        logs = augment.draw_compartment_contrast(np.random.default_rng(1), 3, 4, changed=all_)
+        assert np.all(logs != 0)
+    with pytest.raises(ValueError, match="changed"):
+        augment.draw_compartment_contrast(np.random.default_rng(0), 3, 4, changed=-1)

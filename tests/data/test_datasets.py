@@ -255,6 +255,22 @@ def test_compartment_contrast_in_crops(cases: list[Preprocessed]) -> None:
         assert not torch.equal(a["image"], plain[(0, i)]["image"])  # the field is there
 
 
+def test_compartment_contrast_on_some_channels(cases: list[Preprocessed]) -> None:
+    fixed = {"intensity_shift": 0.0, "intensity_scale": (1.0, 1.0)}
+    plain = CropDataset3D(cases, patch_size=(12, 12, 12), foreground_prob=1.0, seed=4, **fixed)
+    one = CropDataset3D(
+        cases, patch_size=(12, 12, 12), foreground_prob=1.0, seed=4,
+        compartment_contrast_prob=1.0, compartment_contrast=0.3,
+        compartment_contrast_channels=1, **fixed,
+    )  # fmt: skip
+    for i in range(4):
+        a, c = plain[(0, i)], one[(0, i)]
+        assert torch.equal(a["label"], c["label"])
+        tumour = a["label"] > 0
+        moved = ((a["image"] - c["image"]).abs() > 1e-5)[:, tumour].any(dim=1)  # (C,)
+        assert int(moved.sum()) == 1  # one sequence changed, the other three as they were
+
+
 # ---------------------------------------------------------------------------------------------
 # the patch size against the volumes and the memory
 

@@ -343,6 +343,9 @@ def test_bias_field_settings_are_checked(toy_data: Path, tmp_path: Path) -> None
     # 2D models train on slices: 3D-only settings refused before any preprocessing
     with pytest.raises(ConfigError, match="compartment_contrast "):
         train(tiny_config("data.compartment_contrast=1"), toy_data, tmp_path / "g", progress=False)
+    with pytest.raises(ConfigError, match="compartment_contrast_channels"):
+        cfg = tiny_config("data.compartment_contrast_channels=5")
+        train(cfg, toy_data, tmp_path / "h", progress=False)
     for name, setting in (
         ("d", "data.bias_field_prob=0.5"),
         ("e", "data.label_resampling=soft"),

@@ -173,7 +173,12 @@ def apply_bias_field(
 
 
 def draw_compartment_contrast(
-    rng: np.random.Generator, compartments: int, channels: int, *, strength: float = 0.2
+    rng: np.random.Generator,
+    compartments: int,
+    channels: int,
+    *,
+    strength: float = 0.2,
+    changed: int = 0,
 ) -> np.ndarray:
     """Log intensity factors of each tumour compartment in each channel.
 
@@ -182,13 +187,20 @@ def draw_compartment_contrast(
         compartments: number of tumour labels (3: necrosis/non-enhancing core, edema, enhancing).
         channels: number of image channels.
         strength: each factor is uniform in ``[1 - strength, 1 + strength]`` (0 <= strength < 1).
+        changed: how many channels, drawn at random, get factors (the others keep factor 1);
+            0: all of them.
 
     Returns:
         ``(compartments, channels)`` float32 natural logarithms of the factors.
     """
     if not 0 <= strength < 1:
         raise ValueError(f"strength must be in [0, 1), got {strength}")
+    if changed < 0:
+        raise ValueError(f"changed must be >= 0, got {changed}")
     factors = rng.uniform(1 - strength, 1 + strength, size=(compartments, channels))
+    if 0 < changed < channels:
+        kept = rng.choice(channels, size=channels - changed, replace=False)
+        factors[:, kept] = 1.0
     return np.log(factors).astype(np.float32)
 
 

@@ -140,6 +140,7 @@ class CropDataset3D(Dataset):
             (:func:`augment.compartment_log_field`; multiplied with the bias field, before the
             shift and scale).
         compartment_contrast: the factors are uniform in ``[1 - this, 1 + this]``.
+        compartment_contrast_channels: how many channels, drawn per crop, get factors (0: all).
         sequence_dropout: drop sequences of each crop and fill them
             (:class:`cascadeseg.data.missing.SequenceDropout`; with the ``mask`` fill the crop
             gets 4 availability channels); ``None``: off.
@@ -171,6 +172,7 @@ class CropDataset3D(Dataset):
         bias_field_offset: float = DEFAULT_MEAN_OVER_STD,
         compartment_contrast_prob: float = 0.0,
         compartment_contrast: float = 0.2,
+        compartment_contrast_channels: int = 0,
         sequence_dropout: SequenceDropout | None = None,
         case_balance: float = 0.0,
         early_patch_size: Sequence[int] | None = None,
@@ -209,6 +211,7 @@ class CropDataset3D(Dataset):
         self.bias_field_offset = float(bias_field_offset)
         self.compartment_contrast_prob = float(compartment_contrast_prob)
         self.compartment_contrast = float(compartment_contrast)
+        self.compartment_contrast_channels = int(compartment_contrast_channels)
         self.sequence_dropout = sequence_dropout
         self.kinds = [case_balance_.case_kind(c.label) for c in self.cases]  # type: ignore[arg-type]  # labels checked above
         self.case_weights = (
@@ -286,7 +289,11 @@ class CropDataset3D(Dataset):
             )
         if self.compartment_contrast_prob > 0 and rng.random() < self.compartment_contrast_prob:
             log_factors = augment.draw_compartment_contrast(
-                rng, NUM_CLASSES - 1, channels, strength=self.compartment_contrast
+                rng,
+                NUM_CLASSES - 1,
+                channels,
+                strength=self.compartment_contrast,
+                changed=self.compartment_contrast_channels,
             )
             contrast = augment.compartment_log_field(label, log_factors)
             log_field = contrast if log_field is None else log_field + contrast

@@ -225,6 +225,7 @@ def _train_dataset(
             bias_field_spacing_mm=data_cfg.bias_field_spacing_mm,
             compartment_contrast_prob=data_cfg.compartment_contrast_prob,
             compartment_contrast=data_cfg.compartment_contrast,
+            compartment_contrast_channels=data_cfg.compartment_contrast_channels,
             sequence_dropout=dropout,
             case_balance=data_cfg.case_balance,
             early_patch_size=early_crop_size(data_cfg),
