@@ -1165,6 +1165,7 @@ EXTRA_PAGES = (
     ("results-decoder-average.md", "Both decoders of stage 2 at inference"),
     ("results-early-crops.md", "Smaller crops first: more steps in the same minutes"),
     ("results-weight-average.md", "Averaged weights: a moving average over the end of the run"),
+    ("results-bias-field.md", "Another generator's cases: the bias field, not the steps"),
 )
 
 
