@@ -100,6 +100,14 @@ class DataConfig:
             (:func:`cascadeseg.data.augment.apply_bias_field`).
         bias_field_strength: range of the standard deviation of the log field.
         bias_field_spacing_mm: distance between the field's control points (mm).
+        bias_field_groups: groups of channel numbers (0 FLAIR, 1 T1, 2 T1ce, 3 T2) that share
+            one field, e.g. ``[[1, 2]]``: T1 and T1ce, acquired before and after contrast in
+            one session, get the same field, and the enhancement (T1ce over T1) is kept; the
+            other channels each get their own. Empty (default): every channel its own.
+        bias_field_early_only: the field on the early crops alone (the first
+            ``early_patch_end`` of the run, at ``early_patch_size``; needs them): the run ends
+            on crops whose fields are the cases' own, as ``sequence_dropout_end`` ends it on
+            complete samples.
         compartment_contrast_prob: probability that a training crop's tumour compartments
             (necrosis or non-enhancing core, edema, enhancing tumour) each have their
             intensities multiplied by their own random factor per sequence (3D crops; 0 = off,
@@ -168,6 +176,8 @@ class DataConfig:
     bias_field_prob: float = 0.0
     bias_field_strength: tuple[float, float] = (0.05, 0.2)
     bias_field_spacing_mm: float = 60.0
+    bias_field_groups: tuple[tuple[int, ...], ...] = ()
+    bias_field_early_only: bool = False
     compartment_contrast_prob: float = 0.0
     compartment_contrast: float = 0.2
     compartment_contrast_channels: int = 0

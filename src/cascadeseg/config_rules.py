@@ -61,6 +61,18 @@ def each(rule: Rule, lengths: tuple[int, ...] = ()) -> Rule:
     )
 
 
+def _disjoint_channel_groups(value: Any) -> bool:
+    """Lists of channel numbers 0-3, no channel in two of them (``data.bias_field_groups``)."""
+    if not isinstance(value, (list, tuple)):
+        return False
+    seen: list[Any] = []
+    for group in value:
+        if not isinstance(group, (list, tuple)):
+            return False
+        seen.extend(group)
+    return all(_is_int(c) and 0 <= c <= 3 for c in seen) and len(set(seen)) == len(seen)
+
+
 def one_of(*choices: str) -> Rule:
     """One of ``choices`` (strings)."""
     return (f"one of {', '.join(choices)}", lambda v: v in choices)
@@ -102,6 +114,10 @@ RULES: dict[str, Rule] = {
         lambda v: all(_is_finite(x) for x in v) and 0 <= v[0] <= v[1],
     ),
     "data.bias_field_spacing_mm": POSITIVE,
+    "data.bias_field_groups": (
+        "a list of lists of channel numbers 0-3, each channel in one list at most",
+        _disjoint_channel_groups,
+    ),
     "data.compartment_contrast_prob": PROBABILITY,
     "data.compartment_contrast": ("a number in [0, 1)", lambda v: _is_finite(v) and 0 <= v < 1),
     "data.compartment_contrast_channels": ("0 to 4", lambda v: _is_int(v) and 0 <= v <= 4),
@@ -276,6 +292,8 @@ def _check_early_patch(data: Any) -> None:
     if size is None:
         if end != 0:
             raise ConfigError(f"data.early_patch_end={end} needs data.early_patch_size")
+        if data.bias_field_early_only:
+            raise ConfigError("data.bias_field_early_only needs data.early_patch_size")
         return
     if end <= 0:
         raise ConfigError(

@@ -272,6 +272,26 @@ def test_draw_bias_field_strength_and_smoothness() -> None:
         augment.draw_bias_field(rng, 1, (8, 8))
 
 
+def test_bias_field_groups_share_a_field() -> None:
+    # channels 1 and 2 (T1, T1ce) share one field: equal everywhere, so their ratio is kept
+    shape = (12, 12, 12)
+    field = augment.draw_bias_field(np.random.default_rng(5), 4, shape, groups=[[1, 2]])
+    assert field.shape == (4, *shape) and field.dtype == np.float32
+    np.testing.assert_array_equal(field[1], field[2])
+    for a, b in ((0, 1), (0, 3), (1, 3)):
+        assert not np.allclose(field[a], field[b])  # the others each their own
+    # one group of all: a single field; no groups: the draws of before (a seed's crops kept)
+    one = augment.draw_bias_field(np.random.default_rng(5), 4, shape, groups=[[3, 0, 1, 2]])
+    assert all(np.array_equal(one[0], one[c]) for c in range(1, 4))
+    plain = augment.draw_bias_field(np.random.default_rng(5), 4, shape)
+    np.testing.assert_array_equal(
+        plain, augment.draw_bias_field(np.random.default_rng(5), 4, shape, groups=[[2]])
+    )
+    for bad in ([[1, 4]], [[1, 2], [2, 3]], [[-1]]):
+        with pytest.raises(ValueError, match="groups"):
+            augment.draw_bias_field(np.random.default_rng(5), 4, shape, groups=bad)
+
+
 def test_compartment_contrast_by_hand() -> None:
     # labels 1 and 3 in a line of voxels; hard masks: each compartment gets its own factor
     label = np.array([0, 1, 1, 2, 3, 3, 0])

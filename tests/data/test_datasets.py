@@ -215,6 +215,40 @@ def test_bias_field_augmentation_in_crops(cases: list[Preprocessed]) -> None:
         assert same(c, on[(0, i)])  # deterministic
     # the recorded mean/std of each channel is what the field acts on
     assert len(cases[0].extra["mean_over_std"]) == 4
+    # T1 and T1ce under one field: the same crop, and their field (read back from the image)
+    # the same wherever the brain is
+    fixed = {"intensity_shift": 0.0, "intensity_scale": (1.0, 1.0), "flip_prob": 0.0}
+    bare = CropDataset3D(cases, patch_size=(12, 12, 12), foreground_prob=1.0, seed=4, **fixed)
+    shared = CropDataset3D(
+        cases, patch_size=(12, 12, 12), foreground_prob=1.0, seed=4, bias_field_prob=1.0,
+        bias_field_spacing_mm=10.0, bias_field_groups=[[1, 2]], **fixed,
+    )  # fmt: skip
+    for i in range(3):  # item i crops case i
+        a, c = bare[(0, i)], shared[(0, i)]
+        k = torch.tensor(cases[i].extra["mean_over_std"], dtype=torch.float32)[:, None, None, None]
+        assert torch.equal(a["label"], c["label"])
+        inside = c["brain_mask"] & ((a["image"] + k).abs() > 0.1).all(dim=0)
+        ratio = ((c["image"] + k) / (a["image"] + k))[:, inside]  # exp(field) per channel
+        torch.testing.assert_close(ratio[1], ratio[2], rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(ratio[0], ratio[1], rtol=1e-3)
+
+
+def test_bias_field_on_early_crops_only(cases: list[Preprocessed]) -> None:
+    # keys (epoch, index, dropout flag, early flag): the field on the early crops alone
+    def dataset(prob: float, early_only: bool) -> CropDataset3D:
+        return CropDataset3D(
+            cases, patch_size=(12, 12, 12), early_patch_size=(8, 8, 8), foreground_prob=0.3,
+            seed=4, bias_field_prob=prob, bias_field_spacing_mm=10.0,
+            bias_field_early_only=early_only,
+        )  # fmt: skip
+
+    plain, early_only, always = dataset(0.0, False), dataset(1.0, True), dataset(1.0, False)
+    for i in range(3):
+        late, early = (0, i, 1, 0), (0, i, 1, 1)
+        assert same(early_only[late], plain[late])  # no field, nothing else drawn
+        assert same(early_only[early], always[early])  # the field, as without the flag
+        assert early_only[early]["image"].shape[1:] == (8, 8, 8)
+        assert not torch.equal(early_only[early]["image"], plain[early]["image"])
 
 
 def test_compartment_contrast_in_crops(cases: list[Preprocessed]) -> None:

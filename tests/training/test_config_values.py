@@ -36,6 +36,8 @@ BAD_VALUES = [
     ("data.bias_field_prob=.nan", "data.bias_field_prob must be a probability"),
     ("data.crop_overhang=0.7", "data.crop_overhang must be a number in [0, 0.5]"),
     ("data.bias_field_strength=[0.3,0.1]", "data.bias_field_strength must be [low, high]"),
+    ("data.bias_field_groups=[[1,2],[2,3]]", "data.bias_field_groups must be a list of lists"),
+    ("data.bias_field_groups=[[0,4]]", "data.bias_field_groups must be a list of lists"),
     ("data.n4_channels=[0,4]", "data.n4_channels must be a list of channel numbers 0-3"),
     ("data.n4_iterations=[]", "data.n4_iterations must be a list of positive integers"),
     ("data.num_workers=-1", "data.num_workers must be an integer >= 0"),

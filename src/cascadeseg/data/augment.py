@@ -104,13 +104,16 @@ def draw_bias_field(
     *,
     strength: tuple[float, float] = (0.05, 0.2),
     spacing: float = 30.0,
+    groups: Sequence[Sequence[int]] = (),
 ) -> np.ndarray:
-    """Smooth log bias field, one per channel, of a random strength.
+    """Smooth log bias field, one per channel or per group of channels, of a random strength.
 
     The field is a cubic B-spline of Gaussian control points ``spacing`` voxels apart (the
     synthetic generator's own bias model, :func:`cascadeseg.data.smooth_fields.smooth_noise`),
-    scaled per channel to a standard deviation drawn from ``strength``. The field is stationary,
-    so a field drawn on a crop is distributed as the crop of a field drawn on the whole volume.
+    scaled to a standard deviation drawn from ``strength``. The field is stationary, so a field
+    drawn on a crop is distributed as the crop of a field drawn on the whole volume. Channels
+    of one group get the same field (same shape, same strength): their ratio, e.g. T1ce over
+    T1 where contrast agent enhances, is left as it was.
 
     Args:
         rng: the generator.
@@ -119,16 +122,37 @@ def draw_bias_field(
         strength: range of the standard deviation of the log field (0.2: the field's 95th
             percentile is about 1.4 times its median).
         spacing: distance between control points in voxels (larger: smoother).
+        groups: disjoint groups of channel numbers that share one field; every channel in
+            no group has its own.
 
     Returns:
         ``(channels, X, Y, Z)`` float32 log field (multiply the intensities by its exponential).
     """
     if len(shape) != 3:
         raise ValueError(f"the bias field is 3D; got a spatial shape {tuple(shape)}")
-    stds = rng.uniform(strength[0], strength[1], size=channels).astype(np.float32)
-    field_ = smooth_noise(rng, shape, spacing=spacing, channels=channels)
-    field_ *= stds.reshape((channels,) + (1,) * len(shape))
-    return field_
+    owner = _field_owners(channels, groups)
+    fields = int(owner.max()) + 1
+    stds = rng.uniform(strength[0], strength[1], size=fields).astype(np.float32)
+    field_ = smooth_noise(rng, shape, spacing=spacing, channels=fields)
+    field_ *= stds.reshape((fields,) + (1,) * len(shape))
+    return field_ if fields == channels else field_[owner]
+
+
+def _field_owners(channels: int, groups: Sequence[Sequence[int]]) -> np.ndarray:
+    """``(channels,)`` int: which of the drawn fields each channel takes, numbered in order of
+    each field's first channel (no groups: ``0, 1, ..., channels - 1``)."""
+    group_of: dict[int, int] = {}
+    for g, group in enumerate(groups):
+        for c in group:
+            if not 0 <= c < channels or c in group_of:
+                raise ValueError(f"bias field groups {groups}: channel {c} out of range or twice")
+            group_of[c] = g
+    owner = np.empty(channels, np.int64)
+    first: dict[tuple[str, int], int] = {}
+    for c in range(channels):
+        key = ("group", group_of[c]) if c in group_of else ("channel", c)
+        owner[c] = first.setdefault(key, len(first))
+    return owner
 
 
 def apply_bias_field(

@@ -133,6 +133,8 @@ class CropDataset3D(Dataset):
         bias_field_strength: range of the standard deviation of the log field.
         bias_field_spacing_mm: distance between the field's control points (mm; converted
             with each case's voxel size).
+        bias_field_groups: groups of channels that share one field (``augment.draw_bias_field``).
+        bias_field_early_only: the field on the early crops (``early_patch_size``) alone.
         bias_field_offset: ``mean / std`` of a channel's brain intensities, used for cases
             whose preprocessing did not record it (``extra["mean_over_std"]``).
         compartment_contrast_prob: probability that a crop's tumour compartments (labels 1 to 3)
@@ -169,6 +171,8 @@ class CropDataset3D(Dataset):
         bias_field_prob: float = 0.0,
         bias_field_strength: tuple[float, float] = (0.05, 0.2),
         bias_field_spacing_mm: float = 60.0,
+        bias_field_groups: Sequence[Sequence[int]] = (),
+        bias_field_early_only: bool = False,
         bias_field_offset: float = DEFAULT_MEAN_OVER_STD,
         compartment_contrast_prob: float = 0.0,
         compartment_contrast: float = 0.2,
@@ -208,6 +212,8 @@ class CropDataset3D(Dataset):
         self.bias_field_prob = float(bias_field_prob)
         self.bias_field_strength = tuple(bias_field_strength)
         self.bias_field_spacing_mm = float(bias_field_spacing_mm)
+        self.bias_field_groups = tuple(tuple(int(c) for c in g) for g in bias_field_groups)
+        self.bias_field_early_only = bool(bias_field_early_only)
         self.bias_field_offset = float(bias_field_offset)
         self.compartment_contrast_prob = float(compartment_contrast_prob)
         self.compartment_contrast = float(compartment_contrast)
@@ -272,20 +278,23 @@ class CropDataset3D(Dataset):
         return tuple(int(s) for s in np.asarray(start) - offset)
 
     def _draw_log_field(
-        self, rng: np.random.Generator, case: Preprocessed, label: np.ndarray, channels: int
+        self, rng: np.random.Generator, case: Preprocessed, label: np.ndarray, early: bool
     ) -> np.ndarray | None:
-        """The crop's multiplicative log field, ``(channels, *label.shape)``: a bias field
-        and a contrast per tumour compartment, each drawn with its probability (their logs
-        add); ``None`` when neither is drawn. Each is drawn only when its probability is above
-        0, so that a run without it draws the same crops as before."""
-        log_field = None
-        if self.bias_field_prob > 0 and rng.random() < self.bias_field_prob:
+        """The crop's multiplicative log field, ``(C, *label.shape)``: a bias field
+        (on early crops only with ``bias_field_early_only``) and a contrast per tumour
+        compartment, each drawn with its probability (their logs add); ``None`` when neither is
+        drawn. Each is drawn only when its probability is above 0, so that a run without it
+        draws the same crops as before."""
+        log_field, channels = None, case.image.shape[0]
+        field_on = early or not self.bias_field_early_only
+        if field_on and self.bias_field_prob > 0 and rng.random() < self.bias_field_prob:
             log_field = augment.draw_bias_field(
                 rng,
                 channels,
                 label.shape,
                 strength=self.bias_field_strength,  # type: ignore[arg-type]
                 spacing=self.bias_field_spacing_mm / float(np.mean(case.spacing)),
+                groups=self.bias_field_groups,
             )
         if self.compartment_contrast_prob > 0 and rng.random() < self.compartment_contrast_prob:
             log_factors = augment.draw_compartment_contrast(
@@ -322,7 +331,7 @@ class CropDataset3D(Dataset):
             label = augment.flip(label, axes, spatial_dims=3)
             brain_mask = augment.flip(brain_mask, axes, spatial_dims=3)
             soft = None if soft is None else augment.flip(soft, axes, spatial_dims=3)
-            log_field = self._draw_log_field(rng, case, label, image.shape[0])
+            log_field = self._draw_log_field(rng, case, label, early)
             if log_field is not None:
                 offsets = case.extra.get("mean_over_std")
                 if offsets is None or len(offsets) != image.shape[0]:

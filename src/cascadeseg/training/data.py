@@ -223,6 +223,8 @@ def _train_dataset(
             bias_field_prob=data_cfg.bias_field_prob,
             bias_field_strength=data_cfg.bias_field_strength,
             bias_field_spacing_mm=data_cfg.bias_field_spacing_mm,
+            bias_field_groups=data_cfg.bias_field_groups,
+            bias_field_early_only=data_cfg.bias_field_early_only,
             compartment_contrast_prob=data_cfg.compartment_contrast_prob,
             compartment_contrast=data_cfg.compartment_contrast,
             compartment_contrast_channels=data_cfg.compartment_contrast_channels,
