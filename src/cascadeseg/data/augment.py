@@ -141,18 +141,15 @@ def draw_bias_field(
 def _field_owners(channels: int, groups: Sequence[Sequence[int]]) -> np.ndarray:
     """``(channels,)`` int: which of the drawn fields each channel takes, numbered in order of
     each field's first channel (no groups: ``0, 1, ..., channels - 1``)."""
-    group_of: dict[int, int] = {}
-    for g, group in enumerate(groups):
+    first = np.arange(channels)  # each channel's field, named by its first channel
+    grouped: set[int] = set()
+    for group in groups:
         for c in group:
-            if not 0 <= c < channels or c in group_of:
+            if not 0 <= c < channels or c in grouped:
                 raise ValueError(f"bias field groups {groups}: channel {c} out of range or twice")
-            group_of[c] = g
-    owner = np.empty(channels, np.int64)
-    first: dict[tuple[str, int], int] = {}
-    for c in range(channels):
-        key = ("group", group_of[c]) if c in group_of else ("channel", c)
-        owner[c] = first.setdefault(key, len(first))
-    return owner
+            grouped.add(c)
+            first[c] = min(group)
+    return np.unique(first, return_inverse=True)[1].astype(np.int64)
 
 
 def apply_bias_field(
