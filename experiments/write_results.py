@@ -1166,6 +1166,7 @@ EXTRA_PAGES = (
     ("results-early-crops.md", "Smaller crops first: more steps in the same minutes"),
     ("results-weight-average.md", "Averaged weights: a moving average over the end of the run"),
     ("results-bias-field.md", "Another generator's cases: the bias field, not the steps"),
+    ("results-core-levers.md", "Cores without ET: the core's weight, erased enhancement"),
 )
 
 

@@ -116,6 +116,11 @@ class DataConfig:
         compartment_contrast: the factors are uniform in ``[1 - this, 1 + this]``.
         compartment_contrast_channels: how many sequences of the crop, drawn at random, get
             factors (the others keep their contrasts); 0: all four.
+        enhancement_erase_prob: probability that a training crop's enhancing tumour loses its
+            enhancement (T1ce there replaced by T1 on T1ce's scale) and is labelled
+            non-enhancing core, so cores without enhancement are met in more crops than the
+            few such cases give (3D crops; 0 = off, as both papers;
+            :func:`cascadeseg.data.augment.erase_enhancement`).
         slice_context: neighbouring slices on each side added as extra channels (2D; 0 = off).
         drop_empty_slices: fraction of tumour-free slices dropped each epoch (CU-Net: about 0.3).
         cache_dir: where preprocessed cases are cached (``None``: ``<data>/.cascadeseg_cache``).
@@ -181,6 +186,7 @@ class DataConfig:
     compartment_contrast_prob: float = 0.0
     compartment_contrast: float = 0.2
     compartment_contrast_channels: int = 0
+    enhancement_erase_prob: float = 0.0
     slice_context: int = 0
     drop_empty_slices: float = 0.3
     cache_dir: str | None = None
@@ -228,6 +234,8 @@ class LossConfig:
             ``dice_eps`` so an empty region predicted empty scores 1).
         dice_batch: pool the Dice sums over the batch (nnU-Net's batch Dice; paper: per sample).
         bce_weight: weight of a region-wise binary cross-entropy added to the Dice (paper: 0).
+        region_weights: factors of the ``[WT, TC, ET]`` loss terms, Dice and cross-entropy alike
+            (paper: ``[1, 1, 1]``, a plain sum; region losses only).
         lws: loss weighted sampling for CU-Net (Eqs. 1-3); off = plain cross-entropy over brain.
         lws_alpha: contour weight alpha (CU-Net: 2).
         lws_beta: positive/negative balance beta (CU-Net: 1.5).
@@ -245,6 +253,7 @@ class LossConfig:
     dice_smooth_nr: float = 0.0
     dice_batch: bool = False
     bce_weight: float = 0.0
+    region_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     lws: bool = True
     lws_alpha: float = 2.0
     lws_beta: float = 1.5

@@ -121,6 +121,7 @@ RULES: dict[str, Rule] = {
     "data.compartment_contrast_prob": PROBABILITY,
     "data.compartment_contrast": ("a number in [0, 1)", lambda v: _is_finite(v) and 0 <= v < 1),
     "data.compartment_contrast_channels": ("0 to 4", lambda v: _is_int(v) and 0 <= v <= 4),
+    "data.enhancement_erase_prob": PROBABILITY,
     "data.slice_context": NON_NEGATIVE_INT,
     "data.drop_empty_slices": PROBABILITY,
     "data.num_workers": NON_NEGATIVE_INT,
@@ -142,6 +143,10 @@ RULES: dict[str, Rule] = {
     "loss.dice_eps": NON_NEGATIVE,
     "loss.dice_smooth_nr": NON_NEGATIVE,
     "loss.bce_weight": NON_NEGATIVE,
+    "loss.region_weights": (
+        "a list of 3 numbers >= 0, not all 0",
+        lambda v: each(NON_NEGATIVE, (3,))[1](v) and any(x > 0 for x in v),
+    ),
     "loss.lws_alpha": NON_NEGATIVE,
     "loss.lws_beta": POSITIVE,
     "loss.contour_width": NON_NEGATIVE_INT,

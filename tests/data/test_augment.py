@@ -306,6 +306,62 @@ def test_compartment_contrast_by_hand() -> None:
     np.testing.assert_allclose(out * 2.0 + 4.0, raw * np.exp(expected), rtol=1e-5)
 
 
+def _enhancing_crop() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 10^3 crop: T1 random, T1ce = 0.5 * T1 + 0.3 outside the tumour, ET bright (5) in a
+    3^3 block, necrosis (label 1) in another, edema (2) around; the brain all but one slab."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(4, 10, 10, 10)).astype(np.float32)
+    image[2] = 0.5 * image[1] + 0.3
+    label = np.zeros((10, 10, 10), np.int64)
+    label[2:8, 2:8, 2:8] = 2
+    label[3:6, 3:6, 3:6] = 3
+    label[6:8, 6:8, 6:8] = 1
+    image[2][label == 3] = 5.0
+    brain = np.ones((10, 10, 10), bool)
+    brain[9] = False
+    return image, label, brain
+
+
+def test_erase_enhancement_by_hand() -> None:
+    image, label, brain = _enhancing_crop()
+    kept = (image.copy(), label.copy())
+    out, new_label, soft = augment.erase_enhancement(image, label, None, brain, t1=1, t1ce=2)
+    assert soft is None
+    et = label == 3
+    # T1ce in the enhancing tumour is T1 on T1ce's scale (the fit on the healthy voxels)
+    np.testing.assert_allclose(out[2][et], 0.5 * image[1][et] + 0.3, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(out[2][~et], image[2][~et])
+    np.testing.assert_array_equal(out[[0, 1, 3]], image[[0, 1, 3]])
+    # ET becomes non-enhancing core: labels 1 where it was, WT and TC unchanged
+    np.testing.assert_array_equal(new_label, np.where(et, 1, label))
+    # the inputs are untouched
+    np.testing.assert_array_equal(image, kept[0])
+    np.testing.assert_array_equal(label, kept[1])
+
+
+def test_erase_enhancement_weights_partial_volumes_and_keeps_other_crops() -> None:
+    image, label, brain = _enhancing_crop()
+    soft = np.zeros((3, 10, 10, 10), np.uint8)
+    soft[0][label > 0] = 255
+    soft[1][(label == 1) | (label == 3)] = 255
+    soft[2][label == 3] = 255
+    soft[2][5, 5, 6] = 51  # a fifth of this voxel (outside the hard ET block) is ET
+    out, _, new_soft = augment.erase_enhancement(image, label, soft, brain, t1=1, t1ce=2)
+    assert new_soft is not None and not new_soft[2].any()
+    np.testing.assert_array_equal(new_soft[:2], soft[:2])  # WT and TC fractions kept
+    plain = 0.5 * image[1, 5, 5, 6] + 0.3
+    expected = image[2, 5, 5, 6] + 0.2 * (plain - image[2, 5, 5, 6])
+    assert out[2, 5, 5, 6] == pytest.approx(expected, rel=1e-5)
+    # too few healthy voxels to fit: the identity (T1ce = T1 in the tumour)
+    out, _, _ = augment.erase_enhancement(image, label, None, brain, t1=1, t1ce=2,
+                                          min_fit_voxels=10**4)  # fmt: skip
+    np.testing.assert_allclose(out[2][label == 3], image[1][label == 3], atol=1e-6)
+    # a crop without enhancing tumour comes back as it was, the same arrays
+    no_et = np.where(label == 3, 1, label)
+    back = augment.erase_enhancement(image, no_et, None, brain, t1=1, t1ce=2)
+    assert back[0] is image and back[1] is no_et and back[2] is None
+
+
 def test_compartment_contrast_fades_over_the_border() -> None:
     label = np.zeros((21, 21, 21), np.int64)
     label[6:15, 6:15, 6:15] = 1  # the border between voxels 5 and 6

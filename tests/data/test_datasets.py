@@ -6,13 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from cascadeseg.data.datasets import (
-    CropDataset3D,
-    SliceDataset2D,
-    make_loader,
-    set_loader_epoch,
-)
+from cascadeseg.data.datasets import CropDataset3D, SliceDataset2D
 from cascadeseg.data.labels import label_to_regions
+from cascadeseg.data.loaders import make_loader, set_loader_epoch
 from cascadeseg.data.preprocess import Preprocessed, preprocess_case
 from cascadeseg.errors import InputError
 from toy import make_tiny_case
@@ -249,6 +245,28 @@ def test_bias_field_on_early_crops_only(cases: list[Preprocessed]) -> None:
         assert same(early_only[early], always[early])  # the field, as without the flag
         assert early_only[early]["image"].shape[1:] == (8, 8, 8)
         assert not torch.equal(early_only[early]["image"], plain[early]["image"])
+
+
+def test_enhancement_erasure_in_crops(cases: list[Preprocessed]) -> None:
+    fixed = {"intensity_shift": 0.0, "intensity_scale": (1.0, 1.0)}
+    kwargs = {"patch_size": (12, 12, 12), "foreground_prob": 1.0, "seed": 4, **fixed}
+    plain = CropDataset3D(cases, **kwargs)
+    off = CropDataset3D(cases, enhancement_erase_prob=0.0, **kwargs)
+    on = CropDataset3D(cases, enhancement_erase_prob=1.0, **kwargs)
+    erased = 0
+    for i in range(3):  # item i crops case i; case 2 has no enhancing tumour
+        a, b, c = plain[(0, i)], off[(0, i)], on[(0, i)]
+        assert same(a, b)  # probability 0 draws nothing: the same crops as before
+        et = a["label"] == 3
+        assert torch.equal(a["brain_mask"], c["brain_mask"])  # the same crop
+        assert torch.equal(c["label"], torch.where(et, 1, a["label"]))
+        assert torch.equal(c["regions"][:2], a["regions"][:2]) and not c["regions"][2].any()
+        assert torch.equal(c["image"][[0, 1, 3]], a["image"][[0, 1, 3]])
+        changed = (c["image"][2] != a["image"][2]).any().item()
+        assert changed == bool(et.any())  # only T1ce, only in a crop with ET
+        erased += int(changed)
+        assert same(c, on[(0, i)])  # deterministic
+    assert erased == 2
 
 
 def test_compartment_contrast_in_crops(cases: list[Preprocessed]) -> None:

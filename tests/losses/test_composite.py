@@ -268,6 +268,32 @@ def test_two_stage_loss_smoothing_penalises_false_positives_on_empty_crops() -> 
     assert float(loss.detach()) == pytest.approx(dice + bce, rel=1e-5)
 
 
+def test_two_stage_loss_region_weights_scale_dice_and_cross_entropy_alike() -> None:
+    """``loss.region_weights`` multiplies each region's Dice and BCE terms, in every stage."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 6, 6, 6, generator=gen)
+    target = (torch.rand(2, 3, 6, 6, 6, generator=gen) > 0.6).float()
+    kwargs = {"eps": 1.0, "smooth_nr": 1.0, "bce_weight": 3.0}
+    output = FakeTwoStageOutput(logits, logits * 0.5, logits - 1.0)
+
+    def per_region(out: torch.Tensor) -> torch.Tensor:
+        """Each region's loss alone: the full loss of that one region's channel."""
+        single = TwoStageLoss(**kwargs)
+        return torch.stack(
+            [single.region_loss(out[:, r : r + 1], target[:, r : r + 1]) for r in range(3)]
+        )
+
+    weights = (0.5, 2.0, 1.5)
+    loss, _ = TwoStageLoss(**kwargs, region_weights=weights)(output, {"regions": target})
+    expected = sum(float(per_region(out) @ torch.tensor(weights)) for out in output)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    plain, _ = TwoStageLoss(**kwargs)(output, {"regions": target})
+    ones, _ = TwoStageLoss(**kwargs, region_weights=(1.0, 1.0, 1.0))(output, {"regions": target})
+    assert float(ones) == pytest.approx(float(plain), rel=1e-6)
+    built = build_loss(SimpleNamespace(output_kind="regions"), LossConfig(region_weights=weights))
+    assert isinstance(built, TwoStageLoss) and built.region_weights == weights
+
+
 def test_every_trainable_output_kind_has_one_loss() -> None:
     assert set(LOSS_FOR_KIND) == set(OUTPUT_KINDS) - {"probabilities"}
     for name in available_models():

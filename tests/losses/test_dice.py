@@ -50,6 +50,18 @@ def test_region_dice_loss_hand_computed() -> None:
     assert loss.item() == pytest.approx(1.5, rel=1e-5)
 
 
+def test_region_weights_multiply_each_regions_term() -> None:
+    # The hand example's terms WT 1/3, TC 1/2, ET 2/3; TC twice and ET not at all:
+    # 1/3 + 2 * 1/2 + 0 * 2/3 = 4/3. All ones is the plain sum (1.5).
+    logits, target = _two_stage_example()
+    weighted = region_dice_loss(logits, target, region_weights=(1.0, 2.0, 0.0))
+    assert weighted.item() == pytest.approx(4 / 3, rel=1e-5)
+    ones = region_dice_loss(logits, target, region_weights=(1.0, 1.0, 1.0))
+    assert ones.item() == pytest.approx(region_dice_loss(logits, target).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="2 region weights for 3 regions"):
+        region_dice_loss(logits, target, region_weights=(1.0, 2.0))
+
+
 def test_mean_over_batch_and_batch_dice() -> None:
     logits, target = _two_stage_example()
     perfect = 30.0 * (2 * target - 1)

@@ -350,6 +350,7 @@ def test_bias_field_settings_are_checked(toy_data: Path, tmp_path: Path) -> None
         ("d", "data.bias_field_prob=0.5"),
         ("e", "data.label_resampling=soft"),
         ("f", "data.compartment_contrast_prob=0.5"),
+        ("i", "data.enhancement_erase_prob=0.5"),
     ):
         with pytest.raises(ConfigError, match="2D slices"):
             cfg = tiny_config("model.name=unet2d", "model.args={}", setting)

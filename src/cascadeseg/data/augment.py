@@ -18,7 +18,9 @@ Beyond the papers, an optional smooth multiplicative bias field (:func:`draw_bia
 on raw intensities) teaches a short training run that a smooth brightening is not tumour, and
 an optional contrast change per tumour compartment (:func:`draw_compartment_contrast`,
 :func:`compartment_log_field`; SynthSeg's intensities drawn per label, in a mild form) teaches it
-that no one sequence's contrast between core and edema is fixed.
+that no one sequence's contrast between core and edema is fixed. An optional erasure of the
+enhancement (:func:`erase_enhancement`) turns a crop of an enhancing tumour into one whose core
+does not enhance, the kind of core a short run meets in few cases.
 """
 
 from __future__ import annotations
@@ -253,6 +255,61 @@ def compartment_log_field(
         weight = ndimage.gaussian_filter(mask, sigma, mode="nearest") if sigma > 0 else mask
         field_ += logs[expand] * weight[None]
     return field_
+
+
+def erase_enhancement(
+    image: np.ndarray,
+    label: np.ndarray,
+    soft: np.ndarray | None,
+    brain_mask: np.ndarray,
+    *,
+    t1: int,
+    t1ce: int,
+    min_fit_voxels: int = 200,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The crop as if no contrast agent had reached its enhancing tumour.
+
+    Contrast enhancement is the only difference between T1ce and T1 in healthy tissue, so T1ce
+    without it is T1 on T1ce's scale: inside the enhancing tumour, T1ce becomes ``a * T1 + b``,
+    fitted by least squares on the crop's brain voxels outside the tumour (the two sequences are
+    z-scored separately and carry different fields); elsewhere it stays. The enhancing tumour is
+    relabelled non-enhancing core (label 1), so WT and TC are unchanged and ET is empty: the
+    crop shows a core without enhancement, found from the other sequences, as in lower-grade
+    gliomas. With region fractions (``soft``), the ET fraction of each voxel is the weight of
+    the replacement (partial volumes at the rim's border).
+
+    Args:
+        image: ``(C, *spatial)`` float32 z-scored crop.
+        label: ``(*spatial)`` internal labels (3: enhancing tumour).
+        soft: ``(3, *spatial)`` uint8 region fractions ``[WT, TC, ET]`` (x255) or ``None``.
+        brain_mask: ``(*spatial)`` bool.
+        t1, t1ce: the channels of T1 and T1ce.
+        min_fit_voxels: below this many healthy brain voxels the fit is the identity.
+
+    Returns:
+        ``(image, label, soft)``: new arrays where changed, the inputs where the crop holds no
+        enhancing tumour.
+    """
+    et = (label == 3) if soft is None else soft[2] > 0
+    if not et.any():
+        return image, label, soft
+    weight = et.astype(np.float32) if soft is None else soft[2].astype(np.float32) / 255
+    healthy = brain_mask & (label == 0)
+    slope, offset = 1.0, 0.0
+    if int(healthy.sum()) >= min_fit_voxels:
+        x, y = image[t1][healthy], image[t1ce][healthy]
+        var = float(x.var())
+        if var > 1e-6:
+            slope = float(((x - x.mean()) * (y - y.mean())).mean()) / var
+            offset = float(y.mean()) - slope * float(x.mean())
+    image = image.copy()
+    plain = np.float32(slope) * image[t1] + np.float32(offset)
+    image[t1ce] += weight * (plain - image[t1ce])
+    label = np.where(label == 3, np.asarray(1, label.dtype), label)
+    if soft is not None:
+        soft = soft.copy()
+        soft[2] = 0
+    return image, label, soft
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,9 +5,10 @@ index])``, never from a global or per-worker generator. The same (seed, epoch, i
 same sample whatever the number of loader workers, and a resumed run draws the same crops.
 
 The epoch reaches the items in two ways: :meth:`set_epoch` on the dataset (used when items are
-fetched with an integer index), and the samplers of :func:`make_loader`, which hand the workers
-``(epoch, index)`` pairs, so persistent workers (which hold a copy of the dataset made at start)
-follow the epoch too. Call :func:`set_loader_epoch` at the start of every epoch.
+fetched with an integer index), and keys that carry it, ``(epoch, index, ...)``, handed to the
+workers by a sampler (:mod:`cascadeseg.training.data` for training,
+:func:`cascadeseg.data.loaders.make_loader` for a plain loader), so persistent workers (which
+hold a copy of the dataset made at start) follow the epoch too.
 
 Items are dicts of tensors:
 
@@ -22,16 +23,16 @@ Items are dicts of tensors:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset
 
 from cascadeseg.config_rules import FOREGROUND_SAMPLINGS
 from cascadeseg.data import augment
 from cascadeseg.data import case_balance as case_balance_
+from cascadeseg.data.case import MODALITIES
 from cascadeseg.data.labels import NUM_CLASSES, label_to_regions
 from cascadeseg.data.missing import SequenceDropout
 from cascadeseg.data.preprocess import Preprocessed
@@ -47,6 +48,7 @@ Index = int | tuple[int, int] | tuple[int, int, int] | tuple[int, int, int, int]
 #: ``Preprocessed`` built by hand rather than by ``preprocess_case``; cache entries of older
 #: formats are rebuilt). Measured 2.7-3.9 (mean 3.2) on synthetic cases at 2 mm.
 DEFAULT_MEAN_OVER_STD = 3.0
+_T1, _T1CE = MODALITIES.index("t1"), MODALITIES.index("t1ce")
 
 
 def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -143,6 +145,8 @@ class CropDataset3D(Dataset):
             shift and scale).
         compartment_contrast: the factors are uniform in ``[1 - this, 1 + this]``.
         compartment_contrast_channels: how many channels, drawn per crop, get factors (0: all).
+        enhancement_erase_prob: probability that a crop's enhancing tumour loses its enhancement
+            and becomes non-enhancing core (:func:`augment.erase_enhancement`; before the fields).
         sequence_dropout: drop sequences of each crop and fill them
             (:class:`cascadeseg.data.missing.SequenceDropout`; with the ``mask`` fill the crop
             gets 4 availability channels); ``None``: off.
@@ -177,6 +181,7 @@ class CropDataset3D(Dataset):
         compartment_contrast_prob: float = 0.0,
         compartment_contrast: float = 0.2,
         compartment_contrast_channels: int = 0,
+        enhancement_erase_prob: float = 0.0,
         sequence_dropout: SequenceDropout | None = None,
         case_balance: float = 0.0,
         early_patch_size: Sequence[int] | None = None,
@@ -218,6 +223,7 @@ class CropDataset3D(Dataset):
         self.compartment_contrast_prob = float(compartment_contrast_prob)
         self.compartment_contrast = float(compartment_contrast)
         self.compartment_contrast_channels = int(compartment_contrast_channels)
+        self.enhancement_erase_prob = float(enhancement_erase_prob)
         self.sequence_dropout = sequence_dropout
         self.kinds = [case_balance_.case_kind(c.label) for c in self.cases]  # type: ignore[arg-type]  # labels checked above
         self.case_weights = (
@@ -331,6 +337,10 @@ class CropDataset3D(Dataset):
             label = augment.flip(label, axes, spatial_dims=3)
             brain_mask = augment.flip(brain_mask, axes, spatial_dims=3)
             soft = None if soft is None else augment.flip(soft, axes, spatial_dims=3)
+            if self.enhancement_erase_prob > 0 and rng.random() < self.enhancement_erase_prob:
+                image, label, soft = augment.erase_enhancement(
+                    image, label, soft, brain_mask, t1=_T1, t1ce=_T1CE
+                )
             log_field = self._draw_log_field(rng, case, label, early)
             if log_field is not None:
                 offsets = case.extra.get("mean_over_std")
@@ -480,118 +490,3 @@ class SliceDataset2D(Dataset):
             brain_mask = augment.flip(brain_mask, axes, spatial_dims=2)
         image = _drop_sequences(self.sequence_dropout, rng, image, key)
         return _to_item(image, label, brain_mask, case_index, None)
-
-
-# --------------------------------------------------------------------------------------------
-# Samplers and loaders
-
-
-class EpochSampler(Sampler):
-    """Yields ``(epoch, index)`` pairs from a base sampler, so workers know the epoch.
-
-    Without shuffling the order is ``0..n-1``; with it, a permutation drawn from
-    ``default_rng([seed, epoch])`` (a function of the epoch only, so a resumed run repeats it).
-    A base sampler with ``set_epoch`` (``DistributedSampler``) is told the epoch too.
-    """
-
-    def __init__(
-        self,
-        dataset: Dataset,
-        *,
-        shuffle: bool,
-        seed: int = 0,
-        epoch: int = 0,
-        base: Sampler | None = None,
-    ) -> None:
-        self.dataset = dataset
-        self.shuffle = shuffle
-        self.seed = int(seed)
-        self.base = base
-        self.epoch = 0
-        self.set_epoch(epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        if self.base is not None and hasattr(self.base, "set_epoch"):
-            self.base.set_epoch(self.epoch)
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(self.epoch)
-
-    def _indices(self) -> Iterator[int]:
-        if self.base is not None:
-            return iter(self.base)
-        n = len(self.dataset)  # type: ignore[arg-type]
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
-            return iter(int(i) for i in order)
-        return iter(range(n))
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        for index in self._indices():
-            yield (epoch, int(index))
-
-    def __len__(self) -> int:
-        if self.base is not None:
-            return len(self.base)  # type: ignore[arg-type]
-        return len(self.dataset)  # type: ignore[arg-type]
-
-
-def make_loader(
-    dataset: Dataset,
-    batch_size: int,
-    num_workers: int = 2,
-    shuffle: bool = True,
-    seed: int = 0,
-    epoch: int = 0,
-    distributed: bool = False,
-    *,
-    drop_last: bool = False,
-) -> DataLoader:
-    """A ``DataLoader`` whose items depend only on (seed, epoch, index).
-
-    With ``distributed`` and ``torch.distributed`` initialised, each process reads its own
-    share through ``DistributedSampler`` (shuffled with ``seed + epoch`` by torch). Workers are
-    persistent (started once, not every epoch); memory is pinned when CUDA is available. Call
-    :func:`set_loader_epoch` at the start of each epoch.
-
-    Args:
-        dataset: a :class:`CropDataset3D` / :class:`SliceDataset2D` (or any map-style dataset
-            accepting ``(epoch, index)`` keys).
-        batch_size: items per batch (per process).
-        num_workers: loader worker processes (0: in the main process).
-        shuffle: shuffle the order each epoch.
-        seed: seed of the order.
-        epoch: the first epoch (a resumed run passes the epoch it resumes at).
-        distributed: split the data over the processes of an initialised process group.
-        drop_last: drop the last incomplete batch.
-    """
-    base: Sampler | None = None
-    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
-        base = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-    sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed, epoch=epoch, base=base)
-    # The loader's own generator seeds the workers' torch RNG; a private one keeps the global
-    # torch RNG (model init, dropout) untouched by the number of epochs or workers.
-    generator = torch.Generator().manual_seed(int(seed))
-    options: dict[str, Any] = {}
-    if num_workers > 0:
-        options = {"persistent_workers": True, "prefetch_factor": 2}
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=drop_last,
-        generator=generator,
-        **options,
-    )
-
-
-def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    """Tell a loader made by :func:`make_loader` (its sampler and dataset) the epoch."""
-    sampler = loader.sampler
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-    elif hasattr(loader.dataset, "set_epoch"):
-        loader.dataset.set_epoch(epoch)

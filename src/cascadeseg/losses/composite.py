@@ -36,7 +36,7 @@ from torch import Tensor
 from cascadeseg.config import LossConfig
 from cascadeseg.data.labels import NUM_CLASSES, REGION_LABELS
 from cascadeseg.errors import ModelError
-from cascadeseg.losses.dice import region_dice_loss
+from cascadeseg.losses.dice import region_dice_loss, weighted_region_sum
 from cascadeseg.losses.lws import lws_regions, sample_weights, weighted_cross_entropy
 from cascadeseg.models.protocol import SegmentationNetwork
 
@@ -135,6 +135,8 @@ class TwoStageLoss:
         smooth_nr: Dice numerator smoothing (paper: 0).
         batch_dice: pool the Dice sums over the batch (paper: per sample).
         bce_weight: weight of the added binary cross-entropy (paper: 0).
+        region_weights: factors of the ``[WT, TC, ET]`` terms, Dice and cross-entropy alike
+            (paper: all 1, a plain sum; ``None`` = all 1).
     """
 
     def __init__(
@@ -145,8 +147,10 @@ class TwoStageLoss:
         smooth_nr: float = 0.0,
         batch_dice: bool = False,
         bce_weight: float = 0.0,
+        region_weights: Sequence[float] | None = None,
     ) -> None:
         self.interp_decoder_weight = interp_decoder_weight
+        self.region_weights = None if region_weights is None else tuple(region_weights)
         self.eps = eps
         self.smooth_nr = smooth_nr
         self.batch_dice = batch_dice
@@ -155,14 +159,21 @@ class TwoStageLoss:
     def region_loss(self, logits: Tensor, target: Tensor) -> Tensor:
         """Loss of one ``(B, 3, ...)`` region-logit output against ``(B, 3, ...)`` targets."""
         loss = region_dice_loss(
-            logits, target, eps=self.eps, smooth_nr=self.smooth_nr, batch_dice=self.batch_dice
+            logits,
+            target,
+            eps=self.eps,
+            smooth_nr=self.smooth_nr,
+            batch_dice=self.batch_dice,
+            region_weights=self.region_weights,
         )
         if self.bce_weight:
             # Summed over the three regions like the Dice term, averaged over voxels; fp32.
             bce = F.binary_cross_entropy_with_logits(
                 logits.float(), target.float(), reduction="none"
             )
-            loss = loss + self.bce_weight * bce.mean(dim=tuple(range(2, bce.ndim))).sum(1).mean()
+            per_region = bce.mean(dim=tuple(range(2, bce.ndim)))
+            bce_sum = weighted_region_sum(per_region, self.region_weights).mean()
+            loss = loss + self.bce_weight * bce_sum
         return loss
 
     def __call__(
@@ -195,6 +206,7 @@ def _regions_loss(loss_cfg: LossConfig) -> TwoStageLoss:
         smooth_nr=loss_cfg.dice_smooth_nr,
         batch_dice=loss_cfg.dice_batch,
         bce_weight=loss_cfg.bce_weight,
+        region_weights=loss_cfg.region_weights,
     )
 
 

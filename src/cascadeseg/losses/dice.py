@@ -25,6 +25,8 @@ the paper's loss and stays the default; ``smooth_nr > 0`` adds a numerator term 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -73,6 +75,7 @@ def region_dice_loss(
     eps: float = 1e-5,
     smooth_nr: float = 0.0,
     batch_dice: bool = False,
+    region_weights: Sequence[float] | None = None,
 ) -> Tensor:
     """Sum over regions of ``1 - soft Dice`` (two-stage paper Eq. 2), averaged over the batch.
 
@@ -86,11 +89,26 @@ def region_dice_loss(
         eps: denominator epsilon of Eq. 2.
         smooth_nr: numerator smoothing (see the module docstring; 0 = the paper).
         batch_dice: pool the Dice sums over the batch instead of per sample.
+        region_weights: one factor per region multiplying its ``1 - Dice`` term (``None``: all 1,
+            the paper's plain sum).
 
     Returns:
-        Scalar loss in ``[0, R]`` (0 = perfect).
+        Scalar loss in ``[0, sum(region_weights)]`` (0 = perfect).
     """
     with torch.autocast(device_type=logits.device.type, enabled=False):
         probs = torch.sigmoid(logits.float())
         dice = soft_dice_per_region(probs, target, eps, smooth_nr=smooth_nr, batch_dice=batch_dice)
-        return (1.0 - dice).sum(dim=1).mean()
+        return weighted_region_sum(1.0 - dice, region_weights).mean()
+
+
+def weighted_region_sum(per_region: Tensor, region_weights: Sequence[float] | None) -> Tensor:
+    """``(B, R)`` per-region losses summed over regions, each times its weight: ``(B,)``.
+
+    ``None`` sums them plainly; otherwise ``region_weights`` must hold ``R`` numbers.
+    """
+    if region_weights is None:
+        return per_region.sum(dim=1)
+    if len(region_weights) != per_region.shape[1]:
+        raise ValueError(f"{len(region_weights)} region weights for {per_region.shape[1]} regions")
+    weights = torch.as_tensor(region_weights, dtype=per_region.dtype, device=per_region.device)
+    return (per_region * weights).sum(dim=1)

@@ -90,7 +90,7 @@ def prepare_data(cfg: Config, data: Path, info: DistInfo, *, progress: bool = Tr
     if not split["train"]:
         raise InputError(f"{data}: the split leaves no training case ({len(by_id)} cases)")
     spatial_dims = model_spatial_dims(cfg.model.name)
-    for key in ("bias_field_prob", "compartment_contrast_prob"):
+    for key in ("bias_field_prob", "compartment_contrast_prob", "enhancement_erase_prob"):
         if spatial_dims != 3 and getattr(cfg.data, key) > 0:
             raise ConfigError(
                 f"data.{key}: the augmentation is for 3D crops; "
@@ -228,6 +228,7 @@ def _train_dataset(
             compartment_contrast_prob=data_cfg.compartment_contrast_prob,
             compartment_contrast=data_cfg.compartment_contrast,
             compartment_contrast_channels=data_cfg.compartment_contrast_channels,
+            enhancement_erase_prob=data_cfg.enhancement_erase_prob,
             sequence_dropout=dropout,
             case_balance=data_cfg.case_balance,
             early_patch_size=early_crop_size(data_cfg),
@@ -255,7 +256,7 @@ class EpochSampler(Sampler[tuple[int, ...]]):
     ``cascadeseg.data.datasets`` draw each item from ``(seed, epoch, index)`` also in persistent
     workers.
 
-    ``cascadeseg.data.datasets.make_loader`` (DistributedSampler) has neither fixed-length
+    ``cascadeseg.data.loaders.make_loader`` (DistributedSampler) has neither fixed-length
     epochs (``train.iters_per_epoch``) nor a mid-epoch start, which an exact resume needs;
     hence this sampler.
     """
