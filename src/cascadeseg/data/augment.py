@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from cascadeseg.data.labels import label_to_regions
+from cascadeseg.data.labels import BACKGROUND, ET, NCR, REGIONS, label_to_regions
 from cascadeseg.data.smooth_fields import smooth_noise
 
 # --------------------------------------------------------------------------------------------
@@ -290,11 +290,12 @@ def erase_enhancement(
         ``(image, label, soft)``: new arrays where changed, the inputs where the crop holds no
         enhancing tumour.
     """
-    et = (label == 3) if soft is None else soft[2] > 0
+    et_region = REGIONS.index("ET")
+    et = (label == ET) if soft is None else soft[et_region] > 0
     if not et.any():
         return image, label, soft
-    weight = et.astype(np.float32) if soft is None else soft[2].astype(np.float32) / 255
-    healthy = brain_mask & (label == 0)
+    weight = et.astype(np.float32) if soft is None else soft[et_region].astype(np.float32) / 255
+    healthy = brain_mask & (label == BACKGROUND)
     slope, offset = 1.0, 0.0
     if int(healthy.sum()) >= min_fit_voxels:
         x, y = image[t1][healthy], image[t1ce][healthy]
@@ -305,10 +306,10 @@ def erase_enhancement(
     image = image.copy()
     plain = np.float32(slope) * image[t1] + np.float32(offset)
     image[t1ce] += weight * (plain - image[t1ce])
-    label = np.where(label == 3, np.asarray(1, label.dtype), label)
+    label = np.where(label == ET, np.asarray(NCR, label.dtype), label)
     if soft is not None:
         soft = soft.copy()
-        soft[2] = 0
+        soft[et_region] = 0
     return image, label, soft
 
 
