@@ -13,7 +13,7 @@ from cascadeseg.config import early_crop_size
 from cascadeseg.data import datasets
 from cascadeseg.data.preprocess import preprocess_case
 from cascadeseg.errors import ConfigError
-from cascadeseg.training.data import EpochSampler
+from cascadeseg.training.data import TrainingSampler
 from cascadeseg.training.logs import crop_line
 from cascadeseg.training.trainer import train
 from toy import make_tiny_case
@@ -70,7 +70,7 @@ def test_early_crops_are_refused_for_2d_models(tmp_path: Path) -> None:
 def test_sampler_keys_say_early_after_the_dropout_flag(
     dropout_on: bool, early: bool, flags: tuple[int, ...]
 ) -> None:
-    sampler = EpochSampler(5, 3, seed=0)
+    sampler = TrainingSampler(5, 3, seed=0)
     sampler.set_epoch(2, dropout_on=dropout_on, early=early)
     keys = list(sampler)
     assert len(keys) == 3

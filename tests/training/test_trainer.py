@@ -23,7 +23,7 @@ from cascadeseg.models.checkpoint import load_checkpoint
 from cascadeseg.runtime import to_float32
 from cascadeseg.training import session as session_module
 from cascadeseg.training.build import build_optimizer, build_training_model
-from cascadeseg.training.data import EpochSampler
+from cascadeseg.training.data import TrainingSampler
 from cascadeseg.training.logs import read_steps_csv
 from cascadeseg.training.run_state import seed_everything, should_stop_early, step_seed
 from cascadeseg.training.schedules import schedule_epoch
@@ -88,8 +88,8 @@ def test_schedule_epoch_fraction_and_time_budget() -> None:
 
 
 def test_epoch_sampler_splits_like_distributed_sampler() -> None:
-    single = EpochSampler(5, 4, seed=3, rank=0, world_size=1)
-    ranks = [EpochSampler(5, 2, seed=3, rank=r, world_size=2) for r in range(2)]
+    single = TrainingSampler(5, 4, seed=3, rank=0, world_size=1)
+    ranks = [TrainingSampler(5, 2, seed=3, rank=r, world_size=2) for r in range(2)]
     for s in (single, *ranks):
         s.set_epoch(1)
     full = [i for _, i in single]
@@ -106,7 +106,7 @@ def test_epoch_sampler_splits_like_distributed_sampler() -> None:
 
 
 def test_epoch_sampler_long_epoch_cycles_permutations() -> None:
-    sampler = EpochSampler(3, 7, seed=0)
+    sampler = TrainingSampler(3, 7, seed=0)
     indices = [i for _, i in sampler]
     assert len(indices) == 7
     assert sorted(indices[:3]) == [0, 1, 2] and sorted(indices[3:6]) == [0, 1, 2]

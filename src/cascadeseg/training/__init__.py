@@ -12,7 +12,7 @@ Rooms, low to high (a module imports only those above it):
 - :mod:`.run_state`: what a run carries across steps and sessions (``RunState``), seeds and RNG
   states, resume checks, early stopping, ``summary.json``.
 - :mod:`.data`: cases, split, cache, the training dataset (3D crops or 2D slices after the
-  network's ``spatial_dims``), the resumable ``EpochSampler``, the loader.
+  network's ``spatial_dims``), the resumable ``TrainingSampler``, the loader.
 - :mod:`.logs`: ``steps.csv``, ``metrics.csv``, TensorBoard, ``curves.png``, printed lines.
 - :mod:`.monitor`: the training objective on the validation cases, LWS coverage checks.
 - :mod:`.session`: one session's objects and the step loop of an epoch; checkpoint writing.

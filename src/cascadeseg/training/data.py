@@ -2,7 +2,7 @@
 
 Adapters over :mod:`cascadeseg.data`: :func:`prepare_data` finds, splits and preprocesses the
 cases and builds 3D crops or 2D slices after the registered network's ``spatial_dims``;
-:class:`EpochSampler` draws each epoch's ``(epoch, index)`` keys from ``(seed, epoch)`` alone (an
+:class:`TrainingSampler` draws each epoch's ``(epoch, index)`` keys from ``(seed, epoch)`` alone (an
 exact resume needs that); :func:`batch_to_device` moves a collated batch.
 """
 
@@ -245,7 +245,7 @@ def _train_dataset(
     )
 
 
-class EpochSampler(Sampler[tuple[int, ...]]):
+class TrainingSampler(Sampler[tuple[int, ...]]):
     """``(epoch, index)`` keys of one epoch for one rank, from ``(seed, epoch)`` alone.
 
     An epoch draws ``samples_per_rank * world_size`` indices by concatenating random permutations
@@ -316,7 +316,7 @@ class EpochSampler(Sampler[tuple[int, ...]]):
 
 
 def make_train_loader(
-    dataset: Dataset[Any], sampler: EpochSampler, cfg: Config, device: torch.device
+    dataset: Dataset[Any], sampler: TrainingSampler, cfg: Config, device: torch.device
 ) -> DataLoader[Any]:
     """A DataLoader over ``dataset`` drawing this rank's ``(epoch, index)`` keys from ``sampler``.
 

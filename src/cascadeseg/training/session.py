@@ -40,8 +40,8 @@ from cascadeseg.training.build import (
     set_lr,
 )
 from cascadeseg.training.data import (
-    EpochSampler,
     TrainingData,
+    TrainingSampler,
     batch_to_device,
     make_train_loader,
     prepare_data,
@@ -247,7 +247,7 @@ class Session:
         n_items = len(dataset)  # type: ignore[arg-type]
         world_batch = cfg.train.batch_size * info.world_size
         self.iters_per_epoch = cfg.train.iters_per_epoch or max(1, n_items // world_batch)
-        self.sampler = EpochSampler(
+        self.sampler = TrainingSampler(
             n_items,
             self.iters_per_epoch * cfg.train.batch_size,
             seed=cfg.seed,
