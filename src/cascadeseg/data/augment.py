@@ -299,10 +299,11 @@ def erase_enhancement(
     slope, offset = 1.0, 0.0
     if int(healthy.sum()) >= min_fit_voxels:
         x, y = image[t1][healthy], image[t1ce][healthy]
+        x_mean, y_mean = x.mean(), y.mean()
         var = float(x.var())
         if var > 1e-6:
-            slope = float(((x - x.mean()) * (y - y.mean())).mean()) / var
-            offset = float(y.mean()) - slope * float(x.mean())
+            slope = float(((x - x_mean) * (y - y_mean)).mean()) / var
+            offset = float(y_mean) - slope * float(x_mean)
     image = image.copy()
     plain = np.float32(slope) * image[t1] + np.float32(offset)
     image[t1ce] += weight * (plain - image[t1ce])
