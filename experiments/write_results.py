@@ -1167,6 +1167,7 @@ EXTRA_PAGES = (
     ("results-weight-average.md", "Averaged weights: a moving average over the end of the run"),
     ("results-bias-field.md", "Another generator's cases: the bias field, not the steps"),
     ("results-core-levers.md", "Cores without ET: the core's weight, erased enhancement"),
+    ("results-all-cases.md", "All training cases in the demo: no validation fold"),
 )
 
 

@@ -90,3 +90,34 @@ def test_training_asks_for_its_minutes_or_the_deadline(
 
     assert MINUTES_WITHOUT_DEADLINE == 7.0
     assert requested_minutes(minutes, deadline) == expected
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "split"),
+    [
+        # Validation only watches: every training case trains.
+        ("two_stage_cpu", (), "all"),
+        ("unet3d_cpu", (), "all"),
+        ("two_stage_missing_cpu", (), "all"),
+        # The user's split stands.
+        ("two_stage_cpu", ("data.split=kfold",), "kfold"),
+        ("two_stage_cpu", ("data.split=cunet",), "cunet"),
+        # Validation chooses: early stopping, best.pt, or the CU-Net paper's own split.
+        ("two_stage_cpu", ("train.early_stop_patience=3",), "kfold"),
+        ("two_stage_cpu", ("train.snapshots=0",), "kfold"),
+        ("cunet_cpu", (), "cunet"),
+    ],
+)
+def test_the_demo_trains_on_every_case_when_validation_only_watches(
+    recipe: str, overrides: tuple[str, ...], split: str
+) -> None:
+    from cascadeseg.config import load_config
+    from cascadeseg.demo import _demo_config, validation_only_watches
+
+    cfg = _demo_config(recipe, None, 0, 32, overrides)
+    assert cfg.data.split == split
+    assert cfg.seed == 0 and cfg.data.folds == 5 and cfg.train.max_minutes == 7.0
+    # The recipe as the user sets it, without the demo's choice.
+    recipe_cfg = load_config(recipe, list(overrides))
+    chosen = any(o.startswith("data.split=") for o in overrides)
+    assert validation_only_watches(recipe_cfg) == (split == "all" or (chosen and split == "kfold"))
