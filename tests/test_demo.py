@@ -60,6 +60,10 @@ def test_demo_runs_the_whole_pipeline(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "SynthBraTS2021_00000" in report and "data:image/png;base64," in report
     # The trained run is a model `cascadeseg predict --model` accepts.
     assert (out / "run" / "checkpoints").is_dir()
+    # Its recipe's validation would only watch the run: every training case trained.
+    assert load_config(out / "run" / "config.yaml").data.split == "all"
+    split = json.loads((out / "run" / "split.json").read_text())
+    assert len(split["train"]) == 3 and not split["val"]
 
 
 @pytest.mark.slow
