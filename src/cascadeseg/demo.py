@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cascadeseg.config import Config, load_config, resolve_recipe
+from cascadeseg.config import Config, apply_overrides, load_config, resolve_recipe
 from cascadeseg.errors import ConfigError
 
 DEMO_MODELS = ("two_stage", "unet3d", "cunet", "unet2d")
@@ -207,7 +207,7 @@ def _demo_config(
     settings = [f"train.max_minutes={minutes}", f"seed={seed}", f"data.folds={folds}"]
     cfg = load_config(recipe, [*settings, *overrides])
     if validation_only_watches(cfg) and not any(o.startswith("data.split=") for o in overrides):
-        cfg = load_config(recipe, [*settings, "data.split=all", *overrides])
+        cfg = apply_overrides(cfg, ["data.split=all"])
     return cfg
 
 
